@@ -1,0 +1,86 @@
+//! Errors a user can act on, and the exit codes they map to.
+//!
+//! Every message names the file (or flag) and what is wrong with it, on one line. This module
+//! must not format for the terminal or decide whether a failure aborts the scan: the runner
+//! decides that (a broken checkpoint is recorded and the scan goes on).
+
+use std::path::{Path, PathBuf};
+
+/// Exit codes, documented in README.md ("Exit codes").
+pub mod exit {
+    /// The scan finished and every checkpoint was fine-tuned.
+    pub const OK: i32 = 0;
+    /// An unexpected internal error (a bug: please report it).
+    pub const INTERNAL: i32 = 1;
+    /// A bad command line (clap uses 2 as well).
+    pub const USAGE: i32 = 2;
+    /// Bad input before any fine-tuning: folder, task file, tokenizer, report path.
+    pub const INPUT: i32 = 3;
+    /// The scan finished, but at least one checkpoint failed (see the report).
+    pub const SOME_FAILED: i32 = 4;
+    /// The scan finished, but every checkpoint failed.
+    pub const ALL_FAILED: i32 = 5;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag value that cannot be used.
+    #[error("invalid value for {flag}: {msg}")]
+    Flag { flag: &'static str, msg: String },
+
+    /// A file or folder that is missing, unreadable or malformed.
+    #[error("{}: {msg}", path.display())]
+    Input { path: PathBuf, msg: String },
+
+    /// A tensor operation failed (shape bug, out of memory, ...).
+    #[error("{context}: {source}")]
+    Compute { context: String, source: candle_core::Error },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn input(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Input { path: path.as_ref().to_path_buf(), msg: msg.into() }
+    }
+
+    pub fn flag(flag: &'static str, msg: impl Into<String>) -> Self {
+        Error::Flag { flag, msg: msg.into() }
+    }
+
+    /// The exit code this error ends the program with when it is fatal.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Flag { .. } => exit::USAGE,
+            Error::Input { .. } => exit::INPUT,
+            Error::Compute { .. } | Error::Other(_) => exit::INTERNAL,
+        }
+    }
+}
+
+/// Attaches context to candle errors: `t.matmul(&w).ctx("layer 3 attention")?`.
+pub trait CandleContext<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> CandleContext<T> for candle_core::Result<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| Error::Compute { context: context.into(), source })
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(source: candle_core::Error) -> Self {
+        Error::Compute { context: "tensor operation".into(), source }
+    }
+}
+
+/// One-line form of an error chain (candle errors can carry newlines and backtraces).
+pub fn one_line(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    let first = s.lines().next().unwrap_or("").trim();
+    first.to_string()
+}

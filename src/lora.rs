@@ -1,0 +1,349 @@
+//! LoRA as PEFT defines it: which modules are adapted, how A and B start, and how the adapted
+//! linear layer computes `base(x) + scale * B(A(dropout(x)))`.
+//!
+//! The frozen base weight never receives a gradient: its matmul is a custom op whose backward
+//! returns only dL/dx (candle's own matmul backward would also compute the weight-sized dL/dW).
+//! This module must not know any architecture; models name their modules as transformers does
+//! and ask [`LoraCtx`] whether each one is adapted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{CandleContext, Error, Result};
+
+/// Which modules get an adapter (PEFT's `target_modules`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Targets {
+    /// PEFT's default for the model type (llama: q_proj,v_proj; gpt_neox: query_key_value; gpt2: c_attn).
+    Default,
+    /// Every linear layer but the output head (PEFT's "all-linear").
+    AllLinear,
+    /// Module names, matched as PEFT does: the whole module path or its last dotted components.
+    Names(Vec<String>),
+}
+
+/// LoRA hyper-parameters with PEFT's names and defaults.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoraSpec {
+    /// `r`, default 8.
+    pub rank: usize,
+    /// `lora_alpha`, default 8.
+    pub alpha: f64,
+    /// `lora_dropout`, default 0.0.
+    pub dropout: f64,
+    /// `use_rslora`: scale alpha/sqrt(r) instead of alpha/r.
+    pub rslora: bool,
+    pub targets: Targets,
+}
+
+impl Default for LoraSpec {
+    fn default() -> Self {
+        LoraSpec { rank: 8, alpha: 8.0, dropout: 0.0, rslora: false, targets: Targets::Default }
+    }
+}
+
+impl LoraSpec {
+    /// PEFT's `scaling`: alpha / r, or alpha / sqrt(r) with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.rslora { self.alpha / (self.rank as f64).sqrt() } else { self.alpha / self.rank as f64 }
+    }
+}
+
+/// Where the initial adapter weights come from.
+#[derive(Debug, Clone)]
+pub enum AdapterInit {
+    /// A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform with a = sqrt(5)), B = 0, drawn
+    /// from a generator seeded by (seed, module path): identical for checkpoints of one shape.
+    Seeded(u64),
+    /// PEFT's saved `adapter_model.safetensors` (`--init-adapter DIR`).
+    Peft(PathBuf),
+}
+
+/// One trainable adapter: A is (r, in) and B is (out, r), as PEFT stores them.
+#[derive(Clone)]
+pub struct Adapter {
+    pub module: String,
+    pub a: Var,
+    pub b: Var,
+    scale: f64,
+    dropout: Option<Dropout>,
+}
+
+/// Collects adapters while a model is built, and decides which modules get one.
+pub struct LoraCtx {
+    spec: LoraSpec,
+    targets: Vec<String>,
+    init: AdapterInit,
+    peft: Option<HashMap<String, Tensor>>,
+    dropout: Option<Dropout>,
+    adapters: Vec<Adapter>,
+    seen_modules: BTreeSet<String>,
+}
+
+impl LoraCtx {
+    /// `default_targets` is PEFT's default for the architecture; `all_linear` its linear layers.
+    pub fn new(spec: &LoraSpec, default_targets: &[&str], all_linear: &[&str], init: &AdapterInit, seed: u64) -> Result<Self> {
+        let targets = match &spec.targets {
+            Targets::Default => default_targets.iter().map(|s| s.to_string()).collect(),
+            Targets::AllLinear => all_linear.iter().map(|s| s.to_string()).collect(),
+            Targets::Names(names) => names.clone(),
+        };
+        let peft = match init {
+            AdapterInit::Peft(dir) => Some(read_peft_adapter(dir)?),
+            AdapterInit::Seeded(_) => None,
+        };
+        let dropout = (spec.dropout > 0.0).then(|| Dropout::new(spec.dropout, seed ^ 0xD80F_0u64));
+        Ok(LoraCtx { spec: spec.clone(), targets, init: init.clone(), peft, dropout, adapters: vec![], seen_modules: BTreeSet::new() })
+    }
+
+    /// PEFT's matching: `target == module` or `module` ends with `.target`.
+    fn is_target(&self, module: &str) -> bool {
+        self.targets.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
+    }
+
+    /// An adapter for `module` (a linear map in -> out) if it is a target, else None.
+    pub fn adapter_for(&mut self, module: &str, in_dim: usize, out_dim: usize, device: &Device) -> Result<Option<Adapter>> {
+        self.seen_modules.insert(module.to_string());
+        if !self.is_target(module) {
+            return Ok(None);
+        }
+        if self.spec.rank == 0 || self.spec.rank > in_dim.min(out_dim) {
+            return Err(Error::flag("--rank", format!("rank {} does not fit module {module} ({in_dim} -> {out_dim})", self.spec.rank)));
+        }
+        let (a, b) = self.initial_weights(module, in_dim, out_dim, device)?;
+        let adapter = Adapter {
+            module: module.to_string(),
+            a: Var::from_tensor(&a).ctx("adapter A")?,
+            b: Var::from_tensor(&b).ctx("adapter B")?,
+            scale: self.spec.scale(),
+            dropout: self.dropout.clone(),
+        };
+        self.adapters.push(adapter.clone());
+        Ok(Some(adapter))
+    }
+
+    fn initial_weights(&self, module: &str, in_dim: usize, out_dim: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let r = self.spec.rank;
+        match (&self.init, &self.peft) {
+            (AdapterInit::Peft(dir), Some(map)) => {
+                let a = peft_tensor(map, dir, module, "lora_A", &[r, in_dim])?;
+                let b = peft_tensor(map, dir, module, "lora_B", &[out_dim, r])?;
+                Ok((a.to_device(device)?, b.to_device(device)?))
+            }
+            (AdapterInit::Seeded(seed), _) => {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv1a(module));
+                let bound = 1.0 / (in_dim as f64).sqrt();
+                let a: Vec<f32> = (0..r * in_dim).map(|_| rng.random_range(-bound..bound) as f32).collect();
+                let a = Tensor::from_vec(a, (r, in_dim), device)?;
+                let b = Tensor::zeros((out_dim, r), DType::F32, device)?;
+                Ok((a, b))
+            }
+            (AdapterInit::Peft(dir), None) => Err(Error::input(dir, "adapter not loaded")),
+        }
+    }
+
+    /// The adapters created, after checking that every target matched some module.
+    pub fn finish(self) -> Result<Vec<Adapter>> {
+        for t in &self.targets {
+            let hit = self.seen_modules.iter().any(|m| m == t || m.ends_with(&format!(".{t}")));
+            if !hit {
+                let known: BTreeSet<&str> = self.seen_modules.iter().filter_map(|m| m.rsplit('.').next()).collect();
+                let known: Vec<&str> = known.into_iter().collect();
+                return Err(Error::flag("--targets", format!("target module {t:?} is not in the model (linear modules: {})", known.join(", "))));
+            }
+        }
+        if self.adapters.is_empty() {
+            return Err(Error::flag("--targets", "no module matched the LoRA targets"));
+        }
+        Ok(self.adapters)
+    }
+
+    /// Switches dropout on (training) or off (evaluation).
+    pub fn training_flag(&self) -> Option<Arc<AtomicBool>> {
+        self.dropout.as_ref().map(|d| d.training.clone())
+    }
+}
+
+fn peft_tensor(map: &HashMap<String, Tensor>, dir: &Path, module: &str, which: &str, shape: &[usize]) -> Result<Tensor> {
+    let key = format!("base_model.model.{module}.{which}.weight");
+    let t = map.get(&key).ok_or_else(|| Error::input(dir.join("adapter_model.safetensors"), format!("tensor {key} is missing")))?;
+    if t.dims() != shape {
+        return Err(Error::input(dir.join("adapter_model.safetensors"), format!("tensor {key} has shape {:?}, expected {shape:?}", t.dims())));
+    }
+    Ok(t.to_dtype(DType::F32)?)
+}
+
+/// PEFT's `adapter_model.safetensors`, keys as PEFT saves them (adapter name removed).
+fn read_peft_adapter(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join("adapter_model.safetensors");
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| Error::input(&path, format!("cannot read adapter: {}", crate::error::one_line(&e))))
+}
+
+/// PEFT's adapter settings from `adapter_config.json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PeftConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    #[serde(default)]
+    pub use_rslora: bool,
+    pub target_modules: serde_json::Value,
+}
+
+impl PeftConfig {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::input(&path, format!("cannot read: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("invalid adapter config: {e}")))
+    }
+
+    /// The spec this adapter was made with.
+    pub fn spec(&self, path: &Path) -> Result<LoraSpec> {
+        let targets = match &self.target_modules {
+            serde_json::Value::String(s) if s == "all-linear" => Targets::AllLinear,
+            serde_json::Value::Array(items) => Targets::Names(items.iter().filter_map(|v| v.as_str().map(String::from)).collect()),
+            other => return Err(Error::input(path, format!("unsupported target_modules {other}"))),
+        };
+        Ok(LoraSpec { rank: self.r, alpha: self.lora_alpha, dropout: self.lora_dropout, rslora: self.use_rslora, targets })
+    }
+}
+
+/// 64-bit FNV-1a: a stable hash of module names (std's hasher may change between releases).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Inverted dropout on the adapter input, with its own seeded generator.
+#[derive(Clone)]
+struct Dropout {
+    p: f64,
+    rng: Arc<Mutex<ChaCha8Rng>>,
+    training: Arc<AtomicBool>,
+}
+
+impl Dropout {
+    fn new(p: f64, seed: u64) -> Self {
+        Dropout { p, rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))), training: Arc::new(AtomicBool::new(true)) }
+    }
+
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !self.training.load(Ordering::Relaxed) {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 / (1.0 - self.p);
+        let n = x.elem_count();
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < self.p { 0.0 } else { keep as f32 }).collect();
+        x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+    }
+}
+
+/// A linear layer with a frozen weight, an optional frozen bias and an optional adapter.
+pub struct Linear {
+    /// The weight as (in, out), whatever its layout: `W.t()` for nn.Linear, `W` for Conv1D.
+    wt: Tensor,
+    bias: Option<Tensor>,
+    adapter: Option<Adapter>,
+}
+
+impl Linear {
+    pub fn new(wt: Tensor, bias: Option<Tensor>, adapter: Option<Adapter>) -> Self {
+        Linear { wt, bias, adapter }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = frozen_matmul(x, &self.wt)?; // (..., out)
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match &self.adapter {
+            None => Ok(y),
+            Some(ad) => y.add(&ad.forward(x)?),
+        }
+    }
+}
+
+impl Adapter {
+    /// scale * B(A(dropout(x))): (..., in) -> (..., out).
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = match &self.dropout {
+            Some(d) => d.apply(x)?,
+            None => x.clone(),
+        };
+        let h = x.broadcast_matmul(&self.a.as_tensor().t()?)?; // (..., r)
+        let y = h.broadcast_matmul(&self.b.as_tensor().t()?)?; // (..., out)
+        y.affine(self.scale, 0.0)
+    }
+}
+
+/// `x @ wt` where `wt` (in, out) is frozen: the backward pass returns dL/dx only.
+pub fn frozen_matmul(x: &Tensor, wt: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2(wt, FrozenMatmul)
+}
+
+/// The custom op behind [`frozen_matmul`].
+struct FrozenMatmul;
+
+impl FrozenMatmul {
+    /// (m, k) x (k, n) over the flattened leading dims of x.
+    fn dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize, Shape)> {
+        let (k, n) = l2.shape().dims2()?;
+        let dims = l1.dims();
+        let k1 = *dims.last().ok_or_else(|| candle_core::Error::Msg("frozen matmul on a scalar".into()))?;
+        if k1 != k {
+            candle_core::bail!("frozen matmul: input has {k1} features, weight expects {k}");
+        }
+        let m = dims[..dims.len() - 1].iter().product();
+        let mut out = dims[..dims.len() - 1].to_vec();
+        out.push(n);
+        Ok((m, k, n, Shape::from(out)))
+    }
+
+    fn fwd<S: BackendStorage>(s1: &S, l1: &Layout, s2: &S, l2: &Layout) -> candle_core::Result<(S, Shape)> {
+        if !l1.is_contiguous() {
+            candle_core::bail!("frozen matmul needs a contiguous input");
+        }
+        let (m, k, n, out) = Self::dims(l1, l2)?;
+        let lhs = Layout::contiguous_with_offset((m, k), l1.start_offset());
+        let y = s1.matmul(s2, (1, m, n, k), &lhs, l2)?;
+        Ok((y, out))
+    }
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Self::fwd(s1, l1, s2, l2)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Self::fwd(s1, l1, s2, l2)
+    }
+
+    /// dL/dx = dL/dy @ wt^T; no gradient for the frozen weight.
+    fn bwd(&self, _x: &Tensor, wt: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.broadcast_matmul(&wt.t()?)?;
+        Ok((Some(dx), None))
+    }
+}

@@ -1,0 +1,334 @@
+//! The architectures plasticity fine-tunes, one file each, and the pieces they share.
+//!
+//! Each architecture reads its `config.json` with transformers' field names (a raw serde form,
+//! then a checked, resolved form), loads its weights by the checkpoint's tensor names, and
+//! computes logits exactly as transformers does in f32. Everything here is built from
+//! differentiable candle ops: several fused candle ops (softmax_last_dim, rms_norm, layer_norm,
+//! rope) have no backward and would silently stop the gradient before it reaches an adapter.
+//! This module must not train or read task data.
+
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod llama;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::Deserialize;
+
+use crate::checkpoint::weights::{WeightStore, Weights};
+use crate::error::{Error, Result};
+use crate::lora::{Adapter, AdapterInit, Linear, LoraCtx, LoraSpec};
+
+/// A causal language model: token ids (b, t) in, logits (b, t, vocab) out.
+pub trait CausalLm: Send + Sync {
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// The model types plasticity knows, as written in config.json's `model_type`.
+pub const SUPPORTED: [&str; 5] = ["llama", "mistral", "qwen2", "gpt_neox", "gpt2"];
+
+/// A loaded checkpoint: the model with its adapters, ready to train.
+pub struct LoadedModel {
+    pub model: Box<dyn CausalLm>,
+    pub adapters: Vec<Adapter>,
+    pub model_type: String,
+    pub vocab_size: usize,
+    /// Parameters of the base model (frozen), counted from the config.
+    pub n_params: usize,
+    pub eos_token_id: Option<u32>,
+    /// Per-token FLOPs of a forward pass through the matmuls (2 * weights touched), for reports.
+    pub max_positions: Option<usize>,
+    dropout_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl LoadedModel {
+    /// Dropout on (training) or off (evaluation); a no-op without dropout.
+    pub fn set_training(&self, on: bool) {
+        if let Some(flag) = &self.dropout_flag {
+            flag.store(on, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn trainable_params(&self) -> usize {
+        self.adapters.iter().map(|a| a.a.elem_count() + a.b.elem_count()).sum()
+    }
+}
+
+/// Reads `config.json` in `dir` as a JSON value, with a message naming the file.
+pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::input(&path, format!("cannot read: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("invalid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::input(&path, "expected a JSON object"));
+    }
+    Ok(value)
+}
+
+/// Parses an architecture's raw config from the JSON value, naming the file on error.
+pub fn parse_config<T: for<'de> Deserialize<'de>>(dir: &Path, value: &serde_json::Value) -> Result<T> {
+    T::deserialize(value).map_err(|e| Error::input(dir.join("config.json"), format!("invalid config: {e}")))
+}
+
+/// Opens the checkpoint in `dir`: config, weights and adapters.
+pub fn load(dir: &Path, spec: &LoraSpec, init: &AdapterInit, seed: u64, device: &Device) -> Result<LoadedModel> {
+    let config = read_config(dir)?;
+    let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let store = WeightStore::open(dir, device)?;
+    let w = Weights::new(&store);
+    match model_type.as_str() {
+        "llama" | "mistral" | "qwen2" => llama::load(dir, &config, w, spec, init, seed),
+        "gpt_neox" => gpt_neox::load(dir, &config, w, spec, init, seed),
+        "gpt2" => gpt2::load(dir, &config, w, spec, init, seed),
+        "" => Err(Error::input(dir.join("config.json"), format!("no model_type (supported: {})", SUPPORTED.join(", ")))),
+        other => Err(Error::input(dir.join("config.json"), format!("unsupported model_type {other:?} (supported: {})", SUPPORTED.join(", ")))),
+    }
+}
+
+/// Assembles a [`LoadedModel`] once an architecture has built its model.
+pub(crate) struct Parts {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub n_params: usize,
+    pub eos_token_id: Option<u32>,
+    pub max_positions: Option<usize>,
+}
+
+pub(crate) fn finish(model: Box<dyn CausalLm>, ctx: LoraCtx, parts: Parts) -> Result<LoadedModel> {
+    let dropout_flag = ctx.training_flag();
+    let adapters = ctx.finish()?;
+    Ok(LoadedModel {
+        model,
+        adapters,
+        model_type: parts.model_type,
+        vocab_size: parts.vocab_size,
+        n_params: parts.n_params,
+        eos_token_id: parts.eos_token_id,
+        max_positions: parts.max_positions,
+        dropout_flag,
+    })
+}
+
+/// `eos_token_id` may be a number or a list (the first is used).
+pub(crate) fn eos_of(config: &serde_json::Value) -> Option<u32> {
+    match config.get("eos_token_id")? {
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
+        serde_json::Value::Array(items) => items.first()?.as_u64().map(|n| n as u32),
+        _ => None,
+    }
+}
+
+/// A config value that must be positive, with a message naming the field.
+pub(crate) fn positive(dir: &Path, field: &str, value: usize) -> Result<usize> {
+    if value == 0 {
+        return Err(Error::input(dir.join("config.json"), format!("{field} must be positive")));
+    }
+    Ok(value)
+}
+
+pub(crate) fn divides(dir: &Path, what: &str, part: usize, whole: usize) -> Result<()> {
+    if part == 0 || whole % part != 0 {
+        return Err(Error::input(dir.join("config.json"), format!("{what}: {whole} is not divisible by {part}")));
+    }
+    Ok(())
+}
+
+/// transformers 4 writes `rope_theta` (and `rope_scaling`) at the top level; transformers 5
+/// writes `rope_parameters: {rope_type, rope_theta, ...}`. Only the default rope is supported.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RopeParameters {
+    pub rope_type: Option<String>,
+    #[serde(rename = "type")]
+    pub legacy_type: Option<String>,
+    pub rope_theta: Option<f64>,
+    pub partial_rotary_factor: Option<f64>,
+}
+
+impl RopeParameters {
+    /// Refuses rope scaling variants that would change the forward pass.
+    pub fn check(&self, dir: &Path) -> Result<()> {
+        let kind = self.rope_type.as_deref().or(self.legacy_type.as_deref()).unwrap_or("default");
+        if kind != "default" {
+            return Err(Error::input(dir.join("config.json"), format!("rope type {kind:?} is not supported (only the default rotary embedding)")));
+        }
+        Ok(())
+    }
+}
+
+/// The resolved rotary settings of a config, whichever transformers version wrote it.
+pub(crate) fn rope_settings(
+    dir: &Path,
+    top_theta: Option<f64>,
+    scaling: &Option<RopeParameters>,
+    parameters: &Option<RopeParameters>,
+    default_theta: f64,
+) -> Result<(f64, Option<f64>)> {
+    for p in [scaling, parameters].into_iter().flatten() {
+        p.check(dir)?;
+    }
+    let theta = parameters.as_ref().and_then(|p| p.rope_theta).or(top_theta).unwrap_or(default_theta);
+    let partial = parameters.as_ref().and_then(|p| p.partial_rotary_factor);
+    Ok((theta, partial))
+}
+
+/// HF's rotary embedding (`rotate_half` form) over the first `rot_dim` features of each head.
+pub struct Rope {
+    rot_dim: usize,
+    theta: f64,
+}
+
+impl Rope {
+    pub fn new(rot_dim: usize, theta: f64) -> Self {
+        Rope { rot_dim, theta }
+    }
+
+    /// cos and sin tables (t, rot_dim), each the frequencies repeated twice as in HF.
+    fn tables(&self, t: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.rot_dim / 2;
+        // HF: inv_freq = 1 / theta^(arange(0, dim, 2) / dim), computed in f32.
+        let inv: Vec<f32> = (0..half).map(|i| 1.0 / (self.theta as f32).powf((2 * i) as f32 / self.rot_dim as f32)).collect();
+        let mut freqs = Vec::with_capacity(t * self.rot_dim);
+        for pos in 0..t {
+            let row: Vec<f32> = inv.iter().map(|f| pos as f32 * f).collect();
+            freqs.extend_from_slice(&row);
+            freqs.extend_from_slice(&row);
+        }
+        let freqs = Tensor::from_vec(freqs, (t, self.rot_dim), device)?;
+        Ok((freqs.cos()?, freqs.sin()?))
+    }
+
+    /// Rotates (b, h, t, d) queries or keys; features past `rot_dim` pass through.
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_b, _h, t, d) = x.dims4()?;
+        if self.rot_dim == 0 {
+            return Ok(x.clone());
+        }
+        let (cos, sin) = self.tables(t, x.device())?;
+        let rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
+        let half = self.rot_dim / 2;
+        let x1 = rot.narrow(D::Minus1, 0, half)?;
+        let x2 = rot.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // rotate_half
+        let out = (rot.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?;
+        if self.rot_dim == d {
+            return Ok(out);
+        }
+        let pass = x.narrow(D::Minus1, self.rot_dim, d - self.rot_dim)?;
+        Tensor::cat(&[&out, &pass], D::Minus1)
+    }
+}
+
+/// Additive causal mask (t, t): 0 where key j may be seen from query i, -inf elsewhere.
+/// `window` limits how far back a query sees (Mistral's sliding window: i - j < window).
+pub fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> candle_core::Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| (i, j)))
+        .map(|(i, j)| {
+            let visible = j <= i && window.is_none_or(|w| i - j < w);
+            if visible { 0.0 } else { f32::NEG_INFINITY }
+        })
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)
+}
+
+/// softmax(q k^T * scale + mask) v for q (b, h, t, d) and k, v (b, kv, t, d), kv dividing h.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let kv = k.dim(1)?;
+    let (k, v) = (repeat_kv(&k.contiguous()?, h / kv)?, repeat_kv(&v.contiguous()?, h / kv)?); // (b, h, t, d)
+    let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?; // (b, h, t, t)
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let out = probs.matmul(&v)?; // (b, h, t, d)
+    out.transpose(1, 2)?.reshape((b, t, h * d)) // (b, t, h*d)
+}
+
+/// GQA: each key/value head serves `n_rep` query heads.
+fn repeat_kv(x: &Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, kv, n_rep, t, d))?.reshape((b, kv * n_rep, t, d))
+}
+
+/// Activations by their transformers names (`hidden_act` / `activation_function`).
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    Silu,
+    /// Exact GELU (erf), transformers' "gelu".
+    Gelu,
+    /// The tanh approximation: "gelu_new", "gelu_pytorch_tanh", "gelu_fast".
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(dir: &Path, name: &str) -> Result<Self> {
+        match name {
+            "silu" | "swish" => Ok(Activation::Silu),
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            other => Err(Error::input(dir.join("config.json"), format!("unsupported activation {other:?}"))),
+        }
+    }
+
+    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Silu => x.silu(),
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// transformers' LayerNorm / RMSNorm weights, applied with differentiable ops.
+pub enum Norm {
+    Layer { weight: Tensor, bias: Tensor, eps: f64 },
+    Rms { weight: Tensor, eps: f64 },
+}
+
+impl Norm {
+    pub fn layer(w: &Weights, hidden: usize, eps: f64) -> Result<Self> {
+        Ok(Norm::Layer { weight: w.get("weight", &[hidden])?, bias: w.get("bias", &[hidden])?, eps })
+    }
+
+    pub fn rms(w: &Weights, hidden: usize, eps: f64) -> Result<Self> {
+        Ok(Norm::Rms { weight: w.get("weight", &[hidden])?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Layer { weight, bias, eps } => candle_nn::ops::layer_norm_slow(x, weight, bias, *eps as f32),
+            Norm::Rms { weight, eps } => candle_nn::ops::rms_norm_slow(x, weight, *eps as f32),
+        }
+    }
+}
+
+/// nn.Linear (weight stored (out, in)) named `module`, with an adapter when it is a target.
+pub(crate) fn linear(w: &Weights, module: &str, in_dim: usize, out_dim: usize, bias: bool, ctx: &mut LoraCtx) -> Result<Linear> {
+    let weight = w.get("weight", &[out_dim, in_dim])?;
+    let b = if bias { Some(w.get("bias", &[out_dim])?) } else { None };
+    let adapter = ctx.adapter_for(module, in_dim, out_dim, w.device())?;
+    Ok(Linear::new(weight.t()?, b, adapter))
+}
+
+/// An embedding table (vocab, hidden): rows gathered by token id.
+pub struct Embedding {
+    pub table: Tensor,
+}
+
+impl Embedding {
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let hidden = self.table.dim(1)?;
+        self.table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, hidden)) // (b, t, hidden)
+    }
+}
+
+/// Ids as the u32 tensor the models take.
+pub fn ids_tensor(ids: &[u32], b: usize, t: usize, device: &Device) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(ids, (b, t), device)?.to_dtype(DType::U32)
+}

@@ -1,0 +1,14 @@
+//! The JSON report (`--json FILE`): the [`Report`] as serde writes it, pretty-printed.
+
+use super::{Exporter, Report};
+use crate::error::{Error, Result};
+
+pub struct Json;
+
+impl Exporter for Json {
+    fn render(&self, report: &Report) -> Result<Vec<u8>> {
+        let mut bytes = serde_json::to_vec_pretty(report).map_err(|e| Error::Other(format!("cannot encode report: {e}")))?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,161 @@
+//! The scan report: one data model, written in several formats.
+//!
+//! Report files are created when the scan starts (a bad path fails before any training) and
+//! rewritten atomically (temporary file + rename) after every checkpoint, so a crash never
+//! loses a finished measurement or leaves a half-written file. Formats implement [`Exporter`];
+//! this module must not compute scores (the scorer does) or print progress.
+
+pub mod json;
+pub mod table;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::options::Output;
+use crate::train::CurvePoint;
+
+/// Bumped whenever a field changes meaning or disappears.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub tool: Tool,
+    /// "running" while checkpoints remain, "complete" at the end.
+    pub status: String,
+    pub settings: serde_json::Value,
+    pub device: DeviceInfo,
+    /// "device-hours" on a CPU, "GPU-hours" on a GPU.
+    pub hours_unit: String,
+    pub target_loss: Option<f64>,
+    pub checkpoints: Vec<CheckpointReport>,
+    /// Checkpoint names, best first (failed checkpoints are not ranked).
+    pub ranking: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub kind: String,
+    pub name: String,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    pub name: String,
+    pub path: String,
+    pub step: u64,
+    pub step_source: String,
+    /// "ok" or "failed".
+    pub status: String,
+    pub error: Option<String>,
+    pub model_type: Option<String>,
+    pub params: Option<usize>,
+    pub trainable_params: Option<usize>,
+    /// Pre-training loss logged in trainer_state.json, when there is one.
+    pub pretrain_loss: Option<f64>,
+    pub curve: Vec<CurvePoint>,
+    pub initial_eval_loss: Option<f64>,
+    pub final_eval_loss: Option<f64>,
+    pub median_step_s: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    pub steps_to_target: Option<f64>,
+    pub device_hours_to_target: Option<f64>,
+    pub convergence_per_device_hour: Option<f64>,
+    /// 1 = best; absent for failed checkpoints.
+    pub rank: Option<usize>,
+}
+
+/// One output format.
+pub trait Exporter {
+    fn render(&self, report: &Report) -> Result<Vec<u8>>;
+}
+
+/// A format bound to where it goes.
+struct Sink {
+    output: Output,
+    exporter: Box<dyn Exporter>,
+}
+
+/// The report files of a scan.
+pub struct Reports {
+    sinks: Vec<Sink>,
+}
+
+impl Reports {
+    /// Creates every report file now, so an unwritable path fails before training.
+    pub fn create(json: Option<&Output>) -> Result<Self> {
+        let mut sinks = Vec::new();
+        if let Some(out) = json {
+            sinks.push(Sink { output: out.clone(), exporter: Box::new(json::Json) });
+        }
+        for sink in &sinks {
+            if let Output::File(path) = &sink.output {
+                touch(path)?;
+            }
+        }
+        Ok(Reports { sinks })
+    }
+
+    /// Rewrites every file report (stdout reports are written only at the end).
+    pub fn update(&self, report: &Report) -> Result<()> {
+        for sink in &self.sinks {
+            if let Output::File(path) = &sink.output {
+                write_atomic(path, &sink.exporter.render(report)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the final report everywhere, stdout included.
+    pub fn finish(&self, report: &Report) -> Result<()> {
+        self.update(report)?;
+        for sink in &self.sinks {
+            if sink.output == Output::Stdout {
+                let bytes = sink.exporter.render(report)?;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes).and_then(|_| out.flush()).map_err(|e| Error::Other(format!("cannot write to stdout: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether some report goes to stdout (then the table goes to stderr).
+    pub fn uses_stdout(&self) -> bool {
+        self.sinks.iter().any(|s| s.output == Output::Stdout)
+    }
+}
+
+/// Creates (or truncates) `path`, failing early with a message naming it.
+fn touch(path: &Path) -> Result<()> {
+    std::fs::File::create(path).map(|_| ()).map_err(|e| Error::input(path, format!("cannot create report file: {e}")))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::input(path, format!("cannot write report: {e}"))
+    })
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}

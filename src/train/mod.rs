@@ -1,0 +1,237 @@
+//! The fine-tuning loop: the same short LoRA run for every checkpoint.
+//!
+//! One update = `grad_accum` micro-batches (each loss scaled by 1/grad_accum, as the HF
+//! Trainer does), global grad-norm clipping, then AdamW on the adapter weights only. The eval
+//! loss on the held-out blocks is measured before the first update and every `eval_every`
+//! updates. Step times are read after synchronising the device and exclude evaluation. This
+//! module must not decide rankings or write reports.
+
+pub mod optim;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use crate::data::{BatchOrder, Block, Blocks};
+use crate::error::{CandleContext, Error, Result};
+use crate::model::LoadedModel;
+use optim::{clip_grad_norm, AdamW, AdamWConfig};
+
+/// Settings of one fine-tuning run (identical for every checkpoint of a scan).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSpec {
+    pub optimizer: AdamWConfig,
+    pub warmup_steps: usize,
+    pub max_grad_norm: f64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub steps: usize,
+    pub eval_every: usize,
+    /// Updates at the start that are timed but not counted in the median step time.
+    pub timing_warmup: usize,
+}
+
+/// A point of the loss curve. `step` counts optimizer updates; step 0 is before training.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct CurvePoint {
+    pub step: usize,
+    pub train_loss: Option<f64>,
+    pub eval_loss: Option<f64>,
+    /// Training time (evaluation excluded) from the first update to the end of this one.
+    pub elapsed_s: f64,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub curve: Vec<CurvePoint>,
+    pub step_seconds: Vec<f64>,
+    /// Median over the updates after the timing warm-up.
+    pub median_step_s: f64,
+    pub tokens_per_step: usize,
+}
+
+impl Outcome {
+    pub fn tokens_per_s(&self) -> f64 {
+        if self.median_step_s > 0.0 { self.tokens_per_step as f64 / self.median_step_s } else { 0.0 }
+    }
+}
+
+/// Progress of a run, for the progress bar.
+pub struct StepEvent {
+    pub step: usize,
+    pub steps: usize,
+    pub train_loss: f64,
+    pub eval_loss: Option<f64>,
+    pub step_s: f64,
+    pub tokens: usize,
+}
+
+/// Token ids and per-token loss weights of a batch of blocks.
+pub struct Batch {
+    pub ids: Tensor,    // (b, t) u32
+    pub labels: Tensor, // (b, t) f32: 1 where the token carries loss
+}
+
+impl Batch {
+    pub fn from_blocks(blocks: &[&Block], device: &Device) -> Result<Self> {
+        let t = blocks.first().map(|b| b.ids.len()).unwrap_or(0);
+        let ids: Vec<u32> = blocks.iter().flat_map(|b| b.ids.iter().copied()).collect();
+        let labels: Vec<f32> = blocks.iter().flat_map(|b| b.labels.iter().map(|&l| l as u8 as f32)).collect();
+        Ok(Batch {
+            ids: Tensor::from_vec(ids, (blocks.len(), t), device).ctx("batch ids")?,
+            labels: Tensor::from_vec(labels, (blocks.len(), t), device).ctx("batch labels")?,
+        })
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.ids.elem_count()
+    }
+}
+
+/// Sum of the cross-entropy of every predicted token, and how many there are:
+/// token i+1 is predicted from tokens 0..=i, as transformers does with labels = input_ids.
+pub fn loss_sum(logits: &Tensor, batch: &Batch) -> candle_core::Result<(Tensor, f64)> {
+    let (b, t, v) = logits.dims3()?;
+    let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?; // (b*(t-1), v)
+    let targets = batch.ids.narrow(1, 1, t - 1)?.reshape(b * (t - 1))?; // (b*(t-1),)
+    let weights = batch.labels.narrow(1, 1, t - 1)?.reshape(b * (t - 1))?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?; // (b*(t-1),)
+    let count = weights.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok(((picked * weights)?.sum_all()?.neg()?, count))
+}
+
+/// Trains one model's adapters.
+pub struct Trainer<'a> {
+    model: &'a LoadedModel,
+    vars: Vec<Var>,
+    opt: AdamW,
+    spec: TrainSpec,
+    updates: usize,
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(model: &'a LoadedModel, spec: &TrainSpec) -> Result<Self> {
+        let vars: Vec<Var> = model.adapters.iter().flat_map(|a| [a.a.clone(), a.b.clone()]).collect();
+        let opt = AdamW::new(&vars, spec.optimizer)?;
+        Ok(Trainer { model, vars, opt, spec: spec.clone(), updates: 0 })
+    }
+
+    /// The constant schedule with linear warm-up of transformers (`lr * s / warmup` for update s < warmup).
+    fn lr(&self) -> f64 {
+        let w = self.spec.warmup_steps;
+        let factor = if self.updates < w { self.updates as f64 / w.max(1) as f64 } else { 1.0 };
+        self.spec.optimizer.lr * factor
+    }
+
+    /// One optimizer update over `micro` batches; returns the mean training loss and the grad norm.
+    pub fn step(&mut self, micro: &[Batch]) -> Result<(f64, f64)> {
+        self.model.set_training(true);
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        let mut loss_total = 0.0;
+        for batch in micro {
+            let logits = self.model.model.forward(&batch.ids).ctx("forward pass")?;
+            let (sum, count) = loss_sum(&logits, batch).ctx("loss")?;
+            let loss = (sum / (count.max(1.0) * micro.len() as f64)).ctx("loss")?;
+            loss_total += loss.to_scalar::<f32>().ctx("loss")? as f64;
+            let g = loss.backward().ctx("backward pass")?;
+            grads = Some(match grads {
+                None => g,
+                Some(acc) => add_grads(acc, g, &self.vars)?,
+            });
+        }
+        let mut grads = grads.ok_or_else(|| Error::Other("no micro-batches".into()))?;
+        let norm = clip_grad_norm(&mut grads, &self.vars, self.spec.max_grad_norm)?;
+        let lr = self.lr();
+        self.opt.step(&grads, lr)?;
+        self.updates += 1;
+        Ok((loss_total, norm))
+    }
+
+    /// The eval loss of `blocks` (dropout off).
+    pub fn eval(&self, blocks: &[Block]) -> Result<f64> {
+        eval_loss(self.model, blocks, self.spec.batch_size)
+    }
+}
+
+/// Mean cross-entropy over every predicted token of `blocks`, in chunks of `batch` blocks.
+pub fn eval_loss(model: &LoadedModel, blocks: &[Block], batch: usize) -> Result<f64> {
+    model.set_training(false);
+    let device = model.adapters.first().map(|a| a.a.device().clone()).unwrap_or(Device::Cpu);
+    let (mut sum, mut count) = (0.0, 0.0);
+    for chunk in blocks.chunks(batch.max(1)) {
+        let refs: Vec<&Block> = chunk.iter().collect();
+        let batch = Batch::from_blocks(&refs, &device)?;
+        let logits = model.model.forward(&batch.ids).ctx("eval forward pass")?.detach();
+        let (s, c) = loss_sum(&logits, &batch).ctx("eval loss")?;
+        sum += s.to_dtype(DType::F64).and_then(|s| s.to_scalar::<f64>()).ctx("eval loss")?;
+        count += c;
+    }
+    Ok(sum / count.max(1.0))
+}
+
+/// Adds the gradients of `g` into `acc` for every trainable variable.
+fn add_grads(mut acc: candle_core::backprop::GradStore, g: candle_core::backprop::GradStore, vars: &[Var]) -> Result<candle_core::backprop::GradStore> {
+    for var in vars {
+        if let Some(new) = g.get(var.as_tensor()) {
+            let sum = match acc.remove(var.as_tensor()) {
+                Some(old) => (old + new).ctx("gradient accumulation")?,
+                None => new.clone(),
+            };
+            acc.insert(var.as_tensor(), sum);
+        }
+    }
+    Ok(acc)
+}
+
+/// Runs the full fine-tuning of one checkpoint: evals, updates, timings.
+pub fn fine_tune(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder, spec: &TrainSpec, on_step: &mut dyn FnMut(&StepEvent)) -> Result<Outcome> {
+    let mut trainer = Trainer::new(model, spec)?;
+    let device = model.adapters.first().map(|a| a.a.device().clone()).unwrap_or(Device::Cpu);
+    let initial = trainer.eval(&blocks.eval)?;
+    let mut curve = vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(initial), elapsed_s: 0.0 }];
+    let mut step_seconds = Vec::with_capacity(spec.steps);
+    for step in 1..=spec.steps {
+        let micro = micro_batches(blocks, order, spec, step - 1, &device)?;
+        device.synchronize().ctx("device synchronize")?;
+        let start = Instant::now();
+        let (loss, _norm) = trainer.step(&micro)?;
+        device.synchronize().ctx("device synchronize")?;
+        step_seconds.push(start.elapsed().as_secs_f64());
+        if !loss.is_finite() {
+            return Err(Error::Other(format!("diverged: training loss became {loss} at step {step}")));
+        }
+        let eval_loss = is_eval_step(step, spec).then(|| trainer.eval(&blocks.eval)).transpose()?;
+        let elapsed_s = step_seconds.iter().sum();
+        curve.push(CurvePoint { step, train_loss: Some(loss), eval_loss, elapsed_s });
+        on_step(&StepEvent { step, steps: spec.steps, train_loss: loss, eval_loss, step_s: step_seconds[step - 1], tokens: spec.batch_size * spec.grad_accum * blocks.seq_len });
+    }
+    let tokens_per_step = spec.batch_size * spec.grad_accum * blocks.seq_len;
+    Ok(Outcome { median_step_s: median(&step_seconds[spec.timing_warmup.min(step_seconds.len().saturating_sub(1))..]), curve, step_seconds, tokens_per_step })
+}
+
+fn is_eval_step(step: usize, spec: &TrainSpec) -> bool {
+    step == spec.steps || (spec.eval_every > 0 && step % spec.eval_every == 0)
+}
+
+/// The micro-batches of update `update` (0-based), in the seeded order.
+fn micro_batches(blocks: &Blocks, order: &BatchOrder, spec: &TrainSpec, update: usize, device: &Device) -> Result<Vec<Batch>> {
+    (0..spec.grad_accum)
+        .map(|j| {
+            let refs: Vec<&Block> = order.batch(update * spec.grad_accum + j).iter().map(|&i| &blocks.train[i]).collect();
+            Batch::from_blocks(&refs, device)
+        })
+        .collect()
+}
+
+/// The median of `xs` (0 for none).
+pub fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
