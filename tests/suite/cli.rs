@@ -1,0 +1,85 @@
+//! The command line end to end on the committed checkpoint series (real Trainer folders).
+
+use super::util::{fixtures, scan, Dir};
+
+#[test]
+fn scan_of_the_committed_series_ranks_every_checkpoint() {
+    let dir = Dir::new();
+    let report = dir.path().join("report.json");
+    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", report.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("README.txt"), "the non-checkpoint entry is not named in a warning: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("best checkpoint to fine-tune"), "{stdout}");
+
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["tool"]["name"], "plasticity");
+    assert_eq!(r["status"], "complete");
+    assert_eq!(r["hours_unit"], "device-hours");
+    assert_eq!(r["settings"]["train"]["steps"], 4);
+    assert_eq!(r["settings"]["lora"]["rank"], 8);
+    assert!(r["target_loss"].as_f64().unwrap() > 0.0);
+    let names: Vec<&str> = r["checkpoints"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["checkpoint-30", "checkpoint-60", "checkpoint-90", "checkpoint-120"]);
+    let mut ranking: Vec<&str> = r["ranking"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    ranking.sort();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(ranking, sorted);
+    for c in r["checkpoints"].as_array().unwrap() {
+        assert_eq!(c["status"], "ok");
+        assert_eq!(c["step_source"], "trainer_state.json");
+        assert_eq!(c["curve"].as_array().unwrap().len(), 5, "step 0 plus 4 updates");
+        assert!(c["initial_eval_loss"].as_f64().is_some() && c["final_eval_loss"].as_f64().is_some());
+        assert!(c["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(c["rank"].as_u64().unwrap() >= 1);
+        assert!(c["pretrain_loss"].as_f64().is_some());
+    }
+}
+
+/// Losses of every curve point of every checkpoint, and the ranking.
+fn losses_and_ranking(seed: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", "-", "--seed", seed]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = r["checkpoints"].as_array().unwrap().iter().flat_map(|c| c["curve"].as_array().unwrap().clone());
+    let losses = points.map(|p| serde_json::json!([p["train_loss"], p["eval_loss"]])).collect();
+    (losses, r["ranking"].clone())
+}
+
+#[test]
+fn same_seed_same_report_apart_from_timings() {
+    let a = losses_and_ranking("11");
+    assert_eq!(a, losses_and_ranking("11"));
+    assert_ne!(a.0, losses_and_ranking("12").0);
+}
+
+#[test]
+fn one_checkpoint_folder_is_scanned_alone() {
+    let out = scan(&fixtures().join("models/gpt2"), &fixtures().join("task.jsonl"), &["--json", "-"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["checkpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(r["ranking"][0], "gpt2");
+}
+
+#[test]
+fn pythia_style_names_order_by_step() {
+    let dir = Dir::new();
+    let series = dir.path().join("series");
+    for (name, src) in [("step1000", "gpt_neox_parallel"), ("step300", "gpt_neox_sequential")] {
+        let to = series.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(fixtures().join("models").join(src).join(f), to.join(f)).unwrap();
+        }
+    }
+    let out = scan(&series, &fixtures().join("task.jsonl"), &["--json", "-", "--steps", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps: Vec<u64> = r["checkpoints"].as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [300, 1000]);
+    assert_eq!(r["checkpoints"][0]["step_source"], "folder name");
+}

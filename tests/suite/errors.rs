@@ -1,0 +1,239 @@
+//! Bad input: every case ends with a one-line message naming the file and the problem and a
+//! documented exit code, never a panic; a broken checkpoint fails alone and the scan goes on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::util::{fixtures, model_dir, scan, Dir};
+
+const INPUT: i32 = 3;
+const SOME_FAILED: i32 = 4;
+const ALL_FAILED: i32 = 5;
+const USAGE: i32 = 2;
+
+fn task() -> PathBuf {
+    fixtures().join("task.jsonl")
+}
+
+/// Runs a scan and returns (exit code, stderr, JSON report if any).
+fn run(dir: &Path, task: &Path, extra: &[&str]) -> (i32, String, Option<serde_json::Value>) {
+    let out = scan(dir, task, &[&["--json", "-"], extra].concat()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let report = serde_json::from_slice(&out.stdout).ok();
+    (out.status.code().unwrap(), stderr, report)
+}
+
+/// The error lines of stderr: each must be a single line starting with "error:".
+fn errors(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.starts_with("error:")).collect()
+}
+
+/// A series of one good gpt2 checkpoint (step 1) and one broken by `mutate` (step 2).
+fn series_with_broken(mutate: impl FnOnce(&Path)) -> Dir {
+    let dir = Dir::new();
+    dir.copy_checkpoint(&model_dir("gpt2"), "checkpoint-1");
+    let broken = dir.copy_checkpoint(&model_dir("gpt2"), "checkpoint-2");
+    mutate(&broken);
+    dir
+}
+
+fn failure_of(report: &serde_json::Value, name: &str) -> String {
+    let c = report["checkpoints"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
+    assert_eq!(c["status"], "failed");
+    assert!(c["rank"].is_null());
+    c["error"].as_str().unwrap().to_string()
+}
+
+/// One checkpoint broken: exit 4, the other ranked, the reason in the report and on stderr.
+fn assert_broken(mutate: impl FnOnce(&Path), expect: &[&str]) {
+    let dir = series_with_broken(mutate);
+    let (code, stderr, report) = run(dir.path(), &task(), &["--steps", "1"]);
+    assert_eq!(code, SOME_FAILED, "{stderr}");
+    let report = report.expect("a report despite the failure");
+    assert_eq!(report["ranking"], serde_json::json!(["checkpoint-1"]));
+    let msg = failure_of(&report, "checkpoint-2");
+    for e in expect {
+        assert!(msg.contains(e), "{msg:?} does not mention {e:?}");
+    }
+    assert!(!msg.contains('\n'));
+    assert!(errors(&stderr).iter().any(|l| l.contains("checkpoint-2")), "{stderr}");
+}
+
+fn edit_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+}
+
+#[test]
+fn missing_folder() {
+    let (code, stderr, _) = run(Path::new("/no/such/series"), &task(), &[]);
+    assert_eq!(code, INPUT);
+    assert!(errors(&stderr)[0].contains("/no/such/series"), "{stderr}");
+}
+
+#[test]
+fn folder_without_checkpoints() {
+    let dir = Dir::new();
+    dir.write("notes/readme.md", "nothing here");
+    let (code, stderr, _) = run(dir.path(), &task(), &[]);
+    assert_eq!(code, INPUT);
+    assert!(stderr.contains("no checkpoints found"), "{stderr}");
+}
+
+#[test]
+fn duplicate_steps_name_both() {
+    let dir = Dir::new();
+    dir.copy_checkpoint(&model_dir("gpt2"), "step5");
+    dir.copy_checkpoint(&model_dir("gpt2"), "checkpoint-5");
+    let (code, stderr, _) = run(dir.path(), &task(), &[]);
+    assert_eq!(code, INPUT);
+    assert!(stderr.contains("step5") && stderr.contains("checkpoint-5"), "{stderr}");
+}
+
+#[test]
+fn unknown_model_type_lists_the_supported_ones() {
+    assert_broken(|d| edit_config(d, |c| c["model_type"] = "mamba".into()), &["config.json", "mamba", "llama", "gpt_neox", "gpt2"]);
+}
+
+#[test]
+fn invalid_config_json() {
+    assert_broken(|d| std::fs::write(d.join("config.json"), "{ not json").unwrap(), &["config.json", "invalid JSON"]);
+}
+
+#[test]
+fn missing_config_json() {
+    assert_broken(|d| std::fs::remove_file(d.join("config.json")).unwrap(), &["config.json", "cannot read"]);
+}
+
+#[test]
+fn config_missing_a_field() {
+    assert_broken(|d| edit_config(d, |c| { c.as_object_mut().unwrap().remove("n_head"); }), &["config.json", "n_head"]);
+}
+
+#[test]
+fn absurd_config_values() {
+    assert_broken(|d| edit_config(d, |c| c["n_head"] = 5.into()), &["config.json", "not divisible"]);
+    assert_broken(|d| edit_config(d, |c| c["n_layer"] = 0.into()), &["config.json", "n_layer"]);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    assert_broken(|d| edit_weights(d, |t| { t.remove("transformer.h.1.mlp.c_fc.weight"); }), &["model.safetensors", "transformer.h.1.mlp.c_fc.weight", "missing"]);
+}
+
+#[test]
+fn tensor_of_the_wrong_shape_is_named() {
+    assert_broken(
+        |d| edit_weights(d, |t| { t.insert("transformer.h.0.attn.c_attn.weight".into(), Tensor::zeros((64, 64), candle_core::DType::F32, &Device::Cpu).unwrap()); }),
+        &["transformer.h.0.attn.c_attn.weight", "[64, 64]", "[64, 192]"],
+    );
+}
+
+#[test]
+fn unreadable_safetensors() {
+    assert_broken(|d| std::fs::write(d.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}").unwrap(), &["model.safetensors", "invalid safetensors"]);
+    assert_broken(|d| std::fs::remove_file(d.join("model.safetensors")).unwrap(), &["no model weights"]);
+}
+
+#[test]
+fn missing_tokenizer() {
+    assert_broken(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap(), &["tokenizer.json", "not found"]);
+}
+
+#[test]
+fn every_checkpoint_broken_exits_5() {
+    let dir = Dir::new();
+    let c = dir.copy_checkpoint(&model_dir("gpt2"), "checkpoint-1");
+    std::fs::write(c.join("config.json"), "[]").unwrap();
+    let (code, _, report) = run(dir.path(), &task(), &[]);
+    assert_eq!(code, ALL_FAILED);
+    assert_eq!(report.unwrap()["ranking"], serde_json::json!([]));
+}
+
+#[test]
+fn empty_task_file() {
+    let dir = Dir::new();
+    let t = dir.write("task.txt", "  \n");
+    let (code, stderr, _) = run(&model_dir("gpt2"), &t, &[]);
+    assert_eq!(code, INPUT);
+    assert!(errors(&stderr)[0].contains("task.txt") && stderr.contains("empty"), "{stderr}");
+}
+
+#[test]
+fn task_too_short_for_the_blocks() {
+    let dir = Dir::new();
+    let t = dir.write("task.txt", "A few words only.");
+    let (code, _, report) = run(&model_dir("gpt2"), &t, &[]);
+    assert_eq!(code, ALL_FAILED);
+    let msg = failure_of(&report.unwrap(), "gpt2");
+    assert!(msg.contains("task.txt") && msg.contains("too short"), "{msg}");
+}
+
+#[test]
+fn invalid_jsonl_line_is_numbered() {
+    let dir = Dir::new();
+    let t = dir.write("task.jsonl", "{\"text\": \"fine\"}\n{\"text\": 3}\n");
+    let (code, stderr, _) = run(&model_dir("gpt2"), &t, &[]);
+    assert_eq!(code, INPUT);
+    assert!(errors(&stderr)[0].contains("task.jsonl") && stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn binary_task_file() {
+    let dir = Dir::new();
+    let t = dir.write("task.txt", [0xffu8, 0xfe, 0x00, 0x80]);
+    let (code, stderr, _) = run(&model_dir("gpt2"), &t, &[]);
+    assert_eq!(code, INPUT);
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    for flags in [&["--steps", "0"][..], &["--lr", "-1"], &["--dropout", "1.5"], &["--batch-size", "0"], &["--targets", ","]] {
+        let (code, stderr, _) = run(&model_dir("gpt2"), &task(), flags);
+        assert_eq!(code, USAGE, "{flags:?}: {stderr}");
+        assert_eq!(errors(&stderr).len(), 1, "{stderr}");
+    }
+}
+
+#[test]
+fn unknown_target_module_is_refused() {
+    let (code, _, report) = run(&model_dir("gpt2"), &task(), &["--targets", "q_proj"]);
+    assert_eq!(code, ALL_FAILED);
+    let msg = failure_of(&report.unwrap(), "gpt2");
+    assert!(msg.contains("q_proj") && msg.contains("c_attn"), "{msg}");
+}
+
+#[test]
+fn unwritable_report_path_fails_before_training() {
+    let start = std::time::Instant::now();
+    let out = scan(&fixtures().join("series"), &task(), &["--json", "/no/such/dir/report.json", "--steps", "50"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(INPUT), "{stderr}");
+    assert!(stderr.contains("/no/such/dir/report.json"), "{stderr}");
+    assert!(start.elapsed().as_secs() < 10, "it trained first");
+}
+
+#[test]
+fn shard_paths_may_not_leave_the_checkpoint() {
+    let dir = Dir::new();
+    let c = dir.copy_checkpoint(&model_dir("llama_sharded"), "checkpoint-1");
+    let index = c.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replace("\"model-00001-of-00003.safetensors\"", "\"../model-00001-of-00003.safetensors\"");
+    std::fs::write(&index, text).unwrap();
+    let (code, _, report) = run(dir.path(), &task(), &[]);
+    assert_eq!(code, ALL_FAILED);
+    assert!(failure_of(&report.unwrap(), "checkpoint-1").contains("leaves the checkpoint folder"));
+}

@@ -85,7 +85,10 @@ impl Dir {
 pub fn scan(dir: &Path, task: &Path, extra: &[&str]) -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("plasticity").unwrap();
     cmd.arg("scan").arg(dir).arg("--task").arg(task);
-    cmd.args(["--steps", "4", "--eval-every", "2", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4", "--threads", "2"]);
+    let defaults = [("--steps", "4"), ("--eval-every", "2"), ("--seq-len", "32"), ("--eval-blocks", "4"), ("--batch-size", "4"), ("--threads", "2")];
+    for (flag, value) in defaults.iter().filter(|(f, _)| !extra.contains(f)) {
+        cmd.args([flag, value]);
+    }
     cmd.args(extra);
     cmd
 }
