@@ -7,8 +7,8 @@ recorded here (computed with Hugging Face transformers + PEFT).
 
 Run it (from anywhere; it chdir()s to the repository root; ~20 s on 2 CPU cores):
 
-    /work/venv/peft/bin/python scripts/make_fixtures.py            # generate + self-check
-    /work/venv/peft/bin/python scripts/make_fixtures.py --no-check # skip the self-check
+    .venv/bin/python scripts/make_fixtures.py            # generate + self-check
+    .venv/bin/python scripts/make_fixtures.py --no-check # skip the self-check
 
 Versions used to produce the committed fixtures (see
 ``scripts/requirements-fixtures.txt`` for the full pinned set):
