@@ -380,6 +380,35 @@ def model_specs():
     ]
 
 
+def rope_scaling_specs():
+    """Smaller Llamas (1 layer, hidden 32) whose rope_parameters scale the frequencies:
+    Llama 3's "llama3" rule and the "linear" rule. Not in the numpy self-check, which only
+    knows the default rope; transformers' own forward pass is the reference."""
+    small = dict(COMMON, num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                 num_attention_heads=2, num_key_value_heads=1, rms_norm_eps=1e-5)
+    llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    linear = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+    return [
+        ("llama_rope_llama3", LlamaConfig(**small, tie_word_embeddings=True, rope_parameters=llama3),
+         1009, torch.float32, None),
+        ("llama_rope_linear", LlamaConfig(**small, tie_word_embeddings=True, rope_parameters=linear),
+         1010, torch.float32, None),
+    ]
+
+
+def make_pickle():
+    """gpt2 again, as a zip-format pytorch_model.bin (torch.save of the state dict), to test
+    the pickle reader; its expected numbers are those of models/gpt2."""
+    src, d = FIX / "models" / "gpt2", FIX / "models" / "gpt2_pickle"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    for f in ["config.json", "tokenizer.json"]:
+        shutil.copy(src / f, d / f)
+    torch.save(load_f32(src).state_dict(), str(d / "pytorch_model.bin"))
+
+
 def load_f32(model_dir):
     model, info = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=torch.float32, attn_implementation="eager", output_loading_info=True
@@ -396,7 +425,7 @@ def make_models(tok_path, eval_blocks):
     input_ids = torch.randint(1, VOCAB_SIZE, (2, 16), dtype=torch.int64)
     (FIX / "models").mkdir(parents=True, exist_ok=True)
     (FIX / "expected").mkdir(parents=True, exist_ok=True)
-    for name, config, seed, dtype, shard in model_specs():
+    for name, config, seed, dtype, shard in model_specs() + rope_scaling_specs():
         d = FIX / "models" / name
         if d.exists():
             shutil.rmtree(d)
@@ -831,6 +860,7 @@ def main():
     print(f"[text] task stream {len(task_stream)} tokens -> {task_blocks.shape[0]} blocks", flush=True)
 
     make_models(tok_path, eval_blocks)
+    make_pickle()
     make_peft(train_blocks)
 
     pre_blocks = to_blocks(token_stream(tok, pre_texts))

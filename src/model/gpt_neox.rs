@@ -46,7 +46,7 @@ pub struct Config {
     pub head_size: usize,
     /// Features of each head that are rotated: int(head_size * rotary_pct).
     pub rotary_ndims: usize,
-    pub rope_theta: f64,
+    pub rope: super::RopeConfig,
     pub act: Activation,
     pub layer_norm_eps: f64,
     pub use_parallel_residual: bool,
@@ -61,8 +61,8 @@ impl RawConfig {
         divides(dir, "hidden_size / num_attention_heads", heads, hidden)?;
         let head_size = hidden / heads;
         let top_theta = self.rope_theta.or(self.rotary_emb_base);
-        let (rope_theta, partial) = rope_settings(dir, top_theta, &self.rope_scaling, &self.rope_parameters, 10000.0)?;
-        let pct = partial.or(self.partial_rotary_factor).or(self.rotary_pct).unwrap_or(0.25);
+        let rope = rope_settings(dir, top_theta, &self.rope_scaling, &self.rope_parameters, 10000.0)?;
+        let pct = rope.partial_rotary_factor.or(self.partial_rotary_factor).or(self.rotary_pct).unwrap_or(0.25);
         Ok(Config {
             vocab_size: positive(dir, "vocab_size", self.vocab_size)?,
             hidden_size: hidden,
@@ -71,7 +71,7 @@ impl RawConfig {
             num_attention_heads: heads,
             head_size,
             rotary_ndims: (head_size as f64 * pct) as usize,
-            rope_theta,
+            rope,
             act: Activation::parse(dir, self.hidden_act.as_deref().unwrap_or("gelu"))?,
             layer_norm_eps: self.layer_norm_eps.unwrap_or(1e-5),
             use_parallel_residual: self.use_parallel_residual.unwrap_or(true),
@@ -107,7 +107,7 @@ impl Attention {
             dense: linear(&w.pp("dense"), &w.path("dense"), h, h, bias, ctx)?,
             heads: cfg.num_attention_heads,
             head_size: cfg.head_size,
-            rope: Rope::new(cfg.rotary_ndims, cfg.rope_theta),
+            rope: Rope::new(cfg.rotary_ndims, &cfg.rope),
         })
     }
 

@@ -49,7 +49,7 @@ pub struct Config {
     pub head_dim: usize,
     pub act: Activation,
     pub rms_norm_eps: f64,
-    pub rope_theta: f64,
+    pub rope: super::RopeConfig,
     /// Bias on q, k, v (Qwen2 always; Llama with `attention_bias`).
     pub qkv_bias: bool,
     /// Bias on o_proj (Llama with `attention_bias`).
@@ -72,7 +72,7 @@ impl RawConfig {
                 hidden / heads
             }
         };
-        let (rope_theta, _) = rope_settings(dir, self.rope_theta, &self.rope_scaling, &self.rope_parameters, 10000.0)?;
+        let rope = rope_settings(dir, self.rope_theta, &self.rope_scaling, &self.rope_parameters, 10000.0)?;
         let qwen2 = self.model_type == "qwen2";
         let attention_bias = self.attention_bias.unwrap_or(false);
         Ok(Config {
@@ -85,7 +85,7 @@ impl RawConfig {
             head_dim,
             act: Activation::parse(dir, self.hidden_act.as_deref().unwrap_or("silu"))?,
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta,
+            rope,
             qkv_bias: qwen2 || attention_bias,
             o_bias: !qwen2 && attention_bias,
             mlp_bias: self.mlp_bias.unwrap_or(false),
@@ -143,7 +143,7 @@ impl Attention {
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
-            rope: Rope::new(d, cfg.rope_theta),
+            rope: Rope::new(d, &cfg.rope),
         })
     }
 

@@ -134,8 +134,8 @@ pub(crate) fn divides(dir: &Path, what: &str, part: usize, whole: usize) -> Resu
     Ok(())
 }
 
-/// transformers 4 writes `rope_theta` (and `rope_scaling`) at the top level; transformers 5
-/// writes `rope_parameters: {rope_type, rope_theta, ...}`. Only the default rope is supported.
+/// transformers 4 writes `rope_theta` and `rope_scaling` at the top level; transformers 5 writes
+/// `rope_parameters: {rope_type, rope_theta, factor, ...}`. Both land here.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RopeParameters {
     pub rope_type: Option<String>,
@@ -143,54 +143,78 @@ pub struct RopeParameters {
     pub legacy_type: Option<String>,
     pub rope_theta: Option<f64>,
     pub partial_rotary_factor: Option<f64>,
+    pub factor: Option<f64>,
+    pub low_freq_factor: Option<f64>,
+    pub high_freq_factor: Option<f64>,
+    pub original_max_position_embeddings: Option<f64>,
 }
 
-impl RopeParameters {
-    /// Refuses rope scaling variants that would change the forward pass.
-    pub fn check(&self, dir: &Path) -> Result<()> {
-        let kind = self.rope_type.as_deref().or(self.legacy_type.as_deref()).unwrap_or("default");
-        if kind != "default" {
-            return Err(Error::input(dir.join("config.json"), format!("rope type {kind:?} is not supported (only the default rotary embedding)")));
-        }
-        Ok(())
-    }
+/// How rotary frequencies are rescaled (transformers' `ROPE_INIT_FUNCTIONS`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// inv_freq / factor.
+    Linear { factor: f64 },
+    /// Llama 3: long wavelengths divided by `factor`, short ones kept, the band between blended.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
 }
 
 /// The resolved rotary settings of a config, whichever transformers version wrote it.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeConfig {
+    pub theta: f64,
+    pub partial_rotary_factor: Option<f64>,
+    pub scaling: RopeScaling,
+}
+
 pub(crate) fn rope_settings(
     dir: &Path,
     top_theta: Option<f64>,
     scaling: &Option<RopeParameters>,
     parameters: &Option<RopeParameters>,
     default_theta: f64,
-) -> Result<(f64, Option<f64>)> {
-    for p in [scaling, parameters].into_iter().flatten() {
-        p.check(dir)?;
-    }
+) -> Result<RopeConfig> {
+    let p = parameters.as_ref().or(scaling.as_ref()).cloned().unwrap_or_default();
+    let kind = p.rope_type.as_deref().or(p.legacy_type.as_deref()).unwrap_or("default");
+    let need = |v: Option<f64>, field: &str| {
+        v.ok_or_else(|| Error::input(dir.join("config.json"), format!("rope type {kind:?} needs {field}")))
+    };
+    let scaling = match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: need(p.factor, "factor")? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need(p.factor, "factor")?,
+            low_freq_factor: need(p.low_freq_factor, "low_freq_factor")?,
+            high_freq_factor: need(p.high_freq_factor, "high_freq_factor")?,
+            original_max_position_embeddings: need(p.original_max_position_embeddings, "original_max_position_embeddings")?,
+        },
+        other => {
+            return Err(Error::input(dir.join("config.json"), format!("rope type {other:?} is not supported (supported: default, linear, llama3)")))
+        }
+    };
     let theta = parameters.as_ref().and_then(|p| p.rope_theta).or(top_theta).unwrap_or(default_theta);
-    let partial = parameters.as_ref().and_then(|p| p.partial_rotary_factor);
-    Ok((theta, partial))
+    Ok(RopeConfig { theta, partial_rotary_factor: parameters.as_ref().and_then(|p| p.partial_rotary_factor), scaling })
 }
 
 /// HF's rotary embedding (`rotate_half` form) over the first `rot_dim` features of each head.
 pub struct Rope {
     rot_dim: usize,
-    theta: f64,
+    /// (rot_dim / 2) inverse frequencies, scaled as the config asks.
+    inv_freq: Vec<f32>,
 }
 
 impl Rope {
-    pub fn new(rot_dim: usize, theta: f64) -> Self {
-        Rope { rot_dim, theta }
+    pub fn new(rot_dim: usize, cfg: &RopeConfig) -> Self {
+        // HF: inv_freq = 1 / theta^(arange(0, dim, 2) / dim), computed in f32.
+        let inv = (0..rot_dim / 2).map(|i| 1.0 / (cfg.theta as f32).powf((2 * i) as f32 / rot_dim as f32));
+        Rope { rot_dim, inv_freq: inv.map(|f| scale_frequency(f, cfg.scaling)).collect() }
     }
 
     /// cos and sin tables (t, rot_dim), each the frequencies repeated twice as in HF.
     fn tables(&self, t: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-        let half = self.rot_dim / 2;
-        // HF: inv_freq = 1 / theta^(arange(0, dim, 2) / dim), computed in f32.
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / (self.theta as f32).powf((2 * i) as f32 / self.rot_dim as f32)).collect();
         let mut freqs = Vec::with_capacity(t * self.rot_dim);
         for pos in 0..t {
-            let row: Vec<f32> = inv.iter().map(|f| pos as f32 * f).collect();
+            let row: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
             freqs.extend_from_slice(&row);
             freqs.extend_from_slice(&row);
         }
@@ -216,6 +240,26 @@ impl Rope {
         }
         let pass = x.narrow(D::Minus1, self.rot_dim, d - self.rot_dim)?;
         Tensor::cat(&[&out, &pass], D::Minus1)
+    }
+}
+
+/// One inverse frequency under a scaling rule (transformers' `_compute_*_parameters`).
+fn scale_frequency(f: f32, scaling: RopeScaling) -> f32 {
+    match scaling {
+        RopeScaling::None => f,
+        RopeScaling::Linear { factor } => f / factor as f32,
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            let (factor, low, high, old) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32, old as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            if wavelen < old / high {
+                f
+            } else if wavelen > old / low {
+                f / factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        }
     }
 }
 
