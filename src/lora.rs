@@ -198,6 +198,18 @@ pub struct PeftConfig {
     #[serde(default)]
     pub use_rslora: bool,
     pub target_modules: serde_json::Value,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub bias: Option<String>,
+    #[serde(default)]
+    pub rank_pattern: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub alpha_pattern: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub layers_to_transform: Option<serde_json::Value>,
+    #[serde(default)]
+    pub modules_to_save: Option<serde_json::Value>,
 }
 
 impl PeftConfig {
@@ -207,8 +219,30 @@ impl PeftConfig {
         serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("invalid adapter config: {e}")))
     }
 
+    /// PEFT options that would change the computation and that plasticity does not implement.
+    fn unsupported(&self) -> Option<&'static str> {
+        let non_empty = |m: &Option<serde_json::Map<String, serde_json::Value>>| m.as_ref().is_some_and(|m| !m.is_empty());
+        let set = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
+        if self.use_dora {
+            Some("use_dora (DoRA)")
+        } else if self.bias.as_deref().is_some_and(|b| b != "none") {
+            Some("bias other than \"none\"")
+        } else if non_empty(&self.rank_pattern) || non_empty(&self.alpha_pattern) {
+            Some("rank_pattern / alpha_pattern")
+        } else if set(&self.layers_to_transform) {
+            Some("layers_to_transform")
+        } else if set(&self.modules_to_save) {
+            Some("modules_to_save")
+        } else {
+            None
+        }
+    }
+
     /// The spec this adapter was made with.
     pub fn spec(&self, path: &Path) -> Result<LoraSpec> {
+        if let Some(what) = self.unsupported() {
+            return Err(Error::input(path, format!("adapter uses {what}, which plasticity does not support")));
+        }
         let targets = match &self.target_modules {
             serde_json::Value::String(s) if s == "all-linear" => Targets::AllLinear,
             serde_json::Value::Array(items) => Targets::Names(items.iter().filter_map(|v| v.as_str().map(String::from)).collect()),

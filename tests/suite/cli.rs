@@ -83,3 +83,14 @@ fn pythia_style_names_order_by_step() {
     assert_eq!(steps, [300, 1000]);
     assert_eq!(r["checkpoints"][0]["step_source"], "folder name");
 }
+
+#[test]
+fn a_peft_adapter_can_start_the_fine_tune() {
+    let adapter = fixtures().join("peft/gpt2");
+    let out = scan(&fixtures().join("models/gpt2"), &fixtures().join("task.jsonl"), &["--json", "-", "--init-adapter", adapter.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["settings"]["lora"]["alpha"], 16.0);
+    assert_eq!(r["settings"]["lora_scale"], 2.0);
+    assert_eq!(r["checkpoints"][0]["trainable_params"], 2 * 8 * (64 + 192));
+}

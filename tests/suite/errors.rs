@@ -237,3 +237,17 @@ fn shard_paths_may_not_leave_the_checkpoint() {
     assert_eq!(code, ALL_FAILED);
     assert!(failure_of(&report.unwrap(), "checkpoint-1").contains("leaves the checkpoint folder"));
 }
+
+#[test]
+fn adapters_with_unsupported_peft_options_are_refused() {
+    let dir = Dir::new();
+    let adapter = dir.copy_checkpoint(&fixtures().join("peft/gpt2"), "adapter");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    cfg["use_dora"] = true.into();
+    std::fs::write(adapter.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let (code, stderr, _) = run(&model_dir("gpt2"), &task(), &["--init-adapter", adapter.to_str().unwrap()]);
+    assert_eq!(code, INPUT);
+    assert!(errors(&stderr)[0].contains("adapter_config.json") && stderr.contains("DoRA"), "{stderr}");
+    let (code, stderr, _) = run(&model_dir("gpt2"), &task(), &["--init-adapter", fixtures().join("peft/gpt2").to_str().unwrap(), "--rank", "4"]);
+    assert_eq!(code, USAGE, "{stderr}");
+}

@@ -60,12 +60,15 @@ impl Dir {
         self.tmp.path()
     }
 
-    /// Copies a fixture checkpoint to `name` inside this folder.
+    /// Copies the files (not sub-folders) of a fixture folder to `name` inside this folder.
     pub fn copy_checkpoint(&self, from: &Path, name: &str) -> PathBuf {
         let to = self.path().join(name);
         std::fs::create_dir_all(&to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
             let entry = entry.unwrap();
+            if entry.path().is_dir() {
+                continue;
+            }
             std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
         }
         to
