@@ -15,6 +15,88 @@ pub struct Cli {
 pub enum Command {
     /// Fine-tune every checkpoint of a series with the same short LoRA run and rank them.
     Scan(ScanArgs),
+    /// Write a checkpoint series of the single-index model of arXiv 2602.02855.
+    Simulate(SimulateArgs),
+    /// Simulate a series where more pre-training slows LoRA down, scan it, and explain the ranking.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Folder to write the series to (created; must be empty if it exists).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    #[command(flatten)]
+    pub series: SeriesArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the simulated series in DIR (created; must be empty) [default: a temporary folder].
+    pub dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub series: SeriesArgs,
+
+    /// Also write the scan's JSON report to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<String>,
+}
+
+/// The single-index series: model, pre-training amounts, and the fine-tuning it carries.
+#[derive(Debug, Args)]
+pub struct SeriesArgs {
+    /// Link function: linear, relu, erf, sigmoid, or heK (Hermite polynomial He_K).
+    #[arg(long, default_value = "linear", value_name = "LINK")]
+    pub link: String,
+
+    /// Input dimension d.
+    #[arg(long, default_value_t = 100, value_name = "D")]
+    pub dim: usize,
+
+    /// Pre-training amounts P: steps of population gradient descent from w = 0.
+    #[arg(long, value_name = "LIST", default_value = "1,3,5,10,15,20,30", conflicts_with = "strengths")]
+    pub steps_list: String,
+
+    /// Pre-training strengths mu in [0, 1] given directly, instead of --steps-list.
+    #[arg(long, value_name = "LIST")]
+    pub strengths: Option<String>,
+
+    /// Step size of the pre-training gradient descent (mu = 1 - (1 - lr)^P for a linear link).
+    #[arg(long, default_value_t = 0.1, value_name = "LR")]
+    pub pretrain_lr: f64,
+
+    /// w0 = mu w* ("aligned") or mu w* + (1 - mu) xi with xi random ("random-mix").
+    #[arg(long, default_value = "aligned", value_name = "VARIANT")]
+    pub variant: String,
+
+    /// Deterministic adapter start with alignment m0 [simulate: uniform on the sphere; demo: 1/sqrt(d)].
+    #[arg(long, value_name = "X", allow_hyphen_values = true)]
+    pub m0: Option<f64>,
+
+    /// Fine-tuning SGD learning rate the series carries.
+    #[arg(long, default_value_t = 0.2, value_name = "LR")]
+    pub lr: f64,
+
+    /// Fine-tuning batch size the series carries [default: d].
+    #[arg(long, value_name = "B")]
+    pub batch_size: Option<usize>,
+
+    /// Fine-tuning step budget [default: 12x the slowest predicted escape, at least 2000].
+    #[arg(long, value_name = "N")]
+    pub budget: Option<usize>,
+
+    /// Seed of the teacher direction w* (and of xi for random-mix).
+    #[arg(long, default_value_t = 0, value_name = "SEED")]
+    pub teacher_seed: u64,
+}
+
+/// `scan`'s flags alone, so `demo` scans with exactly scan's defaults.
+#[derive(Debug, Parser)]
+pub struct ScanOnly {
+    #[command(flatten)]
+    pub args: ScanArgs,
 }
 
 #[derive(Debug, Args)]
@@ -23,8 +105,9 @@ pub struct ScanArgs {
     pub dir: PathBuf,
 
     /// Task data: .txt (one document) or .jsonl with "text" or "prompt"+"completion".
+    /// Not needed for simulated single-index series, whose task is in their config.
     #[arg(long, value_name = "FILE")]
-    pub task: PathBuf,
+    pub task: Option<PathBuf>,
 
     /// tokenizer.json to use instead of each checkpoint's own.
     #[arg(long, value_name = "FILE")]
@@ -82,13 +165,13 @@ pub struct LoraArgs {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Optimizer updates per checkpoint.
-    #[arg(long, default_value_t = 60, value_name = "N")]
-    pub steps: usize,
+    /// Optimizer updates per checkpoint [default: 60, or the budget a simulated series carries].
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
 
-    /// AdamW learning rate (constant after warm-up).
-    #[arg(long, default_value_t = 1e-3, value_name = "LR")]
-    pub lr: f64,
+    /// Learning rate, constant after warm-up [default: 1e-3 for AdamW, or the SGD rate a simulated series carries].
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
 
     /// Linear learning-rate warm-up over the first N updates.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -98,9 +181,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.0, value_name = "NORM")]
     pub max_grad_norm: f64,
 
-    /// Blocks per micro-batch.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    pub batch_size: usize,
+    /// Blocks per micro-batch [default: 8, or the batch a simulated series carries].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
 
     /// Micro-batches per update.
     #[arg(long, default_value_t = 1, value_name = "N")]

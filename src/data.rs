@@ -10,8 +10,6 @@
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -168,7 +166,7 @@ pub struct BatchOrder {
 impl BatchOrder {
     /// Enough indices for `micro_batches` batches of `batch` blocks out of `n_blocks`.
     pub fn new(n_blocks: usize, batch: usize, micro_batches: usize, seed: u64) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = crate::rng::stream(seed, crate::rng::Stream::BatchOrder, 0);
         let need = batch * micro_batches;
         let mut indices = Vec::with_capacity(need + n_blocks);
         while indices.len() < need {

@@ -5,6 +5,7 @@
 //! `main.rs` strings them together; everything public here is what examples, benches and
 //! tests need.
 
+pub mod app;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
@@ -15,6 +16,9 @@ pub mod model;
 pub mod options;
 pub mod progress;
 pub mod report;
+pub mod rng;
 pub mod runner;
 pub mod score;
+pub mod simulate;
+pub mod theory;
 pub mod train;

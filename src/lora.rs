@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, Var};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{CandleContext, Error, Result};
@@ -100,7 +100,7 @@ impl LoraCtx {
             AdapterInit::Peft(dir) => Some(read_peft_adapter(dir)?),
             AdapterInit::Seeded(_) => None,
         };
-        let dropout = (spec.dropout > 0.0).then(|| Dropout::new(spec.dropout, seed ^ 0xD80F_0u64));
+        let dropout = (spec.dropout > 0.0).then(|| Dropout::new(spec.dropout, seed));
         Ok(LoraCtx { spec: spec.clone(), targets, init: init.clone(), peft, dropout, adapters: vec![], seen_modules: BTreeSet::new() })
     }
 
@@ -139,7 +139,7 @@ impl LoraCtx {
                 Ok((a.to_device(device)?, b.to_device(device)?))
             }
             (AdapterInit::Seeded(seed), _) => {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv1a(module));
+                let mut rng = crate::rng::stream(*seed, crate::rng::Stream::AdapterInit, fnv1a(module));
                 let bound = 1.0 / (in_dim as f64).sqrt();
                 let a: Vec<f32> = (0..r * in_dim).map(|_| rng.random_range(-bound..bound) as f32).collect();
                 let a = Tensor::from_vec(a, (r, in_dim), device)?;
@@ -267,7 +267,7 @@ struct Dropout {
 
 impl Dropout {
     fn new(p: f64, seed: u64) -> Self {
-        Dropout { p, rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))), training: Arc::new(AtomicBool::new(true)) }
+        Dropout { p, rng: Arc::new(Mutex::new(crate::rng::stream(seed, crate::rng::Stream::Dropout, 0))), training: Arc::new(AtomicBool::new(true)) }
     }
 
     fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {

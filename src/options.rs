@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 
-use crate::cli::{LoraArgs, ScanArgs, TrainArgs};
+use crate::cli::{LoraArgs, ScanArgs, SeriesArgs, TrainArgs};
+use crate::model::single_index::Variant;
+use crate::simulate::{Amounts, SimulateSpec};
+use crate::theory::Link;
 use crate::error::{Error, Result};
 use crate::lora::{AdapterInit, LoraSpec, PeftConfig, Targets};
 use crate::train::optim::AdamWConfig;
@@ -24,15 +27,30 @@ impl Output {
     }
 }
 
+/// The training flags the user gave (checked), as opposed to defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Explicit {
+    pub lr: Option<f64>,
+    pub steps: Option<usize>,
+    pub batch_size: Option<usize>,
+}
+
+/// Default training settings for transformer checkpoints (README, "Settings and defaults").
+pub const DEFAULT_STEPS: usize = 60;
+pub const DEFAULT_LR: f64 = 1e-3;
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+
 /// Everything a scan needs, checked.
 #[derive(Debug, Clone)]
 pub struct ScanOptions {
     pub dir: PathBuf,
-    pub task: PathBuf,
+    pub task: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
     pub lora: LoraSpec,
     pub init: AdapterInit,
     pub train: TrainSpec,
+    /// Flags given explicitly: they override what a simulated series carries.
+    pub explicit: Explicit,
     pub seq_len: usize,
     pub eval_blocks: usize,
     /// Seeds the adapter initialisation.
@@ -55,6 +73,7 @@ impl ScanOptions {
         }
         let (lora, init) = lora_settings(&args.lora, args.train.seed)?;
         let train = train_settings(&args.train)?;
+        let explicit = Explicit { lr: args.train.lr, steps: args.train.steps, batch_size: args.train.batch_size };
         Ok(ScanOptions {
             dir: args.dir,
             task: args.task,
@@ -62,6 +81,7 @@ impl ScanOptions {
             lora,
             init,
             train,
+            explicit,
             seq_len: at_least("--seq-len", args.train.seq_len, 2)?,
             eval_blocks: at_least("--eval-blocks", args.train.eval_blocks, 1)?,
             seed: args.train.seed,
@@ -132,15 +152,16 @@ fn train_settings(args: &TrainArgs) -> Result<TrainSpec> {
     if !(max_grad_norm >= 0.0 && max_grad_norm.is_finite()) {
         return Err(Error::flag("--max-grad-norm", format!("{max_grad_norm} must be >= 0")));
     }
+    let steps = at_least("--steps", args.steps.unwrap_or(DEFAULT_STEPS), 1)?;
     Ok(TrainSpec {
-        optimizer: AdamWConfig { lr: finite_positive("--lr", args.lr)?, ..AdamWConfig::default() },
+        optimizer: AdamWConfig { lr: finite_positive("--lr", args.lr.unwrap_or(DEFAULT_LR))?, ..AdamWConfig::default() },
         warmup_steps: args.warmup_steps,
         max_grad_norm,
-        batch_size: at_least("--batch-size", args.batch_size, 1)?,
+        batch_size: at_least("--batch-size", args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE), 1)?,
         grad_accum: at_least("--grad-accum", args.grad_accum, 1)?,
-        steps: at_least("--steps", args.steps, 1)?,
+        steps,
         eval_every: args.eval_every,
-        timing_warmup: args.timing_warmup.min(args.steps.saturating_sub(1)),
+        timing_warmup: args.timing_warmup.min(steps - 1),
     })
 }
 
@@ -156,4 +177,60 @@ fn finite_positive(flag: &'static str, value: f64) -> Result<f64> {
         return Err(Error::flag(flag, format!("{value} must be a positive number")));
     }
     Ok(value)
+}
+
+/// The simulated series `simulate` or `demo` writes to `out`. `default_m0` applies when
+/// --m0 is not given (demo starts deterministically at 1/sqrt(d), as the paper's reference).
+pub fn simulate_spec(args: &SeriesArgs, out: PathBuf, demo: bool) -> Result<SimulateSpec> {
+    let link: Link = args.link.parse().map_err(|e: String| Error::flag("--link", e))?;
+    let dim = at_least("--dim", args.dim, 2)?;
+    let variant = match args.variant.as_str() {
+        "aligned" => Variant::Aligned,
+        "random-mix" => Variant::RandomMix,
+        other => return Err(Error::flag("--variant", format!("{other:?} is not aligned or random-mix"))),
+    };
+    let m0 = args.m0.or(demo.then(|| 1.0 / (dim as f64).sqrt()));
+    if let Some(m) = m0 {
+        if !(-1.0..=1.0).contains(&m) || m == 0.0 {
+            return Err(Error::flag("--m0", format!("{m} must be in [-1, 1] and non-zero")));
+        }
+    }
+    Ok(SimulateSpec {
+        out,
+        link,
+        dim,
+        amounts: amounts(args)?,
+        variant,
+        m0,
+        lr: finite_positive("--lr", args.lr)?,
+        batch_size: at_least("--batch-size", args.batch_size.unwrap_or(dim), 1)?,
+        teacher_seed: args.teacher_seed,
+        budget: args.budget.map(|b| at_least("--budget", b, 1)).transpose()?,
+    })
+}
+
+fn amounts(args: &SeriesArgs) -> Result<Amounts> {
+    if let Some(list) = &args.strengths {
+        let mus = parse_list::<f64>("--strengths", list)?;
+        if let Some(bad) = mus.iter().find(|m| !(0.0..=1.0).contains(*m)) {
+            return Err(Error::flag("--strengths", format!("{bad} is not in [0, 1]")));
+        }
+        return Ok(Amounts::Strengths(mus));
+    }
+    let pretrain_lr = args.pretrain_lr;
+    if !(pretrain_lr > 0.0 && pretrain_lr <= 1.0) {
+        return Err(Error::flag("--pretrain-lr", format!("{pretrain_lr} is not in (0, 1]")));
+    }
+    Ok(Amounts::Steps { steps: parse_list::<u64>("--steps-list", &args.steps_list)?, pretrain_lr })
+}
+
+fn parse_list<T: std::str::FromStr>(flag: &'static str, list: &str) -> Result<Vec<T>> {
+    let items: Vec<T> = list
+        .split(',')
+        .map(|s| s.trim().parse::<T>().map_err(|_| Error::flag(flag, format!("{s:?} is not a number"))))
+        .collect::<Result<_>>()?;
+    if items.is_empty() {
+        return Err(Error::flag(flag, "empty list"));
+    }
+    Ok(items)
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::data::{self, BatchOrder, Blocks, Document, TaskTokenizer};
 use crate::discover::CheckpointRef;
 use crate::error::{one_line, Error, Result};
+use crate::model::single_index::{self, RunSettings};
 use crate::model::{self, LoadedModel};
 use crate::options::ScanOptions;
 use crate::progress::Progress;
@@ -25,6 +26,8 @@ pub struct Run {
     pub params: usize,
     pub trainable_params: usize,
     pub outcome: Outcome,
+    /// The paper's measurements, for single-index checkpoints.
+    pub single_index: Option<single_index::Metrics>,
 }
 
 /// One checkpoint's result: a run, or why there is none.
@@ -43,19 +46,27 @@ struct BlockCache {
 /// A scan in progress.
 pub struct Scan<'a> {
     opts: &'a ScanOptions,
-    docs: Vec<Document>,
+    /// The task file and its documents (None for a simulated series).
+    task: Option<(PathBuf, Vec<Document>)>,
     cache: BlockCache,
     pub results: Vec<CheckpointResult>,
 }
 
 impl<'a> Scan<'a> {
-    /// Reads the task file (a bad one stops the scan before any checkpoint is opened).
-    pub fn new(opts: &'a ScanOptions) -> Result<Self> {
-        let docs = data::read_task(&opts.task)?;
+    /// Reads the task file (a bad one stops the scan before any checkpoint is opened); without
+    /// one, every checkpoint must carry its own task (single-index).
+    pub fn new(opts: &'a ScanOptions, checkpoints: &[CheckpointRef]) -> Result<Self> {
+        let task = match &opts.task {
+            Some(path) => Some((path.clone(), data::read_task(path)?)),
+            None => {
+                needs_no_task(checkpoints)?;
+                None
+            }
+        };
         if let Some(tok) = &opts.tokenizer {
             TaskTokenizer::open(tok)?;
         }
-        Ok(Scan { opts, docs, cache: BlockCache::default(), results: Vec::new() })
+        Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new() })
     }
 
     /// Fine-tunes every checkpoint, rewriting the reports after each one.
@@ -76,23 +87,37 @@ impl<'a> Scan<'a> {
     }
 
     fn run_one(&mut self, c: &CheckpointRef, progress: &Progress) -> Result<Run> {
+        let config = model::read_config(&c.path)?;
+        if config.get("model_type").and_then(|v| v.as_str()) == Some(single_index::MODEL_TYPE) {
+            return self.run_single_index(&c.path, &config);
+        }
         let o = self.opts;
         let model = model::load(&c.path, &o.lora, &o.init, o.seed, &o.device)?;
         let blocks = self.blocks_for(&c.path, &model)?;
         let order = BatchOrder::new(blocks.train.len(), o.train.batch_size, o.train.steps * o.train.grad_accum, o.data_seed);
         let outcome = train::fine_tune(&model, blocks, &order, &o.train, &mut |ev| progress.step(ev))?;
-        Ok(Run { model_type: model.model_type.clone(), params: model.n_params, trainable_params: model.trainable_params(), outcome })
+        Ok(Run { model_type: model.model_type.clone(), params: model.n_params, trainable_params: model.trainable_params(), outcome, single_index: None })
+    }
+
+    /// The paper's rank-1 SGD on the checkpoint's own synthetic task.
+    fn run_single_index(&self, dir: &Path, config: &serde_json::Value) -> Result<Run> {
+        let cfg = single_index::Config::read(dir, config)?;
+        let e = self.opts.explicit;
+        let settings = RunSettings { seed: self.opts.seed, data_seed: self.opts.data_seed, lr: e.lr, batch_size: e.batch_size, steps: e.steps };
+        let (outcome, metrics) = single_index::run(dir, &cfg, &settings)?;
+        Ok(Run { model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, outcome, single_index: Some(metrics) })
     }
 
     /// The task's blocks under this checkpoint's tokenizer, checked against its vocabulary.
     fn blocks_for(&mut self, dir: &Path, model: &LoadedModel) -> Result<&Blocks> {
+        let (task, docs) = self.task.as_ref().ok_or_else(|| Error::flag("--task", format!("{} is a language model: give --task FILE", dir.display())))?;
         let path = self.opts.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
         let tok = TaskTokenizer::open(&path)?;
         let eos = tok.eos(model.eos_token_id)?;
         let key = (std::fs::read(&path).map_err(|e| Error::input(&path, e.to_string()))?, eos);
         if !self.cache.by_tokenizer.contains_key(&key) {
-            let stream = data::tokenize(&self.docs, &tok, eos)?;
-            let blocks = data::blocks(&stream, self.opts.seq_len, self.opts.eval_blocks, &self.opts.task)?;
+            let stream = data::tokenize(docs, &tok, eos)?;
+            let blocks = data::blocks(&stream, self.opts.seq_len, self.opts.eval_blocks, task)?;
             self.cache.by_tokenizer.insert(key.clone(), blocks);
         }
         let blocks = &self.cache.by_tokenizer[&key];
@@ -104,7 +129,7 @@ impl<'a> Scan<'a> {
     pub fn report(&self, status: &str) -> Report {
         let summaries: Vec<Option<RunSummary>> = self.results.iter().map(|r| r.run.as_ref().ok().map(summary)).collect();
         let refs: Vec<Option<&RunSummary>> = summaries.iter().map(Option::as_ref).collect();
-        let target = score::target_loss(&refs, self.opts.target_loss);
+        let target = score::target_loss(&refs, self.opts.target_loss.or(self.series_target()));
         let scores = target.map(|t| score::rank(&refs, t));
         let checkpoints: Vec<CheckpointReport> = self
             .results
@@ -126,6 +151,27 @@ impl<'a> Scan<'a> {
             checkpoints,
         }
     }
+}
+
+impl Scan<'_> {
+    /// A simulated series converges exactly: its natural target is the paper's tiny loss.
+    fn series_target(&self) -> Option<f64> {
+        let runs: Vec<&Run> = self.results.iter().filter_map(|r| r.run.as_ref().ok()).collect();
+        let all_simulated = !runs.is_empty() && runs.iter().all(|r| r.single_index.is_some());
+        all_simulated.then_some(single_index::TINY_LOSS)
+    }
+}
+
+/// Without --task, every checkpoint must be a simulated single-index one.
+fn needs_no_task(checkpoints: &[CheckpointRef]) -> Result<()> {
+    for c in checkpoints {
+        let model_type = model::read_config(&c.path).ok().and_then(|v| v.get("model_type")?.as_str().map(String::from));
+        if model_type.as_deref() != Some(single_index::MODEL_TYPE) {
+            let what = model_type.unwrap_or_else(|| "not a simulated checkpoint".into());
+            return Err(Error::flag("--task", format!("is required: {} is {what}", c.path.display())));
+        }
+    }
+    Ok(())
 }
 
 /// Token ids must exist in the model's vocabulary; GPT-2 cannot see past `n_positions`.
@@ -173,6 +219,7 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&score::Score>) -> Chec
             out.median_step_s = Some(run.outcome.median_step_s);
             out.tokens_per_s = Some(run.outcome.tokens_per_s());
             out.curve = run.outcome.curve.clone();
+            out.single_index = run.single_index.clone();
             if let Some(s) = score {
                 out.steps_to_target = s.steps_to_target;
                 out.device_hours_to_target = s.device_hours_to_target;

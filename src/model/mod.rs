@@ -10,6 +10,7 @@
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod llama;
+pub mod single_index;
 
 use std::path::Path;
 

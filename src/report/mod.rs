@@ -5,6 +5,7 @@
 //! loses a finished measurement or leaves a half-written file. Formats implement [`Exporter`];
 //! this module must not compute scores (the scorer does) or print progress.
 
+pub mod headline;
 pub mod json;
 pub mod table;
 
@@ -73,6 +74,10 @@ pub struct CheckpointReport {
     pub convergence_per_device_hour: Option<f64>,
     /// 1 = best; absent for failed checkpoints.
     pub rank: Option<usize>,
+    /// Single-index checkpoints: mu, initial_loss, escape_step, steps_to_tiny_loss, tau,
+    /// predicted_escape_step, m0.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub single_index: Option<crate::model::single_index::Metrics>,
 }
 
 /// One output format.

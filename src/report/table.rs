@@ -2,37 +2,49 @@
 
 use super::{CheckpointReport, Report};
 
-/// The table as text: rank, checkpoint, step, eval losses, steps and hours to target, speed.
+/// The table as text: rank, checkpoint, step, eval losses, steps and hours to target, speed;
+/// then, for a simulated series, its measurements against the theory.
 pub fn render(report: &Report) -> String {
     let hours = &report.hours_unit;
     let header = ["rank", "checkpoint", "step", "eval@0", "final eval", "steps→target", &format!("{hours}→target"), "tokens/s"];
     let rows: Vec<Vec<String>> = report.checkpoints.iter().map(row).collect();
+    let mut out = match report.target_loss {
+        Some(t) => format!("target eval loss {}; time in {hours} on {} ({} threads)\n", loss(Some(t)), report.device.name, report.device.threads),
+        None => "no target eval loss (no checkpoint finished)\n".into(),
+    };
+    out.push_str(&grid(&header, rows));
+    if let Some(best) = report.ranking.first() {
+        out.push_str(&format!("best checkpoint to fine-tune: {best}\n"));
+    }
+    if let Some(theory) = render_theory(report) {
+        out.push_str(&theory);
+    }
+    out
+}
+
+/// Left-aligned columns two spaces apart.
+fn grid(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string();
-    let mut out = String::new();
-    match report.target_loss {
-        Some(t) => out.push_str(&format!("target eval loss {t:.4}; time in {hours} on {} ({} threads)\n", report.device.name, report.device.threads)),
-        None => out.push_str("no target eval loss (no checkpoint finished)\n"),
+    let line = |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string() + "\n";
+    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    std::iter::once(&header).chain(&rows).map(|r| line(r)).collect()
+}
+
+/// A loss: 4 decimals, or scientific notation below 1e-3.
+fn loss(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v != 0.0 && v.abs() < 1e-3 => format!("{v:.2e}"),
+        Some(v) => format!("{v:.4}"),
     }
-    out.push_str(&line(header.iter().map(|s| s.to_string()).collect()));
-    out.push('\n');
-    for r in rows {
-        out.push_str(&line(r));
-        out.push('\n');
-    }
-    if let Some(best) = report.ranking.first() {
-        out.push_str(&format!("best checkpoint to fine-tune: {best}\n"));
-    }
-    out
 }
 
 fn row(c: &CheckpointReport) -> Vec<String> {
-    let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
     if c.status != "ok" {
         let err = c.error.clone().unwrap_or_default();
         return vec!["-".into(), c.name.clone(), c.step.to_string(), format!("{}: {err}", c.status)];
@@ -41,10 +53,39 @@ fn row(c: &CheckpointReport) -> Vec<String> {
         c.rank.map_or("-".into(), |r| r.to_string()),
         c.name.clone(),
         c.step.to_string(),
-        f(c.initial_eval_loss, 4),
-        f(c.final_eval_loss, 4),
+        loss(c.initial_eval_loss),
+        loss(c.final_eval_loss),
         c.steps_to_target.map_or("not reached".into(), |s| format!("{s:.1}")),
-        c.device_hours_to_target.map_or("-".into(), |h| format!("{h:.3e}")),
-        f(c.tokens_per_s, 0),
+        c.device_hours_to_target.map_or("-".into(), |h| if h == 0.0 { "0".into() } else { format!("{h:.3e}") }),
+        c.tokens_per_s.map_or("-".into(), |t| format!("{t:.0}")),
     ]
+}
+
+/// The single-index measurements against the theory, when the series has them.
+pub fn render_theory(report: &Report) -> Option<String> {
+    let rows: Vec<Vec<String>> = report.checkpoints.iter().filter_map(theory_row).collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let header = ["checkpoint", "mu", "initial loss", "escape step", "predicted", "ratio", "steps to 1e-6", "tau"];
+    Some(format!("\nsingle-index model (escape: first step with |m| >= 0.5; prediction from the linearised dynamics)\n{}", grid(&header, rows)))
+}
+
+fn theory_row(c: &CheckpointReport) -> Option<Vec<String>> {
+    let m = c.single_index.as_ref()?;
+    let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    let ratio = match (m.escape_step, m.predicted_escape_step) {
+        (Some(e), Some(p)) if p > 0.0 => Some(e as f64 / p),
+        _ => None,
+    };
+    Some(vec![
+        c.name.clone(),
+        format!("{:.3}", m.mu),
+        loss(Some(m.initial_loss)),
+        m.escape_step.map_or("not reached".into(), |s| s.to_string()),
+        opt(m.predicted_escape_step, 0),
+        opt(ratio, 2),
+        m.steps_to_tiny_loss.map_or("not reached".into(), |s| s.to_string()),
+        opt(m.tau, 1),
+    ])
 }

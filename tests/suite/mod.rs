@@ -3,4 +3,5 @@ mod engine;
 mod errors;
 mod parity;
 mod peft;
+mod single_index;
 pub mod util;

@@ -1,0 +1,88 @@
+//! The three commands as sequences of named phases: `scan`, `simulate` and `demo`. Each
+//! returns the exit code; errors travel up to main, which prints them on one line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::cli::{DemoArgs, ScanArgs, ScanOnly, SimulateArgs};
+use crate::discover;
+use crate::error::{exit, Error, Result};
+use crate::options::{self, ScanOptions};
+use crate::report::{headline, table, Report, Reports};
+use crate::runner::Scan;
+use crate::simulate;
+
+/// `plasticity scan`: discover, fine-tune each checkpoint, rank, report.
+pub fn scan(args: ScanArgs) -> Result<i32> {
+    let opts = ScanOptions::from_args(args)?;
+    let report = run_scan(&opts)?;
+    Ok(exit_code(&report))
+}
+
+fn run_scan(opts: &ScanOptions) -> Result<Report> {
+    configure_threads(opts.threads);
+    let reports = Reports::create(opts.json.as_ref())?;
+    let found = discover::scan(&opts.dir)?;
+    found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
+    let report = Scan::new(opts, &found.checkpoints)?.run(&found.checkpoints, &reports)?;
+    reports.finish(&report)?;
+    print_text(&table::render(&report), reports.uses_stdout());
+    Ok(report)
+}
+
+/// `plasticity simulate`: write a single-index checkpoint series.
+pub fn simulate(args: SimulateArgs) -> Result<i32> {
+    let spec = options::simulate_spec(&args.series, args.out, false)?;
+    let dirs = simulate::write_series(&spec)?;
+    println!("wrote {} snapshots to {} (scan it with: plasticity scan {})", dirs.len(), spec.out.display(), spec.out.display());
+    Ok(exit::OK)
+}
+
+/// `plasticity demo`: simulate the paper's reference series, scan it, explain the ranking.
+pub fn demo(args: DemoArgs) -> Result<i32> {
+    let tmp = match &args.dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().map_err(|e| Error::Other(format!("cannot create a temporary folder: {e}")))?),
+    };
+    let dir: PathBuf = args.dir.clone().unwrap_or_else(|| tmp.as_ref().map(|t| t.path().join("series")).unwrap_or_default());
+    let spec = options::simulate_spec(&args.series, dir.clone(), true)?;
+    simulate::write_series(&spec)?;
+    eprintln!("simulated {} snapshots of the single-index model (link {}, d = {}) in {}", count_dirs(&dir), spec.link, spec.dim, dir.display());
+    let opts = ScanOptions::from_args(demo_scan_args(&dir, args.json.as_deref())?)?;
+    let report = run_scan(&opts)?;
+    print_text(&format!("\n{}\n", headline::headline(&report)), opts.json.as_ref().is_some_and(|o| *o == options::Output::Stdout));
+    Ok(exit_code(&report))
+}
+
+/// scan's own defaults, on the simulated folder.
+fn demo_scan_args(dir: &std::path::Path, json: Option<&str>) -> Result<ScanArgs> {
+    let mut argv = vec!["scan".to_string(), dir.display().to_string()];
+    if let Some(j) = json {
+        argv.extend(["--json".to_string(), j.to_string()]);
+    }
+    ScanOnly::try_parse_from(argv).map(|s| s.args).map_err(|e| Error::Other(e.to_string()))
+}
+
+fn count_dirs(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|r| r.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0)
+}
+
+fn exit_code(report: &Report) -> i32 {
+    match report.checkpoints.iter().filter(|c| c.status != "ok").count() {
+        0 => exit::OK,
+        n if n == report.checkpoints.len() => exit::ALL_FAILED,
+        _ => exit::SOME_FAILED,
+    }
+}
+
+/// candle's CPU kernels size their thread pools from RAYON_NUM_THREADS.
+fn configure_threads(threads: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+}
+
+/// Human text goes to stdout, or to stderr when a report already uses stdout.
+fn print_text(text: &str, stdout_taken: bool) {
+    if stdout_taken { eprint!("{text}") } else { print!("{text}") }
+}
