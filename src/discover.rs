@@ -65,10 +65,7 @@ pub fn scan(dir: &Path) -> Result<Discovery> {
 /// `dir` is itself a checkpoint: its step comes from trainer_state.json or its name, else 0.
 fn single(dir: &Path) -> Result<CheckpointRef> {
     let name = file_name(dir);
-    let (step, step_source) = match step_of(dir, &name)? {
-        Some(found) => found,
-        None => (0, "none (single checkpoint)"),
-    };
+    let (step, step_source) = step_of(dir, &name)?.unwrap_or((0, "none (single checkpoint)"));
     Ok(CheckpointRef { name, path: dir.to_path_buf(), step, step_source })
 }
 

@@ -308,7 +308,7 @@ mod tests {
     #[test]
     fn quadrature_population_loss_matches_the_linear_closed_form() {
         let (r, q) = (0.7, 0.8);
-        let quad = 0.5 * theory::expect(|z1| theory::expect(|z3| (z1 - (r * z1 + (q - r * r as f64).sqrt() * z3)).powi(2)));
+        let quad = 0.5 * theory::expect(|z1| theory::expect(|z3| (z1 - (r * z1 + (q - r * r).sqrt() * z3)).powi(2)));
         assert!((quad - population_loss(Link::Linear, r, q)).abs() < 1e-12);
         assert!(population_loss(Link::Erf, 1.0, 1.0) < 1e-15);
     }
