@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::cli::{DemoArgs, ScanArgs, ScanOnly, SimulateArgs};
+use crate::cli::{DemoArgs, ReportArgs, ScanArgs, ScanOnly, SelectArgs, SimulateArgs};
 use crate::discover;
 use crate::error::{exit, Error, Result};
 use crate::options::{self, ScanOptions};
-use crate::report::{headline, table, Report, Reports};
+use crate::report::{headline, markdown, table, Report, Reports};
 use crate::runner::Scan;
 use crate::simulate;
 
@@ -22,13 +22,41 @@ pub fn scan(args: ScanArgs) -> Result<i32> {
 
 fn run_scan(opts: &ScanOptions) -> Result<Report> {
     configure_threads(opts.threads);
-    let reports = Reports::create(opts.json.as_ref())?;
+    let reports = Reports::create(&opts.exports)?;
     let found = discover::scan(&opts.dir)?;
     found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
     let report = Scan::new(opts, &found.checkpoints)?.run(&found.checkpoints, &reports)?;
     reports.finish(&report)?;
     print_text(&table::render(&report), reports.uses_stdout());
+    if opts.step_summary {
+        append_step_summary(&report);
+    }
     Ok(report)
+}
+
+/// `plasticity report`: render a saved report in other formats, without training.
+pub fn report(args: ReportArgs) -> Result<i32> {
+    let report = Report::read(&args.report)?;
+    let exports = options::exports(&args.export)?;
+    if exports.is_empty() {
+        print!("{}", table::render(&report));
+    }
+    let reports = Reports::create(&exports)?;
+    reports.finish(&report)?;
+    Ok(exit::OK)
+}
+
+/// `plasticity select`: the path of the best checkpoint (or the best K), one per line.
+pub fn select(args: SelectArgs) -> Result<i32> {
+    let report = Report::read(&args.report)?;
+    if report.ranking.is_empty() {
+        return Err(Error::input(&args.report, "the report ranks no checkpoint"));
+    }
+    for name in report.ranking.iter().take(args.top.max(1)) {
+        let c = report.checkpoints.iter().find(|c| &c.name == name).ok_or_else(|| Error::input(&args.report, format!("ranked checkpoint {name} is not in checkpoints[]")))?;
+        println!("{}", c.path);
+    }
+    Ok(exit::OK)
 }
 
 /// `plasticity simulate`: write a single-index checkpoint series.
@@ -51,7 +79,8 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
     eprintln!("simulated {} snapshots of the single-index model (link {}, d = {}) in {}", count_dirs(&dir), spec.link, spec.dim, dir.display());
     let opts = ScanOptions::from_args(demo_scan_args(&dir, args.json.as_deref())?)?;
     let report = run_scan(&opts)?;
-    print_text(&format!("\n{}\n", headline::headline(&report)), opts.json.as_ref().is_some_and(|o| *o == options::Output::Stdout));
+    let stdout_taken = opts.exports.iter().any(|(_, o)| *o == options::Output::Stdout);
+    print_text(&format!("\n{}\n", headline::headline(&report)), stdout_taken);
     Ok(exit_code(&report))
 }
 
@@ -73,6 +102,20 @@ fn exit_code(report: &Report) -> i32 {
         0 => exit::OK,
         n if n == report.checkpoints.len() => exit::ALL_FAILED,
         _ => exit::SOME_FAILED,
+    }
+}
+
+/// GitHub Actions shows what a step appends to $GITHUB_STEP_SUMMARY (at most 1 MiB per step).
+fn append_step_summary(report: &Report) {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else { return };
+    let mut text = markdown::render(report);
+    if text.len() > 512 * 1024 {
+        let cut = (0..=512 * 1024).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text = format!("{}\n\n(summary cut at 512 KiB; see the full report)\n", &text[..cut]);
+    }
+    let appended = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if let Err(e) = appended {
+        eprintln!("warning: cannot append to $GITHUB_STEP_SUMMARY ({}): {e}", PathBuf::from(path).display());
     }
 }
 

@@ -19,6 +19,29 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Simulate a series where more pre-training slows LoRA down, scan it, and explain the ranking.
     Demo(DemoArgs),
+    /// Render a saved JSON report as a table, Markdown, CSV or JUnit, without training.
+    Report(ReportArgs),
+    /// Print the path of the best checkpoint in a saved JSON report (for scripts).
+    Select(SelectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A JSON report written by `plasticity scan --json`.
+    pub report: PathBuf,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// A JSON report written by `plasticity scan --json`.
+    pub report: PathBuf,
+
+    /// Print the best K checkpoints, best first.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub top: usize,
 }
 
 #[derive(Debug, Args)]
@@ -123,9 +146,8 @@ pub struct ScanArgs {
     #[arg(long, value_name = "LOSS")]
     pub target_loss: Option<f64>,
 
-    /// Write the JSON report to FILE ("-" for stdout).
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<String>,
+    #[command(flatten)]
+    pub export: ExportArgs,
 
     /// Threads for the CPU kernels [default: all cores].
     #[arg(long, value_name = "N")]
@@ -134,6 +156,30 @@ pub struct ScanArgs {
     /// Do not draw the progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Report files, each FILE or "-" for stdout; created at start, rewritten after each checkpoint.
+#[derive(Debug, Args, Default)]
+pub struct ExportArgs {
+    /// Write the JSON report to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<String>,
+
+    /// Write a Markdown summary to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<String>,
+
+    /// Write one CSV row per checkpoint to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<String>,
+
+    /// Write JUnit XML (a test case per checkpoint) to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<String>,
+
+    /// Do not append the Markdown summary to $GITHUB_STEP_SUMMARY.
+    #[arg(long)]
+    pub no_step_summary: bool,
 }
 
 #[derive(Debug, Args)]

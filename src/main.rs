@@ -11,6 +11,8 @@ fn main() {
         Command::Scan(args) => app::scan(args),
         Command::Simulate(args) => app::simulate(args),
         Command::Demo(args) => app::demo(args),
+        Command::Report(args) => app::report(args),
+        Command::Select(args) => app::select(args),
     };
     let code = result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

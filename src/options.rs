@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 
-use crate::cli::{LoraArgs, ScanArgs, SeriesArgs, TrainArgs};
+use crate::cli::{ExportArgs, LoraArgs, ScanArgs, SeriesArgs, TrainArgs};
+use crate::report::Format;
 use crate::model::single_index::Variant;
 use crate::simulate::{Amounts, SimulateSpec};
 use crate::theory::Link;
@@ -59,7 +60,10 @@ pub struct ScanOptions {
     pub data_seed: u64,
     pub target_loss: Option<f64>,
     pub threads: usize,
-    pub json: Option<Output>,
+    /// Report formats and where they go (at most one to stdout).
+    pub exports: Vec<(Format, Output)>,
+    /// Append the Markdown summary to $GITHUB_STEP_SUMMARY when it is set.
+    pub step_summary: bool,
     pub progress: bool,
     pub device: Device,
 }
@@ -88,7 +92,8 @@ impl ScanOptions {
             data_seed: args.train.data_seed.unwrap_or(args.train.seed),
             target_loss: args.target_loss,
             threads,
-            json: args.json.as_deref().map(Output::parse),
+            exports: exports(&args.export)?,
+            step_summary: !args.export.no_step_summary,
             progress: !args.quiet,
             device: Device::Cpu,
         })
@@ -98,6 +103,16 @@ impl ScanOptions {
     pub fn hours_label(&self) -> &'static str {
         if self.device.is_cpu() { "device-hours" } else { "GPU-hours" }
     }
+}
+
+/// The report files asked for; only one may go to stdout.
+pub fn exports(args: &ExportArgs) -> Result<Vec<(Format, Output)>> {
+    let all = [(Format::Json, &args.json), (Format::Markdown, &args.markdown), (Format::Csv, &args.csv), (Format::Junit, &args.junit)];
+    let list: Vec<(Format, Output)> = all.iter().filter_map(|(f, v)| v.as_deref().map(|v| (*f, Output::parse(v)))).collect();
+    if list.iter().filter(|(_, o)| *o == Output::Stdout).count() > 1 {
+        return Err(Error::flag("--json/--markdown/--csv/--junit", "only one report can go to stdout (\"-\")"));
+    }
+    Ok(list)
 }
 
 fn default_threads() -> usize {

@@ -15,6 +15,7 @@ fn figures(c: &CheckpointReport) -> (Option<f64>, Option<f64>, &'static str) {
 fn describe(c: &CheckpointReport) -> String {
     match &c.single_index {
         Some(m) => format!("{}, mu = {:.3}", c.name, m.mu),
+        None if c.name.contains(&c.step.to_string()) => c.name.clone(),
         None => format!("{}, step {}", c.name, c.step),
     }
 }

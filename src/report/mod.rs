@@ -5,8 +5,11 @@
 //! loses a finished measurement or leaves a half-written file. Formats implement [`Exporter`];
 //! this module must not compute scores (the scorer does) or print progress.
 
+pub mod csv;
 pub mod headline;
 pub mod json;
+pub mod junit;
+pub mod markdown;
 pub mod table;
 
 use std::io::Write;
@@ -35,6 +38,19 @@ pub struct Report {
     pub checkpoints: Vec<CheckpointReport>,
     /// Checkpoint names, best first (failed checkpoints are not ranked).
     pub ranking: Vec<String>,
+}
+
+impl Report {
+    /// Reads a JSON report, refusing other schema versions.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read report: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(path, format!("invalid JSON: {e}")))?;
+        let version = value.get("schema_version").and_then(|v| v.as_u64());
+        if version != Some(SCHEMA_VERSION as u64) {
+            return Err(Error::input(path, format!("not a plasticity report of schema version {SCHEMA_VERSION} (found {version:?})")));
+        }
+        serde_json::from_value(value).map_err(|e| Error::input(path, format!("invalid report: {e}")))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +101,26 @@ pub trait Exporter {
     fn render(&self, report: &Report) -> Result<Vec<u8>>;
 }
 
+/// The formats a report can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Markdown,
+    Csv,
+    Junit,
+}
+
+impl Format {
+    fn exporter(self) -> Box<dyn Exporter> {
+        match self {
+            Format::Json => Box::new(json::Json),
+            Format::Markdown => Box::new(markdown::Markdown),
+            Format::Csv => Box::new(csv::Csv),
+            Format::Junit => Box::new(junit::Junit),
+        }
+    }
+}
+
 /// A format bound to where it goes.
 struct Sink {
     output: Output,
@@ -98,11 +134,8 @@ pub struct Reports {
 
 impl Reports {
     /// Creates every report file now, so an unwritable path fails before training.
-    pub fn create(json: Option<&Output>) -> Result<Self> {
-        let mut sinks = Vec::new();
-        if let Some(out) = json {
-            sinks.push(Sink { output: out.clone(), exporter: Box::new(json::Json) });
-        }
+    pub fn create(exports: &[(Format, Output)]) -> Result<Self> {
+        let sinks: Vec<Sink> = exports.iter().map(|(f, out)| Sink { output: out.clone(), exporter: f.exporter() }).collect();
         for sink in &sinks {
             if let Output::File(path) = &sink.output {
                 touch(path)?;

@@ -5,38 +5,55 @@ use super::{CheckpointReport, Report};
 /// The table as text: rank, checkpoint, step, eval losses, steps and hours to target, speed;
 /// then, for a simulated series, its measurements against the theory.
 pub fn render(report: &Report) -> String {
-    let hours = &report.hours_unit;
-    let header = ["rank", "checkpoint", "step", "eval@0", "final eval", "steps→target", &format!("{hours}→target"), "tokens/s"];
-    let rows: Vec<Vec<String>> = report.checkpoints.iter().map(row).collect();
-    let mut out = match report.target_loss {
-        Some(t) => format!("target eval loss {}; time in {hours} on {} ({} threads)\n", loss(Some(t)), report.device.name, report.device.threads),
-        None => "no target eval loss (no checkpoint finished)\n".into(),
-    };
-    out.push_str(&grid(&header, rows));
+    let mut out = summary_line(report) + "\n";
+    out.push_str(&grid(&ranking_table(report)));
     if let Some(best) = report.ranking.first() {
         out.push_str(&format!("best checkpoint to fine-tune: {best}\n"));
     }
-    if let Some(theory) = render_theory(report) {
-        out.push_str(&theory);
+    if let Some(theory) = theory_table(report) {
+        out.push_str(&format!("\n{THEORY_CAPTION}\n{}", grid(&theory)));
     }
     out
 }
 
+/// A table as header and rows of formatted cells, shared by the text and Markdown formats.
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+pub const THEORY_CAPTION: &str = "single-index model (escape: first step with |m| >= 0.5; prediction from the linearised dynamics)";
+
+/// "target eval loss ...; time in device-hours on CPU (n threads)".
+pub fn summary_line(report: &Report) -> String {
+    match report.target_loss {
+        Some(t) => format!("target eval loss {}; time in {} on {} ({} threads)", loss(Some(t)), report.hours_unit, report.device.name, report.device.threads),
+        None => "no target eval loss (no checkpoint finished)".into(),
+    }
+}
+
+/// One row per checkpoint, in step order.
+pub fn ranking_table(report: &Report) -> Table {
+    let hours = &report.hours_unit;
+    let header = ["rank", "checkpoint", "step", "eval@0", "final eval", "steps→target", &format!("{hours}→target"), "tokens/s"];
+    Table { header: header.iter().map(|s| s.to_string()).collect(), rows: report.checkpoints.iter().map(row).collect() }
+}
+
 /// Left-aligned columns two spaces apart.
-fn grid(header: &[&str], rows: Vec<Vec<String>>) -> String {
+fn grid(table: &Table) -> String {
+    let (header, rows) = (&table.header, &table.rows);
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let line = |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string() + "\n";
-    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
-    std::iter::once(&header).chain(&rows).map(|r| line(r)).collect()
+    std::iter::once(header).chain(rows).map(|r| line(r)).collect()
 }
 
 /// A loss: 4 decimals, or scientific notation below 1e-3.
-fn loss(v: Option<f64>) -> String {
+pub fn loss(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
         Some(v) if v != 0.0 && v.abs() < 1e-3 => format!("{v:.2e}"),
@@ -62,13 +79,13 @@ fn row(c: &CheckpointReport) -> Vec<String> {
 }
 
 /// The single-index measurements against the theory, when the series has them.
-pub fn render_theory(report: &Report) -> Option<String> {
+pub fn theory_table(report: &Report) -> Option<Table> {
     let rows: Vec<Vec<String>> = report.checkpoints.iter().filter_map(theory_row).collect();
     if rows.is_empty() {
         return None;
     }
     let header = ["checkpoint", "mu", "initial loss", "escape step", "predicted", "ratio", "steps to 1e-6", "tau"];
-    Some(format!("\nsingle-index model (escape: first step with |m| >= 0.5; prediction from the linearised dynamics)\n{}", grid(&header, rows)))
+    Some(Table { header: header.iter().map(|s| s.to_string()).collect(), rows })
 }
 
 fn theory_row(c: &CheckpointReport) -> Option<Vec<String>> {

@@ -1,6 +1,7 @@
 mod cli;
 mod engine;
 mod errors;
+mod exports;
 mod parity;
 mod peft;
 mod single_index;

@@ -1,0 +1,68 @@
+//! The CSV export (`--csv FILE`): one row per checkpoint with raw, unrounded values, for
+//! spreadsheets and scripts. Empty cells mean "not measured" or "not reached".
+
+use super::{CheckpointReport, Exporter, Report};
+use crate::error::Result;
+
+pub struct Csv;
+
+const COLUMNS: [&str; 15] = [
+    "rank", "name", "path", "step", "status", "error", "initial_eval_loss", "final_eval_loss", "steps_to_target",
+    "device_hours_to_target", "convergence_per_device_hour", "tokens_per_s", "median_step_s", "pretrain_loss", "target_loss",
+];
+const SINGLE_INDEX: [&str; 6] = ["mu", "initial_loss", "escape_step", "steps_to_tiny_loss", "tau", "predicted_escape_step"];
+
+impl Exporter for Csv {
+    fn render(&self, report: &Report) -> Result<Vec<u8>> {
+        let with_theory = report.checkpoints.iter().any(|c| c.single_index.is_some());
+        let mut header: Vec<&str> = COLUMNS.to_vec();
+        if with_theory {
+            header.extend(SINGLE_INDEX);
+        }
+        let mut out = header.join(",") + "\n";
+        for c in &report.checkpoints {
+            let mut cells = cells(c, report.target_loss);
+            if with_theory {
+                cells.extend(theory_cells(c));
+            }
+            out.push_str(&(cells.iter().map(|s| quote(s)).collect::<Vec<_>>().join(",") + "\n"));
+        }
+        Ok(out.into_bytes())
+    }
+}
+
+fn num<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn cells(c: &CheckpointReport, target: Option<f64>) -> Vec<String> {
+    vec![
+        num(c.rank),
+        c.name.clone(),
+        c.path.clone(),
+        c.step.to_string(),
+        c.status.clone(),
+        c.error.clone().unwrap_or_default(),
+        num(c.initial_eval_loss),
+        num(c.final_eval_loss),
+        num(c.steps_to_target),
+        num(c.device_hours_to_target),
+        num(c.convergence_per_device_hour),
+        num(c.tokens_per_s),
+        num(c.median_step_s),
+        num(c.pretrain_loss),
+        num(target),
+    ]
+}
+
+fn theory_cells(c: &CheckpointReport) -> Vec<String> {
+    match &c.single_index {
+        None => vec![String::new(); SINGLE_INDEX.len()],
+        Some(m) => vec![num(Some(m.mu)), num(Some(m.initial_loss)), num(m.escape_step), num(m.steps_to_tiny_loss), num(m.tau), num(m.predicted_escape_step)],
+    }
+}
+
+/// RFC 4180 quoting: fields with a comma, quote or line break are quoted, quotes doubled.
+fn quote(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}

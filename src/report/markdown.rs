@@ -1,0 +1,34 @@
+//! The Markdown summary (`--markdown FILE`, and `$GITHUB_STEP_SUMMARY`): the ranking table, the
+//! best checkpoint, the headline, and the single-index table when there is one.
+
+use super::table::{ranking_table, summary_line, theory_table, Table, THEORY_CAPTION};
+use super::{headline, Exporter, Report};
+use crate::error::Result;
+
+pub struct Markdown;
+
+impl Exporter for Markdown {
+    fn render(&self, report: &Report) -> Result<Vec<u8>> {
+        Ok(render(report).into_bytes())
+    }
+}
+
+pub fn render(report: &Report) -> String {
+    let mut out = format!("## plasticity scan ({})\n\n{}\n\n", report.status, summary_line(report));
+    out.push_str(&pipes(&ranking_table(report)));
+    if let Some(best) = report.ranking.first() {
+        out.push_str(&format!("\n**Best checkpoint to fine-tune: `{best}`.** {}\n", headline::headline(report)));
+    }
+    if let Some(theory) = theory_table(report) {
+        out.push_str(&format!("\n{THEORY_CAPTION}\n\n{}", pipes(&theory)));
+    }
+    out
+}
+
+/// A GitHub-flavoured Markdown table; `|`, `<` and `>` inside cells are escaped.
+fn pipes(table: &Table) -> String {
+    let cell = |c: &String| c.replace('|', "\\|").replace('<', "&lt;").replace('>', "&gt;");
+    let line = |cells: &[String]| format!("| {} |\n", cells.iter().map(cell).collect::<Vec<_>>().join(" | "));
+    let rule = format!("|{}\n", "---|".repeat(table.header.len()));
+    line(&table.header) + &rule + &table.rows.iter().map(|r| line(r)).collect::<String>()
+}

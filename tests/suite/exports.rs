@@ -1,0 +1,142 @@
+//! The export formats, from hand-built reports compared with committed snapshots in
+//! tests/snapshots/ (regenerate with UPDATE_SNAPSHOTS=1 after checking the diff), and the
+//! `report` and `select` commands on a real scan.
+
+use plasticity::model::single_index::Metrics;
+use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, CheckpointReport, DeviceInfo, Exporter, Report, Tool};
+use plasticity::train::CurvePoint;
+
+use super::util::{fixtures, scan, Dir};
+
+fn point(step: usize, eval: f64, elapsed_s: f64) -> CurvePoint {
+    CurvePoint { step, train_loss: (step > 0).then_some(eval + 0.1), eval_loss: Some(eval), elapsed_s }
+}
+
+fn ok(name: &str, step: u64, rank: usize, initial: f64, fin: f64, steps: Option<f64>) -> CheckpointReport {
+    CheckpointReport {
+        name: name.into(),
+        path: format!("runs/{name}"),
+        step,
+        step_source: "folder name".into(),
+        status: "ok".into(),
+        model_type: Some("gpt_neox".into()),
+        params: Some(1000),
+        trainable_params: Some(64),
+        curve: vec![point(0, initial, 0.0), point(10, fin, 2.5)],
+        initial_eval_loss: Some(initial),
+        final_eval_loss: Some(fin),
+        median_step_s: Some(0.25),
+        tokens_per_s: Some(4096.0),
+        steps_to_target: steps,
+        device_hours_to_target: steps.map(|s| s * 0.25 / 3600.0),
+        convergence_per_device_hour: steps.map(|s| 3600.0 / (s * 0.25)),
+        rank: Some(rank),
+        ..Default::default()
+    }
+}
+
+fn report() -> Report {
+    let failed = CheckpointReport {
+        name: "step3000".into(),
+        path: "runs/step3000".into(),
+        step: 3000,
+        step_source: "folder name".into(),
+        status: "failed".into(),
+        error: Some("runs/step3000/model.safetensors: tensor gpt_neox.embed_in.weight is missing, \"quoted\" & <angled>".into()),
+        ..Default::default()
+    };
+    Report {
+        schema_version: 1,
+        tool: Tool { name: "plasticity".into(), version: "0.1.0".into() },
+        status: "complete".into(),
+        settings: serde_json::json!({"dir": "runs"}),
+        device: DeviceInfo { kind: "cpu".into(), name: "Test CPU".into(), threads: 2 },
+        hours_unit: "device-hours".into(),
+        target_loss: Some(3.5),
+        checkpoints: vec![ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)), ok("step2000", 2000, 2, 3.8, 3.6, None), failed],
+        ranking: vec!["step1000".into(), "step2000".into()],
+    }
+}
+
+fn simulated() -> Report {
+    let mut r = report();
+    r.checkpoints.truncate(2);
+    for (c, mu) in r.checkpoints.iter_mut().zip([0.1, 0.9]) {
+        c.single_index = Some(Metrics { mu, initial_loss: 0.5 * (1.0 - mu) * (1.0 - mu), escape_step: Some(20), steps_to_tiny_loss: None, tau: Some(1.9), predicted_escape_step: Some(18.0), m0: 0.1 });
+    }
+    r
+}
+
+/// Compares with tests/snapshots/NAME, or writes it when UPDATE_SNAPSHOTS is set.
+fn snapshot(name: &str, got: Vec<u8>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_SNAPSHOTS=1)", path.display()));
+    assert_eq!(String::from_utf8(got).unwrap(), want, "{name} differs from its snapshot");
+}
+
+#[test]
+fn markdown_snapshot() {
+    snapshot("report.md", Markdown.render(&report()).unwrap());
+    snapshot("simulated.md", Markdown.render(&simulated()).unwrap());
+}
+
+#[test]
+fn csv_snapshot() {
+    snapshot("report.csv", Csv.render(&report()).unwrap());
+    snapshot("simulated.csv", Csv.render(&simulated()).unwrap());
+}
+
+#[test]
+fn junit_snapshot() {
+    snapshot("report.xml", Junit.render(&report()).unwrap());
+}
+
+/// A scan's Markdown equals `plasticity report` of its JSON; `select` prints the winner's path.
+#[test]
+fn report_and_select_reuse_a_saved_report() {
+    let dir = Dir::new();
+    let (json, md, csv, junit) = (dir.path().join("r.json"), dir.path().join("r.md"), dir.path().join("r.csv"), dir.path().join("r.xml"));
+    let paths: Vec<&str> = [&json, &md, &csv, &junit].iter().map(|p| p.to_str().unwrap()).collect();
+    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", paths[0], "--markdown", paths[1], "--csv", paths[2], "--junit", paths[3], "--steps", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bin = || assert_cmd::Command::cargo_bin("plasticity").unwrap();
+    let again = bin().args(["report", paths[0], "--markdown", "-"]).output().unwrap();
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8_lossy(&again.stdout), std::fs::read_to_string(&md).unwrap());
+    let csv_text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv_text.lines().count(), 5, "{csv_text}");
+    assert!(std::fs::read_to_string(&junit).unwrap().contains("tests=\"4\" failures=\"0\""));
+
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let best = r["ranking"][0].as_str().unwrap();
+    let selected = bin().args(["select", paths[0]]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&selected.stdout).trim(), fixtures().join("series").join(best).display().to_string());
+    let top2 = bin().args(["select", paths[0], "--top", "2"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&top2.stdout).lines().count(), 2);
+    let bad = bin().args(["select", md.to_str().unwrap()]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(3));
+}
+
+#[test]
+fn only_one_report_may_use_stdout() {
+    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", "-", "--csv", "-"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn step_summary_is_appended_on_github() {
+    let dir = Dir::new();
+    let summary = dir.write("summary.md", "earlier step\n");
+    let run = |extra: &[&str]| {
+        let mut cmd = scan(&fixtures().join("models/gpt2"), &fixtures().join("task.jsonl"), extra);
+        cmd.env("GITHUB_STEP_SUMMARY", &summary).output().unwrap()
+    };
+    assert!(run(&["--steps", "1"]).status.success());
+    let text = std::fs::read_to_string(&summary).unwrap();
+    assert!(text.starts_with("earlier step\n") && text.contains("## plasticity scan"), "{text}");
+    assert!(run(&["--steps", "1", "--no-step-summary"]).status.success());
+    assert_eq!(std::fs::read_to_string(&summary).unwrap(), text);
+}
