@@ -142,9 +142,23 @@ pub struct ScanArgs {
     #[command(flatten)]
     pub train: TrainArgs,
 
-    /// Target eval loss [default: the median of the checkpoints' final eval losses].
-    #[arg(long, value_name = "LOSS")]
+    /// Target eval loss [default: the median of the final eval losses; 1e-6 for a simulated series].
+    #[arg(long, value_name = "LOSS", conflicts_with = "target_drop")]
     pub target_loss: Option<f64>,
+
+    /// Target a loss drop instead: F times the largest total drop of any checkpoint, from each
+    /// checkpoint's own initial loss.
+    #[arg(long, value_name = "F")]
+    pub target_drop: Option<f64>,
+
+    /// Fine-tune each checkpoint N times (seeds --seed..--seed+N-1, likewise --data-seed) and
+    /// report means with 95% confidence intervals.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seeds: usize,
+
+    /// Add cost columns: device-hours x P.
+    #[arg(long, value_name = "P")]
+    pub price_per_gpu_hour: Option<f64>,
 
     #[command(flatten)]
     pub export: ExportArgs,

@@ -7,6 +7,7 @@ use candle_core::Device;
 
 use crate::cli::{ExportArgs, LoraArgs, ScanArgs, SeriesArgs, TrainArgs};
 use crate::report::Format;
+use crate::score::TargetSpec;
 use crate::model::single_index::Variant;
 use crate::simulate::{Amounts, SimulateSpec};
 use crate::theory::Link;
@@ -58,7 +59,10 @@ pub struct ScanOptions {
     pub seed: u64,
     /// Seeds the batch order.
     pub data_seed: u64,
-    pub target_loss: Option<f64>,
+    /// --target-loss or --target-drop; None: the series' default.
+    pub target: Option<TargetSpec>,
+    pub seeds: usize,
+    pub price_per_hour: Option<f64>,
     pub threads: usize,
     /// Report formats and where they go (at most one to stdout).
     pub exports: Vec<(Format, Output)>,
@@ -72,9 +76,13 @@ impl ScanOptions {
     pub fn from_args(args: ScanArgs) -> Result<Self> {
         let threads = args.threads.unwrap_or_else(default_threads);
         at_least("--threads", threads, 1)?;
-        if let Some(t) = args.target_loss {
-            finite_positive("--target-loss", t)?;
-        }
+        let target = match (args.target_loss, args.target_drop) {
+            (Some(t), _) => Some(TargetSpec::Loss(finite_positive("--target-loss", t)?)),
+            (None, Some(f)) if f > 0.0 && f <= 1.0 => Some(TargetSpec::Drop(f)),
+            (None, Some(f)) => return Err(Error::flag("--target-drop", format!("{f} is not in (0, 1]"))),
+            (None, None) => None,
+        };
+        let price_per_hour = args.price_per_gpu_hour.map(|p| finite_positive("--price-per-gpu-hour", p)).transpose()?;
         let (lora, init) = lora_settings(&args.lora, args.train.seed)?;
         let train = train_settings(&args.train)?;
         let explicit = Explicit { lr: args.train.lr, steps: args.train.steps, batch_size: args.train.batch_size };
@@ -90,7 +98,9 @@ impl ScanOptions {
             eval_blocks: at_least("--eval-blocks", args.train.eval_blocks, 1)?,
             seed: args.train.seed,
             data_seed: args.train.data_seed.unwrap_or(args.train.seed),
-            target_loss: args.target_loss,
+            target,
+            seeds: at_least("--seeds", args.seeds, 1)?,
+            price_per_hour,
             threads,
             exports: exports(&args.export)?,
             step_summary: !args.export.no_step_summary,

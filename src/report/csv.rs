@@ -6,9 +6,11 @@ use crate::error::Result;
 
 pub struct Csv;
 
-const COLUMNS: [&str; 15] = [
-    "rank", "name", "path", "step", "status", "error", "initial_eval_loss", "final_eval_loss", "steps_to_target",
-    "device_hours_to_target", "convergence_per_device_hour", "tokens_per_s", "median_step_s", "pretrain_loss", "target_loss",
+const COLUMNS: [&str; 25] = [
+    "rank", "tied_with_best", "name", "path", "step", "status", "error", "target_loss", "initial_eval_loss", "final_eval_loss",
+    "steps_to_target", "steps_to_target_lo", "steps_to_target_hi", "extrapolated", "device_hours_to_target",
+    "device_hours_to_target_lo", "device_hours_to_target_hi", "convergence_per_device_hour", "cost_to_target",
+    "mean_eval_loss", "search_phase_steps", "loss_drop_per_device_hour", "tokens_per_s", "median_step_s", "pretrain_loss",
 ];
 const SINGLE_INDEX: [&str; 6] = ["mu", "initial_loss", "escape_step", "steps_to_tiny_loss", "tau", "predicted_escape_step"];
 
@@ -21,7 +23,7 @@ impl Exporter for Csv {
         }
         let mut out = header.join(",") + "\n";
         for c in &report.checkpoints {
-            let mut cells = cells(c, report.target_loss);
+            let mut cells = cells(c);
             if with_theory {
                 cells.extend(theory_cells(c));
             }
@@ -35,23 +37,35 @@ fn num<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
-fn cells(c: &CheckpointReport, target: Option<f64>) -> Vec<String> {
+fn cells(c: &CheckpointReport) -> Vec<String> {
+    let ci = |key: &str, i: usize| num(c.ci95.get(key).map(|b| b[i]));
+    let ok = c.status == "ok";
     vec![
         num(c.rank),
+        if ok { c.tied_with_best.to_string() } else { String::new() },
         c.name.clone(),
         c.path.clone(),
         c.step.to_string(),
         c.status.clone(),
         c.error.clone().unwrap_or_default(),
+        num(c.target_loss),
         num(c.initial_eval_loss),
         num(c.final_eval_loss),
         num(c.steps_to_target),
+        ci("steps_to_target", 0),
+        ci("steps_to_target", 1),
+        if ok { c.extrapolated.to_string() } else { String::new() },
         num(c.device_hours_to_target),
+        ci("device_hours_to_target", 0),
+        ci("device_hours_to_target", 1),
         num(c.convergence_per_device_hour),
+        num(c.cost_to_target),
+        num(c.mean_eval_loss),
+        num(c.search_phase_steps),
+        num(c.loss_drop_per_device_hour),
         num(c.tokens_per_s),
         num(c.median_step_s),
         num(c.pretrain_loss),
-        num(target),
     ]
 }
 

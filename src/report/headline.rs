@@ -21,6 +21,32 @@ fn describe(c: &CheckpointReport) -> String {
 }
 
 pub fn headline(report: &Report) -> String {
+    let sentence = comparison(report);
+    match significance(report) {
+        Some(s) => format!("{sentence} {s}"),
+        None => sentence,
+    }
+}
+
+/// Whether the winner beats the most pre-trained snapshot beyond seed noise (needs 2+ seeds).
+fn significance(report: &Report) -> Option<String> {
+    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.status == "ok").collect();
+    let best = ok.iter().find(|c| c.rank == Some(1))?;
+    let last = ok.iter().max_by_key(|c| c.step)?;
+    if best.name == last.name || best.seeds < 2 {
+        return None;
+    }
+    let key = "device_hours_to_target";
+    let (b, l) = (best.ci95.get(key)?, last.ci95.get(key));
+    let verdict = match l {
+        Some(l) if b[1] < l[0] => "significantly faster than",
+        Some(_) => "not significantly faster than (95% intervals overlap)",
+        None => "faster than (the most pre-trained one misses the target) ",
+    };
+    Some(format!("Over {} seeds the winner is {verdict} the most pre-trained snapshot.", best.seeds).replace(")  ", ") "))
+}
+
+fn comparison(report: &Report) -> String {
     let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.status == "ok").collect();
     let (Some(best), Some(last)) = (ok.iter().find(|c| c.rank == Some(1)), ok.iter().max_by_key(|c| c.step)) else {
         return "No checkpoint finished, so there is no ranking.".into();

@@ -1,7 +1,7 @@
 //! The Markdown summary (`--markdown FILE`, and `$GITHUB_STEP_SUMMARY`): the ranking table, the
 //! best checkpoint, the headline, and the single-index table when there is one.
 
-use super::table::{ranking_table, summary_line, theory_table, Table, THEORY_CAPTION};
+use super::table::{footnotes, ranking_table, summary_line, theory_table, Table, THEORY_CAPTION};
 use super::{headline, Exporter, Report};
 use crate::error::Result;
 
@@ -16,6 +16,10 @@ impl Exporter for Markdown {
 pub fn render(report: &Report) -> String {
     let mut out = format!("## plasticity scan ({})\n\n{}\n\n", report.status, summary_line(report));
     out.push_str(&pipes(&ranking_table(report)));
+    let notes = footnotes(report);
+    if !notes.is_empty() {
+        out.push_str(&format!("\n{}\n", notes.join("; ")));
+    }
     if let Some(best) = report.ranking.first() {
         out.push_str(&format!("\n**Best checkpoint to fine-tune: `{best}`.** {}\n", headline::headline(report)));
     }

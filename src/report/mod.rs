@@ -12,6 +12,7 @@ pub mod junit;
 pub mod markdown;
 pub mod table;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +35,13 @@ pub struct Report {
     pub device: DeviceInfo,
     /// "device-hours" on a CPU, "GPU-hours" on a GPU.
     pub hours_unit: String,
+    /// The target eval loss when one loss is shared by all checkpoints (not with --target-drop).
     pub target_loss: Option<f64>,
+    /// How the target was chosen: kind "loss", "drop" (value = the loss drop required) or "median_final".
+    pub target: Option<TargetInfo>,
+    /// `--price-per-gpu-hour`, when given (then `cost_to_target` is filled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_device_hour: Option<f64>,
     pub checkpoints: Vec<CheckpointReport>,
     /// Checkpoint names, best first (failed checkpoints are not ranked).
     pub ranking: Vec<String>,
@@ -51,6 +58,32 @@ impl Report {
         }
         serde_json::from_value(value).map_err(|e| Error::input(path, format!("invalid report: {e}")))
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetInfo {
+    pub kind: String,
+    pub value: f64,
+}
+
+impl From<&crate::score::Target> for TargetInfo {
+    fn from(t: &crate::score::Target) -> Self {
+        let kind = match t.spec {
+            crate::score::TargetSpec::Loss(_) => "loss",
+            crate::score::TargetSpec::Drop(_) => "drop",
+            crate::score::TargetSpec::MedianFinal => "median_final",
+        };
+        TargetInfo { kind: kind.into(), value: t.value }
+    }
+}
+
+/// One seed's run, listed when a checkpoint was fine-tuned with several seeds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SeedRun {
+    pub seed: u64,
+    pub data_seed: u64,
+    pub median_step_s: f64,
+    pub curve: Vec<CurvePoint>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,8 +121,34 @@ pub struct CheckpointReport {
     pub steps_to_target: Option<f64>,
     pub device_hours_to_target: Option<f64>,
     pub convergence_per_device_hour: Option<f64>,
+    /// The eval loss this checkpoint had to reach (its own with --target-drop).
+    pub target_loss: Option<f64>,
+    /// steps_to_target (and what follows from it) comes from a curve fitted to the tail.
+    #[serde(default)]
+    pub extrapolated: bool,
+    /// Area under the eval-loss curve over steps, divided by the steps: the mean eval loss.
+    pub mean_eval_loss: Option<f64>,
+    /// Steps until the eval loss has fallen by 10% of its total drop.
+    pub search_phase_steps: Option<f64>,
+    /// (initial - final eval loss) / device-hours of the whole run.
+    pub loss_drop_per_device_hour: Option<f64>,
+    /// device_hours_to_target x --price-per-gpu-hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_to_target: Option<f64>,
     /// 1 = best; absent for failed checkpoints.
     pub rank: Option<usize>,
+    /// Its confidence interval of device-hours to target overlaps the winner's (needs --seeds >= 2).
+    #[serde(default)]
+    pub tied_with_best: bool,
+    /// Fine-tunes run (--seeds); the plain metric fields are means over them.
+    #[serde(default)]
+    pub seeds: usize,
+    /// 95% confidence intervals [low, high] of the metrics, with two seeds or more.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ci95: BTreeMap<String, [f64; 2]>,
+    /// Every seed's run, with two seeds or more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<SeedRun>,
     /// Single-index checkpoints: mu, initial_loss, escape_step, steps_to_tiny_loss, tau,
     /// predicted_escape_step, m0.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]

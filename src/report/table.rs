@@ -7,6 +7,9 @@ use super::{CheckpointReport, Report};
 pub fn render(report: &Report) -> String {
     let mut out = summary_line(report) + "\n";
     out.push_str(&grid(&ranking_table(report)));
+    for note in footnotes(report) {
+        out.push_str(&format!("{note}\n"));
+    }
     if let Some(best) = report.ranking.first() {
         out.push_str(&format!("best checkpoint to fine-tune: {best}\n"));
     }
@@ -26,17 +29,23 @@ pub const THEORY_CAPTION: &str = "single-index model (escape: first step with |m
 
 /// "target eval loss ...; time in device-hours on CPU (n threads)".
 pub fn summary_line(report: &Report) -> String {
-    match report.target_loss {
-        Some(t) => format!("target eval loss {}; time in {} on {} ({} threads)", loss(Some(t)), report.hours_unit, report.device.name, report.device.threads),
-        None => "no target eval loss (no checkpoint finished)".into(),
-    }
+    let target = match (&report.target, report.target_loss) {
+        (Some(t), _) if t.kind == "drop" => format!("target: each checkpoint's eval loss drops by {}", loss(Some(t.value))),
+        (_, Some(t)) => format!("target eval loss {}", loss(Some(t))),
+        _ => return "no target (no checkpoint finished)".into(),
+    };
+    format!("{target}; time in {} on {} ({} threads)", report.hours_unit, report.device.name, report.device.threads)
 }
 
 /// One row per checkpoint, in step order.
 pub fn ranking_table(report: &Report) -> Table {
     let hours = &report.hours_unit;
-    let header = ["rank", "checkpoint", "step", "eval@0", "final eval", "steps→target", &format!("{hours}→target"), "tokens/s"];
-    Table { header: header.iter().map(|s| s.to_string()).collect(), rows: report.checkpoints.iter().map(row).collect() }
+    let mut header: Vec<String> = ["rank", "checkpoint", "step", "eval@0", "final eval", "steps→target", &format!("{hours}→target"), "tokens/s"].iter().map(|s| s.to_string()).collect();
+    let priced = report.price_per_device_hour.is_some();
+    if priced {
+        header.push("cost→target".into());
+    }
+    Table { header, rows: report.checkpoints.iter().map(|c| row(c, priced)).collect() }
 }
 
 /// Left-aligned columns two spaces apart.
@@ -61,21 +70,44 @@ pub fn loss(v: Option<f64>) -> String {
     }
 }
 
-fn row(c: &CheckpointReport) -> Vec<String> {
+fn row(c: &CheckpointReport, priced: bool) -> Vec<String> {
     if c.status != "ok" {
         let err = c.error.clone().unwrap_or_default();
         return vec!["-".into(), c.name.clone(), c.step.to_string(), format!("{}: {err}", c.status)];
     }
-    vec![
-        c.rank.map_or("-".into(), |r| r.to_string()),
+    let interval = |key: &str, p: usize| c.ci95.get(key).map_or(String::new(), |[lo, hi]| format!(" [{lo:.p$}, {hi:.p$}]"));
+    let approx = if c.extrapolated { "~" } else { "" };
+    let steps = c.steps_to_target.map_or("not reached".into(), |s| format!("{approx}{s:.1}{}", interval("steps_to_target", 1)));
+    let hours = |h: f64| if h == 0.0 { "0".to_string() } else { format!("{approx}{h:.3e}") };
+    let mut cells = vec![
+        c.rank.map_or("-".into(), |r| if c.tied_with_best { format!("{r}=") } else { r.to_string() }),
         c.name.clone(),
         c.step.to_string(),
         loss(c.initial_eval_loss),
         loss(c.final_eval_loss),
-        c.steps_to_target.map_or("not reached".into(), |s| format!("{s:.1}")),
-        c.device_hours_to_target.map_or("-".into(), |h| if h == 0.0 { "0".into() } else { format!("{h:.3e}") }),
+        steps,
+        c.device_hours_to_target.map_or("-".into(), hours),
         c.tokens_per_s.map_or("-".into(), |t| format!("{t:.0}")),
-    ]
+    ];
+    if priced {
+        cells.push(c.cost_to_target.map_or("-".into(), |x| if x >= 0.01 { format!("{x:.2}") } else { format!("{x:.2e}") }));
+    }
+    cells
+}
+
+/// Notes under the ranking: extrapolation and ties, when they occur.
+pub fn footnotes(report: &Report) -> Vec<String> {
+    let mut notes = Vec::new();
+    if report.checkpoints.iter().any(|c| c.extrapolated) {
+        notes.push("~ extrapolated from a power-law or exponential fit to the curve's tail (the target was not reached within the budget)".into());
+    }
+    if report.checkpoints.iter().any(|c| c.tied_with_best) {
+        notes.push("= tied with the best: their 95% confidence intervals of time to target overlap".into());
+    }
+    if let Some(n) = report.checkpoints.iter().map(|c| c.seeds).max().filter(|&n| n > 1) {
+        notes.push(format!("means over {n} seeds; [low, high] is the 95% confidence interval"));
+    }
+    notes
 }
 
 /// The single-index measurements against the theory, when the series has them.

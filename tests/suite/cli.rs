@@ -94,3 +94,39 @@ fn a_peft_adapter_can_start_the_fine_tune() {
     assert_eq!(r["settings"]["lora_scale"], 2.0);
     assert_eq!(r["checkpoints"][0]["trainable_params"], 2 * 8 * (64 + 192));
 }
+
+#[test]
+fn seeds_give_confidence_intervals_and_every_run() {
+    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", "-", "--seeds", "2", "--steps", "3", "--price-per-gpu-hour", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["settings"]["seeds"], 2);
+    assert_eq!(r["price_per_device_hour"], 3.0);
+    for c in r["checkpoints"].as_array().unwrap() {
+        assert_eq!(c["seeds"], 2);
+        let runs = c["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_ne!(runs[0]["curve"], runs[1]["curve"], "both seeds gave the same curve");
+        let [lo, hi] = [c["ci95"]["final_eval_loss"][0].as_f64().unwrap(), c["ci95"]["final_eval_loss"][1].as_f64().unwrap()];
+        let mean = c["final_eval_loss"].as_f64().unwrap();
+        assert!(lo <= mean && mean <= hi);
+        if let Some(h) = c["device_hours_to_target"].as_f64() {
+            assert!((c["cost_to_target"].as_f64().unwrap() - 3.0 * h).abs() < 1e-12);
+        }
+        assert!(c["mean_eval_loss"].is_number() && c["loss_drop_per_device_hour"].is_number());
+    }
+}
+
+#[test]
+fn a_drop_target_is_per_checkpoint() {
+    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", "-", "--target-drop", "0.5", "--lr", "1e-2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["target"]["kind"], "drop");
+    assert!(r["target_loss"].is_null());
+    let drop = r["target"]["value"].as_f64().unwrap();
+    for c in r["checkpoints"].as_array().unwrap() {
+        let want = c["initial_eval_loss"].as_f64().unwrap() - drop;
+        assert!((c["target_loss"].as_f64().unwrap() - want).abs() < 1e-12);
+    }
+}

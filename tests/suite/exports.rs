@@ -3,7 +3,7 @@
 //! `report` and `select` commands on a real scan.
 
 use plasticity::model::single_index::Metrics;
-use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, CheckpointReport, DeviceInfo, Exporter, Report, Tool};
+use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, CheckpointReport, DeviceInfo, Exporter, Report, TargetInfo, Tool};
 use plasticity::train::CurvePoint;
 
 use super::util::{fixtures, scan, Dir};
@@ -53,14 +53,29 @@ fn report() -> Report {
         device: DeviceInfo { kind: "cpu".into(), name: "Test CPU".into(), threads: 2 },
         hours_unit: "device-hours".into(),
         target_loss: Some(3.5),
-        checkpoints: vec![ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)), ok("step2000", 2000, 2, 3.8, 3.6, None), failed],
-        ranking: vec!["step1000".into(), "step2000".into()],
+        target: Some(TargetInfo { kind: "loss".into(), value: 3.5 }),
+        price_per_device_hour: None,
+        checkpoints: vec![ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)), extrapolated(), ok("step2500", 2500, 3, 3.7, 3.65, None), failed],
+        ranking: vec!["step1000".into(), "step2000".into(), "step2500".into()],
     }
+}
+
+/// Three seeds, an extrapolated time to target, tied with the best.
+fn extrapolated() -> CheckpointReport {
+    let mut c = ok("step2000", 2000, 2, 3.8, 3.6, Some(40.0));
+    c.extrapolated = true;
+    c.tied_with_best = true;
+    c.seeds = 3;
+    c.ci95.insert("steps_to_target".into(), [4.0, 76.0]);
+    c.ci95.insert("device_hours_to_target".into(), [4.0 * 0.25 / 3600.0, 76.0 * 0.25 / 3600.0]);
+    c
 }
 
 fn simulated() -> Report {
     let mut r = report();
     r.checkpoints.truncate(2);
+    r.checkpoints[1] = ok("step2000", 2000, 2, 3.8, 3.6, None);
+    r.ranking.truncate(2);
     for (c, mu) in r.checkpoints.iter_mut().zip([0.1, 0.9]) {
         c.single_index = Some(Metrics { mu, initial_loss: 0.5 * (1.0 - mu) * (1.0 - mu), escape_step: Some(20), steps_to_tiny_loss: None, tau: Some(1.9), predicted_escape_step: Some(18.0), m0: 0.1 });
     }

@@ -1,0 +1,161 @@
+//! Builds the report from the results so far: scores every checkpoint (all seeds) and fills
+//! the report's data model. Runs after every checkpoint, so it must stay cheap and pure.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{CheckpointResult, Run, Scan};
+use crate::model::single_index;
+use crate::options::ScanOptions;
+use crate::report::{CheckpointReport, DeviceInfo, Report, SeedRun, TargetInfo, Tool, SCHEMA_VERSION};
+use crate::score::{self, Estimate, RunSummary, Score, TargetSpec};
+
+impl Scan<'_> {
+    /// The report of the results so far, scored.
+    pub fn report(&self, status: &str) -> Report {
+        let summaries: Vec<Option<Vec<RunSummary>>> = self.results.iter().map(|r| r.runs.as_ref().ok().map(|runs| runs.iter().map(summary).collect())).collect();
+        let spec = self.opts.target.unwrap_or_else(|| self.series_target());
+        let scored = score::score(&summaries, spec);
+        let scores: Vec<Option<&Score>> = (0..self.results.len()).map(|i| scored.as_ref().and_then(|(_, s)| s[i].as_ref())).collect();
+        let checkpoints: Vec<CheckpointReport> = self.results.iter().zip(&scores).map(|(r, s)| checkpoint_report(r, *s, self.opts.price_per_hour)).collect();
+        let mut ranked: Vec<&CheckpointReport> = checkpoints.iter().filter(|c| c.rank.is_some()).collect();
+        ranked.sort_by_key(|c| c.rank);
+        let target = scored.as_ref().map(|(t, _)| t);
+        Report {
+            schema_version: SCHEMA_VERSION,
+            tool: Tool { name: env!("CARGO_PKG_NAME").into(), version: env!("CARGO_PKG_VERSION").into() },
+            status: status.into(),
+            settings: settings_json(self.opts),
+            device: device_info(self.opts),
+            hours_unit: self.opts.hours_label().into(),
+            target_loss: target.filter(|t| !matches!(t.spec, TargetSpec::Drop(_))).map(|t| t.value),
+            target: target.map(TargetInfo::from),
+            price_per_device_hour: self.opts.price_per_hour,
+            ranking: ranked.iter().map(|c| c.name.clone()).collect(),
+            checkpoints,
+        }
+    }
+
+    /// Without a target flag: the median final loss, or 1e-6 (the paper's tiny loss) for a
+    /// simulated series, which converges exactly.
+    fn series_target(&self) -> TargetSpec {
+        let runs: Vec<&Run> = self.results.iter().filter_map(|r| r.runs.as_ref().ok()).flatten().collect();
+        let all_simulated = !runs.is_empty() && runs.iter().all(|r| r.single_index.is_some());
+        if all_simulated { TargetSpec::Loss(single_index::TINY_LOSS) } else { TargetSpec::MedianFinal }
+    }
+}
+
+fn summary(run: &Run) -> RunSummary {
+    RunSummary {
+        curve: run.outcome.curve.clone(),
+        median_step_s: run.outcome.median_step_s,
+        shape_key: format!("{}:{}:{}", run.model_type, run.params, run.trainable_params),
+    }
+}
+
+fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<f64>) -> CheckpointReport {
+    let c = &r.checkpoint;
+    let mut out = CheckpointReport {
+        name: c.name.clone(),
+        path: c.path.display().to_string(),
+        step: c.step,
+        step_source: c.step_source.into(),
+        pretrain_loss: r.pretrain_loss,
+        ..Default::default()
+    };
+    match &r.runs {
+        Err(msg) => {
+            out.status = "failed".into();
+            out.error = Some(msg.clone());
+        }
+        Ok(runs) => {
+            fill_runs(&mut out, runs);
+            if let Some(s) = score {
+                fill_score(&mut out, s, price);
+            }
+        }
+    }
+    out
+}
+
+/// What the runs measured: the first seed's curve, timing medians over seeds, every seed's run.
+fn fill_runs(out: &mut CheckpointReport, runs: &[Run]) {
+    let first = &runs[0];
+    out.status = "ok".into();
+    out.model_type = Some(first.model_type.clone());
+    out.params = Some(first.params);
+    out.trainable_params = Some(first.trainable_params);
+    out.curve = first.outcome.curve.clone();
+    out.median_step_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.median_step_s).collect::<Vec<_>>()));
+    out.tokens_per_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.tokens_per_s()).collect::<Vec<_>>()));
+    out.single_index = first.single_index.clone();
+    out.seeds = runs.len();
+    if runs.len() > 1 {
+        out.runs = runs.iter().map(|r| SeedRun { seed: r.seed, data_seed: r.data_seed, median_step_s: r.outcome.median_step_s, curve: r.outcome.curve.clone() }).collect();
+    }
+}
+
+/// The scorer's verdict: means in the plain fields, 95% intervals in `ci95`.
+fn fill_score(out: &mut CheckpointReport, s: &Score, price: Option<f64>) {
+    let mean = |e: &Option<Estimate>| e.map(|e| e.mean);
+    out.target_loss = Some(s.target_loss);
+    out.initial_eval_loss = mean(&s.initial_eval_loss);
+    out.final_eval_loss = mean(&s.final_eval_loss);
+    out.steps_to_target = mean(&s.steps_to_target);
+    out.extrapolated = s.extrapolated;
+    out.device_hours_to_target = mean(&s.device_hours_to_target);
+    out.convergence_per_device_hour = s.convergence_per_device_hour;
+    out.mean_eval_loss = mean(&s.mean_eval_loss);
+    out.search_phase_steps = mean(&s.search_phase_steps);
+    out.loss_drop_per_device_hour = mean(&s.loss_drop_per_device_hour);
+    out.cost_to_target = price.and_then(|p| Some(p * s.device_hours_to_target?.mean));
+    out.rank = Some(s.rank);
+    out.tied_with_best = s.tied_with_best;
+    let intervals = [
+        ("steps_to_target", &s.steps_to_target),
+        ("device_hours_to_target", &s.device_hours_to_target),
+        ("initial_eval_loss", &s.initial_eval_loss),
+        ("final_eval_loss", &s.final_eval_loss),
+        ("mean_eval_loss", &s.mean_eval_loss),
+        ("search_phase_steps", &s.search_phase_steps),
+        ("loss_drop_per_device_hour", &s.loss_drop_per_device_hour),
+    ];
+    out.ci95 = intervals.iter().filter_map(|(k, e)| e.filter(|e| e.n > 1).map(|e| (k.to_string(), [e.lo, e.hi]))).collect::<BTreeMap<_, _>>();
+}
+
+pub(super) fn pretrain_loss(dir: &Path) -> Option<f64> {
+    crate::checkpoint::state::TrainerState::read(&dir.join("trainer_state.json")).ok()?.last_train_loss()
+}
+
+/// Every setting that shapes the result, so a report can be reproduced.
+fn settings_json(o: &ScanOptions) -> serde_json::Value {
+    let init_adapter: Option<PathBuf> = match &o.init {
+        crate::lora::AdapterInit::Peft(dir) => Some(dir.clone()),
+        crate::lora::AdapterInit::Seeded(_) => None,
+    };
+    serde_json::json!({
+        "dir": o.dir,
+        "task": o.task,
+        "tokenizer": o.tokenizer,
+        "lora": o.lora,
+        "lora_scale": o.lora.scale(),
+        "init_adapter": init_adapter,
+        "train": o.train,
+        "seq_len": o.seq_len,
+        "eval_blocks": o.eval_blocks,
+        "seed": o.seed,
+        "data_seed": o.data_seed,
+        "seeds": o.seeds,
+        "target_loss": match o.target { Some(TargetSpec::Loss(x)) => Some(x), _ => None },
+        "target_drop": match o.target { Some(TargetSpec::Drop(x)) => Some(x), _ => None },
+        "price_per_device_hour": o.price_per_hour,
+        "threads": o.threads,
+    })
+}
+
+fn device_info(o: &ScanOptions) -> DeviceInfo {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())));
+    DeviceInfo { kind: "cpu".into(), name: cpu.unwrap_or_else(|| "cpu".into()), threads: o.threads }
+}

@@ -1,0 +1,169 @@
+//! Runs the scan: for each checkpoint in step order, open -> tokenize task -> fine-tune ->
+//! result, then rescore and rewrite the reports.
+//!
+//! A checkpoint that fails (bad config, missing tensor, divergence...) becomes a failed result
+//! with a one-line reason, and the scan goes on. Only one checkpoint's weights are resident at
+//! a time: each model is dropped before the next is opened. This module must not define
+//! scores (see `score.rs`) or formats (see `report/`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::data::{self, BatchOrder, Blocks, Document, TaskTokenizer};
+use crate::discover::CheckpointRef;
+use crate::error::{one_line, Error, Result};
+use crate::model::single_index::{self, RunSettings};
+use crate::model::{self, LoadedModel};
+use crate::options::ScanOptions;
+use crate::progress::Progress;
+use crate::lora::AdapterInit;
+use crate::report::{Report, Reports};
+use crate::train::{self, Outcome};
+
+mod assemble;
+
+/// A finished fine-tune (one seed).
+pub struct Run {
+    pub seed: u64,
+    pub data_seed: u64,
+    pub model_type: String,
+    pub params: usize,
+    pub trainable_params: usize,
+    pub outcome: Outcome,
+    /// The paper's measurements, for single-index checkpoints.
+    pub single_index: Option<single_index::Metrics>,
+}
+
+/// One checkpoint's result: its runs (one per seed), or why there are none.
+pub struct CheckpointResult {
+    pub checkpoint: CheckpointRef,
+    pub runs: std::result::Result<Vec<Run>, String>,
+    pub pretrain_loss: Option<f64>,
+}
+
+/// Token blocks already built, by tokenizer file contents (a series usually shares one).
+#[derive(Default)]
+struct BlockCache {
+    by_tokenizer: HashMap<(Vec<u8>, u32), Blocks>,
+}
+
+/// A scan in progress.
+pub struct Scan<'a> {
+    opts: &'a ScanOptions,
+    /// The task file and its documents (None for a simulated series).
+    task: Option<(PathBuf, Vec<Document>)>,
+    cache: BlockCache,
+    pub results: Vec<CheckpointResult>,
+}
+
+impl<'a> Scan<'a> {
+    /// Reads the task file (a bad one stops the scan before any checkpoint is opened); without
+    /// one, every checkpoint must carry its own task (single-index).
+    pub fn new(opts: &'a ScanOptions, checkpoints: &[CheckpointRef]) -> Result<Self> {
+        let task = match &opts.task {
+            Some(path) => Some((path.clone(), data::read_task(path)?)),
+            None => {
+                needs_no_task(checkpoints)?;
+                None
+            }
+        };
+        if let Some(tok) = &opts.tokenizer {
+            TaskTokenizer::open(tok)?;
+        }
+        Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new() })
+    }
+
+    /// Fine-tunes every checkpoint, rewriting the reports after each one.
+    pub fn run(&mut self, checkpoints: &[CheckpointRef], reports: &Reports) -> Result<Report> {
+        let progress = Progress::new(checkpoints.len(), self.opts.train.steps * self.opts.seeds, self.opts.progress);
+        for (i, c) in checkpoints.iter().enumerate() {
+            progress.start_checkpoint(i, &c.name);
+            let runs = self.run_seeds(c, &progress).map_err(|e| one_line(&e));
+            if let Err(msg) = &runs {
+                progress.println(&format!("error: checkpoint {} failed: {msg}", c.name));
+            }
+            let pretrain_loss = assemble::pretrain_loss(&c.path);
+            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss });
+            reports.update(&self.report("running"))?;
+        }
+        progress.finish();
+        Ok(self.report("complete"))
+    }
+
+    /// One fine-tune per seed: seeds --seed + i and --data-seed + i for i < --seeds.
+    fn run_seeds(&mut self, c: &CheckpointRef, progress: &Progress) -> Result<Vec<Run>> {
+        let config = model::read_config(&c.path)?;
+        let simulated = config.get("model_type").and_then(|v| v.as_str()) == Some(single_index::MODEL_TYPE);
+        let (o, mut runs) = (self.opts, Vec::new());
+        for i in 0..o.seeds as u64 {
+            let (seed, data_seed) = (o.seed.wrapping_add(i), o.data_seed.wrapping_add(i));
+            let run = if simulated { self.run_single_index(&c.path, &config, seed, data_seed)? } else { self.run_one(c, progress, seed, data_seed)? };
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+
+    fn run_one(&mut self, c: &CheckpointRef, progress: &Progress, seed: u64, data_seed: u64) -> Result<Run> {
+        let o = self.opts;
+        let init = match &o.init {
+            AdapterInit::Seeded(_) => AdapterInit::Seeded(seed),
+            from_file => from_file.clone(),
+        };
+        let model = model::load(&c.path, &o.lora, &init, seed, &o.device)?;
+        let blocks = self.blocks_for(&c.path, &model)?;
+        let order = BatchOrder::new(blocks.train.len(), o.train.batch_size, o.train.steps * o.train.grad_accum, data_seed);
+        let outcome = train::fine_tune(&model, blocks, &order, &o.train, &mut |ev| progress.step(ev))?;
+        let (params, trainable_params) = (model.n_params, model.trainable_params());
+        Ok(Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, outcome, single_index: None })
+    }
+
+    /// The paper's rank-1 SGD on the checkpoint's own synthetic task.
+    fn run_single_index(&self, dir: &Path, config: &serde_json::Value, seed: u64, data_seed: u64) -> Result<Run> {
+        let cfg = single_index::Config::read(dir, config)?;
+        let e = self.opts.explicit;
+        let settings = RunSettings { seed, data_seed, lr: e.lr, batch_size: e.batch_size, steps: e.steps };
+        let (outcome, metrics) = single_index::run(dir, &cfg, &settings)?;
+        Ok(Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, outcome, single_index: Some(metrics) })
+    }
+
+    /// The task's blocks under this checkpoint's tokenizer, checked against its vocabulary.
+    fn blocks_for(&mut self, dir: &Path, model: &LoadedModel) -> Result<&Blocks> {
+        let (task, docs) = self.task.as_ref().ok_or_else(|| Error::flag("--task", format!("{} is a language model: give --task FILE", dir.display())))?;
+        let path = self.opts.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
+        let tok = TaskTokenizer::open(&path)?;
+        let eos = tok.eos(model.eos_token_id)?;
+        let key = (std::fs::read(&path).map_err(|e| Error::input(&path, e.to_string()))?, eos);
+        if !self.cache.by_tokenizer.contains_key(&key) {
+            let stream = data::tokenize(docs, &tok, eos)?;
+            let blocks = data::blocks(&stream, self.opts.seq_len, self.opts.eval_blocks, task)?;
+            self.cache.by_tokenizer.insert(key.clone(), blocks);
+        }
+        let blocks = &self.cache.by_tokenizer[&key];
+        check_fits(blocks, model, &path, self.opts.seq_len)?;
+        Ok(blocks)
+    }
+}
+
+/// Without --task, every checkpoint must be a simulated single-index one.
+fn needs_no_task(checkpoints: &[CheckpointRef]) -> Result<()> {
+    for c in checkpoints {
+        let model_type = model::read_config(&c.path).ok().and_then(|v| v.get("model_type")?.as_str().map(String::from));
+        if model_type.as_deref() != Some(single_index::MODEL_TYPE) {
+            let what = model_type.unwrap_or_else(|| "not a simulated checkpoint".into());
+            return Err(Error::flag("--task", format!("is required: {} is {what}", c.path.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Token ids must exist in the model's vocabulary; GPT-2 cannot see past `n_positions`.
+fn check_fits(blocks: &Blocks, model: &LoadedModel, tokenizer: &Path, seq_len: usize) -> Result<()> {
+    let max_id = blocks.train.iter().chain(&blocks.eval).flat_map(|b| b.ids.iter()).max().copied().unwrap_or(0);
+    if max_id as usize >= model.vocab_size {
+        return Err(Error::input(tokenizer, format!("produces token id {max_id}, but the model's vocab_size is {}", model.vocab_size)));
+    }
+    if model.model_type == "gpt2" && model.max_positions.is_some_and(|p| seq_len > p) {
+        return Err(Error::flag("--seq-len", format!("{seq_len} is longer than the model's n_positions")));
+    }
+    Ok(())
+}

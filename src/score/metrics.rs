@@ -1,0 +1,184 @@
+//! The metrics of one fine-tuning run, each defined once here (README.md, "How scores are
+//! computed", repeats the definitions). Pure functions of a loss curve and a step cost.
+
+use crate::train::CurvePoint;
+
+/// The eval points of a curve as (step, eval loss).
+pub fn eval_points(curve: &[CurvePoint]) -> Vec<(f64, f64)> {
+    curve.iter().filter_map(|p| Some((p.step as f64, p.eval_loss?))).collect()
+}
+
+pub fn initial_eval_loss(curve: &[CurvePoint]) -> Option<f64> {
+    curve.iter().find_map(|p| p.eval_loss)
+}
+
+pub fn final_eval_loss(curve: &[CurvePoint]) -> Option<f64> {
+    curve.iter().rev().find_map(|p| p.eval_loss)
+}
+
+/// Steps until the eval loss first reaches `target`: the first eval point at or below it,
+/// linearly interpolated with the eval point before it (0 when step 0 is already there).
+pub fn steps_to(points: &[(f64, f64)], target: f64) -> Option<f64> {
+    let hit = points.iter().position(|&(_, loss)| loss <= target)?;
+    if hit == 0 {
+        return Some(points[0].0);
+    }
+    let ((s0, l0), (s1, l1)) = (points[hit - 1], points[hit]);
+    Some(s0 + (s1 - s0) * (l0 - target) / (l0 - l1))
+}
+
+/// Search-phase length: steps until the eval loss has fallen by 10% of its total drop
+/// (initial minus lowest), the plateau arXiv 2602.02855 predicts for strong pre-training.
+/// None when the loss never falls.
+pub fn search_phase_steps(points: &[(f64, f64)]) -> Option<f64> {
+    let l0 = points.first()?.1;
+    let lowest = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let drop = l0 - lowest;
+    (drop > 0.0).then(|| steps_to(points, l0 - 0.1 * drop)).flatten()
+}
+
+/// Area under the eval-loss curve (trapezoids over steps) divided by the steps it spans:
+/// the mean eval loss over the run, comparable between budgets.
+pub fn mean_eval_loss(points: &[(f64, f64)]) -> Option<f64> {
+    let (first, last) = (points.first()?, points.last()?);
+    if points.len() == 1 || last.0 <= first.0 {
+        return Some(first.1);
+    }
+    let area: f64 = points.windows(2).map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0).sum();
+    Some(area / (last.0 - first.0))
+}
+
+/// Loss drop per device-hour over the whole budget: (initial - final) / hours of training.
+pub fn loss_drop_per_hour(points: &[(f64, f64)], step_s: f64) -> Option<f64> {
+    let (first, last) = (points.first()?, points.last()?);
+    let hours = last.0 * step_s / 3600.0;
+    (hours > 0.0).then(|| (first.1 - last.1) / hours)
+}
+
+/// The form fitted to a curve's tail to extrapolate past the budget.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fit {
+    /// loss = a * step^(-b)
+    PowerLaw { a: f64, b: f64 },
+    /// loss = a * exp(-b * step)
+    Exponential { a: f64, b: f64 },
+}
+
+impl Fit {
+    pub fn loss(&self, step: f64) -> f64 {
+        match *self {
+            Fit::PowerLaw { a, b } => a * step.powf(-b),
+            Fit::Exponential { a, b } => a * (-b * step).exp(),
+        }
+    }
+
+    /// The step at which the fitted curve reaches `target` (None if it never does).
+    pub fn steps_to(&self, target: f64) -> Option<f64> {
+        let s = match *self {
+            Fit::PowerLaw { a, b } => (a / target).powf(1.0 / b),
+            Fit::Exponential { a, b } => (a / target).ln() / b,
+        };
+        (s.is_finite() && s > 0.0).then_some(s)
+    }
+}
+
+/// Fits a power law and an exponential to the last half of the eval points (at least three,
+/// steps > 0, losses > 0) by least squares in log space, and keeps the one with the smaller
+/// squared error in loss space. Only decreasing fits are returned.
+pub fn fit_tail(points: &[(f64, f64)]) -> Option<Fit> {
+    let usable: Vec<(f64, f64)> = points.iter().copied().filter(|&(s, l)| s > 0.0 && l > 0.0).collect();
+    let tail = &usable[usable.len() / 2..];
+    if tail.len() < 3 {
+        return None;
+    }
+    let log_loss: Vec<f64> = tail.iter().map(|p| p.1.ln()).collect();
+    let power = line(&tail.iter().map(|p| p.0.ln()).collect::<Vec<_>>(), &log_loss).map(|(c, m)| Fit::PowerLaw { a: c.exp(), b: -m });
+    let expo = line(&tail.iter().map(|p| p.0).collect::<Vec<_>>(), &log_loss).map(|(c, m)| Fit::Exponential { a: c.exp(), b: -m });
+    let sse = |f: &Fit| tail.iter().map(|&(s, l)| (f.loss(s) - l).powi(2)).sum::<f64>();
+    [power, expo]
+        .into_iter()
+        .flatten()
+        .filter(|f| matches!(f, Fit::PowerLaw { b, .. } | Fit::Exponential { b, .. } if *b > 0.0))
+        .min_by(|x, y| sse(x).total_cmp(&sse(y)))
+}
+
+/// Least-squares line y = c + m x; None when x does not vary.
+fn line(x: &[f64], y: &[f64]) -> Option<(f64, f64)> {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    (sxx > 0.0).then(|| (my - sxy / sxx * mx, sxy / sxx))
+}
+
+/// Steps to `target`: measured when the curve reaches it, else extrapolated from the tail
+/// fit (flagged), else None.
+pub fn steps_to_target(points: &[(f64, f64)], target: f64) -> Option<(f64, bool)> {
+    if let Some(s) = steps_to(points, target) {
+        return Some((s, false));
+    }
+    let last = points.last()?.0;
+    let s = fit_tail(points)?.steps_to(target)?;
+    (s > last).then_some((s, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pts(v: &[(f64, f64)]) -> Vec<(f64, f64)> {
+        v.to_vec()
+    }
+
+    #[test]
+    fn steps_to_interpolates_between_eval_points() {
+        let p = pts(&[(0.0, 4.0), (10.0, 3.0), (20.0, 2.0)]);
+        assert_eq!(steps_to(&p, 2.5), Some(15.0));
+        assert_eq!(steps_to(&p, 4.5), Some(0.0));
+        assert_eq!(steps_to(&p, 1.0), None);
+    }
+
+    #[test]
+    fn search_phase_is_ten_percent_of_the_drop() {
+        // drop 4 -> 2 is 2; 10% of it is reached at loss 3.8, between steps 10 (3.9) and 20 (3.7)
+        let p = pts(&[(0.0, 4.0), (10.0, 3.9), (20.0, 3.7), (30.0, 2.0)]);
+        assert!((search_phase_steps(&p).unwrap() - 15.0).abs() < 1e-12);
+        assert_eq!(search_phase_steps(&pts(&[(0.0, 1.0), (10.0, 1.2)])), None);
+    }
+
+    #[test]
+    fn mean_eval_loss_is_the_normalised_area() {
+        let p = pts(&[(0.0, 4.0), (10.0, 2.0), (20.0, 2.0)]);
+        assert!((mean_eval_loss(&p).unwrap() - (30.0 + 20.0) / 20.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn loss_drop_per_hour_over_the_budget() {
+        let p = pts(&[(0.0, 4.0), (100.0, 3.0)]);
+        // 100 steps of 36 s = 1 hour
+        assert!((loss_drop_per_hour(&p, 36.0).unwrap() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn extrapolation_recovers_an_exponential_and_a_power_law() {
+        let expo: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64 * 10.0, 2.0 * (-0.01 * i as f64 * 10.0).exp())).collect();
+        let (s, extrapolated) = steps_to_target(&expo, 0.2).unwrap();
+        assert!(extrapolated);
+        assert!((s - 100.0 * 10f64.ln()).abs() < 1e-6, "{s}");
+        assert!(matches!(fit_tail(&expo), Some(Fit::Exponential { .. })));
+
+        let power: Vec<(f64, f64)> = (1..=10).map(|i| (i as f64 * 10.0, 5.0 * (i as f64 * 10.0).powf(-0.5))).collect();
+        let (s, _) = steps_to_target(&power, 0.25).unwrap();
+        assert!((s - 400.0).abs() < 1e-6, "{s}");
+        assert!(matches!(fit_tail(&power), Some(Fit::PowerLaw { .. })));
+    }
+
+    #[test]
+    fn a_flat_or_rising_tail_is_not_extrapolated() {
+        let flat = pts(&[(0.0, 3.0), (10.0, 2.0), (20.0, 2.1), (30.0, 2.2), (40.0, 2.3)]);
+        assert_eq!(steps_to_target(&flat, 1.0), None);
+        let measured = steps_to_target(&flat, 2.5).unwrap();
+        assert!(!measured.1);
+    }
+}

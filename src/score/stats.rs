@@ -1,0 +1,69 @@
+//! Means and 95% confidence intervals over seeds (Student's t), and the overlap test that
+//! decides ties.
+
+/// A metric over seeds: mean and two-sided 95% confidence interval of the mean.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Estimate {
+    pub mean: f64,
+    pub lo: f64,
+    pub hi: f64,
+    pub n: usize,
+}
+
+/// Two-sided 97.5% quantiles of Student's t for 1..=30 degrees of freedom.
+const T975: [f64; 30] = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+];
+
+impl Estimate {
+    /// mean +- t(0.975, n-1) * sd / sqrt(n); a single value has a zero-width interval.
+    pub fn of(xs: &[f64]) -> Option<Estimate> {
+        let n = xs.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        if n == 1 {
+            return Some(Estimate { mean, lo: mean, hi: mean, n });
+        }
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        let t = T975.get(n - 2).copied().unwrap_or(1.96);
+        let half = t * (var / n as f64).sqrt();
+        Some(Estimate { mean, lo: mean - half, hi: mean + half, n })
+    }
+
+    /// The interval cut at `min` (a mean of non-negative values has a non-negative bound).
+    pub fn at_least(self, min: f64) -> Estimate {
+        Estimate { lo: self.lo.max(min), ..self }
+    }
+
+    /// Whether the two intervals share a point (then neither is significantly better).
+    pub fn overlaps(&self, other: &Estimate) -> bool {
+        self.lo <= other.hi && other.lo <= self.hi
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confidence_interval_uses_students_t() {
+        let e = Estimate::of(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(e.mean, 2.0);
+        // sd = 1, n = 3: half width = 4.303 / sqrt(3)
+        assert!((e.hi - 2.0 - 4.303 / 3f64.sqrt()).abs() < 1e-12);
+        assert_eq!(Estimate::of(&[5.0]).unwrap().lo, 5.0);
+        assert!(Estimate::of(&[]).is_none());
+    }
+
+    #[test]
+    fn overlap_decides_ties() {
+        let a = Estimate { mean: 1.0, lo: 0.5, hi: 1.5, n: 3 };
+        let b = Estimate { mean: 2.0, lo: 1.4, hi: 2.6, n: 3 };
+        let c = Estimate { mean: 3.0, lo: 2.7, hi: 3.3, n: 3 };
+        assert!(a.overlaps(&b) && b.overlaps(&a));
+        assert!(!a.overlaps(&c));
+    }
+}
