@@ -28,6 +28,9 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
     let report = Scan::new(opts, &found.checkpoints)?.run(&found.checkpoints, &reports)?;
     reports.finish(&report)?;
     print_text(&table::render(&report), reports.uses_stdout());
+    for gate in report.gates.iter().filter(|g| !g.passed) {
+        eprintln!("gate failed: {}", gate.message);
+    }
     if opts.step_summary {
         append_step_summary(&report);
     }
@@ -97,11 +100,14 @@ fn count_dirs(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0)
 }
 
+/// A failed checkpoint outranks a failed gate: the gate was judged on incomplete results.
 fn exit_code(report: &Report) -> i32 {
-    match report.checkpoints.iter().filter(|c| c.status != "ok").count() {
-        0 => exit::OK,
-        n if n == report.checkpoints.len() => exit::ALL_FAILED,
-        _ => exit::SOME_FAILED,
+    if report.checkpoints.iter().any(|c| c.status != "ok") {
+        exit::SOME_FAILED
+    } else if report.gates.iter().any(|g| !g.passed) {
+        exit::GATE
+    } else {
+        exit::OK
     }
 }
 

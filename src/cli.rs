@@ -156,6 +156,11 @@ pub struct ScanArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub seeds: usize,
 
+    /// Exit 1 when the most pre-trained snapshot needs more than X times the winner's
+    /// device-hours to target (or never reaches it).
+    #[arg(long, value_name = "X")]
+    pub fail_if_last_slower: Option<f64>,
+
     /// Add cost columns: device-hours x P.
     #[arg(long, value_name = "P")]
     pub price_per_gpu_hour: Option<f64>,

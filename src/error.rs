@@ -8,18 +8,17 @@ use std::path::{Path, PathBuf};
 
 /// Exit codes, documented in README.md ("Exit codes").
 pub mod exit {
-    /// The scan finished and every checkpoint was fine-tuned.
+    /// Every checkpoint was fine-tuned and every gate passed.
     pub const OK: i32 = 0;
-    /// An unexpected internal error (a bug: please report it).
-    pub const INTERNAL: i32 = 1;
-    /// A bad command line (clap uses 2 as well).
+    /// A gate failed (e.g. --fail-if-last-slower); the report is complete.
+    pub const GATE: i32 = 1;
+    /// A bad command line or bad input before any fine-tuning: flag, folder, task file,
+    /// tokenizer, report path (clap's own usage errors are 2 as well).
     pub const USAGE: i32 = 2;
-    /// Bad input before any fine-tuning: folder, task file, tokenizer, report path.
-    pub const INPUT: i32 = 3;
-    /// The scan finished, but at least one checkpoint failed (see the report).
-    pub const SOME_FAILED: i32 = 4;
-    /// The scan finished, but every checkpoint failed.
-    pub const ALL_FAILED: i32 = 5;
+    /// The scan finished, but at least one checkpoint failed (each is in the report).
+    pub const SOME_FAILED: i32 = 3;
+    /// An unexpected internal error (a bug: please report it); EX_SOFTWARE of sysexits.h.
+    pub const INTERNAL: i32 = 70;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +53,7 @@ impl Error {
     /// The exit code this error ends the program with when it is fatal.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Flag { .. } => exit::USAGE,
-            Error::Input { .. } => exit::INPUT,
+            Error::Flag { .. } | Error::Input { .. } => exit::USAGE,
             Error::Compute { .. } | Error::Other(_) => exit::INTERNAL,
         }
     }

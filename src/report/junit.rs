@@ -8,8 +8,8 @@ pub struct Junit;
 
 impl Exporter for Junit {
     fn render(&self, report: &Report) -> Result<Vec<u8>> {
-        let n = report.checkpoints.len();
-        let failures = report.checkpoints.iter().filter(|c| c.status != "ok").count();
+        let n = report.checkpoints.len() + report.gates.len();
+        let failures = report.checkpoints.iter().filter(|c| c.status != "ok").count() + report.gates.iter().filter(|g| !g.passed).count();
         let time: f64 = report.checkpoints.iter().map(training_seconds).sum();
         let dir = report.settings.get("dir").and_then(|d| d.as_str()).unwrap_or("");
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
@@ -18,6 +18,9 @@ impl Exporter for Junit {
         out.push_str(&properties(report));
         for c in &report.checkpoints {
             out.push_str(&testcase(c));
+        }
+        for g in &report.gates {
+            out.push_str(&gate_case(g));
         }
         out.push_str("  </testsuite>\n</testsuites>\n");
         Ok(out.into_bytes())
@@ -48,6 +51,15 @@ fn testcase(c: &CheckpointReport) -> String {
             let msg = err.clone().unwrap_or_default();
             format!("{head}>\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>\n", esc(status), esc(&msg), esc(&msg))
         }
+    }
+}
+
+fn gate_case(g: &super::gates::Gate) -> String {
+    let head = format!("    <testcase classname=\"plasticity.gate\" name=\"{}\" time=\"0\"", esc(&g.name));
+    if g.passed {
+        format!("{head}>\n      <system-out>{}</system-out>\n    </testcase>\n", esc(&g.message))
+    } else {
+        format!("{head}>\n      <failure type=\"gate\" message=\"{}\">{}</failure>\n    </testcase>\n", esc(&g.message), esc(&g.message))
     }
 }
 

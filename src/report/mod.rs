@@ -6,6 +6,7 @@
 //! this module must not compute scores (the scorer does) or print progress.
 
 pub mod csv;
+pub mod gates;
 pub mod headline;
 pub mod json;
 pub mod junit;
@@ -43,6 +44,9 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_per_device_hour: Option<f64>,
     pub checkpoints: Vec<CheckpointReport>,
+    /// Gates asked for on the command line, evaluated on the results so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<gates::Gate>,
     /// Checkpoint names, best first (failed checkpoints are not ranked).
     pub ranking: Vec<String>,
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{CheckpointResult, Run, Scan};
 use crate::model::single_index;
 use crate::options::ScanOptions;
-use crate::report::{CheckpointReport, DeviceInfo, Report, SeedRun, TargetInfo, Tool, SCHEMA_VERSION};
+use crate::report::{gates, CheckpointReport, DeviceInfo, Report, SeedRun, TargetInfo, Tool, SCHEMA_VERSION};
 use crate::score::{self, Estimate, RunSummary, Score, TargetSpec};
 
 impl Scan<'_> {
@@ -21,7 +21,7 @@ impl Scan<'_> {
         let mut ranked: Vec<&CheckpointReport> = checkpoints.iter().filter(|c| c.rank.is_some()).collect();
         ranked.sort_by_key(|c| c.rank);
         let target = scored.as_ref().map(|(t, _)| t);
-        Report {
+        let mut report = Report {
             schema_version: SCHEMA_VERSION,
             tool: Tool { name: env!("CARGO_PKG_NAME").into(), version: env!("CARGO_PKG_VERSION").into() },
             status: status.into(),
@@ -33,7 +33,12 @@ impl Scan<'_> {
             price_per_device_hour: self.opts.price_per_hour,
             ranking: ranked.iter().map(|c| c.name.clone()).collect(),
             checkpoints,
+            gates: Vec::new(),
+        };
+        if let Some(x) = self.opts.fail_if_last_slower {
+            report.gates.push(gates::last_slower(&report, x));
         }
+        report
     }
 
     /// Without a target flag: the median final loss, or 1e-6 (the paper's tiny loss) for a
@@ -149,6 +154,7 @@ fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "target_loss": match o.target { Some(TargetSpec::Loss(x)) => Some(x), _ => None },
         "target_drop": match o.target { Some(TargetSpec::Drop(x)) => Some(x), _ => None },
         "price_per_device_hour": o.price_per_hour,
+        "fail_if_last_slower": o.fail_if_last_slower,
         "threads": o.threads,
     })
 }

@@ -8,9 +8,9 @@ use candle_core::{Device, Tensor};
 
 use super::util::{fixtures, model_dir, scan, Dir};
 
-const INPUT: i32 = 3;
-const SOME_FAILED: i32 = 4;
-const ALL_FAILED: i32 = 5;
+const INPUT: i32 = 2;
+const SOME_FAILED: i32 = 3;
+const ALL_FAILED: i32 = 3;
 const USAGE: i32 = 2;
 
 fn task() -> PathBuf {

@@ -57,6 +57,7 @@ fn report() -> Report {
         price_per_device_hour: None,
         checkpoints: vec![ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)), extrapolated(), ok("step2500", 2500, 3, 3.7, 3.65, None), failed],
         ranking: vec!["step1000".into(), "step2000".into(), "step2500".into()],
+        gates: Vec::new(),
     }
 }
 
@@ -106,7 +107,10 @@ fn csv_snapshot() {
 
 #[test]
 fn junit_snapshot() {
-    snapshot("report.xml", Junit.render(&report()).unwrap());
+    let mut r = report();
+    r.gates.push(plasticity::report::gates::last_slower(&r, 2.0));
+    assert!(!r.gates[0].passed, "the most pre-trained snapshot (step3000) failed");
+    snapshot("report.xml", Junit.render(&r).unwrap());
 }
 
 /// A scan's Markdown equals `plasticity report` of its JSON; `select` prints the winner's path.
@@ -132,7 +136,7 @@ fn report_and_select_reuse_a_saved_report() {
     let top2 = bin().args(["select", paths[0], "--top", "2"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&top2.stdout).lines().count(), 2);
     let bad = bin().args(["select", md.to_str().unwrap()]).output().unwrap();
-    assert_eq!(bad.status.code(), Some(3));
+    assert_eq!(bad.status.code(), Some(2));
 }
 
 #[test]

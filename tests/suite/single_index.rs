@@ -118,3 +118,20 @@ fn scan_without_task_of_a_language_model_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--task"));
 }
+
+/// The gate compares the most pre-trained snapshot with the winner: 233x here.
+#[test]
+fn last_slower_gate_sets_the_exit_code() {
+    let dir = Dir::new();
+    let series = dir.path().join("s");
+    let bin = || assert_cmd::Command::cargo_bin("plasticity").unwrap();
+    assert!(bin().args(["simulate", "--out", series.to_str().unwrap(), "--steps-list", "1,30", "--m0", "0.1"]).output().unwrap().status.success());
+    let gate = |x: &str| bin().arg("scan").arg(&series).args(["--fail-if-last-slower", x, "--json", "-"]).output().unwrap();
+    let failed = gate("10");
+    assert_eq!(failed.status.code(), Some(1), "{}", String::from_utf8_lossy(&failed.stderr));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("gate failed"));
+    let r: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(r["gates"][0]["passed"], false);
+    assert!(r["gates"][0]["value"].as_f64().unwrap() > 100.0);
+    assert_eq!(gate("1000").status.code(), Some(0));
+}
