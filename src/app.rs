@@ -22,10 +22,15 @@ pub fn scan(args: ScanArgs) -> Result<i32> {
 
 fn run_scan(opts: &ScanOptions) -> Result<Report> {
     configure_threads(opts.threads);
+    let previous = opts.resume.as_deref().map(Report::read).transpose()?; // before the report files are created
     let reports = Reports::create(&opts.exports)?;
     let found = discover::scan(&opts.dir)?;
     found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
-    let report = Scan::new(opts, &found.checkpoints)?.run(&found.checkpoints, &reports)?;
+    let mut scan = Scan::new(opts, &found.checkpoints)?;
+    if let (Some(prev), Some(path)) = (previous, &opts.resume) {
+        scan.resume_from(prev, path)?;
+    }
+    let report = scan.run(&found.checkpoints, &reports)?;
     reports.finish(&report)?;
     print_text(&table::render(&report), reports.uses_stdout());
     for gate in report.gates.iter().filter(|g| !g.passed) {

@@ -168,6 +168,11 @@ pub struct ScanArgs {
     #[command(flatten)]
     pub export: ExportArgs,
 
+    /// Reuse the checkpoints a previous (possibly interrupted) report measured with the same
+    /// settings and the same files; fine-tune only the rest. May be the --json file itself.
+    #[arg(long, value_name = "REPORT.json")]
+    pub resume: Option<PathBuf>,
+
     /// Threads for the CPU kernels [default: all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

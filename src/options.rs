@@ -63,6 +63,8 @@ pub struct ScanOptions {
     pub target: Option<TargetSpec>,
     pub seeds: usize,
     pub price_per_hour: Option<f64>,
+    /// A previous report to resume from.
+    pub resume: Option<PathBuf>,
     /// --fail-if-last-slower X.
     pub fail_if_last_slower: Option<f64>,
     pub threads: usize,
@@ -103,6 +105,7 @@ impl ScanOptions {
             target,
             seeds: at_least("--seeds", args.seeds, 1)?,
             price_per_hour,
+            resume: args.resume.clone(),
             fail_if_last_slower: args.fail_if_last_slower.map(|x| finite_positive("--fail-if-last-slower", x)).transpose()?,
             threads,
             exports: exports(&args.export)?,

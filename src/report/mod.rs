@@ -109,6 +109,9 @@ pub struct CheckpointReport {
     pub path: String,
     pub step: u64,
     pub step_source: String,
+    /// Hash of the checkpoint's files (config, trainer state, sampled weights), for --resume.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
     /// "ok" or "failed".
     pub status: String,
     pub error: Option<String>,

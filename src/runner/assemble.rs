@@ -66,6 +66,7 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
         step: c.step,
         step_source: c.step_source.into(),
         pretrain_loss: r.pretrain_loss,
+        fingerprint: r.fingerprint.clone(),
         ..Default::default()
     };
     match &r.runs {
@@ -133,7 +134,7 @@ pub(super) fn pretrain_loss(dir: &Path) -> Option<f64> {
 }
 
 /// Every setting that shapes the result, so a report can be reproduced.
-fn settings_json(o: &ScanOptions) -> serde_json::Value {
+pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
     let init_adapter: Option<PathBuf> = match &o.init {
         crate::lora::AdapterInit::Peft(dir) => Some(dir.clone()),
         crate::lora::AdapterInit::Seeded(_) => None,

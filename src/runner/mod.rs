@@ -21,6 +21,7 @@ use crate::report::{Report, Reports};
 use crate::train::{self, Outcome};
 
 mod assemble;
+mod resume;
 
 /// A finished fine-tune (one seed).
 pub struct Run {
@@ -39,6 +40,8 @@ pub struct CheckpointResult {
     pub checkpoint: CheckpointRef,
     pub runs: std::result::Result<Vec<Run>, String>,
     pub pretrain_loss: Option<f64>,
+    /// See `checkpoint::fingerprint`; None when the files cannot be read.
+    pub fingerprint: Option<String>,
 }
 
 /// Token blocks already built, by tokenizer file contents (a series usually shares one).
@@ -54,6 +57,8 @@ pub struct Scan<'a> {
     task: Option<(PathBuf, Vec<Document>)>,
     cache: BlockCache,
     pub results: Vec<CheckpointResult>,
+    /// Measurements a previous report offers for reuse (--resume), by checkpoint name.
+    previous: HashMap<String, crate::report::CheckpointReport>,
 }
 
 impl<'a> Scan<'a> {
@@ -70,7 +75,7 @@ impl<'a> Scan<'a> {
         if let Some(tok) = &opts.tokenizer {
             TaskTokenizer::open(tok)?;
         }
-        Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new() })
+        Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new(), previous: HashMap::new() })
     }
 
     /// Fine-tunes every checkpoint, rewriting the reports after each one.
@@ -78,12 +83,19 @@ impl<'a> Scan<'a> {
         let progress = Progress::new(checkpoints.len(), self.opts.train.steps * self.opts.seeds, self.opts.progress);
         for (i, c) in checkpoints.iter().enumerate() {
             progress.start_checkpoint(i, &c.name);
-            let runs = self.run_seeds(c, &progress).map_err(|e| one_line(&e));
+            let fingerprint = crate::checkpoint::fingerprint::fingerprint(&c.path).ok();
+            let runs = match self.reusable(c, fingerprint.as_deref()) {
+                Some(runs) => {
+                    progress.println(&format!("reusing the measurement of {} from the resumed report", c.name));
+                    Ok(runs)
+                }
+                None => self.run_seeds(c, &progress).map_err(|e| one_line(&e)),
+            };
             if let Err(msg) = &runs {
                 progress.println(&format!("error: checkpoint {} failed: {msg}", c.name));
             }
             let pretrain_loss = assemble::pretrain_loss(&c.path);
-            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss });
+            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint });
             reports.update(&self.report("running"))?;
         }
         progress.finish();

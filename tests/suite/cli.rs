@@ -130,3 +130,46 @@ fn a_drop_target_is_per_checkpoint() {
         assert!((c["target_loss"].as_f64().unwrap() - want).abs() < 1e-12);
     }
 }
+
+/// An interrupted scan (two of four checkpoints measured) resumed from its report gives the
+/// same curves and ranking as one uninterrupted scan, without re-measuring the first two.
+#[test]
+fn resume_completes_an_interrupted_scan() {
+    let dir = Dir::new();
+    let series = dir.path().join("series");
+    let all: Vec<String> = ["checkpoint-30", "checkpoint-60", "checkpoint-90", "checkpoint-120"].map(String::from).to_vec();
+    let copy = |name: &str| {
+        let to = series.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["config.json", "model.safetensors", "trainer_state.json", "tokenizer.json"] {
+            std::fs::copy(fixtures().join("series").join(name).join(f), to.join(f)).unwrap();
+        }
+    };
+    let task = fixtures().join("task.jsonl");
+    let report = dir.path().join("r.json");
+    let json = |extra: &[&str]| {
+        let out = scan(&series, &task, &[&["--json", report.to_str().unwrap()], extra].concat()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&report).unwrap()).unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    all[..2].iter().for_each(|n| copy(n));
+    let (partial, _) = json(&[]);
+    all[2..].iter().for_each(|n| copy(n));
+    let (resumed, stderr) = json(&["--resume", report.to_str().unwrap()]);
+    assert_eq!(stderr.matches("reusing the measurement").count(), 2, "{stderr}");
+    let (fresh, _) = json(&[]);
+
+    let losses = |r: &serde_json::Value| r["checkpoints"].as_array().unwrap().iter().map(|c| c["curve"].as_array().unwrap().iter().map(|p| p["eval_loss"].clone()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    assert_eq!(losses(&resumed), losses(&fresh));
+    assert_eq!(resumed["ranking"], fresh["ranking"]);
+    for i in 0..2 {
+        assert_eq!(resumed["checkpoints"][i]["median_step_s"], partial["checkpoints"][i]["median_step_s"], "checkpoint {i} was measured again");
+    }
+
+    let (code, stderr) = {
+        let out = scan(&series, &task, &["--resume", report.to_str().unwrap(), "--lr", "0.01"]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("settings differ") && stderr.contains("train"), "{stderr}");
+}

@@ -1,0 +1,69 @@
+//! `--resume`: reuse what a previous report measured, so an interrupted scan continues where
+//! it stopped. A checkpoint is reused only when the previous report has the same settings,
+//! the same tool version, the same checkpoint name and fingerprint, and status "ok"; its runs
+//! are rebuilt from the saved curves, and the scorer recomputes everything from them, so the
+//! merged result equals a fresh run (timings apart).
+
+use std::path::Path;
+
+use super::{Run, Scan};
+use crate::discover::CheckpointRef;
+use crate::error::{Error, Result};
+use crate::report::{CheckpointReport, Report};
+use crate::train::{CurvePoint, Outcome};
+
+/// Settings that do not change a measurement.
+const IGNORED: [&str; 1] = ["threads"];
+
+impl Scan<'_> {
+    /// Accepts `previous` if it was made with the same settings and tool version.
+    pub fn resume_from(&mut self, previous: Report, path: &Path) -> Result<()> {
+        if previous.tool.version != env!("CARGO_PKG_VERSION") {
+            return Err(Error::input(path, format!("was written by plasticity {}, this is {}", previous.tool.version, env!("CARGO_PKG_VERSION"))));
+        }
+        let now = super::assemble::settings_json(self.opts);
+        let differing = differing_settings(&previous.settings, &now);
+        if !differing.is_empty() {
+            return Err(Error::input(path, format!("settings differ from this scan: {}", differing.join(", "))));
+        }
+        self.previous = previous.checkpoints.into_iter().filter(|c| c.status == "ok").map(|c| (c.name.clone(), c)).collect();
+        Ok(())
+    }
+
+    /// The previous runs of `c`, when its files have not changed.
+    pub(super) fn reusable(&self, c: &CheckpointRef, fingerprint: Option<&str>) -> Option<Vec<Run>> {
+        let prev = self.previous.get(&c.name)?;
+        (fingerprint.is_some() && prev.fingerprint.as_deref() == fingerprint).then(|| runs_of(prev, self.opts.seed, self.opts.data_seed))
+    }
+}
+
+fn differing_settings(before: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (before.as_object(), now.as_object()) else { return vec!["settings".into()] };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| !IGNORED.contains(&k.as_str())).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+}
+
+/// Runs rebuilt from a report entry: one per seed (from `runs[]`, or the single curve).
+fn runs_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> Vec<Run> {
+    let median = c.median_step_s.unwrap_or(0.0);
+    let tokens_per_step = (c.tokens_per_s.unwrap_or(0.0) * median).round() as usize;
+    let seeds: Vec<(u64, u64, f64, &Vec<CurvePoint>)> = if c.runs.is_empty() {
+        vec![(seed, data_seed, median, &c.curve)]
+    } else {
+        c.runs.iter().map(|r| (r.seed, r.data_seed, r.median_step_s, &r.curve)).collect()
+    };
+    seeds
+        .into_iter()
+        .map(|(seed, data_seed, median_step_s, curve)| Run {
+            seed,
+            data_seed,
+            model_type: c.model_type.clone().unwrap_or_default(),
+            params: c.params.unwrap_or(0),
+            trainable_params: c.trainable_params.unwrap_or(0),
+            outcome: Outcome { curve: curve.clone(), step_seconds: Vec::new(), median_step_s, tokens_per_step },
+            single_index: c.single_index.clone(),
+        })
+        .collect()
+}
