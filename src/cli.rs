@@ -201,6 +201,10 @@ pub struct ExportArgs {
     #[arg(long, value_name = "FILE")]
     pub junit: Option<String>,
 
+    /// Draw every snapshot's eval-loss curve (against steps and device-hours) to FILE.svg or FILE.png.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<String>,
+
     /// Do not append the Markdown summary to $GITHUB_STEP_SUMMARY.
     #[arg(long)]
     pub no_step_summary: bool,

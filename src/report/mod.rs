@@ -11,6 +11,7 @@ pub mod headline;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod plot;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -174,23 +175,40 @@ pub enum Format {
     Markdown,
     Csv,
     Junit,
+    /// SVG or PNG, by the file's extension; written by plotters, so never to stdout.
+    Plot,
 }
 
 impl Format {
-    fn exporter(self) -> Box<dyn Exporter> {
+    fn exporter(self) -> Option<Box<dyn Exporter>> {
         match self {
-            Format::Json => Box::new(json::Json),
-            Format::Markdown => Box::new(markdown::Markdown),
-            Format::Csv => Box::new(csv::Csv),
-            Format::Junit => Box::new(junit::Junit),
+            Format::Json => Some(Box::new(json::Json)),
+            Format::Markdown => Some(Box::new(markdown::Markdown)),
+            Format::Csv => Some(Box::new(csv::Csv)),
+            Format::Junit => Some(Box::new(junit::Junit)),
+            Format::Plot => None,
         }
     }
 }
 
-/// A format bound to where it goes.
+/// A format bound to where it goes; `exporter` None is the plot.
 struct Sink {
     output: Output,
-    exporter: Box<dyn Exporter>,
+    exporter: Option<Box<dyn Exporter>>,
+}
+
+impl Sink {
+    /// Writes the report to the sink's file, atomically.
+    fn write_file(&self, path: &Path, report: &Report) -> Result<()> {
+        match &self.exporter {
+            Some(e) => write_atomic(path, &e.render(report)?),
+            None => {
+                let tmp = temp_path(path);
+                plot::render(report, &tmp)?;
+                std::fs::rename(&tmp, path).map_err(|e| Error::input(path, format!("cannot write plot: {e}")))
+            }
+        }
+    }
 }
 
 /// The report files of a scan.
@@ -214,7 +232,7 @@ impl Reports {
     pub fn update(&self, report: &Report) -> Result<()> {
         for sink in &self.sinks {
             if let Output::File(path) = &sink.output {
-                write_atomic(path, &sink.exporter.render(report)?)?;
+                sink.write_file(path, report)?;
             }
         }
         Ok(())
@@ -224,8 +242,8 @@ impl Reports {
     pub fn finish(&self, report: &Report) -> Result<()> {
         self.update(report)?;
         for sink in &self.sinks {
-            if sink.output == Output::Stdout {
-                let bytes = sink.exporter.render(report)?;
+            if let (Output::Stdout, Some(exporter)) = (&sink.output, &sink.exporter) {
+                let bytes = exporter.render(report)?;
                 let mut out = std::io::stdout().lock();
                 out.write_all(&bytes).and_then(|_| out.flush()).map_err(|e| Error::Other(format!("cannot write to stdout: {e}")))?;
             }
@@ -259,7 +277,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// A hidden file beside `path` that keeps its extension (plotters picks the format by it).
 fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+    path.with_file_name(format!(".tmp{}.{name}", std::process::id()))
 }

@@ -159,3 +159,26 @@ fn step_summary_is_appended_on_github() {
     assert!(run(&["--steps", "1", "--no-step-summary"]).status.success());
     assert_eq!(std::fs::read_to_string(&summary).unwrap(), text);
 }
+
+/// The plot draws one curve per snapshot in each panel (plus its legend line), names every
+/// snapshot in both legends, and renders as PNG too.
+#[test]
+fn plot_draws_every_snapshot() {
+    let dir = Dir::new();
+    let (svg, png, json) = (dir.path().join("p.svg"), dir.path().join("p.png"), dir.path().join("r.json"));
+    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--plot", svg.to_str().unwrap(), "--json", json.to_str().unwrap(), "--steps", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches("stroke-width=\"3\"").count(), 4 * 2 * 2, "curves and legend lines");
+    for name in ["checkpoint-30", "checkpoint-60", "checkpoint-90", "checkpoint-120"] {
+        assert_eq!(text.matches(&format!("{name} (step")).count(), 2, "{name} in both legends");
+    }
+    let again = assert_cmd::Command::cargo_bin("plasticity").unwrap().args(["report", json.to_str().unwrap(), "--plot", png.to_str().unwrap()]).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000);
+    for bad in ["-", "plot.jpg"] {
+        let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--plot", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--plot {bad}");
+    }
+}

@@ -1,0 +1,163 @@
+//! The plot (`--plot FILE.svg|FILE.png`): every snapshot's eval-loss curve against steps and
+//! against device-hours, the target line, and the ranking in the legend. Colours run from
+//! light (least pre-trained) to dark (most pre-trained), so a reader sees at a glance whether
+//! more pre-training means slower adaptation. The font is embedded: no system fonts needed.
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::colors::colormaps::ViridisRGB;
+use plotters::style::{register_font, FontStyle};
+
+use super::{CheckpointReport, Report};
+use crate::error::{Error, Result};
+
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+const SIZE: (u32, u32) = (1400, 560);
+
+/// Draws the report to `path`; the extension chooses SVG or PNG.
+pub fn render(report: &Report, path: &Path) -> Result<()> {
+    let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    let fail = |e: String| Error::input(path, format!("cannot draw plot: {e}"));
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), report).map_err(fail),
+        Some("png") => draw(BitMapBackend::new(path, SIZE).into_drawing_area(), report).map_err(fail),
+        _ => Err(Error::input(path, "plot file must end in .svg or .png")),
+    }
+}
+
+/// One curve: legend label, colour, and (x, loss) points for each panel.
+struct Series {
+    label: String,
+    color: RGBColor,
+    by_step: Vec<(f64, f64)>,
+    by_hours: Vec<(f64, f64)>,
+}
+
+fn series(report: &Report) -> Vec<Series> {
+    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.status == "ok").collect();
+    let n = ok.len().max(2) as f64;
+    ok.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let step_h = c.median_step_s.unwrap_or(0.0) / 3600.0;
+            let points: Vec<(f64, f64)> = c.curve.iter().filter_map(|p| Some((p.step as f64, p.eval_loss?))).collect();
+            let rank = c.rank.map_or("-".into(), |r| format!("#{r}{}", if c.tied_with_best { "=" } else { "" }));
+            let shade = 0.85 - 0.8 * i as f64 / (n - 1.0);
+            Series {
+                label: format!("{rank} {} (step {})", c.name, c.step),
+                color: ViridisRGB::get_color(shade),
+                by_hours: points.iter().map(|&(s, l)| (s * step_h, l)).collect(),
+                by_step: points,
+            }
+        })
+        .collect()
+}
+
+fn draw<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report) -> std::result::Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<B::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let title = format!("plasticity: LoRA fine-tuning of each snapshot (best: {})", report.ranking.first().map_or("-", |s| s.as_str()));
+    let root = root.titled(&title, ("sans-serif", 24)).map_err(err)?;
+    let panels = root.split_evenly((1, 2));
+    let all = series(report);
+    let hours = format!("{} (median step time x steps)", report.hours_unit);
+    panel(&panels[0], report, &all, |s| &s.by_step, "optimizer steps").map_err(err)?;
+    panel(&panels[1], report, &all, |s| &s.by_hours, &hours).map_err(err)?;
+    root.present().map_err(err)
+}
+
+/// Loss ranges over more than two decades are drawn on a log axis.
+fn loss_range(all: &[Series], target: Option<f64>) -> (f64, f64, bool) {
+    let losses = all.iter().flat_map(|s| s.by_step.iter().map(|p| p.1)).chain(target).filter(|l| l.is_finite());
+    let (lo, hi) = losses.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| (a.min(l), b.max(l)));
+    if !lo.is_finite() {
+        return (0.0, 1.0, false);
+    }
+    if lo > 0.0 && hi / lo > 100.0 {
+        return (lo / 2.0, hi * 2.0, true);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    (lo - pad, hi + pad, false)
+}
+
+fn panel<B: DrawingBackend>(
+    area: &DrawingArea<B, Shift>,
+    report: &Report,
+    all: &[Series],
+    points: impl Fn(&Series) -> &Vec<(f64, f64)>,
+    x_label: &str,
+) -> std::result::Result<(), DrawingAreaErrorKind<B::ErrorType>> {
+    let xs = || all.iter().flat_map(|s| points(s).iter().map(|p| p.0));
+    let x_max = xs().fold(0.0, f64::max).max(1e-12);
+    let x_min = xs().filter(|&x| x > 0.0).fold(f64::INFINITY, f64::min);
+    // Runs that stop after very different numbers of steps are read on a log axis from step 1.
+    let log_x = x_min.is_finite() && x_max / x_min > 1000.0;
+    let target = report.target.as_ref().filter(|t| t.kind != "drop").map(|t| t.value);
+    let (lo, hi, log_y) = loss_range(all, target);
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(16).x_label_area_size(48).y_label_area_size(72);
+    let y_desc = if log_y { "eval loss (log scale)" } else { "eval loss" };
+    let x_desc = if log_x { format!("{x_label}, log scale") } else { x_label.to_string() };
+    let fmt_x = |x: &f64| match *x {
+        0.0 => "0".to_string(),
+        x if (1e-2..1e5).contains(&x) && x.fract() == 0.0 => format!("{x:.0}"),
+        x => format!("{x:.1e}"),
+    };
+    let fmt_y = |y: &f64| if log_y { format!("{y:.0e}") } else { format!("{y:.3}") };
+    macro_rules! chart {
+        ($x:expr, $y:expr) => {{
+            let mut chart = builder.build_cartesian_2d($x, $y)?;
+            chart.configure_mesh().x_desc(&x_desc).y_desc(y_desc).x_label_formatter(&fmt_x).y_label_formatter(&fmt_y).label_style(("sans-serif", 15)).draw()?;
+            curves(&mut chart, all, &points, target, (if log_x { x_min } else { 0.0 }, x_max))?;
+            legend(&mut chart, if log_y { SeriesLabelPosition::LowerLeft } else { SeriesLabelPosition::UpperRight })
+        }};
+    }
+    match (log_x, log_y) {
+        (true, true) => chart!((x_min..x_max * 1.2).log_scale(), (lo..hi).log_scale()),
+        (true, false) => chart!((x_min..x_max * 1.2).log_scale(), lo..hi),
+        (false, true) => chart!(0.0..x_max * 1.02, (lo..hi).log_scale()),
+        (false, false) => chart!(0.0..x_max * 1.02, lo..hi),
+    }
+}
+
+fn curves<'a, DB: DrawingBackend + 'a, X: Ranged<ValueType = f64>, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    all: &[Series],
+    points: &impl Fn(&Series) -> &Vec<(f64, f64)>,
+    target: Option<f64>,
+    (x_min, x_max): (f64, f64),
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    if let Some(t) = target {
+        // Dashes evenly spaced on screen, whether the axis is linear or logarithmic.
+        let at = |f: f64| if x_min > 0.0 { x_min * (x_max / x_min).powf(f) } else { f * x_max };
+        let dashes = (0..40).map(|i| (at(i as f64 / 40.0), at((i as f64 + 0.5) / 40.0)));
+        chart.draw_series(dashes.map(|(a, b)| PathElement::new(vec![(a, t), (b, t)], BLACK.stroke_width(2))))?
+            .label(format!("target {}", super::table::loss(Some(t))))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    }
+    for s in all {
+        let style = s.color.stroke_width(3);
+        let visible = points(s).iter().copied().filter(|p| p.0 >= x_min);
+        chart.draw_series(LineSeries::new(visible, style))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
+    Ok(())
+}
+
+/// The legend where curves are least likely: lower left on log-log plots (every curve starts
+/// high), upper right otherwise.
+fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 14))
+        .draw()
+}
