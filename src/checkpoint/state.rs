@@ -23,8 +23,4 @@ impl TrainerState {
         serde_json::from_str(&text).map_err(|e| Error::input(path, format!("invalid trainer state: {e}")))
     }
 
-    /// The last logged pre-training loss at or before `global_step`, when the log has one.
-    pub fn last_train_loss(&self) -> Option<f64> {
-        self.log_history.iter().rev().find_map(|entry| entry.get("loss")?.as_f64())
-    }
 }

@@ -45,6 +45,9 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_per_device_hour: Option<f64>,
     pub checkpoints: Vec<CheckpointReport>,
+    /// The pre-training loss log (from trainer_state.json) and where it flattens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretraining: Option<Pretraining>,
     /// Gates asked for on the command line, evaluated on the results so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<gates::Gate>,
@@ -63,6 +66,14 @@ impl Report {
         }
         serde_json::from_value(value).map_err(|e| Error::input(path, format!("invalid report: {e}")))
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pretraining {
+    /// First logged step within 10% of the total pre-training loss drop from the end.
+    pub plateau_onset_step: Option<f64>,
+    /// [step, loss] pairs of the longest log_history in the series.
+    pub loss_curve: Vec<[f64; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,6 +132,9 @@ pub struct CheckpointReport {
     pub trainable_params: Option<usize>,
     /// Pre-training loss logged in trainer_state.json, when there is one.
     pub pretrain_loss: Option<f64>,
+    /// The snapshot was taken at or after the pre-training plateau onset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_plateau_onset: Option<bool>,
     pub curve: Vec<CurvePoint>,
     pub initial_eval_loss: Option<f64>,
     pub final_eval_loss: Option<f64>,

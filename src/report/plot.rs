@@ -44,9 +44,10 @@ fn series(report: &Report) -> Vec<Series> {
             let step_h = c.median_step_s.unwrap_or(0.0) / 3600.0;
             let points: Vec<(f64, f64)> = c.curve.iter().filter_map(|p| Some((p.step as f64, p.eval_loss?))).collect();
             let rank = c.rank.map_or("-".into(), |r| format!("#{r}{}", if c.tied_with_best { "=" } else { "" }));
+            let plateau = if c.after_plateau_onset == Some(true) { ", after pre-training plateau" } else { "" };
             let shade = 0.85 - 0.8 * i as f64 / (n - 1.0);
             Series {
-                label: format!("{rank} {} (step {})", c.name, c.step),
+                label: format!("{rank} {} (step {}{plateau})", c.name, c.step),
                 color: ViridisRGB::get_color(shade),
                 by_hours: points.iter().map(|&(s, l)| (s * step_h, l)).collect(),
                 by_step: points,

@@ -45,7 +45,11 @@ pub fn ranking_table(report: &Report) -> Table {
     if priced {
         header.push("cost→target".into());
     }
-    Table { header, rows: report.checkpoints.iter().map(|c| row(c, priced)).collect() }
+    let pretrain = report.checkpoints.iter().any(|c| c.pretrain_loss.is_some());
+    if pretrain {
+        header.push("pretrain loss".into());
+    }
+    Table { header, rows: report.checkpoints.iter().map(|c| row(c, priced, pretrain)).collect() }
 }
 
 /// Left-aligned columns two spaces apart.
@@ -70,7 +74,7 @@ pub fn loss(v: Option<f64>) -> String {
     }
 }
 
-fn row(c: &CheckpointReport, priced: bool) -> Vec<String> {
+fn row(c: &CheckpointReport, priced: bool, pretrain: bool) -> Vec<String> {
     if c.status != "ok" {
         let err = c.error.clone().unwrap_or_default();
         return vec!["-".into(), c.name.clone(), c.step.to_string(), format!("{}: {err}", c.status)];
@@ -92,6 +96,10 @@ fn row(c: &CheckpointReport, priced: bool) -> Vec<String> {
     if priced {
         cells.push(c.cost_to_target.map_or("-".into(), |x| if x >= 0.01 { format!("{x:.2}") } else { format!("{x:.2e}") }));
     }
+    if pretrain {
+        let mark = if c.after_plateau_onset == Some(true) { " *" } else { "" };
+        cells.push(format!("{}{mark}", loss(c.pretrain_loss)));
+    }
     cells
 }
 
@@ -103,6 +111,11 @@ pub fn footnotes(report: &Report) -> Vec<String> {
     }
     if report.checkpoints.iter().any(|c| c.tied_with_best) {
         notes.push("= tied with the best: their 95% confidence intervals of time to target overlap".into());
+    }
+    if let Some(onset) = report.pretraining.as_ref().and_then(|p| p.plateau_onset_step) {
+        if report.checkpoints.iter().any(|c| c.after_plateau_onset == Some(true)) {
+            notes.push(format!("* taken after the pre-training loss flattened (plateau onset at step {onset})"));
+        }
     }
     if let Some(n) = report.checkpoints.iter().map(|c| c.seeds).max().filter(|&n| n > 1) {
         notes.push(format!("means over {n} seeds; [low, high] is the 95% confidence interval"));

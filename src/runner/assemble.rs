@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use super::{CheckpointResult, Run, Scan};
 use crate::model::single_index;
 use crate::options::ScanOptions;
-use crate::report::{gates, CheckpointReport, DeviceInfo, Report, SeedRun, TargetInfo, Tool, SCHEMA_VERSION};
-use crate::score::{self, Estimate, RunSummary, Score, TargetSpec};
+use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, Report, SeedRun, TargetInfo, Tool, SCHEMA_VERSION};
+use crate::score::{self, pretrain, Estimate, RunSummary, Score, TargetSpec};
 
 impl Scan<'_> {
     /// The report of the results so far, scored.
@@ -17,7 +17,12 @@ impl Scan<'_> {
         let spec = self.opts.target.unwrap_or_else(|| self.series_target());
         let scored = score::score(&summaries, spec);
         let scores: Vec<Option<&Score>> = (0..self.results.len()).map(|i| scored.as_ref().and_then(|(_, s)| s[i].as_ref())).collect();
-        let checkpoints: Vec<CheckpointReport> = self.results.iter().zip(&scores).map(|(r, s)| checkpoint_report(r, *s, self.opts.price_per_hour)).collect();
+        let pretraining = pretraining(&self.results);
+        let onset = pretraining.as_ref().and_then(|p| p.plateau_onset_step);
+        let mut checkpoints: Vec<CheckpointReport> = self.results.iter().zip(&scores).map(|(r, s)| checkpoint_report(r, *s, self.opts.price_per_hour)).collect();
+        for c in checkpoints.iter_mut() {
+            c.after_plateau_onset = onset.map(|o| c.step as f64 >= o);
+        }
         let mut ranked: Vec<&CheckpointReport> = checkpoints.iter().filter(|c| c.rank.is_some()).collect();
         ranked.sort_by_key(|c| c.rank);
         let target = scored.as_ref().map(|(t, _)| t);
@@ -34,6 +39,7 @@ impl Scan<'_> {
             ranking: ranked.iter().map(|c| c.name.clone()).collect(),
             checkpoints,
             gates: Vec::new(),
+            pretraining,
         };
         if let Some(x) = self.opts.fail_if_last_slower {
             report.gates.push(gates::last_slower(&report, x));
@@ -129,8 +135,20 @@ fn fill_score(out: &mut CheckpointReport, s: &Score, price: Option<f64>) {
     out.ci95 = intervals.iter().filter_map(|(k, e)| e.filter(|e| e.n > 1).map(|e| (k.to_string(), [e.lo, e.hi]))).collect::<BTreeMap<_, _>>();
 }
 
-pub(super) fn pretrain_loss(dir: &Path) -> Option<f64> {
-    crate::checkpoint::state::TrainerState::read(&dir.join("trainer_state.json")).ok()?.last_train_loss()
+/// The pre-training loss log of a checkpoint's trainer_state.json (empty without one).
+pub(super) fn pretrain_curve(dir: &Path) -> Vec<(f64, f64)> {
+    let state = crate::checkpoint::state::TrainerState::read(&dir.join("trainer_state.json"));
+    state.map(|s| pretrain::loss_curve(&s.log_history)).unwrap_or_default()
+}
+
+/// The longest pre-training log of the series (the latest snapshot's holds the others) and
+/// where it flattens.
+fn pretraining(results: &[CheckpointResult]) -> Option<Pretraining> {
+    let curve = results.iter().map(|r| &r.pretrain_curve).max_by_key(|c| c.len())?;
+    if curve.is_empty() {
+        return None;
+    }
+    Some(Pretraining { plateau_onset_step: pretrain::plateau_onset(curve), loss_curve: curve.iter().map(|&(s, l)| [s, l]).collect() })
 }
 
 /// Every setting that shapes the result, so a report can be reproduced.

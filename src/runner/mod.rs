@@ -42,6 +42,8 @@ pub struct CheckpointResult {
     pub pretrain_loss: Option<f64>,
     /// See `checkpoint::fingerprint`; None when the files cannot be read.
     pub fingerprint: Option<String>,
+    /// (step, loss) of the pre-training log in its trainer_state.json.
+    pub pretrain_curve: Vec<(f64, f64)>,
 }
 
 /// Token blocks already built, by tokenizer file contents (a series usually shares one).
@@ -94,8 +96,9 @@ impl<'a> Scan<'a> {
             if let Err(msg) = &runs {
                 progress.println(&format!("error: checkpoint {} failed: {msg}", c.name));
             }
-            let pretrain_loss = assemble::pretrain_loss(&c.path);
-            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint });
+            let pretrain_curve = assemble::pretrain_curve(&c.path);
+            let pretrain_loss = pretrain_curve.last().map(|p| p.1);
+            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve });
             reports.update(&self.report("running"))?;
         }
         progress.finish();

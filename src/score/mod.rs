@@ -8,6 +8,7 @@
 //! reported as tied with it.
 
 pub mod metrics;
+pub mod pretrain;
 pub mod stats;
 
 use std::collections::BTreeMap;

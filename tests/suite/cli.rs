@@ -28,9 +28,12 @@ fn scan_of_the_committed_series_ranks_every_checkpoint() {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(ranking, sorted);
+    let onset = r["pretraining"]["plateau_onset_step"].as_f64().expect("the Trainer log has a plateau");
+    assert!(r["pretraining"]["loss_curve"].as_array().unwrap().len() >= 10);
     for c in r["checkpoints"].as_array().unwrap() {
         assert_eq!(c["status"], "ok");
         assert_eq!(c["step_source"], "trainer_state.json");
+        assert_eq!(c["after_plateau_onset"], c["step"].as_f64().unwrap() >= onset);
         assert_eq!(c["curve"].as_array().unwrap().len(), 5, "step 0 plus 4 updates");
         assert!(c["initial_eval_loss"].as_f64().is_some() && c["final_eval_loss"].as_f64().is_some());
         assert!(c["tokens_per_s"].as_f64().unwrap() > 0.0);

@@ -58,6 +58,7 @@ fn report() -> Report {
         checkpoints: vec![ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)), extrapolated(), ok("step2500", 2500, 3, 3.7, 3.65, None), failed],
         ranking: vec!["step1000".into(), "step2000".into(), "step2500".into()],
         gates: Vec::new(),
+        pretraining: None,
     }
 }
 
