@@ -14,6 +14,7 @@ fn scan_of_the_committed_series_ranks_every_checkpoint() {
     assert!(stdout.contains("best checkpoint to fine-tune"), "{stdout}");
 
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    super::util::assert_valid_report(&r);
     assert_eq!(r["schema_version"], 1);
     assert_eq!(r["tool"]["name"], "plasticity");
     assert_eq!(r["status"], "complete");
@@ -103,6 +104,7 @@ fn seeds_give_confidence_intervals_and_every_run() {
     let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", "-", "--seeds", "2", "--steps", "3", "--price-per-gpu-hour", "3"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    super::util::assert_valid_report(&r);
     assert_eq!(r["settings"]["seeds"], 2);
     assert_eq!(r["price_per_device_hour"], 3.0);
     for c in r["checkpoints"].as_array().unwrap() {
@@ -125,6 +127,7 @@ fn a_drop_target_is_per_checkpoint() {
     let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", "-", "--target-drop", "0.5", "--lr", "1e-2"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    super::util::assert_valid_report(&r);
     assert_eq!(r["target"]["kind"], "drop");
     assert!(r["target_loss"].is_null());
     let drop = r["target"]["value"].as_f64().unwrap();

@@ -53,6 +53,7 @@ fn assert_broken(mutate: impl FnOnce(&Path), expect: &[&str]) {
     let (code, stderr, report) = run(dir.path(), &task(), &["--steps", "1"]);
     assert_eq!(code, SOME_FAILED, "{stderr}");
     let report = report.expect("a report despite the failure");
+    super::util::assert_valid_report(&report);
     assert_eq!(report["ranking"], serde_json::json!(["checkpoint-1"]));
     let msg = failure_of(&report, "checkpoint-2");
     for e in expect {

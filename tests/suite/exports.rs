@@ -95,6 +95,17 @@ fn snapshot(name: &str, got: Vec<u8>) {
 }
 
 #[test]
+fn hand_built_reports_match_the_schema() {
+    for r in [report(), simulated()] {
+        super::util::assert_valid_report(&serde_json::to_value(&r).unwrap());
+    }
+    let mut drifted = serde_json::to_value(report()).unwrap();
+    drifted["checkpoints"][0]["undocumented"] = 1.into();
+    let caught = std::panic::catch_unwind(|| super::util::assert_valid_report(&drifted));
+    assert!(caught.is_err(), "the schema must refuse fields it does not document");
+}
+
+#[test]
 fn markdown_snapshot() {
     snapshot("report.md", Markdown.render(&report()).unwrap());
     snapshot("simulated.md", Markdown.render(&simulated()).unwrap());

@@ -98,6 +98,7 @@ fn demo_runs_end_to_end() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("needs") && stderr.contains("more steps") && stderr.contains("lower loss"), "no headline: {stderr}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    super::util::assert_valid_report(&r);
     assert_eq!(r["ranking"][0], "checkpoint-1");
     assert_eq!(r["ranking"].as_array().unwrap().last().unwrap(), "checkpoint-30");
     assert_eq!(r["target_loss"], 1e-6);
@@ -131,6 +132,7 @@ fn last_slower_gate_sets_the_exit_code() {
     assert_eq!(failed.status.code(), Some(1), "{}", String::from_utf8_lossy(&failed.stderr));
     assert!(String::from_utf8_lossy(&failed.stderr).contains("gate failed"));
     let r: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    super::util::assert_valid_report(&r);
     assert_eq!(r["gates"][0]["passed"], false);
     assert!(r["gates"][0]["value"].as_f64().unwrap() > 100.0);
     assert_eq!(gate("1000").status.code(), Some(0));

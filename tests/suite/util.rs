@@ -95,3 +95,11 @@ pub fn scan(dir: &Path, task: &Path, extra: &[&str]) -> assert_cmd::Command {
     cmd.args(extra);
     cmd
 }
+
+/// Checks a JSON report against the published schema (schemas/report.schema.json).
+pub fn assert_valid_report(report: &serde_json::Value) {
+    let schema: serde_json::Value = serde_json::from_str(include_str!("../../schemas/report.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let errors: Vec<String> = validator.iter_errors(report).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "report does not match schemas/report.schema.json:\n{}", errors.join("\n"));
+}
