@@ -20,5 +20,6 @@ pub mod rng;
 pub mod runner;
 pub mod score;
 pub mod simulate;
+pub mod synth;
 pub mod theory;
 pub mod train;

@@ -84,7 +84,8 @@ impl RawConfig {
 impl Config {
     pub fn n_params(&self) -> usize {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let layer = 4 * h * h + 2 * h * i + 4 * h;
+        let attn_bias = if self.attention_bias { 4 * h } else { 0 };
+        let layer = 4 * h * h + 2 * h * i + attn_bias + i + h + 4 * h; // weights, biases, two LayerNorms
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + self.num_hidden_layers * layer + 2 * h + head
     }

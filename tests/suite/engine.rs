@@ -110,3 +110,18 @@ fn frozen_matmul_gradient_matches_matmul() {
     assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5));
     assert!(g1.get(&w).is_none());
 }
+
+/// Random checkpoints written by `synth` load as the architectures they claim to be.
+#[test]
+fn synthetic_checkpoints_load() {
+    let dir = super::util::Dir::new();
+    let shape = plasticity::synth::Shape { layers: 2, hidden: 32, heads: 4, intermediate: 64, vocab: 100, positions: 64 };
+    for arch in ["llama", "gpt_neox", "gpt2"] {
+        let path = dir.path().join(arch);
+        plasticity::synth::write_checkpoint(&path, arch, shape, 0).unwrap();
+        let m = load_with(&path, &LoraSpec::default(), &AdapterInit::Seeded(0));
+        let ids = Tensor::from_vec((0..16u32).collect::<Vec<_>>(), (2, 8), &Device::Cpu).unwrap();
+        assert_eq!(m.model.forward(&ids).unwrap().dims(), &[2, 8, 100], "{arch}");
+        assert_eq!(m.n_params, candle_core::safetensors::load(path.join("model.safetensors"), &Device::Cpu).unwrap().values().map(|t| t.elem_count()).sum::<usize>(), "{arch}: parameter count");
+    }
+}

@@ -1,0 +1,49 @@
+"""Times the same LoRA training step as examples/step_timing.rs in PyTorch + transformers + PEFT.
+
+    python benches/compare_peft.py DIR STEPS WARMUP THREADS
+
+Same checkpoint files, same batch (8 x 128 ids from the same formula), LoRA r=8, alpha=8,
+dropout 0 on PEFT's default targets, AdamW (torch defaults but weight_decay=0), grad-norm
+clipping at 1.0, f32, eager attention, torch.set_num_threads(THREADS). Prints one JSON line.
+"""
+import json
+import sys
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+BATCH, SEQ = 8, 128
+
+
+def main():
+    path, steps, warmup, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    ids = torch.tensor([(i * 7919 + 13) % 50000 for i in range(BATCH * SEQ)], dtype=torch.long).view(BATCH, SEQ)
+    load_s = time.perf_counter() - t0
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    times.sort()
+    step_s = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+    print(json.dumps({"stack": "pytorch+peft", "torch": torch.__version__, "load_s": round(load_s, 3),
+                      "median_step_s": round(step_s, 4), "tokens_per_s": round(BATCH * SEQ / step_s, 1)}))
+
+
+if __name__ == "__main__":
+    main()

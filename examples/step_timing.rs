@@ -1,0 +1,76 @@
+//! Times LoRA training steps on a random-weight checkpoint at a realistic shape, for
+//! benches/compare_peft.sh (which runs the same step in PyTorch + PEFT on the same files).
+//!
+//!     cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2, SHAPE: 14m|70m
+//!     cargo run --release --example step_timing -- time DIR STEPS WARMUP  # prints one JSON line
+//!
+//! The batch is 8 x 128 tokens, r = 8 on PEFT's default targets, AdamW, f32, on the threads
+//! RAYON_NUM_THREADS allows. Timing starts after WARMUP steps and reads the clock after
+//! synchronising the device.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use plasticity::lora::{AdapterInit, LoraSpec};
+use plasticity::synth::{write_checkpoint, Shape};
+use plasticity::train::optim::AdamWConfig;
+use plasticity::train::{median, Batch, TrainSpec, Trainer};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const BATCH: usize = 8;
+const SEQ: usize = 128;
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["write", dir, arch, shape] => write(Path::new(dir), arch, shape),
+        ["time", dir, steps, warmup] => time(Path::new(dir), steps.parse()?, warmup.parse()?),
+        _ => Err("usage: step_timing write DIR ARCH 14m|70m | step_timing time DIR STEPS WARMUP".into()),
+    }
+}
+
+fn write(dir: &Path, arch: &str, shape: &str) -> Res<()> {
+    let shape = match shape {
+        "14m" => Shape::PYTHIA_14M,
+        "70m" => Shape::PYTHIA_70M,
+        other => return Err(format!("unknown shape {other}").into()),
+    };
+    Ok(write_checkpoint(dir, arch, shape, 0)?)
+}
+
+/// A fixed batch of ids below 50,000 (the same formula the Python helper uses).
+fn batch() -> Res<Batch> {
+    let ids: Vec<u32> = (0..BATCH * SEQ).map(|i| ((i * 7919 + 13) % 50000) as u32).collect();
+    let ids = Tensor::from_vec(ids, (BATCH, SEQ), &Device::Cpu)?;
+    let labels = ids.ones_like()?.to_dtype(DType::F32)?;
+    Ok(Batch { ids, labels })
+}
+
+fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
+    let start = Instant::now();
+    let model = plasticity::model::load(dir, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu)?;
+    let spec = TrainSpec { optimizer: AdamWConfig::default(), warmup_steps: 0, max_grad_norm: 1.0, batch_size: BATCH, grad_accum: 1, steps, eval_every: 0, timing_warmup: warmup };
+    let mut trainer = Trainer::new(&model, &spec)?;
+    let b = batch()?;
+    let load_s = start.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        Device::Cpu.synchronize()?;
+        let t = Instant::now();
+        trainer.step(std::slice::from_ref(&b))?;
+        Device::Cpu.synchronize()?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(&times);
+    println!(
+        "{{\"stack\": \"plasticity\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}}}",
+        model.model_type,
+        model.n_params,
+        (BATCH * SEQ) as f64 / step_s
+    );
+    Ok(())
+}
