@@ -32,7 +32,7 @@ for shape in 14m 70m; do
     python3 - "$arch" "$shape" "$ours" "$theirs" <<'PY'
 import json, sys
 arch, shape, a, b = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-print(f"{arch:<9} {shape:<5} {a['tokens_per_s']:>10.0} t/s {b['tokens_per_s']:>10.0} t/s {a['tokens_per_s'] / b['tokens_per_s']:>6.2f}x")
+print(f"{arch:<9} {shape:<5} {a['tokens_per_s']:>10.0f} t/s {b['tokens_per_s']:>10.0f} t/s {a['tokens_per_s'] / b['tokens_per_s']:>6.2f}x")
 PY
   done
 done

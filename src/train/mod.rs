@@ -6,11 +6,12 @@
 //! updates. Step times are read after synchronising the device and exclude evaluation. This
 //! module must not decide rankings or write reports.
 
+pub mod loss;
 pub mod optim;
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::{BatchOrder, Block, Blocks};
 use crate::error::{CandleContext, Error, Result};
@@ -91,15 +92,17 @@ impl Batch {
 
 /// Sum of the cross-entropy of every predicted token, and how many there are:
 /// token i+1 is predicted from tokens 0..=i, as transformers does with labels = input_ids.
+/// Row (b, i) of the logits is scored against token (b, i+1); the last position of each
+/// block predicts nothing and has weight 0, so the logits are never copied.
 pub fn loss_sum(logits: &Tensor, batch: &Batch) -> candle_core::Result<(Tensor, f64)> {
     let (b, t, v) = logits.dims3()?;
-    let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?; // (b*(t-1), v)
-    let targets = batch.ids.narrow(1, 1, t - 1)?.reshape(b * (t - 1))?; // (b*(t-1),)
-    let weights = batch.labels.narrow(1, 1, t - 1)?.reshape(b * (t - 1))?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?; // (b*(t-1),)
+    let pad_ids = Tensor::zeros((b, 1), DType::U32, logits.device())?;
+    let pad_w = Tensor::zeros((b, 1), DType::F32, logits.device())?;
+    let targets = Tensor::cat(&[&batch.ids.narrow(1, 1, t - 1)?, &pad_ids], 1)?.flatten_all()?; // (b*t,)
+    let weights = Tensor::cat(&[&batch.labels.narrow(1, 1, t - 1)?, &pad_w], 1)?.flatten_all()?;
+    let losses = loss::weighted_cross_entropy(&logits.reshape((b * t, v))?, &targets, &weights)?; // (b*t,)
     let count = weights.sum_all()?.to_scalar::<f32>()? as f64;
-    Ok(((picked * weights)?.sum_all()?.neg()?, count))
+    Ok((losses.sum_all()?, count))
 }
 
 /// Trains one model's adapters.
