@@ -27,8 +27,29 @@ fn main() -> Res<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["write", dir, arch, shape] => write(Path::new(dir), arch, shape),
         ["time", dir, steps, warmup] => time(Path::new(dir), steps.parse()?, warmup.parse()?),
+        ["matmul"] => matmul(),
         _ => Err("usage: step_timing write DIR ARCH 14m|70m | step_timing time DIR STEPS WARMUP".into()),
     }
+}
+
+/// The machine's f32 matmul rate through candle's CPU backend: square 1024 and the LM-head
+/// shape (1024 tokens x 512 hidden x 50304 vocab), with the weight stored transposed as in a model.
+fn matmul() -> Res<()> {
+    for (m, k, n) in [(1024, 1024, 1024), (1024, 512, 50304), (1024, 128, 50304)] {
+        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
+        for (label, b) in [("contiguous", w.t()?.contiguous()?), ("transposed", w.t()?)] {
+            a.matmul(&b)?;
+            let t = Instant::now();
+            let reps = 3;
+            for _ in 0..reps {
+                a.matmul(&b)?;
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!("{{\"m\": {m}, \"k\": {k}, \"n\": {n}, \"rhs\": \"{label}\", \"gflops\": {:.1}}}", 2.0 * (m * k * n) as f64 / s / 1e9);
+        }
+    }
+    Ok(())
 }
 
 fn write(dir: &Path, arch: &str, shape: &str) -> Res<()> {

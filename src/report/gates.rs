@@ -40,7 +40,7 @@ pub fn last_slower(report: &Report, threshold: f64) -> Gate {
 fn ratio(best: Option<f64>, last: Option<f64>) -> Option<f64> {
     match (best?, last?) {
         (b, l) if b > 0.0 => Some(l / b),
-        (_, l) if l == 0.0 => Some(1.0),
+        (_, 0.0) => Some(1.0),
         _ => Some(f64::INFINITY),
     }
 }

@@ -103,11 +103,14 @@ fn largest_mean_drop(checkpoints: &[Option<Vec<RunSummary>>]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// A metric of one run's eval points.
+type Metric<'a> = dyn Fn(&[(f64, f64)]) -> Option<f64> + 'a;
+
 /// All seeds' metrics of one checkpoint, summarised.
 fn score_one(runs: &[RunSummary], target: Target, cost: &BTreeMap<String, f64>) -> Score {
     let step_s = cost[&runs[0].shape_key];
     let points: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| eval_points(&r.curve)).collect();
-    let per = |f: &dyn Fn(&[(f64, f64)]) -> Option<f64>| Estimate::of(&points.iter().filter_map(|p| f(p)).collect::<Vec<_>>());
+    let per = |f: &Metric<'_>| Estimate::of(&points.iter().filter_map(|p| f(p)).collect::<Vec<_>>());
     let initial = per(&|p| p.first().map(|x| x.1));
     let target_loss = match target.spec {
         TargetSpec::Drop(_) => initial.map_or(f64::NAN, |e| e.mean) - target.value,
