@@ -1,9 +1,12 @@
 //! plasticity: which pre-training checkpoint adapts fastest under LoRA fine-tuning?
 //!
 //! The pipeline is checkpoint loader ([`discover`], [`checkpoint`], [`model`]) -> LoRA engine
-//! ([`lora`], [`data`], [`train`]) -> scorer ([`score`]) -> reports ([`report`]). The binary in
-//! `main.rs` strings them together; everything public here is what examples, benches and
-//! tests need.
+//! ([`lora`], [`data`], [`train`]) -> scorer ([`score`]) -> reports ([`report`]), run by
+//! [`runner`] with settings resolved once in [`options`] from the flags of [`cli`]. [`app`]
+//! holds the commands that `main.rs` dispatches to. The single-index model of arXiv
+//! 2602.02855 adds [`theory`] (its formulas) and [`simulate`] (its checkpoint series);
+//! [`synth`] writes random checkpoints for benchmarks. Everything public here is what
+//! examples, benches and tests need.
 
 pub mod app;
 pub mod checkpoint;
