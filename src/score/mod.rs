@@ -141,22 +141,20 @@ fn score_one(runs: &[RunSummary], target: Target, cost: &BTreeMap<String, f64>) 
 fn rank(scores: &mut [Option<Score>]) {
     let key = |s: &Score| {
         let class = match (&s.device_hours_to_target, s.extrapolated) {
-            (Some(_), false) => 0,
+            (Some(_), false) => 0u8,
             (Some(_), true) => 1,
             (None, _) => 2,
         };
         (class, s.device_hours_to_target.map_or(f64::INFINITY, |h| h.mean), s.final_eval_loss.map_or(f64::INFINITY, |l| l.mean))
     };
-    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].is_some()).collect();
-    order.sort_by(|&a, &b| {
-        let (ka, kb) = (key(scores[a].as_ref().unwrap()), key(scores[b].as_ref().unwrap()));
-        ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1)).then(ka.2.total_cmp(&kb.2)).then(a.cmp(&b))
-    });
-    let best = order.first().and_then(|&i| scores[i].as_ref()).map(|s| (key(s).0, s.device_hours_to_target));
-    for (place, &i) in order.iter().enumerate() {
-        let s = scores[i].as_mut().unwrap();
-        s.rank = place + 1;
-        s.tied_with_best = place > 0 && matches!((best, s.device_hours_to_target), (Some((class, Some(b))), Some(h)) if class == key(s).0 && b.n > 1 && b.overlaps(&h));
+    let mut order: Vec<(usize, (u8, f64, f64))> = scores.iter().enumerate().filter_map(|(i, s)| Some((i, key(s.as_ref()?)))).collect();
+    order.sort_by(|(a, ka), (b, kb)| ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1)).then(ka.2.total_cmp(&kb.2)).then(a.cmp(b)));
+    let best = order.first().and_then(|&(i, k)| Some((k.0, scores[i].as_ref()?.device_hours_to_target)));
+    for (place, &(i, k)) in order.iter().enumerate() {
+        if let Some(s) = scores[i].as_mut() {
+            s.rank = place + 1;
+            s.tied_with_best = place > 0 && matches!((best, s.device_hours_to_target), (Some((class, Some(b))), Some(h)) if class == k.0 && b.n > 1 && b.overlaps(&h));
+        }
     }
 }
 
