@@ -217,6 +217,10 @@ pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec,
         model_type: "gpt2".into(),
         vocab_size: cfg.vocab_size,
         n_params: cfg.n_params(),
+        // Token and position lookups are not matmuls; the tied head is.
+        matmul_params: cfg.n_params() - cfg.n_positions * cfg.n_embd - if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * cfg.n_embd },
+        layers: cfg.n_layer,
+        hidden: cfg.n_embd,
         eos_token_id: eos_of(config),
         max_positions: Some(cfg.n_positions),
     };

@@ -38,8 +38,10 @@ pub struct LoadedModel {
     /// Parameters of the base model (frozen), counted from the config.
     pub n_params: usize,
     pub eos_token_id: Option<u32>,
-    /// Per-token FLOPs of a forward pass through the matmuls (2 * weights touched), for reports.
     pub max_positions: Option<usize>,
+    matmul_params: usize,
+    layers: usize,
+    hidden: usize,
     dropout_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
@@ -49,6 +51,13 @@ impl LoadedModel {
         if let Some(flag) = &self.dropout_flag {
             flag.store(on, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// FLOPs of one training token with blocks of `seq_len`: 2N forward and 2N for dL/dx
+    /// (frozen weights get no gradient), N the matmul parameters, plus causal attention's
+    /// QK^T and AV, 4 seq hidden per layer forward and twice that backward.
+    pub fn flops_per_token(&self, seq_len: usize) -> f64 {
+        4.0 * self.matmul_params as f64 + 12.0 * (self.layers * seq_len * self.hidden) as f64
     }
 
     pub fn trainable_params(&self) -> usize {
@@ -92,6 +101,11 @@ pub(crate) struct Parts {
     pub model_type: String,
     pub vocab_size: usize,
     pub n_params: usize,
+    /// Parameters that take part in matmuls: all but the embedding lookups (the output head
+    /// counts, tied or not).
+    pub matmul_params: usize,
+    pub layers: usize,
+    pub hidden: usize,
     pub eos_token_id: Option<u32>,
     pub max_positions: Option<usize>,
 }
@@ -107,6 +121,9 @@ pub(crate) fn finish(model: Box<dyn CausalLm>, ctx: LoraCtx, parts: Parts) -> Re
         n_params: parts.n_params,
         eos_token_id: parts.eos_token_id,
         max_positions: parts.max_positions,
+        matmul_params: parts.matmul_params,
+        layers: parts.layers,
+        hidden: parts.hidden,
         dropout_flag,
     })
 }

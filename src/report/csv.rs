@@ -6,11 +6,12 @@ use crate::error::Result;
 
 pub struct Csv;
 
-const COLUMNS: [&str; 25] = [
+const COLUMNS: [&str; 27] = [
     "rank", "tied_with_best", "name", "path", "step", "status", "error", "target_loss", "initial_eval_loss", "final_eval_loss",
     "steps_to_target", "steps_to_target_lo", "steps_to_target_hi", "extrapolated", "device_hours_to_target",
     "device_hours_to_target_lo", "device_hours_to_target_hi", "convergence_per_device_hour", "cost_to_target",
     "mean_eval_loss", "search_phase_steps", "loss_drop_per_device_hour", "tokens_per_s", "median_step_s", "pretrain_loss",
+    "flops_per_s", "peak_rss_bytes",
 ];
 const SINGLE_INDEX: [&str; 6] = ["mu", "initial_loss", "escape_step", "steps_to_tiny_loss", "tau", "predicted_escape_step"];
 
@@ -66,6 +67,8 @@ fn cells(c: &CheckpointReport) -> Vec<String> {
         num(c.tokens_per_s),
         num(c.median_step_s),
         num(c.pretrain_loss),
+        num(c.flops_per_s),
+        num(c.peak_rss_bytes),
     ]
 }
 

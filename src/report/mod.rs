@@ -140,6 +140,12 @@ pub struct CheckpointReport {
     pub final_eval_loss: Option<f64>,
     pub median_step_s: Option<f64>,
     pub tokens_per_s: Option<f64>,
+    /// Achieved FLOP/s: tokens/s x FLOPs per token (4N + attention; see LoadedModel::flops_per_token).
+    #[serde(default)]
+    pub flops_per_s: Option<f64>,
+    /// Peak resident memory of the process while this checkpoint ran (Linux only).
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
     pub steps_to_target: Option<f64>,
     pub device_hours_to_target: Option<f64>,
     pub convergence_per_device_hour: Option<f64>,

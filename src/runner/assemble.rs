@@ -73,6 +73,7 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
         step_source: c.step_source.into(),
         pretrain_loss: r.pretrain_loss,
         fingerprint: r.fingerprint.clone(),
+        peak_rss_bytes: r.peak_rss_bytes,
         ..Default::default()
     };
     match &r.runs {
@@ -100,6 +101,7 @@ fn fill_runs(out: &mut CheckpointReport, runs: &[Run]) {
     out.curve = first.outcome.curve.clone();
     out.median_step_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.median_step_s).collect::<Vec<_>>()));
     out.tokens_per_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.tokens_per_s()).collect::<Vec<_>>()));
+    out.flops_per_s = out.tokens_per_s.map(|t| t * first.flops_per_token);
     out.single_index = first.single_index.clone();
     out.seeds = runs.len();
     if runs.len() > 1 {

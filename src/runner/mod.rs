@@ -21,6 +21,7 @@ use crate::report::{Report, Reports};
 use crate::train::{self, Outcome};
 
 mod assemble;
+mod memory;
 mod resume;
 
 /// A finished fine-tune (one seed).
@@ -30,6 +31,8 @@ pub struct Run {
     pub model_type: String,
     pub params: usize,
     pub trainable_params: usize,
+    /// FLOPs per training token (per sample for single-index), for achieved FLOP/s.
+    pub flops_per_token: f64,
     pub outcome: Outcome,
     /// The paper's measurements, for single-index checkpoints.
     pub single_index: Option<single_index::Metrics>,
@@ -44,6 +47,8 @@ pub struct CheckpointResult {
     pub fingerprint: Option<String>,
     /// (step, loss) of the pre-training log in its trainer_state.json.
     pub pretrain_curve: Vec<(f64, f64)>,
+    /// Peak resident memory of the process while this checkpoint ran (Linux), in bytes.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// Token blocks already built, by tokenizer file contents (a series usually shares one).
@@ -86,6 +91,7 @@ impl<'a> Scan<'a> {
         for (i, c) in checkpoints.iter().enumerate() {
             progress.start_checkpoint(i, &c.name);
             let fingerprint = crate::checkpoint::fingerprint::fingerprint(&c.path).ok();
+            memory::reset_peak();
             let runs = match self.reusable(c, fingerprint.as_deref()) {
                 Some(runs) => {
                     progress.println(&format!("reusing the measurement of {} from the resumed report", c.name));
@@ -98,7 +104,8 @@ impl<'a> Scan<'a> {
             }
             let pretrain_curve = assemble::pretrain_curve(&c.path);
             let pretrain_loss = pretrain_curve.last().map(|p| p.1);
-            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve });
+            let peak_rss_bytes = memory::peak_bytes();
+            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes });
             reports.update(&self.report("running"))?;
         }
         progress.finish();
@@ -128,8 +135,8 @@ impl<'a> Scan<'a> {
         let blocks = self.blocks_for(&c.path, &model)?;
         let order = BatchOrder::new(blocks.train.len(), o.train.batch_size, o.train.steps * o.train.grad_accum, data_seed);
         let outcome = train::fine_tune(&model, blocks, &order, &o.train, &mut |ev| progress.step(ev))?;
-        let (params, trainable_params) = (model.n_params, model.trainable_params());
-        Ok(Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, outcome, single_index: None })
+        let (params, trainable_params, flops_per_token) = (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));
+        Ok(Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None })
     }
 
     /// The paper's rank-1 SGD on the checkpoint's own synthetic task.
@@ -138,7 +145,9 @@ impl<'a> Scan<'a> {
         let e = self.opts.explicit;
         let settings = RunSettings { seed, data_seed, lr: e.lr, batch_size: e.batch_size, steps: e.steps };
         let (outcome, metrics) = single_index::run(dir, &cfg, &settings)?;
-        Ok(Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, outcome, single_index: Some(metrics) })
+        // Per sample: three projections forward (X w*, X w, X omega) and X^T r backward.
+        let flops_per_token = 8.0 * cfg.dim as f64;
+        Ok(Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome, single_index: Some(metrics) })
     }
 
     /// The task's blocks under this checkpoint's tokenizer, checked against its vocabulary.

@@ -62,6 +62,10 @@ fn runs_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> Vec<Run> {
             model_type: c.model_type.clone().unwrap_or_default(),
             params: c.params.unwrap_or(0),
             trainable_params: c.trainable_params.unwrap_or(0),
+            flops_per_token: match (c.flops_per_s, c.tokens_per_s) {
+                (Some(f), Some(t)) if t > 0.0 => f / t,
+                _ => 0.0,
+            },
             outcome: Outcome { curve: curve.clone(), step_seconds: Vec::new(), median_step_s, tokens_per_step },
             single_index: c.single_index.clone(),
         })

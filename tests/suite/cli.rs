@@ -38,6 +38,8 @@ fn scan_of_the_committed_series_ranks_every_checkpoint() {
         assert_eq!(c["curve"].as_array().unwrap().len(), 5, "step 0 plus 4 updates");
         assert!(c["initial_eval_loss"].as_f64().is_some() && c["final_eval_loss"].as_f64().is_some());
         assert!(c["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(c["flops_per_s"].as_f64().unwrap() > c["tokens_per_s"].as_f64().unwrap());
+        assert!(c["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
         assert!(c["rank"].as_u64().unwrap() >= 1);
         assert!(c["pretrain_loss"].as_f64().is_some());
     }

@@ -122,6 +122,11 @@ fn synthetic_checkpoints_load() {
         let m = load_with(&path, &LoraSpec::default(), &AdapterInit::Seeded(0));
         let ids = Tensor::from_vec((0..16u32).collect::<Vec<_>>(), (2, 8), &Device::Cpu).unwrap();
         assert_eq!(m.model.forward(&ids).unwrap().dims(), &[2, 8, 100], "{arch}");
-        assert_eq!(m.n_params, candle_core::safetensors::load(path.join("model.safetensors"), &Device::Cpu).unwrap().values().map(|t| t.elem_count()).sum::<usize>(), "{arch}: parameter count");
+        let tensors = candle_core::safetensors::load(path.join("model.safetensors"), &Device::Cpu).unwrap();
+        assert_eq!(m.n_params, tensors.values().map(|t| t.elem_count()).sum::<usize>(), "{arch}: parameter count");
+        // Every tensor but the lookup tables takes part in a matmul (gpt2's wte doubles as its head).
+        let lookups: usize = tensors.iter().filter(|(k, _)| k.contains("embed_in") || k.contains("embed_tokens") || k.contains("wpe")).map(|(_, t)| t.elem_count()).sum();
+        let want = 4.0 * (m.n_params - lookups) as f64 + 12.0 * (2 * 8 * 32) as f64;
+        assert_eq!(m.flops_per_token(8), want, "{arch}: FLOPs per token");
     }
 }
