@@ -10,6 +10,7 @@ fn scan_of_the_committed_series_ranks_every_checkpoint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("README.txt"), "the non-checkpoint entry is not named in a warning: {stderr}");
+    assert!(stderr.contains("ranking mostly reflects the initial losses"), "four steps of a tiny model barely move the loss: {stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("best checkpoint to fine-tune"), "{stdout}");
 
