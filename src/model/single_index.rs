@@ -252,10 +252,12 @@ pub fn run(dir: &Path, cfg: &Config, settings: &RunSettings) -> Result<(Outcome,
     let mut curve = vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(initial_loss), elapsed_s: 0.0 }];
     let mut step_seconds = Vec::with_capacity(budget.min(1 << 20));
     let cheap_loss = cfg.link == Link::Linear;
+    let mut elapsed_s = 0.0;
     for step in 1..=budget {
         let start = Instant::now();
         let train_loss = sgd.step(&mut data_rng);
         step_seconds.push(start.elapsed().as_secs_f64());
+        elapsed_s += step_seconds[step - 1];
         if !train_loss.is_finite() {
             return Err(Error::Other(format!("diverged: training loss became {train_loss} at step {step}")));
         }
@@ -273,7 +275,7 @@ pub fn run(dir: &Path, cfg: &Config, settings: &RunSettings) -> Result<(Outcome,
         let done = metrics.steps_to_tiny_loss.is_some() && metrics.escape_step.is_some();
         if record || done {
             let eval_loss = loss.or_else(|| Some(sgd.population_loss()));
-            curve.push(CurvePoint { step, train_loss: Some(train_loss), eval_loss, elapsed_s: step_seconds.iter().sum() });
+            curve.push(CurvePoint { step, train_loss: Some(train_loss), eval_loss, elapsed_s });
         }
         if done {
             break;

@@ -195,6 +195,7 @@ pub fn fine_tune(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder, spec:
     let initial = trainer.eval(&blocks.eval)?;
     let mut curve = vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(initial), elapsed_s: 0.0 }];
     let mut step_seconds = Vec::with_capacity(spec.steps);
+    let mut elapsed_s = 0.0;
     for step in 1..=spec.steps {
         let micro = micro_batches(blocks, order, spec, step - 1, &device)?;
         device.synchronize().ctx("device synchronize")?;
@@ -206,7 +207,7 @@ pub fn fine_tune(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder, spec:
             return Err(Error::Other(format!("diverged: training loss became {loss} at step {step}")));
         }
         let eval_loss = is_eval_step(step, spec).then(|| trainer.eval(&blocks.eval)).transpose()?;
-        let elapsed_s = step_seconds.iter().sum();
+        elapsed_s += step_seconds[step - 1];
         curve.push(CurvePoint { step, train_loss: Some(loss), eval_loss, elapsed_s });
         on_step(&StepEvent { step, steps: spec.steps, train_loss: loss, eval_loss, step_s: step_seconds[step - 1], tokens: spec.batch_size * spec.grad_accum * blocks.seq_len });
     }
