@@ -11,7 +11,7 @@ use super::{attention, causal_mask, divides, eos_of, parse_config, positive};
 use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts};
 use crate::checkpoint::weights::Weights;
 use crate::error::{Error, Result};
-use crate::lora::{frozen_matmul, AdapterInit, Linear, LoraCtx, LoraSpec};
+use crate::lora::{AdapterInit, Linear, LoraCtx, LoraSpec};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RawConfig {
@@ -187,7 +187,7 @@ impl Model {
 }
 
 impl CausalLm for Model {
-    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    fn hidden_states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         if t > self.wpe.dim(0)? {
             candle_core::bail!("sequence of {t} tokens is longer than n_positions {}", self.wpe.dim(0)?);
@@ -198,7 +198,11 @@ impl CausalLm for Model {
         for block in &self.h {
             x = block.forward(&x, &mask)?;
         }
-        frozen_matmul(&self.ln_f.forward(&x)?, &self.lm_head_t) // (b, t, vocab)
+        self.ln_f.forward(&x) // (b, t, hidden)
+    }
+
+    fn head_t(&self) -> &Tensor {
+        &self.lm_head_t
     }
 }
 

@@ -11,7 +11,7 @@ use super::{attention, causal_mask, divides, eos_of, linear, parse_config, posit
 use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts, Rope, RopeParameters};
 use crate::checkpoint::weights::Weights;
 use crate::error::Result;
-use crate::lora::{frozen_matmul, AdapterInit, Linear, LoraCtx, LoraSpec};
+use crate::lora::{AdapterInit, Linear, LoraCtx, LoraSpec};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RawConfig {
@@ -205,14 +205,18 @@ impl Model {
 }
 
 impl CausalLm for Model {
-    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    fn hidden_states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let mask = causal_mask(t, None, ids.device())?;
         let mut x = self.embed_in.forward(ids)?; // (b, t, hidden)
         for layer in &self.layers {
             x = layer.forward(&x, &mask)?;
         }
-        frozen_matmul(&self.final_layer_norm.forward(&x)?, &self.embed_out_t) // (b, t, vocab)
+        self.final_layer_norm.forward(&x) // (b, t, hidden)
+    }
+
+    fn head_t(&self) -> &Tensor {
+        &self.embed_out_t
     }
 }
 

@@ -11,7 +11,7 @@ use super::{attention, causal_mask, divides, eos_of, linear, parse_config, posit
 use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts, Rope, RopeParameters};
 use crate::checkpoint::weights::Weights;
 use crate::error::{Error, Result};
-use crate::lora::{frozen_matmul, AdapterInit, Linear, LoraCtx, LoraSpec};
+use crate::lora::{AdapterInit, Linear, LoraCtx, LoraSpec};
 
 /// config.json as transformers writes it (4.x or 5.x), fields optional where versions differ.
 #[derive(Debug, Clone, Deserialize)]
@@ -234,14 +234,18 @@ impl Model {
 }
 
 impl CausalLm for Model {
-    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    fn hidden_states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let mask = causal_mask(t, self.sliding_window, ids.device())?; // (t, t)
         let mut x = self.embed_tokens.forward(ids)?; // (b, t, hidden)
         for layer in &self.layers {
             x = layer.forward(&x, &mask)?;
         }
-        frozen_matmul(&self.norm.forward(&x)?, &self.lm_head_t) // (b, t, vocab)
+        self.norm.forward(&x) // (b, t, hidden)
+    }
+
+    fn head_t(&self) -> &Tensor {
+        &self.lm_head_t
     }
 }
 

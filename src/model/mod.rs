@@ -23,7 +23,17 @@ use crate::lora::{Adapter, AdapterInit, Linear, LoraCtx, LoraSpec};
 
 /// A causal language model: token ids (b, t) in, logits (b, t, vocab) out.
 pub trait CausalLm: Send + Sync {
-    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
+    /// The last layer's hidden states after the final norm, (b, t, hidden).
+    fn hidden_states(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The frozen output head as (hidden, vocab): the head's weight transposed, or the
+    /// embedding table transposed when they are tied.
+    fn head_t(&self) -> &Tensor;
+
+    /// Logits (b, t, vocab).
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        crate::lora::frozen_matmul(&self.hidden_states(ids)?, self.head_t())
+    }
 }
 
 /// The model types plasticity knows, as written in config.json's `model_type`.

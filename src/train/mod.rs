@@ -6,6 +6,7 @@
 //! updates. Step times are read after synchronising the device and exclude evaluation. This
 //! module must not decide rankings or write reports.
 
+pub mod head_loss;
 pub mod loss;
 pub mod optim;
 
@@ -15,7 +16,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::{BatchOrder, Block, Blocks};
 use crate::error::{CandleContext, Error, Result};
-use crate::model::LoadedModel;
+use crate::model::{CausalLm, LoadedModel};
 use optim::{clip_grad_norm, AdamW, AdamWConfig};
 
 /// Settings of one fine-tuning run (identical for every checkpoint of a scan).
@@ -96,13 +97,40 @@ impl Batch {
 /// block predicts nothing and has weight 0, so the logits are never copied.
 pub fn loss_sum(logits: &Tensor, batch: &Batch) -> candle_core::Result<(Tensor, f64)> {
     let (b, t, v) = logits.dims3()?;
-    let pad_ids = Tensor::zeros((b, 1), DType::U32, logits.device())?;
-    let pad_w = Tensor::zeros((b, 1), DType::F32, logits.device())?;
-    let targets = Tensor::cat(&[&batch.ids.narrow(1, 1, t - 1)?, &pad_ids], 1)?.flatten_all()?; // (b*t,)
-    let weights = Tensor::cat(&[&batch.labels.narrow(1, 1, t - 1)?, &pad_w], 1)?.flatten_all()?;
+    let (targets, weights) = shifted_targets(batch)?;
     let losses = loss::weighted_cross_entropy(&logits.reshape((b * t, v))?, &targets, &weights)?; // (b*t,)
     let count = weights.sum_all()?.to_scalar::<f32>()? as f64;
     Ok((losses.sum_all()?, count))
+}
+
+/// The same sum as [`loss_sum`], from the model's hidden states: on the CPU in f32 the
+/// frozen head and the loss run fused ([`head_loss`]), never forming the logits; elsewhere
+/// through them. `with_grad` is false for evaluation, which then skips the head's backward.
+pub fn model_loss_sum(model: &dyn CausalLm, batch: &Batch, with_grad: bool) -> candle_core::Result<(Tensor, f64)> {
+    let hidden = model.hidden_states(&batch.ids)?; // (b, t, h)
+    let head_t = model.head_t();
+    if !(hidden.device().is_cpu() && hidden.dtype() == DType::F32 && head_t.dtype() == DType::F32) {
+        let logits = crate::lora::frozen_matmul(&hidden, head_t)?;
+        return loss_sum(&if with_grad { logits } else { logits.detach() }, batch);
+    }
+    let (b, t, h) = hidden.dims3()?;
+    let (targets, weights) = shifted_targets(batch)?;
+    let (targets, weights) = (targets.to_vec1::<u32>()?, weights.to_vec1::<f32>()?);
+    let count = weights.iter().map(|&w| w as f64).sum();
+    let losses = head_loss::head_cross_entropy(&hidden.reshape((b * t, h))?, head_t, targets, weights, with_grad)?; // (b*t,)
+    Ok((losses.sum_all()?, count))
+}
+
+/// Targets (b*t,) u32 and loss weights (b*t,) f32: position i predicts token i+1; the last
+/// position of each block predicts nothing and has weight 0.
+fn shifted_targets(batch: &Batch) -> candle_core::Result<(Tensor, Tensor)> {
+    let (b, t) = batch.ids.dims2()?;
+    let dev = batch.ids.device();
+    let pad_ids = Tensor::zeros((b, 1), DType::U32, dev)?;
+    let pad_w = Tensor::zeros((b, 1), DType::F32, dev)?;
+    let targets = Tensor::cat(&[&batch.ids.narrow(1, 1, t - 1)?, &pad_ids], 1)?.flatten_all()?;
+    let weights = Tensor::cat(&[&batch.labels.narrow(1, 1, t - 1)?, &pad_w], 1)?.flatten_all()?;
+    Ok((targets, weights))
 }
 
 /// Trains one model's adapters.
@@ -134,8 +162,7 @@ impl<'a> Trainer<'a> {
         let mut grads: Option<candle_core::backprop::GradStore> = None;
         let mut loss_total = 0.0;
         for batch in micro {
-            let logits = self.model.model.forward(&batch.ids).ctx("forward pass")?;
-            let (sum, count) = loss_sum(&logits, batch).ctx("loss")?;
+            let (sum, count) = model_loss_sum(self.model.model.as_ref(), batch, true).ctx("forward pass")?;
             let loss = (sum / (count.max(1.0) * micro.len() as f64)).ctx("loss")?;
             loss_total += loss.to_scalar::<f32>().ctx("loss")? as f64;
             let g = loss.backward().ctx("backward pass")?;
@@ -166,8 +193,7 @@ pub fn eval_loss(model: &LoadedModel, blocks: &[Block], batch: usize) -> Result<
     for chunk in blocks.chunks(batch.max(1)) {
         let refs: Vec<&Block> = chunk.iter().collect();
         let batch = Batch::from_blocks(&refs, &device)?;
-        let logits = model.model.forward(&batch.ids).ctx("eval forward pass")?.detach();
-        let (s, c) = loss_sum(&logits, &batch).ctx("eval loss")?;
+        let (s, c) = model_loss_sum(model.model.as_ref(), &batch, false).ctx("eval forward pass")?;
         sum += s.to_dtype(DType::F64).and_then(|s| s.to_scalar::<f64>()).ctx("eval loss")?;
         count += c;
     }
