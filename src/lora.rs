@@ -170,6 +170,11 @@ impl LoraCtx {
     pub fn training_flag(&self) -> Option<Arc<AtomicBool>> {
         self.dropout.as_ref().map(|d| d.training.clone())
     }
+
+    /// The dropout generator all adapters share, for pausing and resuming a fine-tune.
+    pub fn dropout_rng(&self) -> Option<Arc<Mutex<ChaCha8Rng>>> {
+        self.dropout.as_ref().map(|d| d.rng.clone())
+    }
 }
 
 fn peft_tensor(map: &HashMap<String, Tensor>, dir: &Path, module: &str, which: &str, shape: &[usize]) -> Result<Tensor> {

@@ -53,6 +53,7 @@ pub struct LoadedModel {
     layers: usize,
     hidden: usize,
     dropout_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    dropout_rng: Option<std::sync::Arc<std::sync::Mutex<rand_chacha::ChaCha8Rng>>>,
 }
 
 impl LoadedModel {
@@ -68,6 +69,18 @@ impl LoadedModel {
     /// QK^T and AV, 4 seq hidden per layer forward and twice that backward.
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {
         4.0 * self.matmul_params as f64 + 12.0 * (self.layers * seq_len * self.hidden) as f64
+    }
+
+    /// The state of the dropout generator (None without dropout).
+    pub fn dropout_state(&self) -> Option<rand_chacha::ChaCha8Rng> {
+        self.dropout_rng.as_ref().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Puts the dropout generator back in a state [`Self::dropout_state`] returned.
+    pub fn set_dropout_state(&self, state: Option<rand_chacha::ChaCha8Rng>) {
+        if let (Some(rng), Some(state)) = (&self.dropout_rng, state) {
+            *rng.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        }
     }
 
     pub fn trainable_params(&self) -> usize {
@@ -122,6 +135,7 @@ pub(crate) struct Parts {
 
 pub(crate) fn finish(model: Box<dyn CausalLm>, ctx: LoraCtx, parts: Parts) -> Result<LoadedModel> {
     let dropout_flag = ctx.training_flag();
+    let dropout_rng = ctx.dropout_rng();
     let adapters = ctx.finish()?;
     Ok(LoadedModel {
         model,
@@ -135,6 +149,7 @@ pub(crate) fn finish(model: Box<dyn CausalLm>, ctx: LoraCtx, parts: Parts) -> Re
         layers: parts.layers,
         hidden: parts.hidden,
         dropout_flag,
+        dropout_rng,
     })
 }
 

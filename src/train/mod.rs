@@ -179,6 +179,26 @@ impl<'a> Trainer<'a> {
         Ok((loss_total, norm))
     }
 
+    /// Copies of what training has changed: adapters, optimizer, dropout generator, step count.
+    fn state(&self) -> Result<TrainState> {
+        let adapters = self.vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<Vec<_>>>().ctx("adapter state")?;
+        Ok(TrainState { adapters, optimizer: self.opt.state()?, dropout: self.model.dropout_state(), updates: self.updates })
+    }
+
+    /// Continues from `state`, taken from a trainer of the same checkpoint and settings.
+    fn restore(&mut self, state: TrainState) -> Result<()> {
+        if state.adapters.len() != self.vars.len() {
+            return Err(Error::Other(format!("paused run has {} adapter tensors, the model {}", state.adapters.len(), self.vars.len())));
+        }
+        for (var, value) in self.vars.iter().zip(&state.adapters) {
+            var.set(value).ctx("adapter state")?;
+        }
+        self.opt.restore(state.optimizer)?;
+        self.model.set_dropout_state(state.dropout);
+        self.updates = state.updates;
+        Ok(())
+    }
+
     /// The eval loss of `blocks` (dropout off).
     pub fn eval(&self, blocks: &[Block]) -> Result<f64> {
         eval_loss(self.model, blocks, self.spec.batch_size)
@@ -216,13 +236,56 @@ fn add_grads(mut acc: candle_core::backprop::GradStore, g: candle_core::backprop
 
 /// Runs the full fine-tuning of one checkpoint: evals, updates, timings.
 pub fn fine_tune(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder, spec: &TrainSpec, on_step: &mut dyn FnMut(&StepEvent)) -> Result<Outcome> {
+    Ok(fine_tune_until(model, blocks, order, spec, None, spec.steps, on_step)?.outcome(spec))
+}
+
+/// A fine-tune stopped after some updates. It holds everything needed to continue exactly
+/// as if it had not stopped (adapters, optimizer moments, dropout generator, curve so far),
+/// but not the base weights: a paused run does not keep its checkpoint resident.
+pub struct Paused {
+    state: TrainState,
+    pub curve: Vec<CurvePoint>,
+    step_seconds: Vec<f64>,
+    tokens_per_step: usize,
+}
+
+/// The trainer's side of a [`Paused`] run.
+struct TrainState {
+    adapters: Vec<Tensor>,
+    optimizer: optim::AdamState,
+    dropout: Option<rand_chacha::ChaCha8Rng>,
+    updates: usize,
+}
+
+impl Paused {
+    /// Updates done so far.
+    pub fn steps_done(&self) -> usize {
+        self.state.updates
+    }
+
+    /// The run so far, as a finished run's outcome.
+    pub fn outcome(&self, spec: &TrainSpec) -> Outcome {
+        let timed = &self.step_seconds[spec.timing_warmup.min(self.step_seconds.len().saturating_sub(1))..];
+        Outcome { median_step_s: median(timed), curve: self.curve.clone(), step_seconds: self.step_seconds.clone(), tokens_per_step: self.tokens_per_step }
+    }
+}
+
+/// Runs updates up to update `until` (at most `spec.steps`): from the start, or from where
+/// `from` (a run of the same checkpoint, seed and settings) paused. Returns the run paused
+/// there; [`Paused::outcome`] gives the result.
+pub fn fine_tune_until(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder, spec: &TrainSpec, from: Option<Paused>, until: usize, on_step: &mut dyn FnMut(&StepEvent)) -> Result<Paused> {
     let mut trainer = Trainer::new(model, spec)?;
     let device = model.adapters.first().map(|a| a.a.device().clone()).unwrap_or(Device::Cpu);
-    let initial = trainer.eval(&blocks.eval)?;
-    let mut curve = vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(initial), elapsed_s: 0.0 }];
-    let mut step_seconds = Vec::with_capacity(spec.steps);
-    let mut elapsed_s = 0.0;
-    for step in 1..=spec.steps {
+    let tokens_per_step = spec.batch_size * spec.grad_accum * blocks.seq_len;
+    let (mut curve, mut step_seconds) = match from {
+        Some(p) => {
+            trainer.restore(p.state)?;
+            (p.curve, p.step_seconds)
+        }
+        None => (vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(trainer.eval(&blocks.eval)?), elapsed_s: 0.0 }], Vec::with_capacity(spec.steps)),
+    };
+    let mut elapsed_s = curve.last().map_or(0.0, |p| p.elapsed_s);
+    for step in trainer.updates + 1..=until.min(spec.steps) {
         let micro = micro_batches(blocks, order, spec, step - 1, &device)?;
         device.synchronize().ctx("device synchronize")?;
         let start = Instant::now();
@@ -235,10 +298,9 @@ pub fn fine_tune(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder, spec:
         let eval_loss = is_eval_step(step, spec).then(|| trainer.eval(&blocks.eval)).transpose()?;
         elapsed_s += step_seconds[step - 1];
         curve.push(CurvePoint { step, train_loss: Some(loss), eval_loss, elapsed_s });
-        on_step(&StepEvent { step, steps: spec.steps, train_loss: loss, eval_loss, step_s: step_seconds[step - 1], tokens: spec.batch_size * spec.grad_accum * blocks.seq_len });
+        on_step(&StepEvent { step, steps: spec.steps, train_loss: loss, eval_loss, step_s: step_seconds[step - 1], tokens: tokens_per_step });
     }
-    let tokens_per_step = spec.batch_size * spec.grad_accum * blocks.seq_len;
-    Ok(Outcome { median_step_s: median(&step_seconds[spec.timing_warmup.min(step_seconds.len().saturating_sub(1))..]), curve, step_seconds, tokens_per_step })
+    Ok(Paused { state: trainer.state()?, curve, step_seconds, tokens_per_step })
 }
 
 fn is_eval_step(step: usize, spec: &TrainSpec) -> bool {

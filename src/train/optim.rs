@@ -31,6 +31,12 @@ struct Slot {
     v: Tensor,
 }
 
+/// AdamW's moments (m, v) per variable and its step count.
+pub struct AdamState {
+    moments: Vec<(Tensor, Tensor)>,
+    t: i32,
+}
+
 pub struct AdamW {
     cfg: AdamWConfig,
     slots: Vec<Slot>,
@@ -45,6 +51,24 @@ impl AdamW {
             .collect::<candle_core::Result<Vec<_>>>()
             .ctx("optimizer state")?;
         Ok(AdamW { cfg, slots, t: 0 })
+    }
+
+    /// Copies of the moments and the step count, to continue later with [`Self::restore`].
+    pub fn state(&self) -> Result<AdamState> {
+        let moments = self.slots.iter().map(|s| Ok((s.m.copy()?, s.v.copy()?))).collect::<candle_core::Result<Vec<_>>>().ctx("optimizer state")?;
+        Ok(AdamState { moments, t: self.t })
+    }
+
+    /// Continues from a state taken by [`Self::state`] of an optimizer over the same variables.
+    pub fn restore(&mut self, state: AdamState) -> Result<()> {
+        if state.moments.len() != self.slots.len() {
+            return Err(Error::Other(format!("optimizer state has {} variables, the model {}", state.moments.len(), self.slots.len())));
+        }
+        for (slot, (m, v)) in self.slots.iter_mut().zip(state.moments) {
+            (slot.m, slot.v) = (m, v);
+        }
+        self.t = state.t;
+        Ok(())
     }
 
     /// One update with learning rate `lr` (the schedule's value for this step).

@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use plasticity::data::BatchOrder;
 use plasticity::lora::{AdapterInit, LoraSpec, Targets};
 use plasticity::train::optim::AdamWConfig;
-use plasticity::train::{fine_tune, loss_sum, Batch, TrainSpec, Trainer};
+use plasticity::train::{fine_tune, fine_tune_until, loss_sum, Batch, TrainSpec, Trainer};
 
 use super::util::{load, load_with, model_dir, task_blocks, to_vec};
 
@@ -93,6 +93,26 @@ fn same_seeds_same_curve() {
     assert_eq!(a, curve(3, 5));
     assert_ne!(a, curve(4, 5), "the adapter seed changes nothing");
     assert_ne!(a, curve(3, 6), "the data seed changes nothing");
+}
+
+/// A run paused after 3 updates, its model dropped and reloaded, then continued, gives the
+/// same curve as an uninterrupted run: adapters, AdamW moments, the warm-up schedule and
+/// the dropout generator all carry over (racing depends on it).
+#[test]
+fn paused_and_resumed_run_equals_uninterrupted() {
+    let blocks = task_blocks(32, 4);
+    let lora = LoraSpec { dropout: 0.1, ..LoraSpec::default() };
+    let load = || plasticity::model::load(&model_dir("llama_gqa"), &lora, &AdapterInit::Seeded(2), 2, &Device::Cpu).unwrap();
+    let spec = TrainSpec { warmup_steps: 2, ..spec(6) };
+    let order = BatchOrder::new(blocks.train.len(), 4, 6, 9);
+    let losses = |c: &[plasticity::train::CurvePoint]| c.iter().map(|p| (p.step, p.train_loss, p.eval_loss)).collect::<Vec<_>>();
+    let whole = fine_tune(&load(), &blocks, &order, &spec, &mut |_| {}).unwrap();
+    let paused = fine_tune_until(&load(), &blocks, &order, &spec, None, 3, &mut |_| {}).unwrap();
+    assert_eq!(paused.steps_done(), 3);
+    let resumed = fine_tune_until(&load(), &blocks, &order, &spec, Some(paused), 6, &mut |_| {}).unwrap();
+    assert_eq!(losses(&resumed.outcome(&spec).curve), losses(&whole.curve));
+    let restarted = fine_tune_until(&load(), &blocks, &order, &spec, None, 6, &mut |_| {}).unwrap();
+    assert_eq!(losses(&restarted.curve), losses(&whole.curve), "runs are deterministic");
 }
 
 /// The frozen matmul's backward equals candle's matmul backward for the input.
