@@ -124,7 +124,7 @@ fn little_progress(report: &Report) -> Option<String> {
 
 /// A failed checkpoint outranks a failed gate: the gate was judged on incomplete results.
 fn exit_code(report: &Report) -> i32 {
-    if report.checkpoints.iter().any(|c| c.status != "ok") {
+    if report.checkpoints.iter().any(|c| c.status == "failed") {
         exit::SOME_FAILED
     } else if report.gates.iter().any(|g| !g.passed) {
         exit::GATE

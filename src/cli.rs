@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "plasticity", version, about = "Which pre-training checkpoint adapts fastest under LoRA fine-tuning?")]
@@ -157,6 +157,12 @@ pub struct ScanArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub seeds: usize,
 
+    /// full: every checkpoint gets the whole budget. race: successive halving; after 1/9 and
+    /// 1/3 of the budget only the best third (and any statistical tie with the leader) go on;
+    /// the report says which were stopped, when and why.
+    #[arg(long, value_enum, default_value_t = Strategy::Full)]
+    pub strategy: Strategy,
+
     /// Exit 1 when the most pre-trained snapshot needs more than X times the winner's
     /// device-hours to target (or never reaches it).
     #[arg(long, value_name = "X")]
@@ -181,6 +187,14 @@ pub struct ScanArgs {
     /// Do not draw the progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// How the budget is spent across checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Full,
+    Race,
 }
 
 /// Report files, each FILE or "-" for stdout; created at start, rewritten after each checkpoint.

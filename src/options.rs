@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 
-use crate::cli::{ExportArgs, LoraArgs, ScanArgs, SeriesArgs, TrainArgs};
+use crate::cli::{ExportArgs, LoraArgs, ScanArgs, SeriesArgs, Strategy, TrainArgs};
 use crate::report::Format;
 use crate::score::TargetSpec;
 use crate::model::single_index::Variant;
@@ -65,6 +65,7 @@ pub struct ScanOptions {
     pub price_per_hour: Option<f64>,
     /// A previous report to resume from.
     pub resume: Option<PathBuf>,
+    pub strategy: Strategy,
     /// --fail-if-last-slower X.
     pub fail_if_last_slower: Option<f64>,
     pub threads: usize,
@@ -106,6 +107,7 @@ impl ScanOptions {
             seeds: at_least("--seeds", args.seeds, 1)?,
             price_per_hour,
             resume: args.resume.clone(),
+            strategy: strategy(args.strategy, args.resume.is_some())?,
             fail_if_last_slower: args.fail_if_last_slower.map(|x| finite_positive("--fail-if-last-slower", x)).transpose()?,
             threads,
             exports: exports(&args.export)?,
@@ -119,6 +121,14 @@ impl ScanOptions {
     pub fn hours_label(&self) -> &'static str {
         if self.device.is_cpu() { "device-hours" } else { "GPU-hours" }
     }
+}
+
+/// `--strategy`; a race cannot yet resume a report (it would need the paused runs' state).
+fn strategy(strategy: Strategy, resume: bool) -> Result<Strategy> {
+    if strategy == Strategy::Race && resume {
+        return Err(Error::flag("--strategy", "race cannot be combined with --resume yet: resume with --strategy full, or rerun the race"));
+    }
+    Ok(strategy)
 }
 
 /// The report files asked for; only one may go to stdout.

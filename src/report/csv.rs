@@ -40,7 +40,7 @@ fn num<T: ToString>(v: Option<T>) -> String {
 
 fn cells(c: &CheckpointReport) -> Vec<String> {
     let ci = |key: &str, i: usize| num(c.ci95.get(key).map(|b| b[i]));
-    let ok = c.status == "ok";
+    let ok = c.measured();
     vec![
         num(c.rank),
         if ok { c.tied_with_best.to_string() } else { String::new() },

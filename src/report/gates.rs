@@ -20,7 +20,7 @@ pub struct Gate {
 /// winner's device-hours to target. A last snapshot that fails or never reaches the target
 /// fails the gate.
 pub fn last_slower(report: &Report, threshold: f64) -> Gate {
-    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.status == "ok").collect();
+    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.measured()).collect();
     let best = ok.iter().find(|c| c.rank == Some(1));
     let last = report.checkpoints.iter().max_by_key(|c| c.step);
     let value = match (best, last) {

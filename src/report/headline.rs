@@ -30,7 +30,7 @@ pub fn headline(report: &Report) -> String {
 
 /// Whether the winner beats the most pre-trained snapshot beyond seed noise (needs 2+ seeds).
 fn significance(report: &Report) -> Option<String> {
-    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.status == "ok").collect();
+    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.measured()).collect();
     let best = ok.iter().find(|c| c.rank == Some(1))?;
     let last = ok.iter().max_by_key(|c| c.step)?;
     if best.name == last.name || best.seeds < 2 {
@@ -47,7 +47,7 @@ fn significance(report: &Report) -> Option<String> {
 }
 
 fn comparison(report: &Report) -> String {
-    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.status == "ok").collect();
+    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.measured()).collect();
     let (Some(best), Some(last)) = (ok.iter().find(|c| c.rank == Some(1)), ok.iter().max_by_key(|c| c.step)) else {
         return "No checkpoint finished, so there is no ranking.".into();
     };

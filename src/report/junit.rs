@@ -9,7 +9,7 @@ pub struct Junit;
 impl Exporter for Junit {
     fn render(&self, report: &Report) -> Result<Vec<u8>> {
         let n = report.checkpoints.len() + report.gates.len();
-        let failures = report.checkpoints.iter().filter(|c| c.status != "ok").count() + report.gates.iter().filter(|g| !g.passed).count();
+        let failures = report.checkpoints.iter().filter(|c| c.status == "failed").count() + report.gates.iter().filter(|g| !g.passed).count();
         let time: f64 = report.checkpoints.iter().map(training_seconds).sum();
         let dir = report.settings.get("dir").and_then(|d| d.as_str()).unwrap_or("");
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
@@ -46,6 +46,10 @@ fn testcase(c: &CheckpointReport) -> String {
             let rank = c.rank.map_or("unranked".to_string(), |r| format!("rank {r}"));
             let steps = c.steps_to_target.map_or("target not reached".to_string(), |s| format!("{s:.1} steps to target"));
             format!("{head}>\n      <system-out>{}</system-out>\n    </testcase>\n", esc(&format!("{rank}; {steps}")))
+        }
+        ("stopped", _) => {
+            let why = c.stopped.as_ref().map_or(String::new(), |s| format!("stopped by the race at step {}: {}", s.at_step, s.reason));
+            format!("{head}>\n      <skipped message=\"{}\"/>\n    </testcase>\n", esc(&why))
         }
         (status, err) => {
             let msg = err.clone().unwrap_or_default();

@@ -51,8 +51,33 @@ pub struct Report {
     /// Gates asked for on the command line, evaluated on the results so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<gates::Gate>,
-    /// Checkpoint names, best first (failed checkpoints are not ranked).
+    /// Checkpoint names, best first (failed checkpoints are not ranked; checkpoints a race
+    /// stopped come after all that ran the full budget).
     pub ranking: Vec<String>,
+    /// With `--strategy race`: the rungs and the training spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub race: Option<RaceInfo>,
+}
+
+/// How a race went: where it compared checkpoints and how many updates it trained.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RaceInfo {
+    /// Each rung keeps the best 1/eta of the live checkpoints.
+    pub eta: usize,
+    /// Updates at which the checkpoints were compared; the last is the full budget.
+    pub rungs: Vec<usize>,
+    /// Updates trained over all checkpoints and seeds.
+    pub steps_trained: usize,
+    /// What `--strategy full` would train: checkpoints x seeds x steps.
+    pub steps_full_scan: usize,
+}
+
+/// A checkpoint a race stopped: at which update and rung, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoppedInfo {
+    pub at_step: usize,
+    pub rung: usize,
+    pub reason: String,
 }
 
 impl Report {
@@ -124,8 +149,11 @@ pub struct CheckpointReport {
     /// Hash of the checkpoint's files (config, trainer state, sampled weights), for --resume.
     #[serde(default)]
     pub fingerprint: Option<String>,
-    /// "ok" or "failed".
+    /// "ok", "failed", or "stopped" (a race stopped it early; its metrics are those of its
+    /// curve so far).
     pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<StoppedInfo>,
     pub error: Option<String>,
     pub model_type: Option<String>,
     pub params: Option<usize>,
@@ -181,6 +209,13 @@ pub struct CheckpointReport {
     /// predicted_escape_step, m0.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub single_index: Option<crate::model::single_index::Metrics>,
+}
+
+impl CheckpointReport {
+    /// It has curves and metrics: it ran the full budget ("ok") or until a race stopped it.
+    pub fn measured(&self) -> bool {
+        self.status == "ok" || self.status == "stopped"
+    }
 }
 
 /// One output format.

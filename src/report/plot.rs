@@ -36,7 +36,7 @@ struct Series {
 }
 
 fn series(report: &Report) -> Vec<Series> {
-    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.status == "ok").collect();
+    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.measured()).collect();
     let n = ok.len().max(2) as f64;
     ok.iter()
         .enumerate()

@@ -75,7 +75,7 @@ pub fn loss(v: Option<f64>) -> String {
 }
 
 fn row(c: &CheckpointReport, priced: bool, pretrain: bool) -> Vec<String> {
-    if c.status != "ok" {
+    if !c.measured() {
         let err = c.error.clone().unwrap_or_default();
         return vec!["-".into(), c.name.clone(), c.step.to_string(), format!("{}: {err}", c.status)];
     }
@@ -84,7 +84,11 @@ fn row(c: &CheckpointReport, priced: bool, pretrain: bool) -> Vec<String> {
     let steps = c.steps_to_target.map_or("not reached".into(), |s| format!("{approx}{s:.1}{}", interval("steps_to_target", 1)));
     let hours = |h: f64| if h == 0.0 { "0".to_string() } else { format!("{approx}{h:.3e}") };
     let mut cells = vec![
-        c.rank.map_or("-".into(), |r| if c.tied_with_best { format!("{r}=") } else { r.to_string() }),
+        c.rank.map_or("-".into(), |r| match (&c.stopped, c.tied_with_best) {
+            (Some(s), _) => format!("{r} (stopped@{})", s.at_step),
+            (None, true) => format!("{r}="),
+            (None, false) => r.to_string(),
+        }),
         c.name.clone(),
         c.step.to_string(),
         loss(c.initial_eval_loss),
@@ -111,6 +115,14 @@ pub fn footnotes(report: &Report) -> Vec<String> {
     }
     if report.checkpoints.iter().any(|c| c.tied_with_best) {
         notes.push("= tied with the best: their 95% confidence intervals of time to target overlap".into());
+    }
+    if let Some(race) = &report.race {
+        let stopped = report.checkpoints.iter().filter(|c| c.stopped.is_some()).count();
+        let share = 100.0 * race.steps_trained as f64 / race.steps_full_scan.max(1) as f64;
+        notes.push(format!(
+            "race: compared at steps {:?}; stopped {stopped} of {} checkpoints early (ranked last, metrics from their curves so far); trained {} of a full scan's {} updates ({share:.0}%)",
+            race.rungs, report.checkpoints.len(), race.steps_trained, race.steps_full_scan
+        ));
     }
     if let Some(onset) = report.pretraining.as_ref().and_then(|p| p.plateau_onset_step) {
         if report.checkpoints.iter().any(|c| c.after_plateau_onset == Some(true)) {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{CheckpointResult, Run, Scan};
 use crate::model::single_index;
 use crate::options::ScanOptions;
-use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, Report, SeedRun, TargetInfo, Tool, SCHEMA_VERSION};
+use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, RaceInfo, Report, SeedRun, StoppedInfo, TargetInfo, Tool, SCHEMA_VERSION};
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, TargetSpec};
 
 impl Scan<'_> {
@@ -23,6 +23,7 @@ impl Scan<'_> {
         for c in checkpoints.iter_mut() {
             c.after_plateau_onset = onset.map(|o| c.step as f64 >= o);
         }
+        rank_stopped_last(&mut checkpoints);
         let mut ranked: Vec<&CheckpointReport> = checkpoints.iter().filter(|c| c.rank.is_some()).collect();
         ranked.sort_by_key(|c| c.rank);
         let target = scored.as_ref().map(|(t, _)| t);
@@ -40,11 +41,21 @@ impl Scan<'_> {
             checkpoints,
             gates: Vec::new(),
             pretraining,
+            race: self.race_info(),
         };
         if let Some(x) = self.opts.fail_if_last_slower {
             report.gates.push(gates::last_slower(&report, x));
         }
         report
+    }
+
+    /// The race's rungs and spending (None for a full scan).
+    fn race_info(&self) -> Option<RaceInfo> {
+        let rungs = self.race_rungs.clone()?;
+        let runs = self.results.iter().filter_map(|r| r.runs.as_ref().ok()).flatten();
+        let steps_trained = runs.map(|r| r.outcome.step_seconds.len()).sum();
+        let steps_full_scan = self.results.len() * self.opts.seeds * self.opts.train.steps;
+        Some(RaceInfo { eta: score::race::ETA, rungs, steps_trained, steps_full_scan })
     }
 
     /// Without a target flag: the median final loss, or 1e-6 (the paper's tiny loss) for a
@@ -56,7 +67,7 @@ impl Scan<'_> {
     }
 }
 
-fn summary(run: &Run) -> RunSummary {
+pub(super) fn summary(run: &Run) -> RunSummary {
     RunSummary {
         curve: run.outcome.curve.clone(),
         median_step_s: run.outcome.median_step_s,
@@ -76,6 +87,7 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
         peak_rss_bytes: r.peak_rss_bytes,
         ..Default::default()
     };
+    out.stopped = r.stopped.as_ref().map(|s| StoppedInfo { at_step: s.at_step, rung: s.rung, reason: s.reason.clone() });
     match &r.runs {
         Err(msg) => {
             out.status = "failed".into();
@@ -83,12 +95,32 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
         }
         Ok(runs) => {
             fill_runs(&mut out, runs);
+            if r.stopped.is_some() {
+                out.status = "stopped".into();
+            }
             if let Some(s) = score {
                 fill_score(&mut out, s, price);
             }
         }
     }
     out
+}
+
+/// Checkpoints a race stopped rank after every one that ran the full budget: later-stopped
+/// first, then by their score on the curve they have. Ties with the winner are for finishers.
+fn rank_stopped_last(checkpoints: &mut [CheckpointReport]) {
+    let mut order: Vec<(usize, usize, usize)> = checkpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((usize::MAX - c.stopped.as_ref().map_or(usize::MAX, |s| s.at_step), c.rank?, i)))
+        .collect();
+    order.sort();
+    for (new_rank, &(_, _, i)) in order.iter().enumerate() {
+        checkpoints[i].rank = Some(new_rank + 1);
+        if checkpoints[i].stopped.is_some() {
+            checkpoints[i].tied_with_best = false;
+        }
+    }
 }
 
 /// What the runs measured: the first seed's curve, timing medians over seeds, every seed's run.
@@ -177,6 +209,7 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "price_per_device_hour": o.price_per_hour,
         "fail_if_last_slower": o.fail_if_last_slower,
         "threads": o.threads,
+        "strategy": o.strategy,
     })
 }
 

@@ -18,13 +18,15 @@ use crate::options::ScanOptions;
 use crate::progress::Progress;
 use crate::lora::AdapterInit;
 use crate::report::{Report, Reports};
-use crate::train::{self, Outcome};
+use crate::train::{self, Outcome, Paused};
 
 mod assemble;
 mod memory;
+mod race;
 mod resume;
 
 /// A finished fine-tune (one seed).
+#[derive(Clone)]
 pub struct Run {
     pub seed: u64,
     pub data_seed: u64,
@@ -49,6 +51,17 @@ pub struct CheckpointResult {
     pub pretrain_curve: Vec<(f64, f64)>,
     /// Peak resident memory of the process while this checkpoint ran (Linux), in bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// Set when a race stopped this checkpoint before the full budget.
+    pub stopped: Option<Stopped>,
+}
+
+/// Why and when a race stopped a checkpoint.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    pub at_step: usize,
+    /// 1-based rung.
+    pub rung: usize,
+    pub reason: String,
 }
 
 /// Token blocks already built, by tokenizer file contents (a series usually shares one).
@@ -66,6 +79,8 @@ pub struct Scan<'a> {
     pub results: Vec<CheckpointResult>,
     /// Measurements a previous report offers for reuse (--resume), by checkpoint name.
     previous: HashMap<String, crate::report::CheckpointReport>,
+    /// The rungs, when racing.
+    race_rungs: Option<Vec<usize>>,
 }
 
 impl<'a> Scan<'a> {
@@ -82,11 +97,14 @@ impl<'a> Scan<'a> {
         if let Some(tok) = &opts.tokenizer {
             TaskTokenizer::open(tok)?;
         }
-        Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new(), previous: HashMap::new() })
+        Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new(), previous: HashMap::new(), race_rungs: None })
     }
 
     /// Fine-tunes every checkpoint, rewriting the reports after each one.
     pub fn run(&mut self, checkpoints: &[CheckpointRef], reports: &Reports) -> Result<Report> {
+        if self.opts.strategy == crate::cli::Strategy::Race {
+            return self.race(checkpoints, reports);
+        }
         let progress = Progress::new(checkpoints.len(), self.opts.train.steps * self.opts.seeds, self.opts.progress);
         for (i, c) in checkpoints.iter().enumerate() {
             progress.start_checkpoint(i, &c.name);
@@ -105,7 +123,7 @@ impl<'a> Scan<'a> {
             let pretrain_curve = assemble::pretrain_curve(&c.path);
             let pretrain_loss = pretrain_curve.last().map(|p| p.1);
             let peak_rss_bytes = memory::peak_bytes();
-            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes });
+            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes, stopped: None });
             reports.update(&self.report("running"))?;
         }
         progress.finish();
@@ -126,6 +144,13 @@ impl<'a> Scan<'a> {
     }
 
     fn run_one(&mut self, c: &CheckpointRef, progress: &Progress, seed: u64, data_seed: u64) -> Result<Run> {
+        Ok(self.advance(c, progress, (seed, data_seed), None, self.opts.train.steps)?.0)
+    }
+
+    /// Loads the checkpoint and trains one seed's run up to update `until`, from the start or
+    /// from where `from` paused; returns the run so far and its paused state. The model is
+    /// dropped on return.
+    fn advance(&mut self, c: &CheckpointRef, progress: &Progress, (seed, data_seed): (u64, u64), from: Option<Paused>, until: usize) -> Result<(Run, Paused)> {
         let o = self.opts;
         let init = match &o.init {
             AdapterInit::Seeded(_) => AdapterInit::Seeded(seed),
@@ -134,9 +159,11 @@ impl<'a> Scan<'a> {
         let model = model::load(&c.path, &o.lora, &init, seed, &o.device)?;
         let blocks = self.blocks_for(&c.path, &model)?;
         let order = BatchOrder::new(blocks.train.len(), o.train.batch_size, o.train.steps * o.train.grad_accum, data_seed);
-        let outcome = train::fine_tune(&model, blocks, &order, &o.train, &mut |ev| progress.step(ev))?;
+        let paused = train::fine_tune_until(&model, blocks, &order, &o.train, from, until, &mut |ev| progress.step(ev))?;
         let (params, trainable_params, flops_per_token) = (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));
-        Ok(Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None })
+        let outcome = paused.outcome(&o.train);
+        let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None };
+        Ok((run, paused))
     }
 
     /// The paper's rank-1 SGD on the checkpoint's own synthetic task.

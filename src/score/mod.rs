@@ -9,6 +9,7 @@
 
 pub mod metrics;
 pub mod pretrain;
+pub mod race;
 pub mod stats;
 
 use std::collections::BTreeMap;

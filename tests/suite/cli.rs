@@ -182,3 +182,37 @@ fn resume_completes_an_interrupted_scan() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("settings differ") && stderr.contains("train"), "{stderr}");
 }
+
+/// Racing on the committed series: the same winner as a full scan for at most 40% of its
+/// updates; the winner's curve is the full scan's to the last bit (paused runs continue
+/// exactly); stopped checkpoints rank last and say when and why.
+#[test]
+fn race_finds_the_full_scans_winner_for_a_fraction_of_the_steps() {
+    let run = |strategy: &str| {
+        let flags = ["--json", "-", "--steps", "18", "--lr", "1e-2", "--strategy", strategy];
+        let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &flags).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        super::util::assert_valid_report(&r);
+        r
+    };
+    let (full, race) = (run("full"), run("race"));
+    assert_eq!(race["ranking"][0], full["ranking"][0]);
+    assert_eq!(race["race"]["rungs"], serde_json::json!([2, 6, 18]));
+    let (spent, budget) = (race["race"]["steps_trained"].as_u64().unwrap(), race["race"]["steps_full_scan"].as_u64().unwrap());
+    assert_eq!(budget, 4 * 18);
+    assert!(spent * 10 <= budget * 4, "{spent} of {budget} updates");
+    let by_name = |r: &serde_json::Value, name: &serde_json::Value| r["checkpoints"].as_array().unwrap().iter().find(|c| &c["name"] == name).unwrap().clone();
+    let losses = |c: &serde_json::Value| c["curve"].as_array().unwrap().iter().map(|p| (p["step"].clone(), p["train_loss"].clone(), p["eval_loss"].clone())).collect::<Vec<_>>();
+    let winner = &race["ranking"][0];
+    assert_eq!(losses(&by_name(&race, winner)), losses(&by_name(&full, winner)));
+    let stopped: Vec<serde_json::Value> = race["checkpoints"].as_array().unwrap().iter().filter(|c| c["status"] == "stopped").cloned().collect();
+    assert!(!stopped.is_empty());
+    for c in &stopped {
+        let at = c["stopped"]["at_step"].as_u64().unwrap();
+        assert!(at == 2 || at == 6, "{c}");
+        assert_eq!(c["curve"].as_array().unwrap().last().unwrap()["step"], at);
+        assert!(c["stopped"]["reason"].as_str().unwrap().contains(&format!("at step {at}")));
+        assert!(c["rank"].as_u64().unwrap() as usize > race["checkpoints"].as_array().unwrap().len() - stopped.len());
+    }
+}

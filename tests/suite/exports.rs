@@ -3,7 +3,7 @@
 //! `report` and `select` commands on a real scan.
 
 use plasticity::model::single_index::Metrics;
-use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, CheckpointReport, DeviceInfo, Exporter, Report, TargetInfo, Tool};
+use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, CheckpointReport, DeviceInfo, Exporter, RaceInfo, Report, StoppedInfo, TargetInfo, Tool};
 use plasticity::train::CurvePoint;
 
 use super::util::{fixtures, scan, Dir};
@@ -57,6 +57,7 @@ fn report() -> Report {
         price_per_device_hour: None,
         checkpoints: vec![ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)), extrapolated(), ok("step2500", 2500, 3, 3.7, 3.65, None), failed],
         ranking: vec!["step1000".into(), "step2000".into(), "step2500".into()],
+        race: None,
         gates: Vec::new(),
         pretraining: None,
     }
@@ -123,6 +124,26 @@ fn junit_snapshot() {
     r.gates.push(plasticity::report::gates::last_slower(&r, 2.0));
     assert!(!r.gates[0].passed, "the most pre-trained snapshot (step3000) failed");
     snapshot("report.xml", Junit.render(&r).unwrap());
+}
+
+/// A race's report: stopped checkpoints keep their metrics and rank, are marked in the
+/// table, skipped (not failed) in JUnit, and the spending is a footnote.
+fn raced() -> Report {
+    let mut r = report();
+    r.checkpoints.truncate(3);
+    r.checkpoints[2].status = "stopped".into();
+    r.checkpoints[2].stopped = Some(StoppedInfo { at_step: 10, rung: 1, reason: "rank 3 of 3 at step 10 (keeping the best 1)".into() });
+    r.race = Some(RaceInfo { eta: 3, rungs: vec![10, 20, 60], steps_trained: 100, steps_full_scan: 180 });
+    r
+}
+
+#[test]
+fn race_exports() {
+    super::util::assert_valid_report(&serde_json::to_value(raced()).unwrap());
+    let table = plasticity::report::table::render(&raced());
+    assert!(table.contains("3 (stopped@10)") && table.contains("trained 100 of a full scan's 180 updates (56%)"), "{table}");
+    let junit = String::from_utf8(Junit.render(&raced()).unwrap()).unwrap();
+    assert!(junit.contains("failures=\"0\"") && junit.contains("<skipped message=\"stopped by the race at step 10: rank 3 of 3"), "{junit}");
 }
 
 /// A scan's Markdown equals `plasticity report` of its JSON; `select` prints the winner's path.

@@ -1,0 +1,144 @@
+//! `--strategy race`: the checkpoints advance rung by rung (see `score::race` for the rule),
+//! and after each rung the losing ones stop. Between rungs a run is kept paused: its adapters
+//! and optimizer moments, a few megabytes, never its base weights, so one checkpoint is
+//! resident at a time as in a full scan. Reports are rewritten after every checkpoint's rung.
+//! This module orders the work; it must not define the stopping rule or any score.
+
+use super::{CheckpointResult, Run, Scan, Stopped};
+use crate::discover::CheckpointRef;
+use crate::error::{one_line, Error, Result};
+use crate::model::{self, single_index};
+use crate::progress::Progress;
+use crate::report::{Report, Reports};
+use crate::score::race::{self, Verdict};
+use crate::score::{self, RunSummary};
+use crate::train::Paused;
+
+/// One checkpoint in the race: its runs so far (one per seed) and their paused states.
+struct Entrant {
+    checkpoint: CheckpointRef,
+    fingerprint: Option<String>,
+    pretrain_curve: Vec<(f64, f64)>,
+    runs: std::result::Result<Vec<(Run, Paused)>, String>,
+    stopped: Option<Stopped>,
+    peak_rss_bytes: Option<u64>,
+}
+
+impl Entrant {
+    fn new(c: &CheckpointRef) -> Self {
+        Entrant {
+            checkpoint: c.clone(),
+            fingerprint: crate::checkpoint::fingerprint::fingerprint(&c.path).ok(),
+            pretrain_curve: super::assemble::pretrain_curve(&c.path),
+            runs: Ok(Vec::new()),
+            stopped: None,
+            peak_rss_bytes: None,
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        self.runs.is_ok() && self.stopped.is_none()
+    }
+
+    /// The result as a full scan would record it (runs as far as they went); None before
+    /// its first rung.
+    fn result(&self) -> Option<CheckpointResult> {
+        if self.runs.as_ref().is_ok_and(|r| r.is_empty()) {
+            return None;
+        }
+        Some(CheckpointResult {
+            checkpoint: self.checkpoint.clone(),
+            runs: self.runs.as_ref().map(|runs| runs.iter().map(|(r, _)| r.clone()).collect()).map_err(Clone::clone),
+            pretrain_loss: self.pretrain_curve.last().map(|p| p.1),
+            fingerprint: self.fingerprint.clone(),
+            pretrain_curve: self.pretrain_curve.clone(),
+            peak_rss_bytes: self.peak_rss_bytes,
+            stopped: self.stopped.clone(),
+        })
+    }
+}
+
+impl Scan<'_> {
+    /// Races the checkpoints: every live one trains to the next rung, then the rule stops the
+    /// losers; the last rung is the full budget.
+    pub(super) fn race(&mut self, checkpoints: &[CheckpointRef], reports: &Reports) -> Result<Report> {
+        refuse_simulated(checkpoints)?;
+        let rungs = race::rungs(self.opts.train.steps, self.opts.train.eval_every);
+        self.race_rungs = Some(rungs.clone());
+        let mut field: Vec<Entrant> = checkpoints.iter().map(Entrant::new).collect();
+        let mut done = 0;
+        for (k, &rung) in rungs.iter().enumerate() {
+            let live: Vec<usize> = (0..field.len()).filter(|&i| field[i].is_live()).collect();
+            let progress = Progress::new(live.len(), (rung - done) * self.opts.seeds, self.opts.progress);
+            for (j, &i) in live.iter().enumerate() {
+                progress.start_checkpoint(j, &format!("{} (rung {}/{}, step {rung})", field[i].checkpoint.name, k + 1, rungs.len()));
+                self.run_rung(&mut field[i], rung, &progress);
+                self.publish(&field, reports, "running")?;
+            }
+            progress.finish();
+            if k + 1 < rungs.len() {
+                self.judge(&mut field, rung, k + 1);
+                self.publish(&field, reports, "running")?;
+            }
+            done = rung;
+        }
+        self.results = field.iter().filter_map(Entrant::result).collect();
+        Ok(self.report("complete"))
+    }
+
+    /// Advances every seed of one checkpoint to `rung`; a failure fails the checkpoint.
+    fn run_rung(&mut self, e: &mut Entrant, rung: usize, progress: &Progress) {
+        super::memory::reset_peak();
+        let Ok(runs) = std::mem::replace(&mut e.runs, Ok(Vec::new())) else { return };
+        let mut paused: Vec<Option<Paused>> = runs.into_iter().map(|(_, p)| Some(p)).collect();
+        paused.resize_with(self.opts.seeds, || None);
+        let mut advanced = Vec::with_capacity(self.opts.seeds);
+        for (i, from) in paused.into_iter().enumerate() {
+            let seeds = (self.opts.seed.wrapping_add(i as u64), self.opts.data_seed.wrapping_add(i as u64));
+            match self.advance(&e.checkpoint, progress, seeds, from, rung) {
+                Ok(run) => advanced.push(run),
+                Err(err) => {
+                    progress.println(&format!("error: checkpoint {} failed: {}", e.checkpoint.name, one_line(&err)));
+                    e.runs = Err(one_line(&err));
+                    return;
+                }
+            }
+        }
+        e.runs = Ok(advanced);
+        e.peak_rss_bytes = e.peak_rss_bytes.max(super::memory::peak_bytes());
+    }
+
+    /// Scores the live checkpoints on their curves up to `rung` and stops the losers.
+    fn judge(&self, field: &mut [Entrant], rung: usize, rung_index: usize) {
+        let live: Vec<usize> = (0..field.len()).filter(|&i| field[i].is_live()).collect();
+        let summaries: Vec<Option<Vec<RunSummary>>> = live
+            .iter()
+            .map(|&i| field[i].runs.as_ref().ok().map(|runs| runs.iter().map(|(r, _)| super::assemble::summary(r)).collect()))
+            .collect();
+        let spec = self.opts.target.unwrap_or(score::TargetSpec::MedianFinal);
+        let Some((_, scores)) = score::score(&summaries, spec) else { return };
+        for (&i, verdict) in live.iter().zip(race::decide(&scores, rung, self.opts.hours_label())) {
+            if let Verdict::Stop(reason) = verdict {
+                field[i].stopped = Some(Stopped { at_step: rung, rung: rung_index, reason });
+            }
+        }
+    }
+
+    /// Rewrites the reports from the race so far.
+    fn publish(&mut self, field: &[Entrant], reports: &Reports, status: &str) -> Result<()> {
+        self.results = field.iter().filter_map(Entrant::result).collect();
+        reports.update(&self.report(status))
+    }
+}
+
+/// Simulated single-index runs take seconds and are not paused: race language models only.
+fn refuse_simulated(checkpoints: &[CheckpointRef]) -> Result<()> {
+    match checkpoints.iter().find(|c| is_simulated(c)) {
+        Some(c) => Err(Error::flag("--strategy", format!("race applies to language models, and {} is a simulated single-index checkpoint (a full scan of those takes seconds)", c.path.display()))),
+        None => Ok(()),
+    }
+}
+
+fn is_simulated(c: &CheckpointRef) -> bool {
+    model::read_config(&c.path).ok().and_then(|v| v.get("model_type")?.as_str().map(|t| t == single_index::MODEL_TYPE)).unwrap_or(false)
+}
