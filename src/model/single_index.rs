@@ -234,37 +234,71 @@ impl Sgd<'_> {
 
 /// Fine-tunes the single-index checkpoint in `dir`.
 pub fn run(dir: &Path, cfg: &Config, settings: &RunSettings) -> Result<(Outcome, Metrics)> {
+    let paused = run_until(dir, cfg, settings, None, usize::MAX)?;
+    Ok((paused.outcome(), paused.metrics))
+}
+
+/// The steps a run of `cfg` may take: `--steps`, or the series' own budget.
+pub fn budget(cfg: &Config, settings: &RunSettings) -> usize {
+    settings.steps.unwrap_or(cfg.finetune.steps)
+}
+
+/// A fine-tune stopped after some steps (for racing): the adapter (u, omega), the batch
+/// generator and what has been measured. Continuing it gives the same steps as a run that
+/// never stopped; the pause adds one point to the curve.
+pub struct Paused {
+    u: f64,
+    omega: Vec<f64>,
+    data_rng: ChaCha8Rng,
+    pub metrics: Metrics,
+    curve: Vec<CurvePoint>,
+    step_seconds: Vec<f64>,
+    batch: usize,
+    /// Converged (tiny loss and escape both seen): further steps would change nothing.
+    done: bool,
+}
+
+impl Paused {
+    /// It reached the tiny loss and escaped: more steps would measure nothing new.
+    pub fn converged(&self) -> bool {
+        self.done
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        Outcome { median_step_s: median(&self.step_seconds), curve: self.curve.clone(), step_seconds: self.step_seconds.clone(), tokens_per_step: self.batch }
+    }
+}
+
+/// Runs to step `until` (or the budget, or convergence), from the start or from `from`.
+pub fn run_until(dir: &Path, cfg: &Config, settings: &RunSettings, from: Option<Paused>, until: usize) -> Result<Paused> {
     let weights = Weights::read(dir, cfg.dim)?;
     let lr = settings.lr.unwrap_or(cfg.finetune.lr);
     let batch = settings.batch_size.unwrap_or(cfg.finetune.batch_size);
-    let budget = settings.steps.unwrap_or(cfg.finetune.steps);
-    let mut init_rng = stream(settings.seed, Stream::SimAdapter, 0);
-    let mut data_rng = stream(settings.data_seed, Stream::SimData, 0);
-    let omega = initial_direction(&weights.w_star, cfg.m0, &mut init_rng);
-    let mut sgd = Sgd { link: cfg.link, w: &weights, u: cfg.u0(), omega, lr: lr / cfg.link.lr_divisor(), batch, x: vec![0.0; batch * cfg.dim] };
-    let m0 = sgd.m();
-    let initial_loss = sgd.population_loss();
-    let mut metrics = Metrics { mu: cfg.mu, initial_loss, m0, ..Metrics::default() };
-    theory_for(cfg, lr, m0, &mut metrics);
-    if m0.abs() >= ESCAPE_THRESHOLD {
-        metrics.escape_step = Some(0);
-    }
-    let mut curve = vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(initial_loss), elapsed_s: 0.0 }];
-    let mut step_seconds = Vec::with_capacity(budget.min(1 << 20));
+    let budget = budget(cfg, settings);
+    let mut run = match from {
+        Some(p) => p,
+        None => start(&weights, cfg, settings, lr, batch),
+    };
+    let mut sgd = Sgd { link: cfg.link, w: &weights, u: run.u, omega: std::mem::take(&mut run.omega), lr: lr / cfg.link.lr_divisor(), batch, x: vec![0.0; batch * cfg.dim] };
+    let stop = until.min(budget);
+    let mut elapsed_s = run.curve.last().map_or(0.0, |p| p.elapsed_s);
     let cheap_loss = cfg.link == Link::Linear;
-    let mut elapsed_s = 0.0;
-    for step in 1..=budget {
-        let start = Instant::now();
-        let train_loss = sgd.step(&mut data_rng);
-        step_seconds.push(start.elapsed().as_secs_f64());
-        elapsed_s += step_seconds[step - 1];
+    for step in run.step_seconds.len() + 1..=stop {
+        if run.done {
+            break;
+        }
+        let started = Instant::now();
+        let train_loss = sgd.step(&mut run.data_rng);
+        run.step_seconds.push(started.elapsed().as_secs_f64());
+        elapsed_s += run.step_seconds[step - 1];
         if !train_loss.is_finite() {
             return Err(Error::Other(format!("diverged: training loss became {train_loss} at step {step}")));
         }
+        let metrics = &mut run.metrics;
         if metrics.escape_step.is_none() && sgd.m().abs() >= ESCAPE_THRESHOLD {
             metrics.escape_step = Some(step);
         }
-        let record = is_curve_step(step) || step == budget;
+        let record = is_curve_step(step) || step == stop;
         // The quadrature loss is dear: take it at curve points, and at every step once the
         // batch loss says convergence is near, so steps_to_tiny_loss is exact to the step.
         let near = train_loss <= 10.0 * TINY_LOSS;
@@ -272,17 +306,29 @@ pub fn run(dir: &Path, cfg: &Config, settings: &RunSettings) -> Result<(Outcome,
         if metrics.steps_to_tiny_loss.is_none() && loss.is_some_and(|l| l <= TINY_LOSS) {
             metrics.steps_to_tiny_loss = Some(step);
         }
-        let done = metrics.steps_to_tiny_loss.is_some() && metrics.escape_step.is_some();
-        if record || done {
+        run.done = metrics.steps_to_tiny_loss.is_some() && metrics.escape_step.is_some();
+        if record || run.done {
             let eval_loss = loss.or_else(|| Some(sgd.population_loss()));
-            curve.push(CurvePoint { step, train_loss: Some(train_loss), eval_loss, elapsed_s });
-        }
-        if done {
-            break;
+            run.curve.push(CurvePoint { step, train_loss: Some(train_loss), eval_loss, elapsed_s });
         }
     }
-    let outcome = Outcome { median_step_s: median(&step_seconds), curve, step_seconds, tokens_per_step: batch };
-    Ok((outcome, metrics))
+    (run.u, run.omega) = (sgd.u, sgd.omega);
+    Ok(run)
+}
+
+/// The run before its first step: the seeded adapter direction and the step-0 measurements.
+fn start(weights: &Weights, cfg: &Config, settings: &RunSettings, lr: f64, batch: usize) -> Paused {
+    let mut init_rng = stream(settings.seed, Stream::SimAdapter, 0);
+    let omega = initial_direction(&weights.w_star, cfg.m0, &mut init_rng);
+    let sgd = Sgd { link: cfg.link, w: weights, u: cfg.u0(), omega, lr: lr / cfg.link.lr_divisor(), batch, x: Vec::new() };
+    let (m0, initial_loss) = (sgd.m(), sgd.population_loss());
+    let mut metrics = Metrics { mu: cfg.mu, initial_loss, m0, ..Metrics::default() };
+    theory_for(cfg, lr, m0, &mut metrics);
+    if m0.abs() >= ESCAPE_THRESHOLD {
+        metrics.escape_step = Some(0);
+    }
+    let curve = vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(initial_loss), elapsed_s: 0.0 }];
+    Paused { u: sgd.u, omega: sgd.omega, data_rng: stream(settings.data_seed, Stream::SimData, 0), metrics, curve, step_seconds: Vec::new(), batch, done: false }
 }
 
 /// tau(mu) and the predicted escape step, for the aligned variant the theory describes.

@@ -68,8 +68,9 @@ pub struct RaceInfo {
     pub rungs: Vec<usize>,
     /// Updates trained over all checkpoints and seeds.
     pub steps_trained: usize,
-    /// What `--strategy full` would train: checkpoints x seeds x steps.
-    pub steps_full_scan: usize,
+    /// The full budget: checkpoints x seeds x steps (a simulated run that converges stops
+    /// earlier, in a full scan too).
+    pub steps_full_budget: usize,
 }
 
 /// A checkpoint a race stopped: at which update and rung, and why.

@@ -118,10 +118,10 @@ pub fn footnotes(report: &Report) -> Vec<String> {
     }
     if let Some(race) = &report.race {
         let stopped = report.checkpoints.iter().filter(|c| c.stopped.is_some()).count();
-        let share = 100.0 * race.steps_trained as f64 / race.steps_full_scan.max(1) as f64;
+        let share = 100.0 * race.steps_trained as f64 / race.steps_full_budget.max(1) as f64;
         notes.push(format!(
-            "race: compared at steps {:?}; stopped {stopped} of {} checkpoints early (ranked last, metrics from their curves so far); trained {} of a full scan's {} updates ({share:.0}%)",
-            race.rungs, report.checkpoints.len(), race.steps_trained, race.steps_full_scan
+            "race: compared at steps {:?}; stopped {stopped} of {} checkpoints early (ranked last, metrics from their curves so far); trained {} of the full budget's {} updates ({share:.0}%)",
+            race.rungs, report.checkpoints.len(), race.steps_trained, race.steps_full_budget
         ));
     }
     if let Some(onset) = report.pretraining.as_ref().and_then(|p| p.plateau_onset_step) {

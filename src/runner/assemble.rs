@@ -54,13 +54,13 @@ impl Scan<'_> {
         let rungs = self.race_rungs.clone()?;
         let runs = self.results.iter().filter_map(|r| r.runs.as_ref().ok()).flatten();
         let steps_trained = runs.map(|r| r.outcome.step_seconds.len()).sum();
-        let steps_full_scan = self.results.len() * self.opts.seeds * self.opts.train.steps;
-        Some(RaceInfo { eta: score::race::ETA, rungs, steps_trained, steps_full_scan })
+        let steps_full_budget = self.results.len() * self.opts.seeds * rungs.last().copied().unwrap_or(0);
+        Some(RaceInfo { eta: score::race::ETA, rungs, steps_trained, steps_full_budget })
     }
 
     /// Without a target flag: the median final loss, or 1e-6 (the paper's tiny loss) for a
     /// simulated series, which converges exactly.
-    fn series_target(&self) -> TargetSpec {
+    pub(super) fn series_target(&self) -> TargetSpec {
         let runs: Vec<&Run> = self.results.iter().filter_map(|r| r.runs.as_ref().ok()).flatten().collect();
         let all_simulated = !runs.is_empty() && runs.iter().all(|r| r.single_index.is_some());
         if all_simulated { TargetSpec::Loss(single_index::TINY_LOSS) } else { TargetSpec::MedianFinal }

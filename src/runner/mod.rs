@@ -168,13 +168,23 @@ impl<'a> Scan<'a> {
 
     /// The paper's rank-1 SGD on the checkpoint's own synthetic task.
     fn run_single_index(&self, dir: &Path, config: &serde_json::Value, seed: u64, data_seed: u64) -> Result<Run> {
+        Ok(self.advance_single_index(dir, config, (seed, data_seed), None, usize::MAX)?.0)
+    }
+
+    /// Single-index SGD up to step `until`, from the start or from where `from` paused.
+    fn advance_single_index(&self, dir: &Path, config: &serde_json::Value, (seed, data_seed): (u64, u64), from: Option<single_index::Paused>, until: usize) -> Result<(Run, single_index::Paused)> {
         let cfg = single_index::Config::read(dir, config)?;
-        let e = self.opts.explicit;
-        let settings = RunSettings { seed, data_seed, lr: e.lr, batch_size: e.batch_size, steps: e.steps };
-        let (outcome, metrics) = single_index::run(dir, &cfg, &settings)?;
+        let paused = single_index::run_until(dir, &cfg, &self.single_index_settings(seed, data_seed), from, until)?;
         // Per sample: three projections forward (X w*, X w, X omega) and X^T r backward.
         let flops_per_token = 8.0 * cfg.dim as f64;
-        Ok(Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome, single_index: Some(metrics) })
+        let run = Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome: paused.outcome(), single_index: Some(paused.metrics.clone()) };
+        Ok((run, paused))
+    }
+
+    /// Flags given explicitly override what the simulated series carries.
+    fn single_index_settings(&self, seed: u64, data_seed: u64) -> RunSettings {
+        let e = self.opts.explicit;
+        RunSettings { seed, data_seed, lr: e.lr, batch_size: e.batch_size, steps: e.steps }
     }
 
     /// The task's blocks under this checkpoint's tokenizer, checked against its vocabulary.

@@ -1,8 +1,10 @@
 //! `--strategy race`: the checkpoints advance rung by rung (see `score::race` for the rule),
 //! and after each rung the losing ones stop. Between rungs a run is kept paused: its adapters
 //! and optimizer moments, a few megabytes, never its base weights, so one checkpoint is
-//! resident at a time as in a full scan. Reports are rewritten after every checkpoint's rung.
-//! This module orders the work; it must not define the stopping rule or any score.
+//! resident at a time as in a full scan. Language models and simulated single-index
+//! checkpoints race alike (a series must be one or the other). Reports are rewritten after
+//! every checkpoint's rung. This module orders the work; it must not define the stopping
+//! rule or any score.
 
 use super::{CheckpointResult, Run, Scan, Stopped};
 use crate::discover::CheckpointRef;
@@ -14,12 +16,28 @@ use crate::score::race::{self, Verdict};
 use crate::score::{self, RunSummary};
 use crate::train::Paused;
 
+/// A paused run of either kind.
+enum PausedRun {
+    Lm(Paused),
+    Sim(single_index::Paused),
+}
+
+impl PausedRun {
+    /// The run has nothing left to do (a simulated run stops once it has converged).
+    fn finished(&self) -> bool {
+        match self {
+            PausedRun::Lm(_) => false,
+            PausedRun::Sim(p) => p.converged(),
+        }
+    }
+}
+
 /// One checkpoint in the race: its runs so far (one per seed) and their paused states.
 struct Entrant {
     checkpoint: CheckpointRef,
     fingerprint: Option<String>,
     pretrain_curve: Vec<(f64, f64)>,
-    runs: std::result::Result<Vec<(Run, Paused)>, String>,
+    runs: std::result::Result<Vec<(Run, PausedRun)>, String>,
     stopped: Option<Stopped>,
     peak_rss_bytes: Option<u64>,
 }
@@ -62,8 +80,8 @@ impl Scan<'_> {
     /// Races the checkpoints: every live one trains to the next rung, then the rule stops the
     /// losers; the last rung is the full budget.
     pub(super) fn race(&mut self, checkpoints: &[CheckpointRef], reports: &Reports) -> Result<Report> {
-        refuse_simulated(checkpoints)?;
-        let rungs = race::rungs(self.opts.train.steps, self.opts.train.eval_every);
+        let (budget, eval_every) = self.race_budget(checkpoints)?;
+        let rungs = race::rungs(budget, eval_every);
         self.race_rungs = Some(rungs.clone());
         let mut field: Vec<Entrant> = checkpoints.iter().map(Entrant::new).collect();
         let mut done = 0;
@@ -90,12 +108,12 @@ impl Scan<'_> {
     fn run_rung(&mut self, e: &mut Entrant, rung: usize, progress: &Progress) {
         super::memory::reset_peak();
         let Ok(runs) = std::mem::replace(&mut e.runs, Ok(Vec::new())) else { return };
-        let mut paused: Vec<Option<Paused>> = runs.into_iter().map(|(_, p)| Some(p)).collect();
+        let mut paused: Vec<Option<PausedRun>> = runs.into_iter().map(|(_, p)| Some(p)).collect();
         paused.resize_with(self.opts.seeds, || None);
         let mut advanced = Vec::with_capacity(self.opts.seeds);
         for (i, from) in paused.into_iter().enumerate() {
             let seeds = (self.opts.seed.wrapping_add(i as u64), self.opts.data_seed.wrapping_add(i as u64));
-            match self.advance(&e.checkpoint, progress, seeds, from, rung) {
+            match self.advance_any(&e.checkpoint, progress, seeds, from, rung) {
                 Ok(run) => advanced.push(run),
                 Err(err) => {
                     progress.println(&format!("error: checkpoint {} failed: {}", e.checkpoint.name, one_line(&err)));
@@ -108,6 +126,37 @@ impl Scan<'_> {
         e.peak_rss_bytes = e.peak_rss_bytes.max(super::memory::peak_bytes());
     }
 
+    /// Advances one seed's run of either kind.
+    fn advance_any(&mut self, c: &CheckpointRef, progress: &Progress, seeds: (u64, u64), from: Option<PausedRun>, until: usize) -> Result<(Run, PausedRun)> {
+        match from {
+            Some(PausedRun::Sim(p)) => self.advance_sim(c, seeds, Some(p), until),
+            Some(PausedRun::Lm(p)) => self.advance(c, progress, seeds, Some(p), until).map(|(r, p)| (r, PausedRun::Lm(p))),
+            None if is_simulated(c) => self.advance_sim(c, seeds, None, until),
+            None => self.advance(c, progress, seeds, None, until).map(|(r, p)| (r, PausedRun::Lm(p))),
+        }
+    }
+
+    fn advance_sim(&self, c: &CheckpointRef, seeds: (u64, u64), from: Option<single_index::Paused>, until: usize) -> Result<(Run, PausedRun)> {
+        let config = model::read_config(&c.path)?;
+        let (run, paused) = self.advance_single_index(&c.path, &config, seeds, from, until)?;
+        Ok((run, PausedRun::Sim(paused)))
+    }
+
+    /// The race's budget and eval spacing: the scan's for language models; for a simulated
+    /// series, its own budget (or --steps), and any step can be a rung (a pause records one).
+    fn race_budget(&self, checkpoints: &[CheckpointRef]) -> Result<(usize, usize)> {
+        let simulated: Vec<&CheckpointRef> = checkpoints.iter().filter(|c| is_simulated(c)).collect();
+        if simulated.is_empty() {
+            return Ok((self.opts.train.steps, self.opts.train.eval_every));
+        }
+        if simulated.len() < checkpoints.len() {
+            return Err(Error::flag("--strategy", format!("race needs a series of one kind, and {} is simulated while others are language models", simulated[0].path.display())));
+        }
+        let first = simulated[0];
+        let cfg = single_index::Config::read(&first.path, &model::read_config(&first.path)?)?;
+        Ok((single_index::budget(&cfg, &self.single_index_settings(self.opts.seed, self.opts.data_seed)), 1))
+    }
+
     /// Scores the live checkpoints on their curves up to `rung` and stops the losers.
     fn judge(&self, field: &mut [Entrant], rung: usize, rung_index: usize) {
         let live: Vec<usize> = (0..field.len()).filter(|&i| field[i].is_live()).collect();
@@ -115,10 +164,11 @@ impl Scan<'_> {
             .iter()
             .map(|&i| field[i].runs.as_ref().ok().map(|runs| runs.iter().map(|(r, _)| super::assemble::summary(r)).collect()))
             .collect();
-        let spec = self.opts.target.unwrap_or(score::TargetSpec::MedianFinal);
+        let spec = self.opts.target.unwrap_or_else(|| self.series_target());
         let Some((_, scores)) = score::score(&summaries, spec) else { return };
         for (&i, verdict) in live.iter().zip(race::decide(&scores, rung, self.opts.hours_label())) {
-            if let Verdict::Stop(reason) = verdict {
+            let finished = field[i].runs.as_ref().is_ok_and(|runs| runs.iter().all(|(_, p)| p.finished()));
+            if let (Verdict::Stop(reason), false) = (verdict, finished) {
                 field[i].stopped = Some(Stopped { at_step: rung, rung: rung_index, reason });
             }
         }
@@ -128,14 +178,6 @@ impl Scan<'_> {
     fn publish(&mut self, field: &[Entrant], reports: &Reports, status: &str) -> Result<()> {
         self.results = field.iter().filter_map(Entrant::result).collect();
         reports.update(&self.report(status))
-    }
-}
-
-/// Simulated single-index runs take seconds and are not paused: race language models only.
-fn refuse_simulated(checkpoints: &[CheckpointRef]) -> Result<()> {
-    match checkpoints.iter().find(|c| is_simulated(c)) {
-        Some(c) => Err(Error::flag("--strategy", format!("race applies to language models, and {} is a simulated single-index checkpoint (a full scan of those takes seconds)", c.path.display()))),
-        None => Ok(()),
     }
 }
 

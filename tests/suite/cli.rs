@@ -199,7 +199,7 @@ fn race_finds_the_full_scans_winner_for_a_fraction_of_the_steps() {
     let (full, race) = (run("full"), run("race"));
     assert_eq!(race["ranking"][0], full["ranking"][0]);
     assert_eq!(race["race"]["rungs"], serde_json::json!([2, 6, 18]));
-    let (spent, budget) = (race["race"]["steps_trained"].as_u64().unwrap(), race["race"]["steps_full_scan"].as_u64().unwrap());
+    let (spent, budget) = (race["race"]["steps_trained"].as_u64().unwrap(), race["race"]["steps_full_budget"].as_u64().unwrap());
     assert_eq!(budget, 4 * 18);
     assert!(spent * 10 <= budget * 4, "{spent} of {budget} updates");
     let by_name = |r: &serde_json::Value, name: &serde_json::Value| r["checkpoints"].as_array().unwrap().iter().find(|c| &c["name"] == name).unwrap().clone();

@@ -133,7 +133,7 @@ fn raced() -> Report {
     r.checkpoints.truncate(3);
     r.checkpoints[2].status = "stopped".into();
     r.checkpoints[2].stopped = Some(StoppedInfo { at_step: 10, rung: 1, reason: "rank 3 of 3 at step 10 (keeping the best 1)".into() });
-    r.race = Some(RaceInfo { eta: 3, rungs: vec![10, 20, 60], steps_trained: 100, steps_full_scan: 180 });
+    r.race = Some(RaceInfo { eta: 3, rungs: vec![10, 20, 60], steps_trained: 100, steps_full_budget: 180 });
     r
 }
 
@@ -141,7 +141,7 @@ fn raced() -> Report {
 fn race_exports() {
     super::util::assert_valid_report(&serde_json::to_value(raced()).unwrap());
     let table = plasticity::report::table::render(&raced());
-    assert!(table.contains("3 (stopped@10)") && table.contains("trained 100 of a full scan's 180 updates (56%)"), "{table}");
+    assert!(table.contains("3 (stopped@10)") && table.contains("trained 100 of the full budget's 180 updates (56%)"), "{table}");
     let junit = String::from_utf8(Junit.render(&raced()).unwrap()).unwrap();
     assert!(junit.contains("failures=\"0\"") && junit.contains("<skipped message=\"stopped by the race at step 10: rank 3 of 3"), "{junit}");
 }

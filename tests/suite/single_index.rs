@@ -137,3 +137,26 @@ fn last_slower_gate_sets_the_exit_code() {
     assert!(r["gates"][0]["value"].as_f64().unwrap() > 100.0);
     assert_eq!(gate("1000").status.code(), Some(0));
 }
+
+/// A race over the paper's series finds the full scan's ranking: a run that has converged is
+/// finished, never stopped; the most pre-trained snapshot, still on its plateau at the first
+/// rung, is stopped there; and the race trains fewer steps than the full scan.
+#[test]
+fn race_over_the_paper_series_keeps_the_ranking() {
+    let (_dir, spec) = reference();
+    simulate::write_series(&spec).unwrap();
+    let scan = |strategy: &str| {
+        let out = assert_cmd::Command::cargo_bin("plasticity").unwrap().args(["scan", "--quiet", "--json", "-", "--strategy", strategy]).arg(&spec.out).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        super::util::assert_valid_report(&r);
+        r
+    };
+    let (full, race) = (scan("full"), scan("race"));
+    assert_eq!(race["ranking"], full["ranking"]);
+    let trained = |r: &serde_json::Value| r["checkpoints"].as_array().unwrap().iter().map(|c| c["curve"].as_array().unwrap().last().unwrap()["step"].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(race["race"]["steps_trained"].as_u64().unwrap(), trained(&race));
+    assert!(trained(&race) < trained(&full), "race {} vs full {}", trained(&race), trained(&full));
+    let stopped: Vec<&str> = race["checkpoints"].as_array().unwrap().iter().filter(|c| c["status"] == "stopped").map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(stopped, ["checkpoint-30"]);
+}
