@@ -87,11 +87,37 @@ fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
         }
     }
     let step_s = median(&times);
+    let (peak, bound) = (peak_rss_bytes().unwrap_or(0) as f64 / 1e6, memory_bound_bytes(dir, model.n_params)? / 1e6);
     println!(
-        "{{\"stack\": \"plasticity\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}}}",
+        "{{\"stack\": \"plasticity\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}, \"peak_rss_mb\": {peak:.0}, \"bound_mb\": {bound:.0}, \"peak_over_bound\": {:.2}}}",
         model.model_type,
         model.n_params,
-        (BATCH * SEQ) as f64 / step_s
+        (BATCH * SEQ) as f64 / step_s,
+        peak / bound
     );
     Ok(())
+}
+
+/// The process's peak resident memory (Linux VmHWM).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// What one LoRA step needs resident, in bytes: the model's f32 weights, plus one step's
+/// activations kept for the backward pass, plus the fused head's per-thread logits chunks.
+/// Per layer and token (f32): the block input and its norm, q, k, v and the rotated q, k, the
+/// attention output, the second norm, the MLP's two intermediate tensors (2 x intermediate);
+/// per layer and sequence, the attention scores and probabilities (2 x heads x t^2). The
+/// adapters and AdamW moments (3 x r x (in + out) per target) are under 1 MB here.
+fn memory_bound_bytes(dir: &Path, params: usize) -> Res<f64> {
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let get = |keys: &[&str]| keys.iter().find_map(|k| cfg.get(*k).and_then(|v| v.as_u64())).map(|v| v as f64).ok_or("config field");
+    let (h, layers, heads) = (get(&["hidden_size", "n_embd"])?, get(&["num_hidden_layers", "n_layer"])?, get(&["num_attention_heads", "n_head"])?);
+    let (f, vocab) = (get(&["intermediate_size", "n_inner"]).unwrap_or(4.0 * h), get(&["vocab_size"])?);
+    let tokens = (BATCH * SEQ) as f64;
+    let per_layer = tokens * (9.0 * h + 2.0 * f) + 2.0 * BATCH as f64 * heads * (SEQ * SEQ) as f64;
+    let head_chunks = rayon::current_num_threads() as f64 * 128.0 * vocab;
+    Ok(4.0 * (params as f64 + layers * per_layer + head_chunks))
 }
