@@ -7,6 +7,7 @@
 //! rope) have no backward and would silently stop the gradient before it reaches an adapter.
 //! This module must not train or read task data.
 
+pub mod fused;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod llama;
@@ -363,9 +364,9 @@ impl Activation {
 
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::Silu => x.silu(),
-            Activation::Gelu => x.gelu_erf(),
-            Activation::GeluTanh => x.gelu(),
+            Activation::Silu => fused::activation(x, fused::Act::Silu),
+            Activation::Gelu => fused::activation(x, fused::Act::GeluErf),
+            Activation::GeluTanh => fused::activation(x, fused::Act::GeluTanh),
             Activation::Relu => x.relu(),
         }
     }
@@ -388,8 +389,8 @@ impl Norm {
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Norm::Layer { weight, bias, eps } => candle_nn::ops::layer_norm_slow(x, weight, bias, *eps as f32),
-            Norm::Rms { weight, eps } => candle_nn::ops::rms_norm_slow(x, weight, *eps as f32),
+            Norm::Layer { weight, bias, eps } => fused::layer_norm(x, weight, bias, *eps),
+            Norm::Rms { weight, eps } => fused::rms_norm(x, weight, *eps),
         }
     }
 }

@@ -45,6 +45,12 @@ pub fn head_cross_entropy(hidden: &Tensor, head_t: &Tensor, targets: Vec<u32>, w
     }
 }
 
+thread_local! {
+    /// Each thread's logits buffer (rows x vocab, 25 MB at 128 rows and a 50k vocabulary),
+    /// kept between chunks and steps: allocating it afresh each time cost a page fault per 4 kB.
+    static LOGITS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 struct HeadCrossEntropy {
     head: Tensor, // (v, h)
     targets: Vec<u32>,
@@ -63,9 +69,15 @@ struct ChunkOut {
 impl HeadCrossEntropy {
     /// Loss and gradient of the rows `start..start + rows`.
     fn chunk(&self, x: &[f32], w: &[f32], (h, v): (usize, usize), start: usize) -> ChunkOut {
+        LOGITS.with_borrow_mut(|logits| self.chunk_in(logits, x, w, (h, v), start))
+    }
+
+    /// [`Self::chunk`] with `logits` as the scratch space for the chunk's logits.
+    fn chunk_in(&self, logits: &mut Vec<f32>, x: &[f32], w: &[f32], (h, v): (usize, usize), start: usize) -> ChunkOut {
         let rows = x.len() / h;
-        let mut logits = vec![0f32; rows * v];
-        matmul(&mut logits, x, w, (rows, h, v), Rhs::Transposed);
+        logits.resize(rows * v, 0.0); // every element is written by the matmul below
+        let logits = &mut logits[..rows * v];
+        matmul(logits, x, w, (rows, h, v), Rhs::Transposed);
         let mut losses = vec![0f32; rows];
         for (r, row) in logits.chunks_mut(v).enumerate() {
             let (t, wt) = (self.targets[start + r] as usize, self.weights[start + r]);
@@ -82,7 +94,7 @@ impl HeadCrossEntropy {
         let mut dhidden = Vec::new();
         if self.with_grad {
             dhidden = vec![0f32; rows * h];
-            matmul(&mut dhidden, &logits, w, (rows, v, h), Rhs::AsStored);
+            matmul(&mut dhidden, logits, w, (rows, v, h), Rhs::AsStored);
         }
         ChunkOut { losses, dhidden }
     }

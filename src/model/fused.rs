@@ -1,0 +1,247 @@
+//! Layer norm, RMS norm and the MLP activations as single CPU ops with their own backward.
+//!
+//! Composed from candle ops, a layer norm is about ten graph nodes, each with an output as
+//! large as the hidden states, and candle's backward adds a zero-filled buffer and an add per
+//! node; at small model sizes these passes cost more than the matmuls. Each op here is one
+//! node: one parallel pass forward, one backward, and only dL/dx is returned (norm weights are
+//! frozen). Values equal the composed ops to f32 rounding; on other devices or dtypes the
+//! composed ops run instead. This module must not hold model weights or know architectures.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether the fused CPU kernels apply to `x`.
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Borrowed contiguous f32 data of a CPU tensor argument.
+fn data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("fused op needs contiguous inputs".into()))?;
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+/// Rows of the data, and the length of each.
+fn rows(l: &Layout) -> candle_core::Result<usize> {
+    l.dims().last().copied().filter(|&n| n > 0).ok_or_else(|| candle_core::Error::Msg("fused op on an empty last dimension".into()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Norms
+
+/// transformers' LayerNorm (`centered`) or RMSNorm over the last dimension, with weight
+/// and bias (zeros for RMSNorm).
+#[derive(Clone, Copy)]
+struct NormOp {
+    centered: bool,
+    eps: f32,
+}
+
+/// LayerNorm: (x - mean) / sqrt(var + eps) * w + b, var biased, as torch computes it.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if !fused(x) {
+        return candle_nn::ops::layer_norm_slow(x, w, b, eps as f32);
+    }
+    x.contiguous()?.apply_op3(w, b, NormOp { centered: true, eps: eps as f32 })
+}
+
+/// RMSNorm: x / sqrt(mean(x^2) + eps) * w, as transformers' LlamaRMSNorm in f32.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if !fused(x) {
+        return candle_nn::ops::rms_norm_slow(x, w, eps as f32);
+    }
+    x.contiguous()?.apply_op3(w, &w.zeros_like()?, NormOp { centered: false, eps: eps as f32 })
+}
+
+impl NormOp {
+    /// (mean, 1/sqrt(var + eps)) of a row; mean is 0 for RMSNorm.
+    fn stats(&self, row: &[f32]) -> (f32, f32) {
+        let n = row.len() as f32;
+        let mean = if self.centered { row.iter().sum::<f32>() / n } else { 0.0 };
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
+}
+
+impl CustomOp3 for NormOp {
+    fn name(&self) -> &'static str {
+        "fused-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b, n) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?, rows(l1)?);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
+            let (mean, rstd) = self.stats(row);
+            for (((o, &v), &wi), &bi) in out.iter_mut().zip(row).zip(w).zip(b) {
+                *o = (v - mean) * rstd * wi + bi;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = x.apply_op3_no_bwd(w, &grad.contiguous()?, &NormGrad(*self))?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// dL/dx of [`NormOp`] for (x, w, dL/dy): with xhat the normalised row and g = dy * w,
+/// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), without the mean(g) term for RMSNorm.
+struct NormGrad(NormOp);
+
+impl CustomOp3 for NormGrad {
+    fn name(&self) -> &'static str {
+        "fused-norm-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, dy, n) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?, rows(l1)?);
+        let mut dx = vec![0f32; x.len()];
+        let nf = n as f32;
+        dx.par_chunks_mut(n).zip(x.par_chunks(n)).zip(dy.par_chunks(n)).for_each(|((out, row), dyr)| {
+            let (mean, rstd) = self.0.stats(row);
+            let (mut g_sum, mut gx_sum) = (0f32, 0f32);
+            for ((&v, &d), &wi) in row.iter().zip(dyr).zip(w) {
+                let g = d * wi;
+                g_sum += g;
+                gx_sum += g * (v - mean) * rstd;
+            }
+            let g_mean = if self.0.centered { g_sum / nf } else { 0.0 };
+            let gx_mean = gx_sum / nf;
+            for (((o, &v), &d), &wi) in out.iter_mut().zip(row).zip(dyr).zip(w) {
+                *o = rstd * (d * wi - g_mean - (v - mean) * rstd * gx_mean);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activations
+
+/// The MLP activations of transformers, by their derivative-friendly forms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    /// x * sigmoid(x)
+    Silu,
+    /// x * Phi(x), exact (erf)
+    GeluErf,
+    /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    GeluTanh,
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+impl Act {
+    /// (f(x), f'(x)).
+    #[inline]
+    fn eval(self, x: f32) -> (f32, f32) {
+        match self {
+            Act::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                (x * s, s * (1.0 + x * (1.0 - s)))
+            }
+            Act::GeluErf => {
+                let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = (-0.5 * x * x).exp() * 0.398_942_3; // 1/sqrt(2 pi)
+                (x * cdf, cdf + x * pdf)
+            }
+            Act::GeluTanh => {
+                let u = SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x);
+                let t = u.tanh();
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+                (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+            }
+        }
+    }
+}
+
+/// `act(x)` as one node; the backward multiplies by f'(x).
+pub fn activation(x: &Tensor, act: Act) -> candle_core::Result<Tensor> {
+    if !fused(x) {
+        return match act {
+            Act::Silu => x.silu(),
+            Act::GeluErf => x.gelu_erf(),
+            Act::GeluTanh => x.gelu(),
+        };
+    }
+    x.contiguous()?.apply_op1(ActOp(act))
+}
+
+struct ActOp(Act);
+
+impl CustomOp1 for ActOp {
+    fn name(&self) -> &'static str {
+        "fused-activation"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = data(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = self.0.eval(v).0));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &ActGrad(self.0))?))
+    }
+}
+
+/// dL/dx = dL/dy * f'(x).
+struct ActGrad(Act);
+
+impl CustomOp2 for ActGrad {
+    fn name(&self) -> &'static str {
+        "fused-activation-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, dy) = (data(s1, l1)?, data(s2, l2)?);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(4096).zip(x.par_chunks(4096)).zip(dy.par_chunks(4096)).for_each(|((o, i), d)| {
+            o.iter_mut().zip(i).zip(d).for_each(|((o, &v), &g)| *o = g * self.0.eval(v).1);
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / q.abs().max(1.0)).fold(0f32, f32::max);
+        assert!(worst <= tol, "max relative difference {worst}");
+    }
+
+    /// Value and dL/dx of `fused` and `composed` agree, for a loss that weights every output.
+    fn same_as_composed(fused: impl Fn(&Tensor) -> Tensor, composed: impl Fn(&Tensor) -> Tensor) {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0.3f32, 1.5, (3, 5, 24), &dev).unwrap()).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (3, 5, 24), &dev).unwrap();
+        let (a, b) = (fused(x.as_tensor()), composed(x.as_tensor()));
+        close(&a, &b, 1e-5);
+        let ga = (a * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap(), 1e-4);
+    }
+
+    #[test]
+    fn norms_equal_the_composed_ops() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(1f32, 0.5, 24, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.5, 24, &dev).unwrap();
+        same_as_composed(|x| layer_norm(x, &w, &b, 1e-5).unwrap(), |x| candle_nn::ops::layer_norm_slow(x, &w, &b, 1e-5).unwrap());
+        same_as_composed(|x| rms_norm(x, &w, 1e-6).unwrap(), |x| candle_nn::ops::rms_norm_slow(x, &w, 1e-6).unwrap());
+    }
+
+    #[test]
+    fn activations_equal_the_composed_ops() {
+        same_as_composed(|x| activation(x, Act::Silu).unwrap(), |x| x.silu().unwrap());
+        same_as_composed(|x| activation(x, Act::GeluErf).unwrap(), |x| x.gelu_erf().unwrap());
+        same_as_composed(|x| activation(x, Act::GeluTanh).unwrap(), |x| x.gelu().unwrap());
+    }
+}
