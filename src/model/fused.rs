@@ -206,6 +206,67 @@ impl CustomOp2 for ActGrad {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Rotary embeddings
+
+/// HF's `rotate_half` rotary embedding of the first `cos.len() / t` features of each row of
+/// x (b, h, t, d), with cos and sin tables (t, rot_dim); the other features pass through.
+pub fn rotary(x: &Tensor, cos: Vec<f32>, sin: Vec<f32>, rot_dim: usize) -> candle_core::Result<Tensor> {
+    let (_b, _h, t, d) = x.dims4()?;
+    if rot_dim == 0 || rot_dim % 2 == 1 || rot_dim > d || cos.len() != t * rot_dim || sin.len() != t * rot_dim {
+        candle_core::bail!("rotary: rot_dim {rot_dim} with head size {d}, {} cos and {} sin values for {t} positions", cos.len(), sin.len());
+    }
+    x.contiguous()?.apply_op1(RotaryOp { cos, sin, rot_dim, t, d, inverse: false })
+}
+
+/// Rotation by the positions' angles, or by their negatives (`inverse`): the backward of a
+/// rotation is the rotation back, dx = dy * cos + rotate_half^T(dy * sin).
+#[derive(Clone)]
+struct RotaryOp {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    rot_dim: usize,
+    t: usize,
+    d: usize,
+    inverse: bool,
+}
+
+impl RotaryOp {
+    /// out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); inverse: sin negated.
+    fn rotate_row(&self, out: &mut [f32], x: &[f32], pos: usize) {
+        let (r, half) = (self.rot_dim, self.rot_dim / 2);
+        let (cos, sin) = (&self.cos[pos * r..(pos + 1) * r], &self.sin[pos * r..(pos + 1) * r]);
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        for i in 0..half {
+            out[i] = x[i] * cos[i] - sign * x[i + half] * sin[i];
+            out[i + half] = x[i + half] * cos[i + half] + sign * x[i] * sin[i + half];
+        }
+        out[r..].copy_from_slice(&x[r..]);
+    }
+}
+
+impl CustomOp1 for RotaryOp {
+    fn name(&self) -> &'static str {
+        "fused-rotary"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = data(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(self.t * self.d).zip(x.par_chunks(self.t * self.d)).for_each(|(out, head)| {
+            for (pos, (o, row)) in out.chunks_mut(self.d).zip(head.chunks(self.d)).enumerate() {
+                self.rotate_row(o, row, pos);
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let back = RotaryOp { inverse: !self.inverse, ..self.clone() };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +297,14 @@ mod tests {
         let b = Tensor::randn(0f32, 0.5, 24, &dev).unwrap();
         same_as_composed(|x| layer_norm(x, &w, &b, 1e-5).unwrap(), |x| candle_nn::ops::layer_norm_slow(x, &w, &b, 1e-5).unwrap());
         same_as_composed(|x| rms_norm(x, &w, 1e-6).unwrap(), |x| candle_nn::ops::rms_norm_slow(x, &w, 1e-6).unwrap());
+    }
+
+    #[test]
+    fn rotary_equals_the_composed_ops() {
+        let rope = crate::model::Rope::new(16, &crate::model::RopeConfig { theta: 10_000.0, partial_rotary_factor: None, scaling: crate::model::RopeScaling::None });
+        let heads = |x: &Tensor| x.reshape((3, 1, 5, 24)).unwrap();
+        let back = |y: Tensor| y.reshape((3, 5, 24)).unwrap();
+        same_as_composed(|x| back(rope.apply(&heads(x)).unwrap()), |x| back(rope.apply_composed(&heads(x)).unwrap()));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod fused;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod llama;
+pub mod sdpa;
 pub mod single_index;
 
 use std::path::Path;
@@ -268,6 +269,19 @@ impl Rope {
 
     /// Rotates (b, h, t, d) queries or keys; features past `rot_dim` pass through.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.rot_dim == 0 {
+            return Ok(x.clone());
+        }
+        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+            return self.apply_composed(x);
+        }
+        let (cos, sin) = self.tables(x.dim(2)?, &Device::Cpu)?;
+        let (cos, sin) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
+        fused::rotary(x, cos, sin, self.rot_dim)
+    }
+
+    /// [`Self::apply`] from candle's differentiable ops (other devices, and the tests' reference).
+    pub fn apply_composed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_b, _h, t, d) = x.dims4()?;
         if self.rot_dim == 0 {
             return Ok(x.clone());
@@ -322,6 +336,9 @@ pub fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> candle_c
 
 /// softmax(q k^T * scale + mask) v for q (b, h, t, d) and k, v (b, kv, t, d), kv dividing h.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) -> candle_core::Result<Tensor> {
+    if sdpa::applies(q) {
+        return sdpa::fused_attention(q, k, v, scale, mask);
+    }
     let (b, h, t, d) = q.dims4()?;
     let kv = k.dim(1)?;
     let (k, v) = (repeat_kv(&k.contiguous()?, h / kv)?, repeat_kv(&v.contiguous()?, h / kv)?); // (b, h, t, d)

@@ -1,0 +1,234 @@
+//! Scaled dot-product attention, softmax(q k^T * scale + mask) v, as one CPU op with its own
+//! backward.
+//!
+//! Composed from candle ops this is about ten graph nodes over (b, heads, t, t) tensors
+//! (scores, scaled, masked, the softmax's five steps, the transposed output) plus copies of
+//! repeated key/value heads for grouped-query attention. Here each (batch, key/value head)
+//! group is one task: per query head two small matmuls forward and four backward, the
+//! probabilities kept for the backward pass, and the output written straight into the
+//! (b, t, heads * d) layout the output projection reads. Grouped-query heads are never
+//! copied: the key/value gradients of a group are summed in place. This module must not
+//! know about rotary embeddings or projections.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether the fused op applies (CPU, f32).
+pub fn applies(q: &Tensor) -> bool {
+    q.device().is_cpu() && q.dtype() == DType::F32
+}
+
+/// softmax(q k^T * scale + mask) v for q (b, h, t, d), k and v (b, kv, t, d) with kv dividing
+/// h, and an additive mask (t, t) (0 or -inf): returns (b, t, h * d).
+pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let kv = k.dim(1)?;
+    if kv == 0 || h % kv != 0 || k.dims4()? != (b, kv, t, d) || v.dims4()? != (b, kv, t, d) || mask.dims2()? != (t, t) {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?}, mask {:?} do not fit", q.dims(), k.dims(), v.dims(), mask.dims());
+    }
+    let mask = mask.flatten_all()?.to_vec1::<f32>()?;
+    let op = Attention { dims: Dims { b, h, kv, t, d }, scale: scale as f32, mask, probs: Mutex::new(None) };
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    kv: usize,
+    t: usize,
+    d: usize,
+}
+
+impl Dims {
+    /// Query heads per key/value head.
+    fn rep(&self) -> usize {
+        self.h / self.kv
+    }
+}
+
+struct Attention {
+    dims: Dims,
+    scale: f32,
+    /// (t, t), additive; -inf entries get probability exactly 0.
+    mask: Vec<f32>,
+    /// The softmax probabilities (b, h, t, t) of the forward pass, for the backward.
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+fn data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("attention needs contiguous inputs".into()))?;
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+fn lock_err<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg("attention: poisoned lock".into())
+}
+
+impl Attention {
+    /// One query head's forward: probabilities into `p` (t, t), output into `out` (rows of
+    /// stride h * d, starting at this head's columns).
+    fn head_forward(&self, q: &[f32], k: &[f32], v: &[f32], p: &mut [f32], out: &mut [f32]) {
+        let Dims { h, t, d, .. } = self.dims;
+        // scores = q k^T, (t, t)
+        gemm_strided(p, (t, 1), q, (d, 1), k, (1, d), (t, d, t), Accumulate::No, 1.0);
+        for (i, row) in p.chunks_mut(t).enumerate() {
+            masked_softmax(row, &self.mask[i * t..(i + 1) * t], self.scale);
+        }
+        // out = p v, (t, d) written with row stride h * d
+        gemm_strided(out, (h * d, 1), p, (t, 1), v, (d, 1), (t, t, d), Accumulate::No, 1.0);
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Dims { b, h, t, d, .. } = self.dims;
+        let (q, k, v) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+        let mut probs = vec![0f32; b * h * t * t];
+        let mut out = vec![0f32; b * t * h * d];
+        // one task per batch row: its output rows (t, h * d) are contiguous
+        out.par_chunks_mut(t * h * d).zip(probs.par_chunks_mut(h * t * t)).enumerate().for_each(|(bi, (out_b, probs_b))| {
+            for (hi, p) in probs_b.chunks_mut(t * t).enumerate() {
+                let kvi = hi / self.dims.rep();
+                let qh = &q[(bi * h + hi) * t * d..][..t * d];
+                let kh = &k[(bi * self.dims.kv + kvi) * t * d..][..t * d];
+                let vh = &v[(bi * self.dims.kv + kvi) * t * d..][..t * d];
+                self.head_forward(qh, kh, vh, p, &mut out_b[hi * d..]);
+            }
+        });
+        *self.probs.lock().map_err(lock_err)? = Some(probs);
+        Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let probs = self.probs.lock().map_err(lock_err)?.take().ok_or_else(|| candle_core::Error::Msg("attention: backward without forward".into()))?;
+        let (dq, dk, dv) = self.backward(&probs, &q.flatten_all()?.to_vec1()?, &k.flatten_all()?.to_vec1()?, &v.flatten_all()?.to_vec1()?, &grad.contiguous()?.flatten_all()?.to_vec1()?);
+        let Dims { b, h, kv, t, d } = self.dims;
+        let dev = q.device();
+        Ok((Some(Tensor::from_vec(dq, (b, h, t, d), dev)?), Some(Tensor::from_vec(dk, (b, kv, t, d), dev)?), Some(Tensor::from_vec(dv, (b, kv, t, d), dev)?)))
+    }
+}
+
+impl Attention {
+    /// dq, dk, dv from the saved probabilities and dL/dout (b, t, h * d); one task per
+    /// (batch, key/value head), which owns that head's dk and dv.
+    fn backward(&self, probs: &[f32], q: &[f32], k: &[f32], v: &[f32], dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let Dims { b, h, kv, t, d } = self.dims;
+        let mut dq = vec![0f32; b * h * t * d];
+        let mut dk = vec![0f32; b * kv * t * d];
+        let mut dv = vec![0f32; b * kv * t * d];
+        let rep = self.dims.rep();
+        dq.par_chunks_mut(rep * t * d).zip(dk.par_chunks_mut(t * d)).zip(dv.par_chunks_mut(t * d)).enumerate().for_each(|(g, ((dq_g, dk_g), dv_g))| {
+            let (bi, kvi) = (g / kv, g % kv);
+            let (kh, vh) = (&k[g * t * d..][..t * d], &v[g * t * d..][..t * d]);
+            let mut ds = vec![0f32; t * t];
+            for (r, dq_h) in dq_g.chunks_mut(t * d).enumerate() {
+                let hi = kvi * rep + r;
+                let p = &probs[(bi * h + hi) * t * t..][..t * t];
+                let qh = &q[(bi * h + hi) * t * d..][..t * d];
+                let doh = &dout[bi * t * h * d + hi * d..];
+                // dv += p^T dout
+                gemm_strided(dv_g, (d, 1), p, (1, t), doh, (h * d, 1), (t, t, d), Accumulate::Yes, 1.0);
+                // dp = dout v^T, then ds = p * (dp - rowsum(dp * p))
+                gemm_strided(&mut ds, (t, 1), doh, (h * d, 1), vh, (1, d), (t, d, t), Accumulate::No, 1.0);
+                for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                    let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                    ds_row.iter_mut().zip(p_row).for_each(|(x, &pi)| *x = pi * (*x - dot));
+                }
+                // dq = ds k * scale; dk += ds^T q * scale
+                gemm_strided(dq_h, (d, 1), &ds, (t, 1), kh, (d, 1), (t, t, d), Accumulate::No, self.scale);
+                gemm_strided(dk_g, (d, 1), &ds, (1, t), qh, (d, 1), (t, t, d), Accumulate::Yes, self.scale);
+            }
+        });
+        (dq, dk, dv)
+    }
+}
+
+/// softmax(row * scale + mask) in place; -inf mask entries get exactly 0.
+fn masked_softmax(row: &mut [f32], mask: &[f32], scale: f32) {
+    let mut max = f32::NEG_INFINITY;
+    for (x, &m) in row.iter_mut().zip(mask) {
+        *x = *x * scale + m;
+        max = max.max(*x);
+    }
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0); // a fully masked row attends to nothing
+        return;
+    }
+    let mut sum = 0.0;
+    for (x, &m) in row.iter_mut().zip(mask) {
+        *x = if m == f32::NEG_INFINITY { 0.0 } else { (*x - max).exp() };
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Accumulate {
+    No,
+    Yes,
+}
+
+/// dst (m, n) [+]= beta * lhs (m, k) @ rhs (k, n), each given as (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(dst: &mut [f32], (d_rs, d_cs): (usize, usize), lhs: &[f32], (l_rs, l_cs): (usize, usize), rhs: &[f32], (r_rs, r_cs): (usize, usize), (m, k, n): (usize, usize, usize), acc: Accumulate, beta: f32) {
+    let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(m > 0 && k > 0 && n > 0, "empty matmul");
+    assert!(last(d_rs, d_cs, m, n) < dst.len() && last(l_rs, l_cs, m, k) < lhs.len() && last(r_rs, r_cs, k, n) < rhs.len(), "matmul operand out of bounds");
+    let alpha = if acc == Accumulate::Yes { 1.0 } else { 0.0 };
+    // SAFETY: the assert above bounds the largest index gemm forms for each operand from its
+    // strides and sizes; dst is borrowed mutably, so it overlaps neither input.
+    unsafe {
+        gemm::gemm(m, n, k, dst.as_mut_ptr(), d_cs as isize, d_rs as isize, acc == Accumulate::Yes, lhs.as_ptr(), l_cs as isize, l_rs as isize, rhs.as_ptr(), r_cs as isize, r_rs as isize, alpha, beta, false, false, false, gemm::Parallelism::None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    /// The composed reference: repeat kv heads, scores, mask, softmax, weighted sum.
+    fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) -> Tensor {
+        let (b, h, t, d) = q.dims4().unwrap();
+        let rep = h / k.dim(1).unwrap();
+        let expand = |x: &Tensor| {
+            let (b, kv, t, d) = x.dims4().unwrap();
+            x.unsqueeze(2).unwrap().broadcast_as((b, kv, rep, t, d)).unwrap().reshape((b, kv * rep, t, d)).unwrap()
+        };
+        let scores = (q.matmul(&expand(k).t().unwrap()).unwrap() * scale).unwrap().broadcast_add(mask).unwrap();
+        let p = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        p.matmul(&expand(v)).unwrap().transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
+    }
+
+    fn close(a: &Tensor, b: &Tensor) {
+        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / q.abs().max(1.0)).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "max relative difference {worst}");
+    }
+
+    #[test]
+    fn equals_the_composed_ops_with_grouped_heads() {
+        let dev = Device::Cpu;
+        let (b, h, kv, t, d) = (2, 4, 2, 7, 8);
+        let var = |shape: (usize, usize, usize, usize)| Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap();
+        let (q, k, v) = (var((b, h, t, d)), var((b, kv, t, d)), var((b, kv, t, d)));
+        let mask = crate::model::causal_mask(t, Some(4), &dev).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
+        let fused = fused_attention(&q, &k, &v, 0.3, &mask).unwrap();
+        let reference = composed(&q, &k, &v, 0.3, &mask);
+        close(&fused, &reference);
+        let ga = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for x in [&q, &k, &v] {
+            close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        }
+    }
+}
