@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -301,11 +301,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = frozen_matmul(x, &self.wt)?; // (..., out)
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
+        let y = frozen_linear(x, &self.wt, self.bias.as_ref())?; // (..., out)
         match &self.adapter {
             None => Ok(y),
             Some(ad) => y.add(&ad.forward(x)?),
@@ -320,15 +316,73 @@ impl Adapter {
             Some(d) => d.apply(x)?,
             None => x.clone(),
         };
-        let h = x.broadcast_matmul(&self.a.as_tensor().t()?)?; // (..., r)
-        let y = h.broadcast_matmul(&self.b.as_tensor().t()?)?; // (..., out)
-        y.affine(self.scale, 0.0)
+        // scaled while it is (..., r): the same product as PEFT's B(A(x)) * scale, one
+        // (..., out) tensor fewer
+        let h = x.broadcast_matmul(&self.a.as_tensor().t()?)?.affine(self.scale, 0.0)?; // (..., r)
+        h.broadcast_matmul(&self.b.as_tensor().t()?) // (..., out)
     }
 }
 
 /// `x @ wt` where `wt` (in, out) is frozen: the backward pass returns dL/dx only.
 pub fn frozen_matmul(x: &Tensor, wt: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2(wt, FrozenMatmul)
+}
+
+/// `x @ wt + bias` with frozen `wt` and bias; on the CPU in f32 the bias is the matmul's
+/// starting value (one output tensor, one graph node), elsewhere it is added after.
+pub fn frozen_linear(x: &Tensor, wt: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    match bias {
+        None => frozen_matmul(x, wt),
+        Some(b) if x.device().is_cpu() && x.dtype() == DType::F32 && b.dims1()? == wt.dim(1)? => {
+            x.contiguous()?.apply_op3(wt, &b.contiguous()?, FrozenMatmulBias)
+        }
+        Some(b) => frozen_matmul(x, wt)?.broadcast_add(b),
+    }
+}
+
+/// [`FrozenMatmul`] that starts from the bias: y = bias + x @ wt, on the CPU.
+struct FrozenMatmulBias;
+
+impl CustomOp3 for FrozenMatmulBias {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        if !l1.is_contiguous() {
+            candle_core::bail!("frozen matmul needs a contiguous input");
+        }
+        let (m, k, n, out) = FrozenMatmul::dims(l1, l2)?;
+        let (bs, be) = l3.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("frozen matmul needs a contiguous bias".into()))?;
+        let bias = &s3.as_slice::<f32>()?[bs..be];
+        let x = &s1.as_slice::<f32>()?[l1.start_offset()..l1.start_offset() + m * k];
+        let w = s2.as_slice::<f32>()?;
+        let (w_rs, w_cs) = (l2.stride()[0], l2.stride()[1]);
+        let w_last = l2.start_offset() + (k - 1) * w_rs + (n - 1) * w_cs;
+        if bias.len() != n || w_last >= w.len() {
+            candle_core::bail!("frozen matmul: bias of {} for {n} outputs, or weight out of bounds", bias.len());
+        }
+        let mut y: Vec<f32> = bias.iter().copied().cycle().take(m * n).collect();
+        // SAFETY: y is m x n (row stride n), x is m x k (row stride k), and the weight's
+        // largest index, start + (k-1) rs + (n-1) cs, was checked against its length above.
+        unsafe {
+            gemm::gemm(m, n, k, y.as_mut_ptr(), 1, n as isize, true, x.as_ptr(), 1, k as isize, w.as_ptr().add(l2.start_offset()), w_cs as isize, w_rs as isize, 1.0, 1.0, false, false, false, gemm_parallelism());
+        }
+        Ok((CpuStorage::F32(y), out))
+    }
+
+    /// dL/dx = dL/dy @ wt^T; no gradient for the frozen weight and bias.
+    fn bwd(&self, _x: &Tensor, wt: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.broadcast_matmul(&wt.t()?)?), None, None))
+    }
+}
+
+/// The threads candle's own matmul would use.
+fn gemm_parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
 }
 
 /// The custom op behind [`frozen_matmul`].

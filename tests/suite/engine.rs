@@ -131,6 +131,26 @@ fn frozen_matmul_gradient_matches_matmul() {
     assert!(g1.get(&w).is_none());
 }
 
+/// The frozen linear with a bias equals matmul + bias, in value and dL/dx, for a weight
+/// stored (out, in) as nn.Linear and (in, out) as GPT-2's Conv1D.
+#[test]
+fn frozen_linear_with_bias_matches_matmul_plus_bias() {
+    let dev = Device::Cpu;
+    let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap()).unwrap();
+    let bias = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (4, 5), &dev).unwrap();
+    for wt in [w.t().unwrap(), w.t().unwrap().contiguous().unwrap()] {
+        let ours = plasticity::lora::frozen_linear(x.as_tensor(), &wt, Some(&bias)).unwrap();
+        let theirs = x.as_tensor().broadcast_matmul(&wt).unwrap().broadcast_add(&bias).unwrap();
+        let (a, b) = (to_vec(&ours), to_vec(&theirs));
+        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5), "{a:?} {b:?}");
+        let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = theirs.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (to_vec(g1.get(x.as_tensor()).unwrap()), to_vec(g2.get(x.as_tensor()).unwrap()));
+        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-4));
+    }
+}
+
 /// Random checkpoints written by `synth` load as the architectures they claim to be.
 #[test]
 fn synthetic_checkpoints_load() {
