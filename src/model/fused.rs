@@ -206,6 +206,64 @@ impl CustomOp2 for ActGrad {
     }
 }
 
+/// act(gate) * up, the gated MLP of Llama-style models, as one node: the backward needs
+/// only gate and up, so act(gate) is never kept.
+pub fn gated(gate: &Tensor, up: &Tensor, act: Act) -> candle_core::Result<Tensor> {
+    if !fused(gate) || gate.dims() != up.dims() {
+        return activation(gate, act)? * up;
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, GatedOp(act))
+}
+
+struct GatedOp(Act);
+
+impl CustomOp2 for GatedOp {
+    fn name(&self) -> &'static str {
+        "fused-gated-activation"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, u) = (data(s1, l1)?, data(s2, l2)?);
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| {
+            o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = self.0.eval(g).0 * u);
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    /// d/dgate = dy * up * act'(gate); d/dup = dy * act(gate).
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dgate = gate.apply_op3_no_bwd(up, &grad, &GatedGrad { act: self.0, wrt_gate: true })?;
+        let dup = gate.apply_op3_no_bwd(up, &grad, &GatedGrad { act: self.0, wrt_gate: false })?;
+        Ok((Some(dgate), Some(dup)))
+    }
+}
+
+/// One of the two gradients of [`GatedOp`] from (gate, up, dy).
+struct GatedGrad {
+    act: Act,
+    wrt_gate: bool,
+}
+
+impl CustomOp3 for GatedGrad {
+    fn name(&self) -> &'static str {
+        "fused-gated-activation-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, u, dy) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(|((o, g), (u, d))| {
+            for (((o, &g), &u), &d) in o.iter_mut().zip(g).zip(u).zip(d) {
+                let (f, df) = self.act.eval(g);
+                *o = if self.wrt_gate { d * u * df } else { d * f };
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Rotary embeddings
 
@@ -305,6 +363,15 @@ mod tests {
         let heads = |x: &Tensor| x.reshape((3, 1, 5, 24)).unwrap();
         let back = |y: Tensor| y.reshape((3, 5, 24)).unwrap();
         same_as_composed(|x| back(rope.apply(&heads(x)).unwrap()), |x| back(rope.apply_composed(&heads(x)).unwrap()));
+    }
+
+    #[test]
+    fn gated_activation_equals_the_composed_ops() {
+        let dev = Device::Cpu;
+        let up = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 24), &dev).unwrap()).unwrap();
+        same_as_composed(|g| gated(g, up.as_tensor(), Act::Silu).unwrap(), |g| (g.silu().unwrap() * up.as_tensor()).unwrap());
+        let g = Tensor::randn(0f32, 1.0, (3, 5, 24), &dev).unwrap();
+        same_as_composed(|u| gated(&g, u, Act::Silu).unwrap(), |u| (g.silu().unwrap() * u).unwrap());
     }
 
     #[test]

@@ -178,8 +178,8 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = self.act.apply(&self.gate_proj.forward(x)?)?; // (b, t, i)
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?); // (b, t, i)
+        self.down_proj.forward(&self.act.gated(&gate, &up)?)
     }
 }
 

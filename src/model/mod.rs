@@ -380,11 +380,26 @@ impl Activation {
     }
 
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.fused() {
+            Some(act) => fused::activation(x, act),
+            None => x.relu(),
+        }
+    }
+
+    /// act(gate) * up, for gated MLPs.
+    pub fn gated(self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+        match self.fused() {
+            Some(act) => fused::gated(gate, up, act),
+            None => gate.relu()? * up,
+        }
+    }
+
+    fn fused(self) -> Option<fused::Act> {
         match self {
-            Activation::Silu => fused::activation(x, fused::Act::Silu),
-            Activation::Gelu => fused::activation(x, fused::Act::GeluErf),
-            Activation::GeluTanh => fused::activation(x, fused::Act::GeluTanh),
-            Activation::Relu => x.relu(),
+            Activation::Silu => Some(fused::Act::Silu),
+            Activation::Gelu => Some(fused::Act::GeluErf),
+            Activation::GeluTanh => Some(fused::Act::GeluTanh),
+            Activation::Relu => None,
         }
     }
 }
