@@ -15,6 +15,7 @@ pub mod data;
 pub mod discover;
 pub mod error;
 pub mod lora;
+pub mod math;
 pub mod model;
 pub mod options;
 pub mod progress;

@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::math::{fast_exp, fast_sigmoid, fast_tanh};
+
 /// Whether the fused CPU kernels apply to `x`.
 fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
@@ -133,23 +135,44 @@ pub enum Act {
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
+/// Expands `body` once per activation with `a` a constant, so that `a.eval` inlines to
+/// straight-line code and the loops in `body` vectorise.
+macro_rules! per_act {
+    ($act:expr, $a:ident => $body:expr) => {
+        match $act {
+            Act::Silu => {
+                let $a = Act::Silu;
+                $body
+            }
+            Act::GeluErf => {
+                let $a = Act::GeluErf;
+                $body
+            }
+            Act::GeluTanh => {
+                let $a = Act::GeluTanh;
+                $body
+            }
+        }
+    };
+}
+
 impl Act {
     /// (f(x), f'(x)).
-    #[inline]
+    #[inline(always)]
     fn eval(self, x: f32) -> (f32, f32) {
         match self {
             Act::Silu => {
-                let s = 1.0 / (1.0 + (-x).exp());
+                let s = fast_sigmoid(x);
                 (x * s, s * (1.0 + x * (1.0 - s)))
             }
             Act::GeluErf => {
                 let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = (-0.5 * x * x).exp() * 0.398_942_3; // 1/sqrt(2 pi)
+                let pdf = fast_exp(-0.5 * x * x) * 0.398_942_3; // 1/sqrt(2 pi)
                 (x * cdf, cdf + x * pdf)
             }
             Act::GeluTanh => {
                 let u = SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x);
-                let t = u.tanh();
+                let t = fast_tanh(u);
                 let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
                 (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
             }
@@ -179,7 +202,7 @@ impl CustomOp1 for ActOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = data(s, l)?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = self.0.eval(v).0));
+        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| per_act!(self.0, a => o.iter_mut().zip(i).for_each(|(o, &v)| *o = a.eval(v).0)));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -200,7 +223,7 @@ impl CustomOp2 for ActGrad {
         let (x, dy) = (data(s1, l1)?, data(s2, l2)?);
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(4096).zip(x.par_chunks(4096)).zip(dy.par_chunks(4096)).for_each(|((o, i), d)| {
-            o.iter_mut().zip(i).zip(d).for_each(|((o, &v), &g)| *o = g * self.0.eval(v).1);
+            per_act!(self.0, a => o.iter_mut().zip(i).zip(d).for_each(|((o, &v), &g)| *o = g * a.eval(v).1));
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -226,7 +249,7 @@ impl CustomOp2 for GatedOp {
         let (g, u) = (data(s1, l1)?, data(s2, l2)?);
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| {
-            o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = self.0.eval(g).0 * u);
+            per_act!(self.0, a => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = a.eval(g).0 * u));
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -255,10 +278,13 @@ impl CustomOp3 for GatedGrad {
         let (g, u, dy) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(|((o, g), (u, d))| {
-            for (((o, &g), &u), &d) in o.iter_mut().zip(g).zip(u).zip(d) {
-                let (f, df) = self.act.eval(g);
-                *o = if self.wrt_gate { d * u * df } else { d * f };
-            }
+            let wrt_gate = self.wrt_gate;
+            per_act!(self.act, a => {
+                for (((o, &g), &u), &d) in o.iter_mut().zip(g).zip(u).zip(d) {
+                    let (f, df) = a.eval(g);
+                    *o = if wrt_gate { d * u * df } else { d * f };
+                }
+            });
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

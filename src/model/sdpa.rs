@@ -15,6 +15,8 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::math::fast_exp;
+
 /// Whether the fused op applies (CPU, f32).
 pub fn applies(q: &Tensor) -> bool {
     q.device().is_cpu() && q.dtype() == DType::F32
@@ -163,7 +165,7 @@ fn masked_softmax(row: &mut [f32], mask: &[f32], scale: f32) {
     }
     let mut sum = 0.0;
     for (x, &m) in row.iter_mut().zip(mask) {
-        *x = if m == f32::NEG_INFINITY { 0.0 } else { (*x - max).exp() };
+        *x = if m == f32::NEG_INFINITY { 0.0 } else { fast_exp(*x - max) };
         sum += *x;
     }
     let inv = 1.0 / sum;
