@@ -109,7 +109,8 @@ impl Attention {
         let (b, t, h) = x.dims3()?;
         let hd = h / self.heads;
         let qkv = self.c_attn.forward(x)?; // (b, t, 3h) = [q | k | v]
-        let split = |i: usize| qkv.narrow(D::Minus1, i * h, h)?.reshape((b, t, self.heads, hd))?.transpose(1, 2); // (b, nh, t, hd)
+        let qkv = qkv.reshape((b, t, 3, self.heads, hd))?;
+        let split = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2); // (b, nh, t, hd), a view
         let y = attention(&split(0)?, &split(1)?, &split(2)?, self.scale, mask)?; // (b, t, h)
         self.c_proj.forward(&y)
     }

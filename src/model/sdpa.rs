@@ -32,7 +32,7 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Te
     }
     let mask = mask.flatten_all()?.to_vec1::<f32>()?;
     let op = Attention { dims: Dims { b, h, kv, t, d }, scale: scale as f32, mask, probs: Mutex::new(None) };
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    q.apply_op3(k, v, op) // strided views are read in place: no copies of q, k, v
 }
 
 #[derive(Clone, Copy)]
@@ -60,9 +60,23 @@ struct Attention {
     probs: Mutex<Option<Vec<f32>>>,
 }
 
-fn data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("attention needs contiguous inputs".into()))?;
-    Ok(&s.as_slice::<f32>()?[start..end])
+/// A (b, heads, t, d) tensor read through its layout: any strides, no copy.
+struct View<'a> {
+    data: &'a [f32],
+    start: usize,
+    stride: [usize; 4],
+}
+
+impl<'a> View<'a> {
+    fn new(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Self> {
+        let stride: [usize; 4] = l.stride().try_into().map_err(|_| candle_core::Error::Msg("attention needs 4-d inputs".into()))?;
+        Ok(View { data: s.as_slice::<f32>()?, start: l.start_offset(), stride })
+    }
+
+    /// Head (b, h) as a (t, d) matrix: its data from the first element, and (row, column) strides.
+    fn head(&self, b: usize, h: usize) -> (&'a [f32], (usize, usize)) {
+        (&self.data[self.start + b * self.stride[0] + h * self.stride[1]..], (self.stride[2], self.stride[3]))
+    }
 }
 
 fn lock_err<T>(_: T) -> candle_core::Error {
@@ -72,15 +86,15 @@ fn lock_err<T>(_: T) -> candle_core::Error {
 impl Attention {
     /// One query head's forward: probabilities into `p` (t, t), output into `out` (rows of
     /// stride h * d, starting at this head's columns).
-    fn head_forward(&self, q: &[f32], k: &[f32], v: &[f32], p: &mut [f32], out: &mut [f32]) {
+    fn head_forward(&self, (q, qs): (&[f32], (usize, usize)), (k, ks): (&[f32], (usize, usize)), (v, vs): (&[f32], (usize, usize)), p: &mut [f32], out: &mut [f32]) {
         let Dims { h, t, d, .. } = self.dims;
-        // scores = q k^T, (t, t)
-        gemm_strided(p, (t, 1), q, (d, 1), k, (1, d), (t, d, t), Accumulate::No, 1.0);
+        // scores = q k^T, (t, t): k^T has the strides of k swapped
+        gemm_strided(p, (t, 1), q, qs, k, (ks.1, ks.0), (t, d, t), Accumulate::No, 1.0);
         for (i, row) in p.chunks_mut(t).enumerate() {
             masked_softmax(row, &self.mask[i * t..(i + 1) * t], self.scale);
         }
         // out = p v, (t, d) written with row stride h * d
-        gemm_strided(out, (h * d, 1), p, (t, 1), v, (d, 1), (t, t, d), Accumulate::No, 1.0);
+        gemm_strided(out, (h * d, 1), p, (t, 1), v, vs, (t, t, d), Accumulate::No, 1.0);
     }
 }
 
@@ -91,17 +105,14 @@ impl CustomOp3 for Attention {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let Dims { b, h, t, d, .. } = self.dims;
-        let (q, k, v) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+        let (q, k, v) = (View::new(s1, l1)?, View::new(s2, l2)?, View::new(s3, l3)?);
         let mut probs = vec![0f32; b * h * t * t];
         let mut out = vec![0f32; b * t * h * d];
         // one task per batch row: its output rows (t, h * d) are contiguous
         out.par_chunks_mut(t * h * d).zip(probs.par_chunks_mut(h * t * t)).enumerate().for_each(|(bi, (out_b, probs_b))| {
             for (hi, p) in probs_b.chunks_mut(t * t).enumerate() {
                 let kvi = hi / self.dims.rep();
-                let qh = &q[(bi * h + hi) * t * d..][..t * d];
-                let kh = &k[(bi * self.dims.kv + kvi) * t * d..][..t * d];
-                let vh = &v[(bi * self.dims.kv + kvi) * t * d..][..t * d];
-                self.head_forward(qh, kh, vh, p, &mut out_b[hi * d..]);
+                self.head_forward(q.head(bi, hi), k.head(bi, kvi), v.head(bi, kvi), p, &mut out_b[hi * d..]);
             }
         });
         *self.probs.lock().map_err(lock_err)? = Some(probs);
@@ -110,7 +121,8 @@ impl CustomOp3 for Attention {
 
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let probs = self.probs.lock().map_err(lock_err)?.take().ok_or_else(|| candle_core::Error::Msg("attention: backward without forward".into()))?;
-        let (dq, dk, dv) = self.backward(&probs, &q.flatten_all()?.to_vec1()?, &k.flatten_all()?.to_vec1()?, &v.flatten_all()?.to_vec1()?, &grad.contiguous()?.flatten_all()?.to_vec1()?);
+        let flat = |x: &Tensor| x.contiguous()?.flatten_all()?.to_vec1::<f32>();
+        let (dq, dk, dv) = self.backward(&probs, &flat(q)?, &flat(k)?, &flat(v)?, &flat(grad)?);
         let Dims { b, h, kv, t, d } = self.dims;
         let dev = q.device();
         Ok((Some(Tensor::from_vec(dq, (b, h, t, d), dev)?), Some(Tensor::from_vec(dk, (b, kv, t, d), dev)?), Some(Tensor::from_vec(dv, (b, kv, t, d), dev)?)))
@@ -232,5 +244,24 @@ mod tests {
         for x in [&q, &k, &v] {
             close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
         }
+    }
+
+    /// q, k, v as strided views into one packed (b, t, 3, h, d) projection, as GPT-2 splits it.
+    #[test]
+    fn reads_strided_views_in_place() {
+        let dev = Device::Cpu;
+        let (b, h, t, d) = (2, 3, 6, 4);
+        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, 3, h, d), &dev).unwrap()).unwrap();
+        let split = |i: usize| qkv.as_tensor().narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap();
+        let (q, k, v) = (split(0), split(1), split(2));
+        assert!(!q.is_contiguous());
+        let mask = crate::model::causal_mask(t, None, &dev).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
+        let fused = fused_attention(&q, &k, &v, 0.5, &mask).unwrap();
+        let reference = composed(&q.contiguous().unwrap(), &k.contiguous().unwrap(), &v.contiguous().unwrap(), 0.5, &mask);
+        close(&fused, &reference);
+        let ga = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        close(ga.get(qkv.as_tensor()).unwrap(), gb.get(qkv.as_tensor()).unwrap());
     }
 }
