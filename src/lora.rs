@@ -318,8 +318,16 @@ impl Adapter {
         };
         // scaled while it is (..., r): the same product as PEFT's B(A(x)) * scale, one
         // (..., out) tensor fewer
-        let h = x.broadcast_matmul(&self.a.as_tensor().t()?)?.affine(self.scale, 0.0)?; // (..., r)
-        h.broadcast_matmul(&self.b.as_tensor().t()?) // (..., out)
+        // as one (tokens, in) matrix: one matmul per factor (and one per gradient), where a
+        // batched matmul would repeat the small factor per sequence and sum its gradients
+        let mut shape = x.dims().to_vec();
+        let x2 = x.flatten_to(shape.len().saturating_sub(2))?; // (tokens, in)
+        let h = x2.matmul(&self.a.as_tensor().t()?)?.affine(self.scale, 0.0)?; // (tokens, r)
+        let y = h.matmul(&self.b.as_tensor().t()?)?; // (tokens, out)
+        if let Some(last) = shape.last_mut() {
+            *last = y.dim(1)?;
+        }
+        y.reshape(shape)
     }
 }
 
@@ -372,9 +380,17 @@ impl CustomOp3 for FrozenMatmulBias {
     }
 
     /// dL/dx = dL/dy @ wt^T; no gradient for the frozen weight and bias.
-    fn bwd(&self, _x: &Tensor, wt: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.broadcast_matmul(&wt.t()?)?), None, None))
+    fn bwd(&self, x: &Tensor, wt: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(input_grad(x, wt, grad)?), None, None))
     }
+}
+
+/// dL/dx = dL/dy @ wt^T for y = x @ wt, as one (tokens, out) x (out, in) matmul: a batched
+/// matmul against the broadcast weight would repack the weight for every sequence.
+fn input_grad(x: &Tensor, wt: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+    let out = wt.dim(1)?;
+    let g2 = grad.contiguous()?.reshape(((), out))?; // (tokens, out)
+    g2.matmul(&wt.t()?)?.reshape(x.shape())
 }
 
 /// The threads candle's own matmul would use.
@@ -435,8 +451,7 @@ impl CustomOp2 for FrozenMatmul {
     }
 
     /// dL/dx = dL/dy @ wt^T; no gradient for the frozen weight.
-    fn bwd(&self, _x: &Tensor, wt: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = grad.broadcast_matmul(&wt.t()?)?;
-        Ok((Some(dx), None))
+    fn bwd(&self, x: &Tensor, wt: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(input_grad(x, wt, grad)?), None))
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use super::{attention, causal_mask, divides, eos_of, parse_config, positive};
