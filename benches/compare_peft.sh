@@ -4,13 +4,18 @@
 # same thread count, for each architecture at the Pythia-14M and Pythia-70M shapes.
 # Reports figures; asserts nothing.
 #
-#   benches/compare_peft.sh [THREADS] [STEPS]      (defaults: all cores, 5 timed steps)
+#   benches/compare_peft.sh [THREADS] [STEPS] [ROUNDS]   (defaults: all cores, 5 timed steps, 3 rounds)
+#
+# Each round runs plasticity then PyTorch+PEFT, so both see the same machine conditions; the
+# table gives each side's median tokens/s over the rounds (a shared machine drifts by tens of
+# percent between runs a minute apart).
 #
 # Sets up .venv-bench with PyTorch, transformers and PEFT from PyPI on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-$(nproc)}
 steps=${2:-5}
+rounds=${3:-3}
 warmup=2
 venv=.venv-bench
 if [ ! -x "$venv/bin/python" ]; then
@@ -21,18 +26,24 @@ cargo build -q --release --example step_timing
 bin=target/release/examples/step_timing
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads; batch 8 x 128, r = 8, f32"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads; batch 8 x 128, r = 8, f32; median of $rounds rounds"
 printf '%-9s %-5s %14s %14s %7s\n' arch shape plasticity pytorch+peft ratio
 for shape in 14m 70m; do
   for arch in llama gpt_neox gpt2; do
     dir="$work/$arch-$shape"
     "$bin" write "$dir" "$arch" "$shape"
-    ours=$(RAYON_NUM_THREADS=$threads "$bin" time "$dir" "$steps" "$warmup")
-    theirs=$(OMP_NUM_THREADS=$threads "$venv/bin/python" benches/compare_peft.py "$dir" "$steps" "$warmup" "$threads" 2>/dev/null | tail -1)
-    python3 - "$arch" "$shape" "$ours" "$theirs" <<'PY'
-import json, sys
-arch, shape, a, b = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-print(f"{arch:<9} {shape:<5} {a['tokens_per_s']:>10.0f} t/s {b['tokens_per_s']:>10.0f} t/s {a['tokens_per_s'] / b['tokens_per_s']:>6.2f}x")
+    ours=(); theirs=()
+    for _ in $(seq "$rounds"); do
+      ours+=("$(RAYON_NUM_THREADS=$threads "$bin" time "$dir" "$steps" "$warmup")")
+      theirs+=("$(OMP_NUM_THREADS=$threads "$venv/bin/python" benches/compare_peft.py "$dir" "$steps" "$warmup" "$threads" 2>/dev/null | tail -1)")
+    done
+    python3 - "$arch" "$shape" "$(printf '%s\n' "${ours[@]}")" "$(printf '%s\n' "${theirs[@]}")" <<'PY'
+import json, statistics, sys
+arch, shape = sys.argv[1], sys.argv[2]
+a = statistics.median(json.loads(l)["tokens_per_s"] for l in sys.argv[3].splitlines() if l.strip())
+b = statistics.median(json.loads(l)["tokens_per_s"] for l in sys.argv[4].splitlines() if l.strip())
+print(f"{arch:<9} {shape:<5} {a:>10.0f} t/s {b:>10.0f} t/s {a / b:>6.2f}x")
 PY
   done
 done
+
