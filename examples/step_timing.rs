@@ -89,10 +89,11 @@ fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
     let step_s = median(&times);
     let (peak, bound) = (peak_rss_bytes().unwrap_or(0) as f64 / 1e6, memory_bound_bytes(dir, model.n_params)? / 1e6);
     println!(
-        "{{\"stack\": \"plasticity\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}, \"peak_rss_mb\": {peak:.0}, \"bound_mb\": {bound:.0}, \"peak_over_bound\": {:.2}}}",
+        "{{\"stack\": \"plasticity\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}, \"achieved_gflops\": {:.1}, \"peak_rss_mb\": {peak:.0}, \"bound_mb\": {bound:.0}, \"peak_over_bound\": {:.2}}}",
         model.model_type,
         model.n_params,
         (BATCH * SEQ) as f64 / step_s,
+        (BATCH * SEQ) as f64 / step_s * model.flops_per_token(SEQ) / 1e9,
         peak / bound
     );
     Ok(())

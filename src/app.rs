@@ -22,6 +22,7 @@ pub fn scan(args: ScanArgs) -> Result<i32> {
 
 fn run_scan(opts: &ScanOptions) -> Result<Report> {
     configure_threads(opts.threads);
+    crate::interrupt::install()?;
     let previous = opts.resume.as_deref().map(Report::read).transpose()?; // before the report files are created
     let reports = Reports::create(&opts.exports)?;
     let found = discover::scan(&opts.dir)?;
@@ -124,7 +125,9 @@ fn little_progress(report: &Report) -> Option<String> {
 
 /// A failed checkpoint outranks a failed gate: the gate was judged on incomplete results.
 fn exit_code(report: &Report) -> i32 {
-    if report.checkpoints.iter().any(|c| c.status == "failed") {
+    if report.status == "interrupted" {
+        exit::INTERRUPTED
+    } else if report.checkpoints.iter().any(|c| c.status == "failed") {
         exit::SOME_FAILED
     } else if report.gates.iter().any(|g| !g.passed) {
         exit::GATE

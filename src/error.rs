@@ -19,6 +19,9 @@ pub mod exit {
     pub const SOME_FAILED: i32 = 3;
     /// An unexpected internal error (a bug: please report it); EX_SOFTWARE of sysexits.h.
     pub const INTERNAL: i32 = 70;
+    /// Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it); the report holds
+    /// every finished checkpoint with status "interrupted".
+    pub const INTERRUPTED: i32 = 130;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,10 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    /// Ctrl-C or SIGTERM: the scan stops after the current update.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -55,6 +62,7 @@ impl Error {
         match self {
             Error::Flag { .. } | Error::Input { .. } => exit::USAGE,
             Error::Compute { .. } | Error::Other(_) => exit::INTERNAL,
+            Error::Interrupted => exit::INTERRUPTED,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod data;
 pub mod discover;
 pub mod error;
+pub mod interrupt;
 pub mod lora;
 pub mod math;
 pub mod model;

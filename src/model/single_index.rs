@@ -287,6 +287,9 @@ pub fn run_until(dir: &Path, cfg: &Config, settings: &RunSettings, from: Option<
         if run.done {
             break;
         }
+        if step % 1024 == 0 {
+            crate::interrupt::check()?;
+        }
         let started = Instant::now();
         let train_loss = sgd.step(&mut run.data_rng);
         run.step_seconds.push(started.elapsed().as_secs_f64());

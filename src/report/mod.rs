@@ -31,7 +31,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Report {
     pub schema_version: u32,
     pub tool: Tool,
-    /// "running" while checkpoints remain, "complete" at the end.
+    /// "running" while checkpoints remain, "complete" at the end, "interrupted" when Ctrl-C
+    /// or SIGTERM stopped the scan (finished checkpoints are kept; `--resume` completes it).
     pub status: String,
     pub settings: serde_json::Value,
     pub device: DeviceInfo,

@@ -115,7 +115,13 @@ impl<'a> Scan<'a> {
                     progress.println(&format!("reusing the measurement of {} from the resumed report", c.name));
                     Ok(runs)
                 }
-                None => self.run_seeds(c, &progress).map_err(|e| one_line(&e)),
+                None => match self.run_seeds(c, &progress) {
+                    Err(Error::Interrupted) => {
+                        progress.finish();
+                        return Ok(self.report("interrupted")); // this checkpoint's runs are abandoned
+                    }
+                    other => other.map_err(|e| one_line(&e)),
+                },
             };
             if let Err(msg) = &runs {
                 progress.println(&format!("error: checkpoint {} failed: {msg}", c.name));

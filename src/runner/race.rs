@@ -90,7 +90,11 @@ impl Scan<'_> {
             let progress = Progress::new(live.len(), (rung - done) * self.opts.seeds, self.opts.progress);
             for (j, &i) in live.iter().enumerate() {
                 progress.start_checkpoint(j, &format!("{} (rung {}/{}, step {rung})", field[i].checkpoint.name, k + 1, rungs.len()));
-                self.run_rung(&mut field[i], rung, &progress);
+                if let Err(Error::Interrupted) = self.run_rung(&mut field[i], rung, &progress) {
+                    progress.finish();
+                    self.results = field.iter().filter_map(Entrant::result).collect();
+                    return Ok(self.report("interrupted"));
+                }
                 self.publish(&field, reports, "running")?;
             }
             progress.finish();
@@ -104,10 +108,11 @@ impl Scan<'_> {
         Ok(self.report("complete"))
     }
 
-    /// Advances every seed of one checkpoint to `rung`; a failure fails the checkpoint.
-    fn run_rung(&mut self, e: &mut Entrant, rung: usize, progress: &Progress) {
+    /// Advances every seed of one checkpoint to `rung`; a failure fails the checkpoint, an
+    /// interruption is returned (the checkpoint's runs are then abandoned).
+    fn run_rung(&mut self, e: &mut Entrant, rung: usize, progress: &Progress) -> Result<()> {
         super::memory::reset_peak();
-        let Ok(runs) = std::mem::replace(&mut e.runs, Ok(Vec::new())) else { return };
+        let Ok(runs) = std::mem::replace(&mut e.runs, Ok(Vec::new())) else { return Ok(()) };
         let mut paused: Vec<Option<PausedRun>> = runs.into_iter().map(|(_, p)| Some(p)).collect();
         paused.resize_with(self.opts.seeds, || None);
         let mut advanced = Vec::with_capacity(self.opts.seeds);
@@ -115,15 +120,17 @@ impl Scan<'_> {
             let seeds = (self.opts.seed.wrapping_add(i as u64), self.opts.data_seed.wrapping_add(i as u64));
             match self.advance_any(&e.checkpoint, progress, seeds, from, rung) {
                 Ok(run) => advanced.push(run),
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
                 Err(err) => {
                     progress.println(&format!("error: checkpoint {} failed: {}", e.checkpoint.name, one_line(&err)));
                     e.runs = Err(one_line(&err));
-                    return;
+                    return Ok(());
                 }
             }
         }
         e.runs = Ok(advanced);
         e.peak_rss_bytes = e.peak_rss_bytes.max(super::memory::peak_bytes());
+        Ok(())
     }
 
     /// Advances one seed's run of either kind.

@@ -295,6 +295,7 @@ pub fn fine_tune_until(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder,
         if !loss.is_finite() {
             return Err(Error::Other(format!("diverged: training loss became {loss} at step {step}")));
         }
+        crate::interrupt::check()?; // the run is abandoned: a partial curve would mislead
         let eval_loss = is_eval_step(step, spec).then(|| trainer.eval(&blocks.eval)).transpose()?;
         elapsed_s += step_seconds[step - 1];
         curve.push(CurvePoint { step, train_loss: Some(loss), eval_loss, elapsed_s });

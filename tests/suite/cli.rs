@@ -216,3 +216,50 @@ fn race_finds_the_full_scans_winner_for_a_fraction_of_the_steps() {
         assert!(c["rank"].as_u64().unwrap() as usize > race["checkpoints"].as_array().unwrap().len() - stopped.len());
     }
 }
+
+/// Ctrl-C in the middle of a scan: exit 130, a valid report with status "interrupted" that
+/// keeps every finished checkpoint, and `--resume` then gives the uninterrupted result.
+#[test]
+fn ctrl_c_keeps_finished_checkpoints_and_resume_completes_the_scan() {
+    let dir = Dir::new();
+    let (series, task) = (fixtures().join("series"), fixtures().join("task.jsonl"));
+    let report = dir.path().join("r.json");
+    let flags = ["--steps", "60", "--eval-every", "10", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4", "--threads", "2", "--quiet"];
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
+        .arg("scan").arg(&series).arg("--task").arg(&task).args(flags).arg("--json").arg(&report)
+        .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped())
+        .spawn().unwrap();
+    let finished = |r: &serde_json::Value| r["checkpoints"].as_array().map_or(0, |c| c.len());
+    let started = std::time::Instant::now();
+    loop {
+        let partial = std::fs::read_to_string(&report).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        if partial.as_ref().is_some_and(|r| finished(r) >= 1) {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint finished in time");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let interrupted: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    super::util::assert_valid_report(&interrupted);
+    assert_eq!(interrupted["status"], "interrupted");
+    let kept = finished(&interrupted);
+    assert!((1..4).contains(&kept), "{kept} checkpoints");
+    assert!(interrupted["checkpoints"].as_array().unwrap().iter().all(|c| c["status"] == "ok"));
+
+    let resume = |extra: &[&str]| {
+        let out = scan(&series, &task, &[&flags[..], &["--json", report.to_str().unwrap()], extra].concat()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        (r, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (resumed, stderr) = resume(&["--resume", report.to_str().unwrap()]);
+    assert_eq!(stderr.matches("reusing the measurement").count(), kept, "{stderr}");
+    let (fresh, _) = resume(&[]);
+    let losses = |r: &serde_json::Value| r["checkpoints"].as_array().unwrap().iter().map(|c| c["curve"].as_array().unwrap().iter().map(|p| p["eval_loss"].clone()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    assert_eq!(resumed["status"], "complete");
+    assert_eq!(losses(&resumed), losses(&fresh));
+    assert_eq!(resumed["ranking"], fresh["ranking"]);
+}
