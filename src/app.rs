@@ -51,7 +51,7 @@ pub fn report(args: ReportArgs) -> Result<i32> {
     let report = Report::read(&args.report)?;
     let exports = options::exports(&args.export)?;
     if exports.is_empty() {
-        print!("{}", table::render(&report));
+        print_stdout(&table::render(&report));
     }
     let reports = Reports::create(&exports)?;
     reports.finish(&report)?;
@@ -66,7 +66,7 @@ pub fn select(args: SelectArgs) -> Result<i32> {
     }
     for name in report.ranking.iter().take(args.top.max(1)) {
         let c = report.checkpoints.iter().find(|c| &c.name == name).ok_or_else(|| Error::input(&args.report, format!("ranked checkpoint {name} is not in checkpoints[]")))?;
-        println!("{}", c.path);
+        print_stdout(&format!("{}\n", c.path));
     }
     Ok(exit::OK)
 }
@@ -75,7 +75,7 @@ pub fn select(args: SelectArgs) -> Result<i32> {
 pub fn simulate(args: SimulateArgs) -> Result<i32> {
     let spec = options::simulate_spec(&args.series, args.out, false)?;
     let dirs = simulate::write_series(&spec)?;
-    println!("wrote {} snapshots to {} (scan it with: plasticity scan {})", dirs.len(), spec.out.display(), spec.out.display());
+    print_stdout(&format!("wrote {} snapshots to {} (scan it with: plasticity scan {})\n", dirs.len(), spec.out.display(), spec.out.display()));
     Ok(exit::OK)
 }
 
@@ -158,5 +158,13 @@ fn configure_threads(threads: usize) {
 
 /// Human text goes to stdout, or to stderr when a report already uses stdout.
 fn print_text(text: &str, stdout_taken: bool) {
-    if stdout_taken { eprint!("{text}") } else { print!("{text}") }
+    if stdout_taken { eprint!("{text}") } else { print_stdout(text) }
+}
+
+/// Writes to stdout; a reader that closed the pipe early (`| head`) is not an error, and
+/// `print!` would panic on it.
+fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }

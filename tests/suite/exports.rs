@@ -215,3 +215,25 @@ fn plot_draws_every_snapshot() {
         assert_eq!(out.status.code(), Some(2), "--plot {bad}");
     }
 }
+
+/// A reader that closes the pipe early (`plasticity report big.json | head -1`) ends the
+/// output quietly: no panic, exit 0.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let dir = Dir::new();
+    let mut r = report();
+    let first = r.checkpoints[0].clone();
+    r.checkpoints = (0..3000).map(|i| CheckpointReport { name: format!("step{i}"), step: i, ..first.clone() }).collect();
+    r.ranking = r.checkpoints.iter().map(|c| c.name.clone()).collect();
+    let path = dir.path().join("big.json");
+    std::fs::write(&path, serde_json::to_vec(&r).unwrap()).unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
+        .arg("report").arg(&path)
+        .stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped())
+        .spawn().unwrap();
+    drop(child.stdout.take()); // the reader goes away before the table is written
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
