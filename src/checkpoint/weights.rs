@@ -186,13 +186,32 @@ impl WeightStore {
                 Tensor::from_raw_buffer(&mmap[entry.start..entry.end], dtype, &entry.shape, &self.device)?
             }
         };
-        Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?)
+        let t = t.to_dtype(DType::F32)?;
+        check_finite(&t).map_err(|msg| Error::input(path, format!("tensor {name} {msg}")))?;
+        Ok(t.to_device(&self.device)?)
     }
 
     fn missing(&self, name: &str) -> Error {
         let files: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
         let path = self.files.first().map(|(p, _)| p.clone()).unwrap_or_default();
         Error::input(path, format!("tensor {name} is missing (looked in {})", files.join(", ")))
+    }
+}
+
+/// NaN or infinite weights make every loss NaN: refuse them by name rather than report a
+/// diverged fine-tune. One pass over the f32 values, which are on the CPU at this point.
+fn check_finite(t: &Tensor) -> std::result::Result<(), String> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { return Ok(()) };
+    let Ok(values) = cpu.as_slice::<f32>() else { return Ok(()) };
+    let Some((start, end)) = layout.contiguous_offsets() else { return Ok(()) };
+    let values = &values[start..end];
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => {
+            let bad = values.iter().filter(|v| !v.is_finite()).count();
+            Err(format!("has {bad} non-finite value(s) (NaN or infinity), the first at flat index {i} ({})", values[i]))
+        }
     }
 }
 

@@ -129,6 +129,25 @@ fn absurd_config_values() {
     assert_broken(|d| edit_config(d, |c| c["n_layer"] = 0.into()), &["config.json", "n_layer"]);
 }
 
+/// A NaN or an infinity in the weights fails that checkpoint by name; the scan goes on.
+#[test]
+fn non_finite_weights_are_named() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        assert_broken(
+            |d| {
+                edit_weights(d, |t| {
+                    let name = "transformer.h.0.attn.c_proj.weight";
+                    let mut v = t[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    v[5] = bad;
+                    let shape = t[name].shape().clone();
+                    t.insert(name.into(), Tensor::from_vec(v, shape, &Device::Cpu).unwrap());
+                })
+            },
+            &["model.safetensors", "transformer.h.0.attn.c_proj.weight", "non-finite", "flat index 5"],
+        );
+    }
+}
+
 #[test]
 fn missing_tensor_is_named() {
     assert_broken(|d| edit_weights(d, |t| { t.remove("transformer.h.1.mlp.c_fc.weight"); }), &["model.safetensors", "transformer.h.1.mlp.c_fc.weight", "missing"]);
