@@ -63,6 +63,39 @@ fn same_seed_same_report_apart_from_timings() {
     assert_ne!(a.0, losses_and_ranking("12").0);
 }
 
+/// Fields measured with a clock or from the process (and what is computed from them).
+const TIMING_FIELDS: [&str; 9] = ["elapsed_s", "median_step_s", "tokens_per_s", "flops_per_s", "peak_rss_bytes", "device_hours_to_target", "convergence_per_device_hour", "loss_drop_per_device_hour", "cost_to_target"];
+
+/// The report with every timing field removed, wherever it sits (ci95 included).
+fn without_timings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            TIMING_FIELDS.iter().for_each(|k| {
+                map.remove(*k);
+            });
+            map.values_mut().for_each(without_timings);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_timings),
+        _ => {}
+    }
+}
+
+/// Same inputs and seeds: the JSON reports are byte-identical once timing fields are removed,
+/// with two seeds per checkpoint (so intervals and every seed's run are compared too).
+#[test]
+fn same_inputs_give_byte_identical_reports_apart_from_timings() {
+    let run = || {
+        let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", "-", "--seeds", "2", "--steps", "3"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        without_timings(&mut r);
+        serde_json::to_string_pretty(&r).unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert!(a.contains("\"train_loss\"") && a.contains("\"ci95\""));
+    assert_eq!(a, b);
+}
+
 #[test]
 fn one_checkpoint_folder_is_scanned_alone() {
     let out = scan(&fixtures().join("models/gpt2"), &fixtures().join("task.jsonl"), &["--json", "-"]).output().unwrap();
