@@ -127,7 +127,7 @@ fn little_progress(report: &Report) -> Option<String> {
 fn exit_code(report: &Report) -> i32 {
     if report.status == "interrupted" {
         exit::INTERRUPTED
-    } else if report.checkpoints.iter().any(|c| c.status == "failed") {
+    } else if report.checkpoints.iter().any(|c| c.status == "failed" || c.status == "diverged") {
         exit::SOME_FAILED
     } else if report.gates.iter().any(|g| !g.passed) {
         exit::GATE

@@ -44,6 +44,10 @@ pub enum Error {
     /// Ctrl-C or SIGTERM: the scan stops after the current update.
     #[error("interrupted")]
     Interrupted,
+
+    /// The training loss became NaN or infinite: the run is stopped and reported as diverged.
+    #[error("diverged: training loss became {loss} at step {step}")]
+    Diverged { loss: f64, step: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,7 +65,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Flag { .. } | Error::Input { .. } => exit::USAGE,
-            Error::Compute { .. } | Error::Other(_) => exit::INTERNAL,
+            Error::Compute { .. } | Error::Other(_) | Error::Diverged { .. } => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
         }
     }

@@ -295,7 +295,7 @@ pub fn run_until(dir: &Path, cfg: &Config, settings: &RunSettings, from: Option<
         run.step_seconds.push(started.elapsed().as_secs_f64());
         elapsed_s += run.step_seconds[step - 1];
         if !train_loss.is_finite() {
-            return Err(Error::Other(format!("diverged: training loss became {train_loss} at step {step}")));
+            return Err(Error::Diverged { loss: train_loss, step });
         }
         let metrics = &mut run.metrics;
         if metrics.escape_step.is_none() && sgd.m().abs() >= ESCAPE_THRESHOLD {

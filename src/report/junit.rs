@@ -9,7 +9,7 @@ pub struct Junit;
 impl Exporter for Junit {
     fn render(&self, report: &Report) -> Result<Vec<u8>> {
         let n = report.checkpoints.len() + report.gates.len();
-        let failures = report.checkpoints.iter().filter(|c| c.status == "failed").count() + report.gates.iter().filter(|g| !g.passed).count();
+        let failures = report.checkpoints.iter().filter(|c| !c.measured()).count() + report.gates.iter().filter(|g| !g.passed).count();
         let time: f64 = report.checkpoints.iter().map(training_seconds).sum();
         let dir = report.settings.get("dir").and_then(|d| d.as_str()).unwrap_or("");
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");

@@ -151,8 +151,8 @@ pub struct CheckpointReport {
     /// Hash of the checkpoint's files (config, trainer state, sampled weights), for --resume.
     #[serde(default)]
     pub fingerprint: Option<String>,
-    /// "ok", "failed", or "stopped" (a race stopped it early; its metrics are those of its
-    /// curve so far).
+    /// "ok", "failed", "diverged" (the training loss became NaN or infinite), or "stopped"
+    /// (a race stopped it early; its metrics are those of its curve so far).
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<StoppedInfo>,

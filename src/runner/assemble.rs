@@ -90,7 +90,7 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
     out.stopped = r.stopped.as_ref().map(|s| StoppedInfo { at_step: s.at_step, rung: s.rung, reason: s.reason.clone() });
     match &r.runs {
         Err(msg) => {
-            out.status = "failed".into();
+            out.status = if r.diverged { "diverged" } else { "failed" }.into();
             out.error = Some(msg.clone());
         }
         Ok(runs) => {

@@ -53,6 +53,8 @@ pub struct CheckpointResult {
     pub peak_rss_bytes: Option<u64>,
     /// Set when a race stopped this checkpoint before the full budget.
     pub stopped: Option<Stopped>,
+    /// The failure (if any) was a training loss that became NaN or infinite.
+    pub diverged: bool,
 }
 
 /// Why and when a race stopped a checkpoint.
@@ -110,6 +112,7 @@ impl<'a> Scan<'a> {
             progress.start_checkpoint(i, &c.name);
             let fingerprint = crate::checkpoint::fingerprint::fingerprint(&c.path).ok();
             memory::reset_peak();
+            let mut diverged = false;
             let runs = match self.reusable(c, fingerprint.as_deref()) {
                 Some(runs) => {
                     progress.println(&format!("reusing the measurement of {} from the resumed report", c.name));
@@ -120,16 +123,21 @@ impl<'a> Scan<'a> {
                         progress.finish();
                         return Ok(self.report("interrupted")); // this checkpoint's runs are abandoned
                     }
+                    Err(e @ Error::Diverged { .. }) => {
+                        diverged = true;
+                        Err(one_line(&e))
+                    }
                     other => other.map_err(|e| one_line(&e)),
                 },
             };
             if let Err(msg) = &runs {
-                progress.println(&format!("error: checkpoint {} failed: {msg}", c.name));
+                let what = if diverged { "diverged" } else { "failed" };
+                progress.println(&format!("error: checkpoint {} {what}: {msg}", c.name));
             }
             let pretrain_curve = assemble::pretrain_curve(&c.path);
             let pretrain_loss = pretrain_curve.last().map(|p| p.1);
             let peak_rss_bytes = memory::peak_bytes();
-            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes, stopped: None });
+            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes, stopped: None, diverged });
             reports.update(&self.report("running"))?;
         }
         progress.finish();

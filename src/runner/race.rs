@@ -40,6 +40,7 @@ struct Entrant {
     runs: std::result::Result<Vec<(Run, PausedRun)>, String>,
     stopped: Option<Stopped>,
     peak_rss_bytes: Option<u64>,
+    diverged: bool,
 }
 
 impl Entrant {
@@ -51,6 +52,7 @@ impl Entrant {
             runs: Ok(Vec::new()),
             stopped: None,
             peak_rss_bytes: None,
+            diverged: false,
         }
     }
 
@@ -72,6 +74,7 @@ impl Entrant {
             pretrain_curve: self.pretrain_curve.clone(),
             peak_rss_bytes: self.peak_rss_bytes,
             stopped: self.stopped.clone(),
+            diverged: self.diverged,
         })
     }
 }
@@ -122,6 +125,7 @@ impl Scan<'_> {
                 Ok(run) => advanced.push(run),
                 Err(Error::Interrupted) => return Err(Error::Interrupted),
                 Err(err) => {
+                    e.diverged = matches!(err, Error::Diverged { .. });
                     progress.println(&format!("error: checkpoint {} failed: {}", e.checkpoint.name, one_line(&err)));
                     e.runs = Err(one_line(&err));
                     return Ok(());

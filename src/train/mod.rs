@@ -293,7 +293,7 @@ pub fn fine_tune_until(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder,
         device.synchronize().ctx("device synchronize")?;
         step_seconds.push(start.elapsed().as_secs_f64());
         if !loss.is_finite() {
-            return Err(Error::Other(format!("diverged: training loss became {loss} at step {step}")));
+            return Err(Error::Diverged { loss, step });
         }
         crate::interrupt::check()?; // the run is abandoned: a partial curve would mislead
         let eval_loss = is_eval_step(step, spec).then(|| trainer.eval(&blocks.eval)).transpose()?;

@@ -148,6 +148,20 @@ fn non_finite_weights_are_named() {
     }
 }
 
+/// A fine-tune whose loss blows up is stopped and reported as diverged, with the step.
+#[test]
+fn a_diverging_fine_tune_is_reported_as_diverged() {
+    let (code, stderr, report) = run(&model_dir("gpt2"), &task(), &["--lr", "1e30", "--steps", "4"]);
+    assert_eq!(code, SOME_FAILED, "{stderr}");
+    let report = report.expect("a report");
+    super::util::assert_valid_report(&report);
+    let c = &report["checkpoints"][0];
+    assert_eq!(c["status"], "diverged");
+    let msg = c["error"].as_str().unwrap();
+    assert!(msg.starts_with("diverged: training loss became") && msg.contains("at step"), "{msg}");
+    assert!(stderr.contains("diverged"), "{stderr}");
+}
+
 #[test]
 fn missing_tensor_is_named() {
     assert_broken(|d| edit_weights(d, |t| { t.remove("transformer.h.1.mlp.c_fc.weight"); }), &["model.safetensors", "transformer.h.1.mlp.c_fc.weight", "missing"]);
