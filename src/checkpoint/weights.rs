@@ -157,6 +157,11 @@ impl WeightStore {
         names
     }
 
+    /// Bytes the weights take once converted to f32, from the headers alone.
+    pub fn f32_bytes(&self) -> u64 {
+        self.entries.values().map(|e| 4 * e.shape.iter().product::<usize>() as u64).sum()
+    }
+
     /// Total bytes of the weights on disk.
     pub fn bytes_on_disk(&self) -> usize {
         self.entries.values().map(|e| e.end - e.start).sum()

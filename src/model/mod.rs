@@ -90,6 +90,22 @@ impl LoadedModel {
     }
 }
 
+/// One training step's activations in bytes (f32), estimated from config.json: per layer and
+/// token about 9 x hidden + 3 x intermediate values kept for the backward pass, per layer and
+/// sequence the attention probabilities (heads x t^2), and the fused output head's chunks.
+/// Fields missing from the config count as 0: the estimate is then low, never an error.
+pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize) -> u64 {
+    let get = |keys: &[&str]| keys.iter().find_map(|k| config.get(*k).and_then(|v| v.as_u64())).unwrap_or(0);
+    let hidden = get(&["hidden_size", "n_embd"]);
+    let layers = get(&["num_hidden_layers", "n_layer"]);
+    let heads = get(&["num_attention_heads", "n_head"]);
+    let inter = get(&["intermediate_size", "n_inner"]).max(4 * hidden);
+    let (tokens, t) = ((batch * seq_len) as u64, seq_len as u64);
+    let per_layer = tokens * (9 * hidden + 3 * inter) + batch as u64 * heads * t * t;
+    let head_chunks = rayon::current_num_threads() as u64 * 128 * get(&["vocab_size"]);
+    4 * (layers * per_layer + head_chunks)
+}
+
 /// Reads `config.json` in `dir` as a JSON value, with a message naming the file.
 pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("config.json");

@@ -1,6 +1,7 @@
-//! Peak resident memory per checkpoint, from Linux's /proc: the high-water mark is reset
-//! before a checkpoint (writing 5 to /proc/self/clear_refs) and read after it (VmHWM). On
-//! other systems both are no-ops and the report says nothing.
+//! Memory: the peak resident memory per checkpoint, from Linux's /proc (the high-water mark
+//! is reset before a checkpoint by writing 5 to /proc/self/clear_refs and read after it from
+//! VmHWM), and the memory available before loading one (MemAvailable, capped by a cgroup v2
+//! limit, or `PLASTICITY_MEMORY_LIMIT` bytes). On other systems these say nothing.
 
 /// Resets the process's peak resident set size, where the kernel allows it.
 pub fn reset_peak() {
@@ -13,4 +14,20 @@ pub fn peak_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Bytes this process may still use: MemAvailable, within the cgroup's memory.max, or the
+/// `PLASTICITY_MEMORY_LIMIT` environment variable (bytes) when set.
+pub fn available_bytes() -> Option<u64> {
+    if let Some(limit) = std::env::var("PLASTICITY_MEMORY_LIMIT").ok().and_then(|v| v.trim().parse().ok()) {
+        return Some(limit);
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let cgroup = || -> Option<u64> {
+        let max: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?.trim().parse().ok()?;
+        let used: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.current").ok()?.trim().parse().ok()?;
+        Some(max.saturating_sub(used))
+    };
+    Some(cgroup().map_or(kib * 1024, |c| c.min(kib * 1024)))
 }

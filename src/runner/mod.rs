@@ -170,6 +170,9 @@ impl<'a> Scan<'a> {
             AdapterInit::Seeded(_) => AdapterInit::Seeded(seed),
             from_file => from_file.clone(),
         };
+        if from.is_none() {
+            self.check_memory(&c.path)?;
+        }
         let model = model::load(&c.path, &o.lora, &init, seed, &o.device)?;
         let blocks = self.blocks_for(&c.path, &model)?;
         let order = BatchOrder::new(blocks.train.len(), o.train.batch_size, o.train.steps * o.train.grad_accum, data_seed);
@@ -178,6 +181,22 @@ impl<'a> Scan<'a> {
         let outcome = paused.outcome(&o.train);
         let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None };
         Ok((run, paused))
+    }
+
+    /// Refuses a checkpoint whose f32 weights plus one step's activations (estimated from the
+    /// weight headers and config.json) exceed the memory available, instead of being killed.
+    fn check_memory(&self, dir: &Path) -> Result<()> {
+        let Some(available) = memory::available_bytes() else { return Ok(()) };
+        let weights = crate::checkpoint::weights::WeightStore::open(dir, &candle_core::Device::Cpu)?.f32_bytes();
+        let activations = model::activation_bytes(&model::read_config(dir)?, self.opts.train.batch_size, self.opts.seq_len);
+        let gb = |b: u64| b as f64 / 1e9;
+        if weights + activations > available {
+            return Err(Error::input(dir, format!(
+                "needs about {:.2} GB to fine-tune (f32 weights {:.2} GB, one step's activations {:.2} GB) but {:.2} GB are available; lower --batch-size or --seq-len, or use a larger machine",
+                gb(weights + activations), gb(weights), gb(activations), gb(available)
+            )));
+        }
+        Ok(())
     }
 
     /// The paper's rank-1 SGD on the checkpoint's own synthetic task.

@@ -162,6 +162,19 @@ fn a_diverging_fine_tune_is_reported_as_diverged() {
     assert!(stderr.contains("diverged"), "{stderr}");
 }
 
+/// A checkpoint that cannot fit in the memory available is refused before loading, saying
+/// what it needs (PLASTICITY_MEMORY_LIMIT stands in for a small machine).
+#[test]
+fn a_checkpoint_too_large_for_memory_is_refused_before_loading() {
+    let out = super::util::scan(&model_dir("gpt2"), &task(), &["--json", "-"]).env("PLASTICITY_MEMORY_LIMIT", "1000000").output().unwrap();
+    assert_eq!(out.status.code(), Some(SOME_FAILED), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msg = report["checkpoints"][0]["error"].as_str().unwrap();
+    assert!(msg.contains("needs about") && msg.contains("GB are available") && msg.contains("models/gpt2"), "{msg}");
+    let fits = super::util::scan(&model_dir("gpt2"), &task(), &[]).env("PLASTICITY_MEMORY_LIMIT", "100000000000").output().unwrap();
+    assert_eq!(fits.status.code(), Some(0));
+}
+
 #[test]
 fn missing_tensor_is_named() {
     assert_broken(|d| edit_weights(d, |t| { t.remove("transformer.h.1.mlp.c_fc.weight"); }), &["model.safetensors", "transformer.h.1.mlp.c_fc.weight", "missing"]);
