@@ -106,21 +106,10 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// What one LoRA step needs resident, in bytes: the model's f32 weights, plus one step's
-/// activations kept for the backward pass, plus the fused head's per-thread logits chunks.
-/// Per layer and token (f32): the block input and its norm, q, k, v and the rotated q, k, the
-/// attention output, the second norm, the MLP's intermediate tensors (2 x intermediate, 3 for
-/// a gated MLP: gate, up and their product);
-/// per layer and sequence, the attention scores and probabilities (2 x heads x t^2). The
-/// adapters and AdamW moments (3 x r x (in + out) per target) are under 1 MB here.
+/// What one LoRA step needs resident, in bytes: the model's f32 weights plus one step's
+/// activations as `plasticity::model::activation_bytes` estimates them (the same estimate a
+/// scan checks against the memory available before loading a checkpoint).
 fn memory_bound_bytes(dir: &Path, params: usize) -> Res<f64> {
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
-    let get = |keys: &[&str]| keys.iter().find_map(|k| cfg.get(*k).and_then(|v| v.as_u64())).map(|v| v as f64).ok_or("config field");
-    let (h, layers, heads) = (get(&["hidden_size", "n_embd"])?, get(&["num_hidden_layers", "n_layer"])?, get(&["num_attention_heads", "n_head"])?);
-    let (f, vocab) = (get(&["intermediate_size", "n_inner"]).unwrap_or(4.0 * h), get(&["vocab_size"])?);
-    let tokens = (BATCH * SEQ) as f64;
-    let gated = cfg.get("model_type").and_then(|v| v.as_str()) == Some("llama");
-    let per_layer = tokens * (9.0 * h + if gated { 3.0 } else { 2.0 } * f) + 2.0 * BATCH as f64 * heads * (SEQ * SEQ) as f64;
-    let head_chunks = rayon::current_num_threads() as f64 * 128.0 * vocab;
-    Ok(4.0 * (params as f64 + layers * per_layer + head_chunks))
+    Ok(4.0 * params as f64 + plasticity::model::activation_bytes(&cfg, BATCH, SEQ) as f64)
 }

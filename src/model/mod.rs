@@ -90,18 +90,24 @@ impl LoadedModel {
     }
 }
 
-/// One training step's activations in bytes (f32), estimated from config.json: per layer and
-/// token about 9 x hidden + 3 x intermediate values kept for the backward pass, per layer and
-/// sequence the attention probabilities (heads x t^2), and the fused output head's chunks.
-/// Fields missing from the config count as 0: the estimate is then low, never an error.
+/// One training step's activations in bytes (f32), estimated from config.json: what the
+/// backward pass keeps per layer and token (the block input and its norm, q, k, v and the
+/// rotated q, k, the attention output, the second norm: 9 x hidden; the MLP's intermediate
+/// tensors: 2 x intermediate, 3 for a gated MLP), per layer and sequence the attention
+/// probabilities (heads x t^2), and the fused output head's per-thread chunks. Fields missing
+/// from the config count as 0: the estimate is then low, never an error.
 pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize) -> u64 {
     let get = |keys: &[&str]| keys.iter().find_map(|k| config.get(*k).and_then(|v| v.as_u64())).unwrap_or(0);
     let hidden = get(&["hidden_size", "n_embd"]);
     let layers = get(&["num_hidden_layers", "n_layer"]);
     let heads = get(&["num_attention_heads", "n_head"]);
-    let inter = get(&["intermediate_size", "n_inner"]).max(4 * hidden);
+    let inter = match get(&["intermediate_size", "n_inner"]) {
+        0 => 4 * hidden,
+        i => i,
+    };
+    let gated = matches!(config.get("model_type").and_then(|v| v.as_str()), Some("llama" | "mistral" | "qwen2"));
     let (tokens, t) = ((batch * seq_len) as u64, seq_len as u64);
-    let per_layer = tokens * (9 * hidden + 3 * inter) + batch as u64 * heads * t * t;
+    let per_layer = tokens * (9 * hidden + if gated { 3 } else { 2 } * inter) + batch as u64 * heads * t * t;
     let head_chunks = rayon::current_num_threads() as u64 * 128 * get(&["vocab_size"]);
     4 * (layers * per_layer + head_chunks)
 }
