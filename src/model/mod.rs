@@ -125,7 +125,11 @@ pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
 
 /// Parses an architecture's raw config from the JSON value, naming the file on error.
 pub fn parse_config<T: for<'de> Deserialize<'de>>(dir: &Path, value: &serde_json::Value) -> Result<T> {
-    T::deserialize(value).map_err(|e| Error::input(dir.join("config.json"), format!("invalid config: {e}")))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let at = if field == "." { String::new() } else { format!(" (field {field})") };
+        Error::input(dir.join("config.json"), format!("invalid config{at}: {}", e.inner()))
+    })
 }
 
 /// Opens the checkpoint in `dir`: config, weights and adapters.

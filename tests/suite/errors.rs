@@ -127,6 +127,29 @@ fn config_missing_a_field() {
 fn absurd_config_values() {
     assert_broken(|d| edit_config(d, |c| c["n_head"] = 5.into()), &["config.json", "not divisible"]);
     assert_broken(|d| edit_config(d, |c| c["n_layer"] = 0.into()), &["config.json", "n_layer"]);
+    assert_broken(|d| edit_config(d, |c| c["vocab_size"] = 0.into()), &["config.json", "vocab_size"]);
+    assert_broken(|d| edit_config(d, |c| c["n_embd"] = (-3).into()), &["config.json", "n_embd"]);
+}
+
+/// Damaged safetensors files, each failing only its checkpoint with the file named.
+#[test]
+fn damaged_safetensors_files() {
+    let truncate = |d: &Path| {
+        let p = d.join("model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    let header_longer_than_file = |d: &Path| {
+        let p = d.join("model.safetensors");
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        std::fs::write(&p, bytes).unwrap();
+    };
+    let empty = |d: &Path| std::fs::write(d.join("model.safetensors"), b"").unwrap();
+    let cases: [(&dyn Fn(&Path), &str); 3] = [(&truncate, "invalid safetensors"), (&header_longer_than_file, "invalid safetensors"), (&empty, "invalid safetensors")];
+    for (mutate, expect) in cases {
+        assert_broken(mutate, &["model.safetensors", expect]);
+    }
 }
 
 /// A NaN or an infinity in the weights fails that checkpoint by name; the scan goes on.
