@@ -146,9 +146,9 @@ fn damaged_safetensors_files() {
         std::fs::write(&p, bytes).unwrap();
     };
     let empty = |d: &Path| std::fs::write(d.join("model.safetensors"), b"").unwrap();
-    let cases: [(&dyn Fn(&Path), &str); 3] = [(&truncate, "invalid safetensors"), (&header_longer_than_file, "invalid safetensors"), (&empty, "invalid safetensors")];
-    for (mutate, expect) in cases {
-        assert_broken(mutate, &["model.safetensors", expect]);
+    let cases: [&dyn Fn(&Path); 3] = [&truncate, &header_longer_than_file, &empty];
+    for mutate in cases {
+        assert_broken(mutate, &["model.safetensors", "invalid safetensors"]);
     }
 }
 
