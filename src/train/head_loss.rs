@@ -167,9 +167,12 @@ fn scaled_softmax(row: &mut [f32], scale: f32) -> f32 {
     scaled_softmax_portable(row, scale)
 }
 
+/// # Safety
+/// The CPU must support AVX2. (An `unsafe fn`: safe `#[target_feature]` functions need Rust
+/// 1.86, and the crate supports 1.85.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn scaled_softmax_avx2(row: &mut [f32], scale: f32) -> f32 {
+unsafe fn scaled_softmax_avx2(row: &mut [f32], scale: f32) -> f32 {
     scaled_softmax_portable(row, scale)
 }
 
