@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::math::{fast_exp, fast_sigmoid, fast_tanh};
+use crate::math::{fast_exp, fast_phi, fast_sigmoid, fast_tanh};
 
 /// Whether the fused CPU kernels apply to `x`.
 fn fused(x: &Tensor) -> bool {
@@ -166,7 +166,7 @@ impl Act {
                 (x * s, s * (1.0 + x * (1.0 - s)))
             }
             Act::GeluErf => {
-                let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                let cdf = fast_phi(x);
                 let pdf = fast_exp(-0.5 * x * x) * 0.398_942_3; // 1/sqrt(2 pi)
                 (x * cdf, cdf + x * pdf)
             }

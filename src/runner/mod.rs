@@ -25,6 +25,8 @@ mod memory;
 mod race;
 mod resume;
 
+pub use memory::keep_freed_memory;
+
 /// A finished fine-tune (one seed).
 #[derive(Clone)]
 pub struct Run {
