@@ -1,9 +1,11 @@
 //! Finds the snapshots of a checkpoint series in a folder and orders them by training step.
 //!
 //! Real series come from transformers' Trainer (`checkpoint-N/` with `trainer_state.json`),
-//! Pythia (`stepN`), OLMo (`stepN-tokensXB`), Megatron/DeepSpeed (`iter_N`, `global_stepN`) and
-//! home-grown loops (`ckpt_N`). This module only looks at names and small JSON files: it must not
-//! open weights (a broken snapshot is the runner's business, reported per checkpoint).
+//! Pythia (`stepN`), OLMo (`stepN-tokensXB`), Megatron/DeepSpeed (`iter_N`, `global_stepN`),
+//! home-grown loops (`ckpt_N`) and the Hugging Face hub cache (`models--org--name/`, one
+//! revision per step as Pythia publishes them). This module only looks at names and small JSON
+//! files: it must not open weights (a broken snapshot is the runner's business, reported per
+//! checkpoint).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -53,13 +55,36 @@ pub fn scan(dir: &Path) -> Result<Discovery> {
         return single(dir).map(|c| Discovery { checkpoints: vec![c], warnings: vec![] });
     }
     let mut found = Discovery::default();
-    for entry in sorted_entries(dir)? {
-        classify(&entry, &mut found);
+    if is_hub_cache_repo(dir) {
+        hub_cache_revisions(dir, &mut found)?;
+    } else {
+        for entry in sorted_entries(dir)? {
+            classify(&entry, &mut found);
+        }
     }
     if found.checkpoints.is_empty() {
         return Err(Error::input(dir, "no checkpoints found (expected sub-folders such as checkpoint-N or stepN holding config.json and model weights)"));
     }
+    found.warnings.extend(architecture_mix(&found.checkpoints));
     order_by_step(found)
+}
+
+/// A series that mixes architectures is scanned (each snapshot with its own config and
+/// tokenizer) but said out loud: losses under different tokenizers are not per-token comparable.
+fn architecture_mix(checkpoints: &[CheckpointRef]) -> Option<String> {
+    let mut by_type: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for c in checkpoints {
+        let text = fs::read_to_string(c.path.join("config.json")).ok();
+        let config: Option<serde_json::Value> = text.and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(t) = config.as_ref().and_then(|v| v.get("model_type")).and_then(|v| v.as_str()) {
+            by_type.entry(t.to_string()).or_default().push(&c.name);
+        }
+    }
+    if by_type.len() < 2 {
+        return None;
+    }
+    let groups: Vec<String> = by_type.iter().map(|(t, names)| format!("{t}: {}", names.join(", "))).collect();
+    Some(format!("the series mixes architectures ({}); each is fine-tuned with its own config and tokenizer and all are ranked together", groups.join("; ")))
 }
 
 /// `dir` is itself a checkpoint: its step comes from trainer_state.json or its name, else 0.
@@ -83,9 +108,17 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Adds `path` to the checkpoints, or records why it is skipped.
 fn classify(path: &Path, found: &mut Discovery) {
     let name = file_name(path);
-    if !path.is_dir() {
-        found.warnings.push(format!("skipping {}: not a checkpoint folder", path.display()));
-        return;
+    match fs::metadata(path) {
+        // a dangling link, a symlink loop, no permission...
+        Err(e) => return found.warnings.push(format!("skipping {}: cannot open: {e}", path.display())),
+        Ok(m) if !m.is_dir() => return found.warnings.push(format!("skipping {}: not a checkpoint folder", path.display())),
+        Ok(_) => {}
+    }
+    if let Err(e) = fs::read_dir(path) {
+        return found.warnings.push(format!("skipping {}: cannot list folder: {e}", path.display()));
+    }
+    if path.file_name().is_some_and(|n| n.to_str().is_none()) {
+        found.warnings.push(format!("{}: folder name is not UTF-8; reports call it {name:?}", path.display()));
     }
     let named = parse_step(&name).is_some();
     if !named && !looks_like_checkpoint(path) {
@@ -154,6 +187,38 @@ fn strip_stage(name: &str) -> &str {
         Some(tail) if digits > 0 => tail,
         _ => name,
     }
+}
+
+/// A repository in the Hugging Face hub cache (`models--org--name/`): revisions are files in
+/// `refs/` (Pythia's `step1000`, `main`) holding a commit, whose files are in `snapshots/COMMIT/`.
+fn is_hub_cache_repo(dir: &Path) -> bool {
+    dir.join("refs").is_dir() && dir.join("snapshots").is_dir()
+}
+
+/// One checkpoint per ref whose name carries a step, named after the ref; the others
+/// (`main`) are reported and skipped, as is a ref whose snapshot is not downloaded.
+fn hub_cache_revisions(repo: &Path, found: &mut Discovery) -> Result<()> {
+    for entry in sorted_entries(&repo.join("refs"))? {
+        let name = file_name(&entry);
+        let Some(step) = parse_step(&name) else {
+            found.warnings.push(format!("skipping revision {name}: no step in its name"));
+            continue;
+        };
+        let commit = match fs::read_to_string(&entry) {
+            Ok(text) => text.trim().to_string(),
+            Err(e) => {
+                found.warnings.push(format!("skipping {}: cannot read: {e}", entry.display()));
+                continue;
+            }
+        };
+        let path = repo.join("snapshots").join(&commit);
+        if commit.is_empty() || commit.contains(['/', '\\']) || commit.starts_with('.') || !path.is_dir() {
+            found.warnings.push(format!("skipping revision {name}: snapshot {commit:?} is not in {}", repo.join("snapshots").display()));
+            continue;
+        }
+        found.checkpoints.push(CheckpointRef { name, path, step, step_source: "hub revision name" });
+    }
+    Ok(())
 }
 
 fn looks_like_checkpoint(dir: &Path) -> bool {

@@ -10,11 +10,15 @@ pub fn fast_exp(x: f32) -> f32 {
     // e^x = 2^n * e^r with n = round(x / ln 2), |r| <= ln2 / 2 (Cody-Waite split of ln 2);
     // round to nearest by adding and removing 1.5 * 2^23 (f32::round is a libm call)
     const SHIFT: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let k = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = k - SHIFT;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     // degree-6 Taylor polynomial of e^r on |r| <= 0.347: relative error below 1e-7
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // k = SHIFT + n exactly, so its bits are SHIFT's plus n: 2^n's exponent field without a
+    // float-to-int conversion (whose saturating semantics cost half the time of this function)
+    let biased = k.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 /// tanh(x) = sign(x) (1 - e^-2|x|) / (1 + e^-2|x|), which never overflows.
@@ -45,6 +49,25 @@ pub fn fast_phi(x: f32) -> f32 {
     } else {
         half_erfc
     }
+}
+
+/// Runs `body` compiled for AVX2 and FMA when the CPU has them, else as is: the crate is built
+/// for baseline x86-64 (SSE2), where the loops above vectorise four lanes wide at best and the
+/// float-to-int steps do not vectorise at all; with AVX2 the elementwise kernels run about twice
+/// as fast. The results are the same bits either way: Rust never contracts a * b + c into an FMA
+/// nor reorders a sum, so only the instructions change, not the arithmetic.
+#[inline(always)]
+pub fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        // SAFETY: the CPU was just checked to support every feature `run` is compiled for.
+        return unsafe { run(body) };
+    }
+    body()
 }
 
 #[cfg(test)]

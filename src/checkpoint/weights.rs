@@ -82,10 +82,20 @@ fn shard_path(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(rel);
     let real = path.canonicalize().map_err(|e| Error::input(index, format!("shard {name:?}: {e}")))?;
     let root = dir.canonicalize().map_err(|e| Error::input(dir, e.to_string()))?;
-    if !real.starts_with(&root) {
-        return Err(Error::input(index, format!("shard {name:?} points outside the checkpoint folder")));
+    if !real.starts_with(&root) && !hub_cache_blobs(&root).is_some_and(|blobs| real.starts_with(blobs)) {
+        return Err(Error::input(index, format!("shard {name:?} points outside the checkpoint folder (to {})", real.display())));
     }
     Ok(path)
+}
+
+/// The Hugging Face hub cache keeps a revision's files as symlinks from
+/// `models--org--name/snapshots/REV/` to content-addressed `models--org--name/blobs/`: for a
+/// checkpoint folder in that layout, the blobs folder of the same repository.
+fn hub_cache_blobs(root: &Path) -> Option<PathBuf> {
+    let snapshots = root.parent()?;
+    let repo = snapshots.parent()?;
+    let is_cache = snapshots.file_name()? == "snapshots" && repo.file_name()?.to_str()?.starts_with("models--");
+    is_cache.then(|| repo.join("blobs"))
 }
 
 impl WeightStore {
@@ -159,7 +169,8 @@ impl WeightStore {
 
     /// Bytes the weights take once converted to f32, from the headers alone.
     pub fn f32_bytes(&self) -> u64 {
-        self.entries.values().map(|e| 4 * e.shape.iter().product::<usize>() as u64).sum()
+        let bytes = |e: &Entry| e.shape.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
+        self.entries.values().fold(0u64, |sum, e| sum.saturating_add(bytes(e)))
     }
 
     /// Total bytes of the weights on disk.

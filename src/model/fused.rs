@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::math::{fast_exp, fast_phi, fast_sigmoid, fast_tanh};
+use crate::math::{fast_exp, fast_phi, fast_sigmoid, fast_tanh, with_avx2};
 
 /// Whether the fused CPU kernels apply to `x`.
 fn fused(x: &Tensor) -> bool {
@@ -73,12 +73,12 @@ impl CustomOp3 for NormOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b, n) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?, rows(l1)?);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
+        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| with_avx2(|| {
             let (mean, rstd) = self.stats(row);
             for (((o, &v), &wi), &bi) in out.iter_mut().zip(row).zip(w).zip(b) {
                 *o = (v - mean) * rstd * wi + bi;
             }
-        });
+        }));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -101,7 +101,7 @@ impl CustomOp3 for NormGrad {
         let (x, w, dy, n) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?, rows(l1)?);
         let mut dx = vec![0f32; x.len()];
         let nf = n as f32;
-        dx.par_chunks_mut(n).zip(x.par_chunks(n)).zip(dy.par_chunks(n)).for_each(|((out, row), dyr)| {
+        dx.par_chunks_mut(n).zip(x.par_chunks(n)).zip(dy.par_chunks(n)).for_each(|((out, row), dyr)| with_avx2(|| {
             let (mean, rstd) = self.0.stats(row);
             let (mut g_sum, mut gx_sum) = (0f32, 0f32);
             for ((&v, &d), &wi) in row.iter().zip(dyr).zip(w) {
@@ -114,7 +114,7 @@ impl CustomOp3 for NormGrad {
             for (((o, &v), &d), &wi) in out.iter_mut().zip(row).zip(dyr).zip(w) {
                 *o = rstd * (d * wi - g_mean - (v - mean) * rstd * gx_mean);
             }
-        });
+        }));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -202,7 +202,7 @@ impl CustomOp1 for ActOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = data(s, l)?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| per_act!(self.0, a => o.iter_mut().zip(i).for_each(|(o, &v)| *o = a.eval(v).0)));
+        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| with_avx2(|| per_act!(self.0, a => o.iter_mut().zip(i).for_each(|(o, &v)| *o = a.eval(v).0))));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -223,7 +223,7 @@ impl CustomOp2 for ActGrad {
         let (x, dy) = (data(s1, l1)?, data(s2, l2)?);
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(4096).zip(x.par_chunks(4096)).zip(dy.par_chunks(4096)).for_each(|((o, i), d)| {
-            per_act!(self.0, a => o.iter_mut().zip(i).zip(d).for_each(|((o, &v), &g)| *o = g * a.eval(v).1));
+            with_avx2(|| per_act!(self.0, a => o.iter_mut().zip(i).zip(d).for_each(|((o, &v), &g)| *o = g * a.eval(v).1)));
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -249,7 +249,7 @@ impl CustomOp2 for GatedOp {
         let (g, u) = (data(s1, l1)?, data(s2, l2)?);
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| {
-            per_act!(self.0, a => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = a.eval(g).0 * u));
+            with_avx2(|| per_act!(self.0, a => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = a.eval(g).0 * u)));
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -279,12 +279,12 @@ impl CustomOp3 for GatedGrad {
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(|((o, g), (u, d))| {
             let wrt_gate = self.wrt_gate;
-            per_act!(self.act, a => {
+            with_avx2(|| per_act!(self.act, a => {
                 for (((o, &g), &u), &d) in o.iter_mut().zip(g).zip(u).zip(d) {
                     let (f, df) = a.eval(g);
                     *o = if wrt_gate { d * u * df } else { d * f };
                 }
-            });
+            }));
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -106,10 +106,12 @@ pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize
         i => i,
     };
     let gated = matches!(config.get("model_type").and_then(|v| v.as_str()), Some("llama" | "mistral" | "qwen2"));
-    let (tokens, t) = ((batch * seq_len) as u64, seq_len as u64);
-    let per_layer = tokens * (9 * hidden + if gated { 3 } else { 2 } * inter) + batch as u64 * heads * t * t;
-    let head_chunks = rayon::current_num_threads() as u64 * 128 * get(&["vocab_size"]);
-    4 * (layers * per_layer + head_chunks)
+    let (tokens, t) = ((batch as u64).saturating_mul(seq_len as u64), seq_len as u64);
+    // saturating: an absurd config must give a huge estimate (refused), not an overflow
+    let mlp = if gated { 3 } else { 2 } * inter.min(u64::MAX / 4);
+    let per_layer = tokens.saturating_mul(hidden.saturating_mul(9).saturating_add(mlp)).saturating_add((batch as u64).saturating_mul(heads).saturating_mul(t).saturating_mul(t));
+    let head_chunks = (rayon::current_num_threads() as u64 * 128).saturating_mul(get(&["vocab_size"]));
+    layers.saturating_mul(per_layer).saturating_add(head_chunks).saturating_mul(4)
 }
 
 /// Reads `config.json` in `dir` as a JSON value, with a message naming the file.

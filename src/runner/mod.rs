@@ -27,6 +27,13 @@ mod resume;
 
 pub use memory::keep_freed_memory;
 
+/// What fine-tuning the checkpoint in `dir` needs resident, from the safetensors headers and
+/// config.json alone: (f32 weights, one step's activations) in bytes.
+pub fn memory_needed(dir: &Path, batch_size: usize, seq_len: usize) -> Result<(u64, u64)> {
+    let weights = crate::checkpoint::weights::WeightStore::open(dir, &candle_core::Device::Cpu)?.f32_bytes();
+    Ok((weights, model::activation_bytes(&model::read_config(dir)?, batch_size, seq_len)))
+}
+
 /// A finished fine-tune (one seed).
 #[derive(Clone)]
 pub struct Run {
@@ -189,13 +196,12 @@ impl<'a> Scan<'a> {
     /// weight headers and config.json) exceed the memory available, instead of being killed.
     fn check_memory(&self, dir: &Path) -> Result<()> {
         let Some(available) = memory::available_bytes() else { return Ok(()) };
-        let weights = crate::checkpoint::weights::WeightStore::open(dir, &candle_core::Device::Cpu)?.f32_bytes();
-        let activations = model::activation_bytes(&model::read_config(dir)?, self.opts.train.batch_size, self.opts.seq_len);
+        let (weights, activations) = memory_needed(dir, self.opts.train.batch_size, self.opts.seq_len)?;
         let gb = |b: u64| b as f64 / 1e9;
-        if weights + activations > available {
+        if weights.saturating_add(activations) > available {
             return Err(Error::input(dir, format!(
                 "needs about {:.2} GB to fine-tune (f32 weights {:.2} GB, one step's activations {:.2} GB) but {:.2} GB are available; lower --batch-size or --seq-len, or use a larger machine",
-                gb(weights + activations), gb(weights), gb(activations), gb(available)
+                gb(weights.saturating_add(activations)), gb(weights), gb(activations), gb(available)
             )));
         }
         Ok(())

@@ -321,3 +321,25 @@ fn adapters_with_unsupported_peft_options_are_refused() {
     let (code, stderr, _) = run(&model_dir("gpt2"), &task(), &["--init-adapter", fixtures().join("peft/gpt2").to_str().unwrap(), "--rank", "4"]);
     assert_eq!(code, USAGE, "{stderr}");
 }
+
+#[test]
+fn invalid_tokenizer_json() {
+    assert_broken(|d| std::fs::write(d.join("tokenizer.json"), "{\"version\": \"1.0\", \"model\": 7}").unwrap(), &["tokenizer.json"]);
+    assert_broken(|d| std::fs::write(d.join("tokenizer.json"), [0xffu8, 0x00, 0x13]).unwrap(), &["tokenizer.json"]);
+}
+
+#[test]
+fn a_rank_larger_than_a_layer_is_refused_by_module() {
+    let (code, _, report) = run(&model_dir("gpt2"), &task(), &["--rank", "65"]);
+    assert_eq!(code, ALL_FAILED);
+    let msg = failure_of(&report.unwrap(), "gpt2");
+    assert!(msg.contains("--rank") && msg.contains("rank 65") && msg.contains("attn.c_attn (64 -> 192)"), "{msg}");
+}
+
+#[test]
+fn more_eval_blocks_than_the_task_holds() {
+    let (code, _, report) = run(&model_dir("gpt2"), &task(), &["--eval-blocks", "100000"]);
+    assert_eq!(code, ALL_FAILED);
+    let msg = failure_of(&report.unwrap(), "gpt2");
+    assert!(msg.contains("task.jsonl") && msg.contains("100000 eval blocks"), "{msg}");
+}
