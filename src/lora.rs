@@ -307,6 +307,22 @@ impl Linear {
             Some(ad) => y.add(&ad.forward(x)?),
         }
     }
+
+    /// `residual + forward(x)`, the residual connection after a block's output projection.
+    /// Without an adapter, on the CPU in f32, the product accumulates onto the residual in one
+    /// node: the projection's output and the sum's operands are never kept for the backward
+    /// pass, which needs neither (two fewer (tokens, hidden) tensors per block).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        let fusable = self.adapter.is_none() && x.device().is_cpu() && x.dtype() == DType::F32 && residual.dtype() == DType::F32;
+        if !fusable || residual.dims().last() != Some(&self.wt.dim(1)?) {
+            return residual + self.forward(x)?;
+        }
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        x.contiguous()?.apply_op3(&self.wt, &residual.contiguous()?, FrozenLinearResidual { bias })
+    }
 }
 
 impl Adapter {
@@ -357,25 +373,14 @@ impl CustomOp3 for FrozenMatmulBias {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        if !l1.is_contiguous() {
-            candle_core::bail!("frozen matmul needs a contiguous input");
-        }
-        let (m, k, n, out) = FrozenMatmul::dims(l1, l2)?;
+        let (m, _, n, out) = FrozenMatmul::dims(l1, l2)?;
         let (bs, be) = l3.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("frozen matmul needs a contiguous bias".into()))?;
         let bias = &s3.as_slice::<f32>()?[bs..be];
-        let x = &s1.as_slice::<f32>()?[l1.start_offset()..l1.start_offset() + m * k];
-        let w = s2.as_slice::<f32>()?;
-        let (w_rs, w_cs) = (l2.stride()[0], l2.stride()[1]);
-        let w_last = l2.start_offset() + (k - 1) * w_rs + (n - 1) * w_cs;
-        if bias.len() != n || w_last >= w.len() {
-            candle_core::bail!("frozen matmul: bias of {} for {n} outputs, or weight out of bounds", bias.len());
+        if bias.len() != n {
+            candle_core::bail!("frozen matmul: bias of {} for {n} outputs", bias.len());
         }
         let mut y: Vec<f32> = bias.iter().copied().cycle().take(m * n).collect();
-        // SAFETY: y is m x n (row stride n), x is m x k (row stride k), and the weight's
-        // largest index, start + (k-1) rs + (n-1) cs, was checked against its length above.
-        unsafe {
-            gemm::gemm(m, n, k, y.as_mut_ptr(), 1, n as isize, true, x.as_ptr(), 1, k as isize, w.as_ptr().add(l2.start_offset()), w_cs as isize, w_rs as isize, 1.0, 1.0, false, false, false, gemm_parallelism());
-        }
+        accumulate_matmul(&mut y, (m, n), s1, l1, s2, l2)?;
         Ok((CpuStorage::F32(y), out))
     }
 
@@ -383,6 +388,59 @@ impl CustomOp3 for FrozenMatmulBias {
     fn bwd(&self, x: &Tensor, wt: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Ok((Some(input_grad(x, wt, grad)?), None, None))
     }
+}
+
+/// y = residual + bias + x @ wt with frozen `wt` and bias, on the CPU: the matmul
+/// accumulates onto the residual (see [`Linear::forward_residual`]).
+struct FrozenLinearResidual {
+    bias: Option<Vec<f32>>,
+}
+
+impl CustomOp3 for FrozenLinearResidual {
+    fn name(&self) -> &'static str {
+        "frozen-linear-residual"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, _, n, out) = FrozenMatmul::dims(l1, l2)?;
+        let (rs, re) = l3.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("frozen linear: residual not contiguous".into()))?;
+        if l3.dims() != out.dims() {
+            candle_core::bail!("frozen linear: residual {:?} for an output {:?}", l3.dims(), out.dims());
+        }
+        let mut y = s3.as_slice::<f32>()?[rs..re].to_vec(); // (m, n)
+        if let Some(b) = &self.bias {
+            y.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(v, &bi)| *v += bi));
+        }
+        accumulate_matmul(&mut y, (m, n), s1, l1, s2, l2)?;
+        Ok((CpuStorage::F32(y), out))
+    }
+
+    /// dL/dx = dL/dy @ wt^T, dL/dresidual = dL/dy; nothing for the frozen weight.
+    fn bwd(&self, x: &Tensor, wt: &Tensor, _residual: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(input_grad(x, wt, grad)?), None, Some(grad.clone())))
+    }
+}
+
+/// y (m x n, row stride n) += x @ wt for a contiguous x (m, k) and a weight of any strides,
+/// on candle's threads.
+fn accumulate_matmul(y: &mut [f32], (m, n): (usize, usize), s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+    if !l1.is_contiguous() {
+        candle_core::bail!("frozen matmul needs a contiguous input");
+    }
+    let k = l2.dims()[0];
+    let x = &s1.as_slice::<f32>()?[l1.start_offset()..l1.start_offset() + m * k];
+    let w = s2.as_slice::<f32>()?;
+    let (w_rs, w_cs) = (l2.stride()[0], l2.stride()[1]);
+    let w_last = l2.start_offset() + (k - 1) * w_rs + (n - 1) * w_cs;
+    if y.len() != m * n || w_last >= w.len() {
+        candle_core::bail!("frozen matmul: output of {} for {m} x {n}, or weight out of bounds", y.len());
+    }
+    // SAFETY: y is m x n (row stride n), x is m x k (row stride k), and the weight's
+    // largest index, start + (k-1) rs + (n-1) cs, was checked against its length above.
+    unsafe {
+        gemm::gemm(m, n, k, y.as_mut_ptr(), 1, n as isize, true, x.as_ptr(), 1, k as isize, w.as_ptr().add(l2.start_offset()), w_cs as isize, w_rs as isize, 1.0, 1.0, false, false, false, gemm_parallelism());
+    }
+    Ok(())
 }
 
 /// dL/dx = dL/dy @ wt^T for y = x @ wt, as one (tokens, out) x (out, in) matmul: a batched

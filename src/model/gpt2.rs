@@ -105,14 +105,15 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// residual + attention(x).
+    fn forward(&self, x: &Tensor, mask: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let hd = h / self.heads;
         let qkv = self.c_attn.forward(x)?; // (b, t, 3h) = [q | k | v]
         let qkv = qkv.reshape((b, t, 3, self.heads, hd))?;
         let split = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2); // (b, nh, t, hd), a view
         let y = attention(&split(0)?, &split(1)?, &split(2)?, self.scale, mask)?; // (b, t, h)
-        self.c_proj.forward(&y)
+        self.c_proj.forward_residual(&y, residual)
     }
 }
 
@@ -131,8 +132,9 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.c_proj.forward(&self.act.apply(&self.c_fc.forward(x)?)?)
+    /// residual + mlp(x).
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        self.c_proj.forward_residual(&self.act.apply(&self.c_fc.forward(x)?)?, residual)
     }
 }
 
@@ -155,8 +157,8 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
-        &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
+        let x = self.attn.forward(&self.ln_1.forward(x)?, mask, x)?;
+        self.mlp.forward(&self.ln_2.forward(&x)?, &x)
     }
 }
 

@@ -112,7 +112,8 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// residual + attention(x).
+    fn forward(&self, x: &Tensor, mask: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hs = self.head_size;
         // The fused projection is laid out per head: [q_h | k_h | v_h] for each head h.
@@ -121,7 +122,7 @@ impl Attention {
         let k = self.rope.apply(&qkv.narrow(D::Minus1, hs, hs)?)?;
         let v = qkv.narrow(D::Minus1, 2 * hs, hs)?;
         let y = attention(&q, &k, &v, 1.0 / (hs as f64).sqrt(), mask)?; // (b, t, hidden)
-        self.dense.forward(&y)
+        self.dense.forward_residual(&y, residual)
     }
 }
 
@@ -141,8 +142,9 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.dense_4h_to_h.forward(&self.act.apply(&self.dense_h_to_4h.forward(x)?)?)
+    /// residual + mlp(x).
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        self.dense_4h_to_h.forward_residual(&self.act.apply(&self.dense_h_to_4h.forward(x)?)?, residual)
     }
 }
 
@@ -167,15 +169,14 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let attn = self.attention.forward(&self.input_layernorm.forward(x)?, mask)?;
+        // h = x + attn(ln1(x))
+        let h = self.attention.forward(&self.input_layernorm.forward(x)?, mask, x)?;
         if self.parallel {
-            // x + attn(ln1(x)) + mlp(ln2(x))
-            let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(x)?)?;
-            (mlp + attn)? + x
+            // h + mlp(ln2(x)): x + attn(ln1(x)) + mlp(ln2(x))
+            self.mlp.forward(&self.post_attention_layernorm.forward(x)?, &h)
         } else {
-            // h = x + attn(ln1(x)); h + mlp(ln2(h))
-            let h = (attn + x)?;
-            self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)? + h
+            // h + mlp(ln2(h))
+            self.mlp.forward(&self.post_attention_layernorm.forward(&h)?, &h)
         }
     }
 }

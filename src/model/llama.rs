@@ -147,14 +147,15 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// residual + attention(x).
+    fn forward(&self, x: &Tensor, mask: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2); // (b, n, t, d)
         let q = self.rope.apply(&split(self.q_proj.forward(x)?, self.heads)?)?;
         let k = self.rope.apply(&split(self.k_proj.forward(x)?, self.kv_heads)?)?;
         let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
         let y = attention(&q, &k, &v, 1.0 / (self.head_dim as f64).sqrt(), mask)?; // (b, t, h*d)
-        self.o_proj.forward(&y)
+        self.o_proj.forward_residual(&y, residual)
     }
 }
 
@@ -177,9 +178,10 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// residual + mlp(x).
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
         let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?); // (b, t, i)
-        self.down_proj.forward(&self.act.gated(&gate, &up)?)
+        self.down_proj.forward_residual(&self.act.gated(&gate, &up)?, residual)
     }
 }
 
@@ -201,8 +203,8 @@ impl DecoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, mask)?)?;
-        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
+        let x = self.self_attn.forward(&self.input_layernorm.forward(x)?, mask, x)?;
+        self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, &x)
     }
 }
 
