@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::cli::{DemoArgs, ReportArgs, ScanArgs, ScanOnly, SelectArgs, SimulateArgs};
+use crate::cli::{DemoArgs, MergeArgs, ReportArgs, ScanArgs, ScanOnly, SelectArgs, SimulateArgs};
 use crate::discover;
 use crate::error::{exit, Error, Result};
 use crate::options::{self, ScanOptions};
@@ -25,8 +25,12 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
     crate::interrupt::install()?;
     let previous = opts.resume.as_deref().map(Report::read).transpose()?; // before the report files are created
     let reports = Reports::create(&opts.exports)?;
-    let found = discover::scan(&opts.dir)?;
+    let mut found = discover::scan(&opts.dir)?;
     found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
+    if let Some(part) = opts.partition {
+        found.checkpoints = part.select(found.checkpoints);
+        eprintln!("partition {part}: {} checkpoint(s) of the series; join the parts' reports with `plasticity merge`", found.checkpoints.len());
+    }
     let mut scan = Scan::new(opts, &found.checkpoints)?;
     if let (Some(prev), Some(path)) = (previous, &opts.resume) {
         scan.resume_from(prev, path)?;
@@ -56,6 +60,18 @@ pub fn report(args: ReportArgs) -> Result<i32> {
     let reports = Reports::create(&exports)?;
     reports.finish(&report)?;
     Ok(exit::OK)
+}
+
+/// `plasticity merge`: one report from the parts of a partitioned scan, scored together.
+pub fn merge(args: MergeArgs) -> Result<i32> {
+    let parts = args.reports.iter().map(|p| Ok((p.clone(), Report::read(p)?))).collect::<Result<Vec<_>>>()?;
+    let (report, warnings) = crate::runner::merge(parts)?;
+    warnings.iter().for_each(|w| eprintln!("warning: {w}"));
+    let exports = options::exports(&args.export)?;
+    let reports = Reports::create(&exports)?;
+    reports.finish(&report)?;
+    print_text(&table::render(&report), reports.uses_stdout());
+    Ok(exit_code(&report))
 }
 
 /// `plasticity select`: the path of the best checkpoint (or the best K), one per line.

@@ -24,6 +24,18 @@ pub enum Command {
     Report(ReportArgs),
     /// Print the path of the best checkpoint in a saved JSON report (for scripts).
     Select(SelectArgs),
+    /// Merge the JSON reports of a partitioned scan (scan --partition K/N) into one ranking.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The partial JSON reports, one per partition.
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +191,13 @@ pub struct ScanArgs {
     /// settings and the same files; fine-tune only the rest. May be the --json file itself.
     #[arg(long, value_name = "REPORT.json")]
     pub resume: Option<PathBuf>,
+
+    /// Scan only every N-th snapshot (in step order) starting at the K-th, K in 1..=N: one task
+    /// of a job array; `plasticity merge` joins the parts' reports. `auto` takes K and N from
+    /// Slurm (SLURM_ARRAY_TASK_ID, _MIN and _COUNT); `auto/N` takes K from Kubernetes'
+    /// JOB_COMPLETION_INDEX (0-based) with N parts.
+    #[arg(long, value_name = "K/N|auto|auto/N")]
+    pub partition: Option<String>,
 
     /// Threads for the CPU kernels [default: all cores].
     #[arg(long, value_name = "N")]

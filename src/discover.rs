@@ -23,6 +23,9 @@ pub struct CheckpointRef {
     pub step_source: &'static str,
 }
 
+/// Every `step_source` discovery writes.
+pub const STEP_SOURCES: [&str; 4] = ["trainer_state.json", "folder name", "hub revision name", "none (single checkpoint)"];
+
 /// What discovery found: the snapshots ordered by step, and warnings about skipped entries.
 #[derive(Debug, Default)]
 pub struct Discovery {

@@ -14,6 +14,7 @@ fn main() {
         Command::Demo(args) => app::demo(args),
         Command::Report(args) => app::report(args),
         Command::Select(args) => app::select(args),
+        Command::Merge(args) => app::merge(args),
     };
     let code = result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

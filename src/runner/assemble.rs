@@ -10,43 +10,30 @@ use crate::options::ScanOptions;
 use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, RaceInfo, Report, SeedRun, StoppedInfo, TargetInfo, Tool, SCHEMA_VERSION};
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, TargetSpec};
 
+/// What a report needs besides the results: how to score them and what to say about the run.
+pub(super) struct Context {
+    pub target: Option<TargetSpec>,
+    pub price_per_hour: Option<f64>,
+    pub fail_if_last_slower: Option<f64>,
+    pub settings: serde_json::Value,
+    pub device: DeviceInfo,
+    pub hours_unit: String,
+    pub race: Option<RaceInfo>,
+}
+
 impl Scan<'_> {
     /// The report of the results so far, scored.
     pub fn report(&self, status: &str) -> Report {
-        let summaries: Vec<Option<Vec<RunSummary>>> = self.results.iter().map(|r| r.runs.as_ref().ok().map(|runs| runs.iter().map(summary).collect())).collect();
-        let spec = self.opts.target.unwrap_or_else(|| self.series_target());
-        let scored = score::score(&summaries, spec);
-        let scores: Vec<Option<&Score>> = (0..self.results.len()).map(|i| scored.as_ref().and_then(|(_, s)| s[i].as_ref())).collect();
-        let pretraining = pretraining(&self.results);
-        let onset = pretraining.as_ref().and_then(|p| p.plateau_onset_step);
-        let mut checkpoints: Vec<CheckpointReport> = self.results.iter().zip(&scores).map(|(r, s)| checkpoint_report(r, *s, self.opts.price_per_hour)).collect();
-        for c in checkpoints.iter_mut() {
-            c.after_plateau_onset = onset.map(|o| c.step as f64 >= o);
-        }
-        rank_stopped_last(&mut checkpoints);
-        let mut ranked: Vec<&CheckpointReport> = checkpoints.iter().filter(|c| c.rank.is_some()).collect();
-        ranked.sort_by_key(|c| c.rank);
-        let target = scored.as_ref().map(|(t, _)| t);
-        let mut report = Report {
-            schema_version: SCHEMA_VERSION,
-            tool: Tool { name: env!("CARGO_PKG_NAME").into(), version: env!("CARGO_PKG_VERSION").into() },
-            status: status.into(),
+        let ctx = Context {
+            target: self.opts.target,
+            price_per_hour: self.opts.price_per_hour,
+            fail_if_last_slower: self.opts.fail_if_last_slower,
             settings: settings_json(self.opts),
             device: device_info(self.opts),
             hours_unit: self.opts.hours_label().into(),
-            target_loss: target.filter(|t| !matches!(t.spec, TargetSpec::Drop(_))).map(|t| t.value),
-            target: target.map(TargetInfo::from),
-            price_per_device_hour: self.opts.price_per_hour,
-            ranking: ranked.iter().map(|c| c.name.clone()).collect(),
-            checkpoints,
-            gates: Vec::new(),
-            pretraining,
             race: self.race_info(),
         };
-        if let Some(x) = self.opts.fail_if_last_slower {
-            report.gates.push(gates::last_slower(&report, x));
-        }
-        report
+        assemble(&self.results, &ctx, status)
     }
 
     /// The race's rungs and spending (None for a full scan).
@@ -58,13 +45,52 @@ impl Scan<'_> {
         Some(RaceInfo { eta: score::race::ETA, rungs, steps_trained, steps_full_budget })
     }
 
-    /// Without a target flag: the median final loss, or 1e-6 (the paper's tiny loss) for a
-    /// simulated series, which converges exactly.
-    pub(super) fn series_target(&self) -> TargetSpec {
-        let runs: Vec<&Run> = self.results.iter().filter_map(|r| r.runs.as_ref().ok()).flatten().collect();
-        let all_simulated = !runs.is_empty() && runs.iter().all(|r| r.single_index.is_some());
-        if all_simulated { TargetSpec::Loss(single_index::TINY_LOSS) } else { TargetSpec::MedianFinal }
+}
+
+/// Without a target flag: the median final loss, or 1e-6 (the paper's tiny loss) for a
+/// simulated series, which converges exactly.
+pub(super) fn series_target(results: &[CheckpointResult]) -> TargetSpec {
+    let runs: Vec<&Run> = results.iter().filter_map(|r| r.runs.as_ref().ok()).flatten().collect();
+    let all_simulated = !runs.is_empty() && runs.iter().all(|r| r.single_index.is_some());
+    if all_simulated { TargetSpec::Loss(single_index::TINY_LOSS) } else { TargetSpec::MedianFinal }
+}
+
+/// The report of `results`, scored together (a scan's results so far, or merged partitions).
+pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str) -> Report {
+    let summaries: Vec<Option<Vec<RunSummary>>> = results.iter().map(|r| r.runs.as_ref().ok().map(|runs| runs.iter().map(summary).collect())).collect();
+    let spec = ctx.target.unwrap_or_else(|| series_target(results));
+    let scored = score::score(&summaries, spec);
+    let scores: Vec<Option<&Score>> = (0..results.len()).map(|i| scored.as_ref().and_then(|(_, s)| s[i].as_ref())).collect();
+    let pretraining = pretraining(results);
+    let onset = pretraining.as_ref().and_then(|p| p.plateau_onset_step);
+    let mut checkpoints: Vec<CheckpointReport> = results.iter().zip(&scores).map(|(r, s)| checkpoint_report(r, *s, ctx.price_per_hour)).collect();
+    for c in checkpoints.iter_mut() {
+        c.after_plateau_onset = onset.map(|o| c.step as f64 >= o);
     }
+    rank_stopped_last(&mut checkpoints);
+    let mut ranked: Vec<&CheckpointReport> = checkpoints.iter().filter(|c| c.rank.is_some()).collect();
+    ranked.sort_by_key(|c| c.rank);
+    let target = scored.as_ref().map(|(t, _)| t);
+    let mut report = Report {
+        schema_version: SCHEMA_VERSION,
+        tool: Tool { name: env!("CARGO_PKG_NAME").into(), version: env!("CARGO_PKG_VERSION").into() },
+        status: status.into(),
+        settings: ctx.settings.clone(),
+        device: ctx.device.clone(),
+        hours_unit: ctx.hours_unit.clone(),
+        target_loss: target.filter(|t| !matches!(t.spec, TargetSpec::Drop(_))).map(|t| t.value),
+        target: target.map(TargetInfo::from),
+        price_per_device_hour: ctx.price_per_hour,
+        ranking: ranked.iter().map(|c| c.name.clone()).collect(),
+        checkpoints,
+        gates: Vec::new(),
+        pretraining,
+        race: ctx.race.clone(),
+    };
+    if let Some(x) = ctx.fail_if_last_slower {
+        report.gates.push(gates::last_slower(&report, x));
+    }
+    report
 }
 
 pub(super) fn summary(run: &Run) -> RunSummary {
@@ -210,6 +236,7 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "fail_if_last_slower": o.fail_if_last_slower,
         "threads": o.threads,
         "strategy": o.strategy,
+        "partition": o.partition.map(|p| p.to_string()),
     })
 }
 

@@ -22,10 +22,12 @@ use crate::train::{self, Outcome, Paused};
 
 mod assemble;
 mod memory;
+mod merge;
 mod race;
 mod resume;
 
 pub use memory::keep_freed_memory;
+pub use merge::merge;
 
 /// What fine-tuning the checkpoint in `dir` needs resident, from the safetensors headers and
 /// config.json alone: (f32 weights, one step's activations) in bytes.

@@ -175,7 +175,7 @@ impl Scan<'_> {
             .iter()
             .map(|&i| field[i].runs.as_ref().ok().map(|runs| runs.iter().map(|(r, _)| super::assemble::summary(r)).collect()))
             .collect();
-        let spec = self.opts.target.unwrap_or_else(|| self.series_target());
+        let spec = self.opts.target.unwrap_or_else(|| super::assemble::series_target(&self.results));
         let Some((_, scores)) = score::score(&summaries, spec) else { return };
         for (&i, verdict) in live.iter().zip(race::decide(&scores, rung, self.opts.hours_label())) {
             let finished = field[i].runs.as_ref().is_ok_and(|runs| runs.iter().all(|(_, p)| p.finished()));

@@ -15,6 +15,15 @@ use crate::train::{CurvePoint, Outcome};
 /// Settings that do not change a measurement.
 const IGNORED: [&str; 1] = ["threads"];
 
+/// The settings that differ between two reports, `ignored` apart.
+pub(super) fn differing(before: &serde_json::Value, now: &serde_json::Value, ignored: &[&str]) -> Vec<String> {
+    let (Some(a), Some(b)) = (before.as_object(), now.as_object()) else { return vec!["settings".into()] };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| !ignored.contains(&k.as_str())).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+}
+
 impl Scan<'_> {
     /// Accepts `previous` if it was made with the same settings and tool version.
     pub fn resume_from(&mut self, previous: Report, path: &Path) -> Result<()> {
@@ -22,9 +31,9 @@ impl Scan<'_> {
             return Err(Error::input(path, format!("was written by plasticity {}, this is {}", previous.tool.version, env!("CARGO_PKG_VERSION"))));
         }
         let now = super::assemble::settings_json(self.opts);
-        let differing = differing_settings(&previous.settings, &now);
-        if !differing.is_empty() {
-            return Err(Error::input(path, format!("settings differ from this scan: {}", differing.join(", "))));
+        let changed = differing(&previous.settings, &now, &IGNORED);
+        if !changed.is_empty() {
+            return Err(Error::input(path, format!("settings differ from this scan: {}", changed.join(", "))));
         }
         self.previous = previous.checkpoints.into_iter().filter(|c| c.status == "ok").map(|c| (c.name.clone(), c)).collect();
         Ok(())
@@ -37,16 +46,9 @@ impl Scan<'_> {
     }
 }
 
-fn differing_settings(before: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
-    let (Some(a), Some(b)) = (before.as_object(), now.as_object()) else { return vec!["settings".into()] };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| !IGNORED.contains(&k.as_str())).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
-}
 
 /// Runs rebuilt from a report entry: one per seed (from `runs[]`, or the single curve).
-fn runs_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> Vec<Run> {
+pub(super) fn runs_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> Vec<Run> {
     let median = c.median_step_s.unwrap_or(0.0);
     let tokens_per_step = (c.tokens_per_s.unwrap_or(0.0) * median).round() as usize;
     let seeds: Vec<(u64, u64, f64, &Vec<CurvePoint>)> = if c.runs.is_empty() {

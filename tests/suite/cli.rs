@@ -1,6 +1,6 @@
 //! The command line end to end on the committed checkpoint series (real Trainer folders).
 
-use super::util::{fixtures, scan, Dir};
+use super::util::{fixtures, scan, without_timings, Dir};
 
 #[test]
 fn scan_of_the_committed_series_ranks_every_checkpoint() {
@@ -61,23 +61,6 @@ fn same_seed_same_report_apart_from_timings() {
     let a = losses_and_ranking("11");
     assert_eq!(a, losses_and_ranking("11"));
     assert_ne!(a.0, losses_and_ranking("12").0);
-}
-
-/// Fields measured with a clock or from the process (and what is computed from them).
-const TIMING_FIELDS: [&str; 9] = ["elapsed_s", "median_step_s", "tokens_per_s", "flops_per_s", "peak_rss_bytes", "device_hours_to_target", "convergence_per_device_hour", "loss_drop_per_device_hour", "cost_to_target"];
-
-/// The report with every timing field removed, wherever it sits (ci95 included).
-fn without_timings(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(map) => {
-            TIMING_FIELDS.iter().for_each(|k| {
-                map.remove(*k);
-            });
-            map.values_mut().for_each(without_timings);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(without_timings),
-        _ => {}
-    }
 }
 
 /// Same inputs and seeds: the JSON reports are byte-identical once timing fields are removed,

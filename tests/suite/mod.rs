@@ -4,6 +4,7 @@ mod errors;
 mod exports;
 mod folders;
 mod parity;
+mod partition;
 mod peft;
 mod single_index;
 pub mod util;

@@ -103,3 +103,20 @@ pub fn assert_valid_report(report: &serde_json::Value) {
     let errors: Vec<String> = validator.iter_errors(report).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "report does not match schemas/report.schema.json:\n{}", errors.join("\n"));
 }
+
+/// Fields measured with a clock or from the process (and what is computed from them).
+pub const TIMING_FIELDS: [&str; 9] = ["elapsed_s", "median_step_s", "tokens_per_s", "flops_per_s", "peak_rss_bytes", "device_hours_to_target", "convergence_per_device_hour", "loss_drop_per_device_hour", "cost_to_target"];
+
+/// The report with every timing field removed, wherever it sits (ci95 included).
+pub fn without_timings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            TIMING_FIELDS.iter().for_each(|k| {
+                map.remove(*k);
+            });
+            map.values_mut().for_each(without_timings);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_timings),
+        _ => {}
+    }
+}
