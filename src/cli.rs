@@ -192,6 +192,11 @@ pub struct ScanArgs {
     #[arg(long, value_name = "REPORT.json")]
     pub resume: Option<PathBuf>,
 
+    /// Where to fine-tune: cpu, cuda (GPU 0), cuda:N, or auto (the first GPU when this build
+    /// has CUDA support and one is usable, else the CPU, saying why).
+    #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto")]
+    pub device: String,
+
     /// Scan only every N-th snapshot (in step order) starting at the K-th, K in 1..=N: one task
     /// of a job array; `plasticity merge` joins the parts' reports. `auto` takes K and N from
     /// Slurm (SLURM_ARRAY_TASK_ID, _MIN and _COUNT); `auto/N` takes K from Kubernetes'

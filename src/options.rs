@@ -116,7 +116,7 @@ impl ScanOptions {
             exports: exports(&args.export)?,
             step_summary: !args.export.no_step_summary,
             progress: !args.quiet,
-            device: Device::Cpu,
+            device: device(&args.device)?,
         })
     }
 
@@ -124,6 +124,38 @@ impl ScanOptions {
     pub fn hours_label(&self) -> &'static str {
         if self.device.is_cpu() { "device-hours" } else { "GPU-hours" }
     }
+}
+
+/// `--device`: cpu, cuda, cuda:N or auto. A CPU build refuses cuda by name; auto falls back
+/// to the CPU, saying why when this build could have used a GPU.
+pub fn device(value: &str) -> Result<Device> {
+    let ordinal = match value {
+        "cpu" => return Ok(Device::Cpu),
+        "auto" => return Ok(auto_device()),
+        "cuda" => 0,
+        v => v.strip_prefix("cuda:").and_then(|n| n.parse().ok()).ok_or_else(|| Error::flag("--device", format!("{v:?} is not cpu, cuda, cuda:N or auto")))?,
+    };
+    cuda_device(ordinal).map_err(|why| Error::flag("--device", format!("{value}: {why}")))
+}
+
+fn auto_device() -> Device {
+    if !cfg!(feature = "cuda") {
+        return Device::Cpu;
+    }
+    cuda_device(0).unwrap_or_else(|why| {
+        eprintln!("warning: --device auto: no usable GPU ({why}); running on the CPU");
+        Device::Cpu
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> std::result::Result<Device, String> {
+    Device::new_cuda(ordinal).map_err(|e| crate::error::one_line(&e))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_ordinal: usize) -> std::result::Result<Device, String> {
+    Err("this plasticity was built without CUDA support (scripts/build-cuda.sh builds one with it)".into())
 }
 
 /// One part of a partitioned scan: the snapshots at positions k-1, k-1+n, k-1+2n, ... in step

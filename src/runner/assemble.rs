@@ -244,5 +244,8 @@ fn device_info(o: &ScanOptions) -> DeviceInfo {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())));
-    DeviceInfo { kind: "cpu".into(), name: cpu.unwrap_or_else(|| "cpu".into()), threads: o.threads }
+    match o.device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => DeviceInfo { kind: "cuda".into(), name: format!("cuda:{gpu_id}"), threads: o.threads },
+        _ => DeviceInfo { kind: "cpu".into(), name: cpu.unwrap_or_else(|| "cpu".into()), threads: o.threads },
+    }
 }
