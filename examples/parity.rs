@@ -4,6 +4,7 @@
 //! this shows the figures.
 //!
 //!     cargo run --release --example parity
+//!     PLASTICITY_DEVICE=cuda target/cuda/release/examples/parity   # the same on a GPU
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,11 @@ use plasticity::train::optim::AdamWConfig;
 use plasticity::train::{eval_loss, Batch, TrainSpec, Trainer};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// `PLASTICITY_DEVICE` (cpu, cuda, cuda:N, auto), cpu when unset.
+fn device() -> Res<Device> {
+    Ok(plasticity::options::device(&std::env::var("PLASTICITY_DEVICE").unwrap_or_else(|_| "cpu".into()))?)
+}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -31,11 +37,12 @@ fn floats(v: &serde_json::Value) -> Vec<f64> {
 /// (max relative logit error, relative eval-loss error) against transformers.
 fn forward_errors(name: &str) -> Res<(f64, f64)> {
     let expected = json(&fixtures().join("expected").join(format!("{name}.json")))?;
-    let m = model::load(&fixtures().join("models").join(name), &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu)?;
+    let dev = device()?;
+    let m = model::load(&fixtures().join("models").join(name), &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &dev)?;
     let rows = expected["input_ids"].as_array().ok_or("input_ids")?;
     let ids: Vec<u32> = rows.iter().flat_map(floats).map(|x| x as u32).collect();
     let t = ids.len() / 2;
-    let logits = m.model.forward(&Tensor::from_vec(ids, (2, t), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?;
+    let logits = m.model.forward(&Tensor::from_vec(ids, (2, t), &dev)?)?.flatten_all()?.to_vec1::<f32>()?;
     let want = floats(&expected["logits"]);
     let logit_err = logits.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs() / b.abs().max(1.0)).fold(0.0, f64::max);
     let task = fixtures().join("task.jsonl");
@@ -52,7 +59,8 @@ fn peft_error(name: &str) -> Res<f64> {
     let dir = fixtures().join("peft").join(name);
     let expected = json(&dir.join("expected.json"))?;
     let spec = PeftConfig::read(&dir)?.spec(&dir)?;
-    let m = model::load(&fixtures().join("models").join(name), &spec, &AdapterInit::Peft(dir.clone()), 0, &Device::Cpu)?;
+    let dev = device()?;
+    let m = model::load(&fixtures().join("models").join(name), &spec, &AdapterInit::Peft(dir.clone()), 0, &dev)?;
     let train = TrainSpec {
         optimizer: AdamWConfig { lr: expected["lr"].as_f64().ok_or("lr")?, ..AdamWConfig::default() },
         warmup_steps: 0,
@@ -63,7 +71,7 @@ fn peft_error(name: &str) -> Res<f64> {
         eval_every: 0,
         timing_warmup: 0,
     };
-    let ids = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu)?["input_ids"].to_dtype(DType::U32)?;
+    let ids = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu)?["input_ids"].to_dtype(DType::U32)?.to_device(&dev)?;
     let mut trainer = Trainer::new(&m, &train)?;
     let mut worst: f64 = 0.0;
     for (step, want) in floats(&expected["losses"]).into_iter().enumerate() {

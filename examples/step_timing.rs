@@ -3,6 +3,7 @@
 //!
 //!     cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2, SHAPE: 14m|70m
 //!     cargo run --release --example step_timing -- time DIR STEPS WARMUP  # prints one JSON line
+//!     PLASTICITY_DEVICE=cuda target/cuda/release/examples/step_timing time DIR 5 2  # on a GPU
 //!
 //! The batch is 8 x 128 tokens, r = 8 on PEFT's default targets, AdamW, f32, on the threads
 //! RAYON_NUM_THREADS allows. Timing starts after WARMUP steps and reads the clock after
@@ -62,27 +63,33 @@ fn write(dir: &Path, arch: &str, shape: &str) -> Res<()> {
     Ok(write_checkpoint(dir, arch, shape, 0)?)
 }
 
+/// `PLASTICITY_DEVICE` (cpu, cuda, cuda:N, auto), cpu when unset.
+fn device() -> Res<Device> {
+    Ok(plasticity::options::device(&std::env::var("PLASTICITY_DEVICE").unwrap_or_else(|_| "cpu".into()))?)
+}
+
 /// A fixed batch of ids below 50,000 (the same formula the Python helper uses).
-fn batch() -> Res<Batch> {
+fn batch(dev: &Device) -> Res<Batch> {
     let ids: Vec<u32> = (0..BATCH * SEQ).map(|i| ((i * 7919 + 13) % 50000) as u32).collect();
-    let ids = Tensor::from_vec(ids, (BATCH, SEQ), &Device::Cpu)?;
+    let ids = Tensor::from_vec(ids, (BATCH, SEQ), dev)?;
     let labels = ids.ones_like()?.to_dtype(DType::F32)?;
     Ok(Batch { ids, labels })
 }
 
 fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
     let start = Instant::now();
-    let model = plasticity::model::load(dir, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu)?;
+    let dev = device()?;
+    let model = plasticity::model::load(dir, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &dev)?;
     let spec = TrainSpec { optimizer: AdamWConfig::default(), warmup_steps: 0, max_grad_norm: 1.0, batch_size: BATCH, grad_accum: 1, steps, eval_every: 0, timing_warmup: warmup };
     let mut trainer = Trainer::new(&model, &spec)?;
-    let b = batch()?;
+    let b = batch(&dev)?;
     let load_s = start.elapsed().as_secs_f64();
     let mut times = Vec::new();
     for i in 0..warmup + steps {
-        Device::Cpu.synchronize()?;
+        dev.synchronize()?;
         let t = Instant::now();
         trainer.step(std::slice::from_ref(&b))?;
-        Device::Cpu.synchronize()?;
+        dev.synchronize()?;
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -90,7 +97,8 @@ fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
     let step_s = median(&times);
     let (peak, bound) = (peak_rss_bytes().unwrap_or(0) as f64 / 1e6, memory_bound_bytes(dir, model.n_params)? / 1e6);
     println!(
-        "{{\"stack\": \"plasticity\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}, \"achieved_gflops\": {:.1}, \"peak_rss_mb\": {peak:.0}, \"bound_mb\": {bound:.0}, \"peak_over_bound\": {:.2}}}",
+        "{{\"stack\": \"plasticity\", \"device\": \"{:?}\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}, \"achieved_gflops\": {:.1}, \"peak_rss_mb\": {peak:.0}, \"bound_mb\": {bound:.0}, \"peak_over_bound\": {:.2}}}",
+        dev.location(),
         model.model_type,
         model.n_params,
         (BATCH * SEQ) as f64 / step_s,
