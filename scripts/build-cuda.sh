@@ -38,5 +38,5 @@ export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_TOOLKIT_R
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs -C link-arg=-Wl,--unresolved-symbols=ignore-in-object-files"
 start=$(date +%s)
-cargo build --release --locked --features cuda --target-dir target/cuda
-echo "built target/cuda/release/plasticity in $(( $(date +%s) - start )) s (CUDA $("$cuda/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute capability $CUDA_COMPUTE_CAP)"
+cargo build --release --locked --features cuda --target-dir target/cuda --bin plasticity --example parity --example step_timing
+echo "built target/cuda/release/plasticity (and examples/parity, examples/step_timing) in $(( $(date +%s) - start )) s (CUDA $("$cuda/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute capability $CUDA_COMPUTE_CAP)"

@@ -8,7 +8,7 @@
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`); CI does not
 # run it. Inputs are capped at 64 KiB (task files at 2 KiB) and 2 GiB of memory: a larger
-# allocation is a finding.
+# allocation is a finding, and so is an arithmetic overflow (built with debug assertions).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-600}
@@ -22,7 +22,7 @@ for t in "${targets[@]}"; do
   # tokenizing is the slow part of a task file: shorter inputs keep the target at hundreds of runs a second
   max_len=65536
   [ "$t" = task_file ] && max_len=2048
-  cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+  cargo +nightly fuzz run --debug-assertions "$t" "corpus/$t" "seeds/$t" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=2048 -max_len="$max_len" -timeout=10 -print_final_stats=1 2>&1 \
     | grep -E '^(#[0-9]+ *DONE|stat::|==|SUMMARY|.*(panicked|ERROR|crash|deadly))' || true
   if compgen -G "artifacts/$t/*" >/dev/null; then
@@ -30,5 +30,5 @@ for t in "${targets[@]}"; do
     exit 1
   fi
   # keep the corpus small enough to commit: only inputs that add coverage
-  cargo +nightly fuzz cmin "$t" "corpus/$t" >/dev/null 2>&1 || true
+  cargo +nightly fuzz cmin --debug-assertions "$t" "corpus/$t" >/dev/null 2>&1 || true
 done

@@ -102,7 +102,7 @@ pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize
     let layers = get(&["num_hidden_layers", "n_layer"]);
     let heads = get(&["num_attention_heads", "n_head"]);
     let inter = match get(&["intermediate_size", "n_inner"]) {
-        0 => 4 * hidden,
+        0 => hidden.saturating_mul(4),
         i => i,
     };
     let gated = matches!(config.get("model_type").and_then(|v| v.as_str()), Some("llama" | "mistral" | "qwen2"));

@@ -343,3 +343,17 @@ fn more_eval_blocks_than_the_task_holds() {
     let msg = failure_of(&report.unwrap(), "gpt2");
     assert!(msg.contains("task.jsonl") && msg.contains("100000 eval blocks"), "{msg}");
 }
+
+/// Sizes so large that the memory estimate's products overflow 64 bits: the checkpoint is
+/// refused for memory (the estimate saturates) instead of the scan panicking on the overflow.
+#[test]
+fn absurd_sizes_saturate_the_memory_estimate() {
+    assert_broken(
+        |d| edit_config(d, |c| {
+            c["n_embd"] = (1u64 << 62).into();
+            c["n_layer"] = (1u64 << 40).into();
+            c["vocab_size"] = (1u64 << 62).into();
+        }),
+        &["needs about", "GB are available"],
+    );
+}
