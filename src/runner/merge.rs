@@ -24,7 +24,9 @@ pub fn merge(parts: Vec<(PathBuf, Report)>) -> Result<(Report, Vec<String>)> {
     }
     let warnings = [missing_partitions(&parts), mixed_devices(&parts)].into_iter().flatten().collect();
     let mut settings = first.settings.clone();
-    settings["partition"] = serde_json::Value::Null;
+    if let Some(s) = settings.as_object_mut() {
+        s.insert("partition".into(), serde_json::Value::Null); // the merge covers every part
+    }
     let ctx = Context {
         target: target_of(&settings),
         price_per_hour: settings["price_per_device_hour"].as_f64(),
