@@ -2,7 +2,8 @@
 # The GPU check, for a machine with an NVIDIA GPU and no Rust toolchain (the device tool's H200):
 # the fixture models' losses on the GPU against the CPU (the CPU matches transformers, see
 # README "Correctness"), GPU against CPU loss curves and ranking on the committed series, and
-# tokens/s at the Pythia-70M benchmark shape on the GPU next to the CPU. A few minutes:
+# the series in bf16 against f32 and with two workers on one GPU against one, and tokens/s at
+# the Pythia-70M benchmark shape on the GPU (f32 and bf16) next to the CPU. A few minutes:
 #
 #   scripts/build-cuda.sh && scripts/gpu-check.sh --pack   # here: a stripped CUDA binary in .gpu/
 #   bash scripts/gpu-check.sh                               # there, from the repository root
@@ -81,6 +82,20 @@ for a, b in zip(cpu["checkpoints"], gpu["checkpoints"]):
 print(f"ranking cpu {cpu['ranking']}, gpu {gpu['ranking']}; device {gpu['device']}")
 PY
 
+echo "== the series in bf16 (--dtype bf16) against f32 on the GPU; two workers on one GPU against one"
+"$bin" scan tests/fixtures/series --task "$task" --steps 20 --eval-every 5 --device cuda --dtype bf16 --quiet --json "$work/series-cuda-bf16.json" > /dev/null
+"$bin" scan tests/fixtures/series --task "$task" --steps 20 --eval-every 5 --devices cuda:0,cuda:0 --quiet --json "$work/series-cuda-2w.json" > /dev/null
+python3 - "$work/series-cuda.json" "$work/series-cuda-bf16.json" "$work/series-cuda-2w.json" <<'PY'
+import json, sys
+f32, bf16, two = (json.load(open(p)) for p in sys.argv[1:])
+evals = lambda c: [p["eval_loss"] for p in c["curve"] if p["eval_loss"] is not None]
+for a, b in zip(f32["checkpoints"], bf16["checkpoints"]):
+    print(f"{a['name']:<16} final eval f32 {evals(a)[-1]:.6f} bf16 {evals(b)[-1]:.6f}; max rel diff {max(abs(x - y) / abs(x) for x, y in zip(evals(a), evals(b))):.1e}")
+print(f"ranking f32 {f32['ranking']}, bf16 {bf16['ranking']}")
+same = all([(p["step"], p["train_loss"], p["eval_loss"]) for p in a["curve"]] == [(p["step"], p["train_loss"], p["eval_loss"]) for p in b["curve"]] for a, b in zip(f32["checkpoints"], two["checkpoints"]))
+print(f"two workers: curves identical to one worker: {same}; ranking {two['ranking']}; device {two['device']}")
+PY
+
 echo "== one LoRA step at the Pythia-70M shape (gpt_neox, 6 x 512, vocab 50304; batch 8 x 128, r 8, f32)"
 python3 - "$work/neox70" <<'PY'
 import sys, torch
@@ -95,9 +110,11 @@ cp tests/fixtures/tokenizer.json "$work/neox70/"
   --device cuda --quiet --json "$work/neox70-cuda.json" > /dev/null
 "$bin" scan "$work/neox70" --task "$task" --steps 3 --eval-every 3 --batch-size 8 --seq-len 128 --eval-blocks 2 \
   --device cpu --threads "$(nproc)" --quiet --json "$work/neox70-cpu.json" > /dev/null
-python3 - "$work/neox70-cuda.json" "$work/neox70-cpu.json" <<'PY'
+"$bin" scan "$work/neox70" --task "$task" --steps 20 --eval-every 20 --batch-size 8 --seq-len 128 --eval-blocks 2 \
+  --device cuda --dtype bf16 --quiet --json "$work/neox70-cuda-bf16.json" > /dev/null
+python3 - "$work/neox70-cuda.json" "$work/neox70-cuda-bf16.json" "$work/neox70-cpu.json" <<'PY'
 import json, sys
 for p in sys.argv[1:]:
     r = json.load(open(p)); c = r["checkpoints"][0]
-    print(f"{r['device']['kind']:<5} {r['device']['name']:<32} {c.get('tokens_per_s') or 0:>10.0f} tokens/s  median step {c.get('median_step_s') or 0:.4f} s  ({c['status']})")
+    print(f"{r['device']['kind']:<5} {r['settings']['dtype']:<5} {r['device']['name']:<32} {c.get('tokens_per_s') or 0:>10.0f} tokens/s  median step {c.get('median_step_s') or 0:.4f} s  ({c['status']})")
 PY

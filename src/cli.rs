@@ -194,8 +194,20 @@ pub struct ScanArgs {
 
     /// Where to fine-tune: cpu, cuda (GPU 0), cuda:N, or auto (the first GPU when this build
     /// has CUDA support and one is usable, else the CPU, saying why).
-    #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto")]
+    #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto", conflicts_with = "devices")]
     pub device: String,
+
+    /// Several devices, one worker each: every worker fine-tunes the next snapshot not yet
+    /// taken (e.g. cuda:0,cuda:1). Results equal a run on one device but for timings; a
+    /// device may repeat (cpu,cpu: two CPU workers sharing --threads).
+    #[arg(long, value_name = "DEV,DEV,...")]
+    pub devices: Option<String>,
+
+    /// Precision of the frozen base weights and activations: f32, or bf16 as transformers
+    /// loads with torch_dtype=bfloat16 (adapters, their gradients and the optimizer stay f32,
+    /// as PEFT keeps them). bf16 halves the weights' memory; on a CPU it is slower than f32.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16")]
+    pub dtype: String,
 
     /// Scan only every N-th snapshot (in step order) starting at the K-th, K in 1..=N: one task
     /// of a job array; `plasticity merge` joins the parts' reports. `auto` takes K and N from

@@ -304,7 +304,9 @@ impl Linear {
         let y = frozen_linear(x, &self.wt, self.bias.as_ref())?; // (..., out)
         match &self.adapter {
             None => Ok(y),
-            Some(ad) => y.add(&ad.forward(x)?),
+            Some(ad) if x.dtype() == ad.a.dtype() => y.add(&ad.forward(x)?),
+            // PEFT with a bf16 base: the f32 adapter sees x cast to f32; the sum is cast back
+            Some(ad) => y.to_dtype(ad.a.dtype())?.add(&ad.forward(&x.to_dtype(ad.a.dtype())?)?)?.to_dtype(x.dtype()),
         }
     }
 
@@ -352,12 +354,14 @@ pub fn frozen_matmul(x: &Tensor, wt: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2(wt, FrozenMatmul)
 }
 
-/// `x @ wt + bias` with frozen `wt` and bias; on the CPU in f32 the bias is the matmul's
-/// starting value (one output tensor, one graph node), elsewhere it is added after.
+/// `x @ wt + bias` with frozen `wt` and bias; on the CPU the bias is the matmul's starting
+/// value (one output tensor, one graph node; in bf16 the sum is rounded once, as torch's
+/// addmm rounds it), elsewhere it is added after.
 pub fn frozen_linear(x: &Tensor, wt: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let same = x.dtype() == wt.dtype() && bias.is_none_or(|b| b.dtype() == x.dtype());
     match bias {
         None => frozen_matmul(x, wt),
-        Some(b) if x.device().is_cpu() && x.dtype() == DType::F32 && b.dims1()? == wt.dim(1)? => {
+        Some(b) if x.device().is_cpu() && same && matches!(x.dtype(), DType::F32 | DType::BF16) && b.dims1()? == wt.dim(1)? => {
             x.contiguous()?.apply_op3(wt, &b.contiguous()?, FrozenMatmulBias)
         }
         Some(b) => frozen_matmul(x, wt)?.broadcast_add(b),
@@ -373,6 +377,12 @@ impl CustomOp3 for FrozenMatmulBias {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        if let CpuStorage::BF16(_) = s1 {
+            // bf16: computed in f32 from the bias on, rounded once at the end
+            let (y, out) = self.cpu_fwd(&widen(s1), l1, &widen(s2), l2, &widen(s3), l3)?;
+            let CpuStorage::F32(y) = y else { candle_core::bail!("frozen matmul: f32 output expected") };
+            return Ok((CpuStorage::BF16(y.iter().map(|&v| half::bf16::from_f32(v)).collect()), out));
+        }
         let (m, _, n, out) = FrozenMatmul::dims(l1, l2)?;
         let (bs, be) = l3.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("frozen matmul needs a contiguous bias".into()))?;
         let bias = &s3.as_slice::<f32>()?[bs..be];
@@ -387,6 +397,14 @@ impl CustomOp3 for FrozenMatmulBias {
     /// dL/dx = dL/dy @ wt^T; no gradient for the frozen weight and bias.
     fn bwd(&self, x: &Tensor, wt: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Ok((Some(input_grad(x, wt, grad)?), None, None))
+    }
+}
+
+/// A bf16 storage as f32 (same layout); other storages as they are.
+fn widen(s: &CpuStorage) -> CpuStorage {
+    match s {
+        CpuStorage::BF16(v) => CpuStorage::F32(v.iter().map(|x| x.to_f32()).collect()),
+        other => other.clone(),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use crate::cli::{ExportArgs, LoraArgs, ScanArgs, SeriesArgs, Strategy, TrainArgs};
 use crate::report::Format;
@@ -76,7 +76,12 @@ pub struct ScanOptions {
     /// Append the Markdown summary to $GITHUB_STEP_SUMMARY when it is set.
     pub step_summary: bool,
     pub progress: bool,
+    /// The first (or only) device; see `devices`.
     pub device: Device,
+    /// One worker per entry (--devices); `[device]` without the flag.
+    pub devices: Vec<Device>,
+    /// Precision of the frozen base weights and activations (--dtype).
+    pub dtype: DType,
 }
 
 impl ScanOptions {
@@ -92,6 +97,10 @@ impl ScanOptions {
         let price_per_hour = args.price_per_gpu_hour.map(|p| finite_positive("--price-per-gpu-hour", p)).transpose()?;
         let (lora, init) = lora_settings(&args.lora, args.train.seed)?;
         let train = train_settings(&args.train)?;
+        let devices = match &args.devices {
+            Some(list) => device_list(list, args.strategy)?,
+            None => vec![device(&args.device)?],
+        };
         let explicit = Explicit { lr: args.train.lr, steps: args.train.steps, batch_size: args.train.batch_size };
         Ok(ScanOptions {
             dir: args.dir,
@@ -116,7 +125,9 @@ impl ScanOptions {
             exports: exports(&args.export)?,
             step_summary: !args.export.no_step_summary,
             progress: !args.quiet,
-            device: device(&args.device)?,
+            device: devices.first().cloned().unwrap_or(Device::Cpu),
+            devices,
+            dtype: dtype(&args.dtype)?,
         })
     }
 
@@ -129,13 +140,43 @@ impl ScanOptions {
 /// `--device`: cpu, cuda, cuda:N or auto. A CPU build refuses cuda by name; auto falls back
 /// to the CPU, saying why when this build could have used a GPU.
 pub fn device(value: &str) -> Result<Device> {
+    device_for("--device", value)
+}
+
+fn device_for(flag: &'static str, value: &str) -> Result<Device> {
     let ordinal = match value {
         "cpu" => return Ok(Device::Cpu),
         "auto" => return Ok(auto_device()),
         "cuda" => 0,
-        v => v.strip_prefix("cuda:").and_then(|n| n.parse().ok()).ok_or_else(|| Error::flag("--device", format!("{v:?} is not cpu, cuda, cuda:N or auto")))?,
+        v => v.strip_prefix("cuda:").and_then(|n| n.parse().ok()).ok_or_else(|| Error::flag(flag, format!("{v:?} is not cpu, cuda, cuda:N or auto")))?,
     };
-    cuda_device(ordinal).map_err(|why| Error::flag("--device", format!("{value}: {why}")))
+    cuda_device(ordinal).map_err(|why| Error::flag(flag, format!("{value}: {why}")))
+}
+
+/// `--devices`: a comma-separated list of cpu, cuda or cuda:N (not auto: a worker per device
+/// must be a device). Racing advances all snapshots rung by rung, one at a time.
+pub fn device_list(value: &str, strategy: Strategy) -> Result<Vec<Device>> {
+    if strategy == Strategy::Race {
+        return Err(Error::flag("--devices", "cannot be combined with --strategy race (a race advances the snapshots in lockstep on one device)"));
+    }
+    let names: Vec<&str> = value.split(',').map(str::trim).collect();
+    if names.iter().any(|n| n.is_empty() || *n == "auto") {
+        return Err(Error::flag("--devices", format!("{value:?}: give a list of cpu, cuda or cuda:N, such as cuda:0,cuda:1")));
+    }
+    let devices: Vec<Device> = names.iter().map(|n| device_for("--devices", n)).collect::<Result<_>>()?;
+    if devices.iter().any(|d| d.is_cpu()) && devices.iter().any(|d| !d.is_cpu()) {
+        return Err(Error::flag("--devices", format!("{value:?} mixes the CPU and GPUs, whose timings cannot be ranked together")));
+    }
+    Ok(devices)
+}
+
+/// `--dtype`: f32 or bf16.
+pub fn dtype(value: &str) -> Result<DType> {
+    match value {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        other => Err(Error::flag("--dtype", format!("{other:?} is not f32 or bf16"))),
+    }
 }
 
 fn auto_device() -> Device {

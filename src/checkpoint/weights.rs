@@ -31,6 +31,8 @@ pub struct WeightStore {
     files: Vec<(PathBuf, Source)>,
     entries: HashMap<String, Entry>,
     device: Device,
+    /// What every tensor is converted to when read (f32 unless --dtype says otherwise).
+    dtype: DType,
 }
 
 enum Source {
@@ -101,7 +103,12 @@ fn hub_cache_blobs(root: &Path) -> Option<PathBuf> {
 impl WeightStore {
     /// Opens every weight file of the checkpoint in `dir` and indexes its tensors.
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
-        let mut store = WeightStore { files: Vec::new(), entries: HashMap::new(), device: device.clone() };
+        Self::open_as(dir, device, DType::F32)
+    }
+
+    /// [`Self::open`], reading every tensor as `dtype`.
+    pub fn open_as(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let mut store = WeightStore { files: Vec::new(), entries: HashMap::new(), device: device.clone(), dtype };
         for path in weight_files(dir)? {
             if path.extension().is_some_and(|e| e == "bin") {
                 store.add_pickle(&path)?;
@@ -169,7 +176,12 @@ impl WeightStore {
 
     /// Bytes the weights take once converted to f32, from the headers alone.
     pub fn f32_bytes(&self) -> u64 {
-        let bytes = |e: &Entry| e.shape.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
+        self.bytes_as(DType::F32)
+    }
+
+    /// Bytes the weights take once converted to `dtype`, from the headers alone.
+    pub fn bytes_as(&self, dtype: DType) -> u64 {
+        let bytes = |e: &Entry| e.shape.iter().fold(dtype.size_in_bytes() as u64, |n, &d| n.saturating_mul(d as u64));
         self.entries.values().fold(0u64, |sum, e| sum.saturating_add(bytes(e)))
     }
 
@@ -178,7 +190,12 @@ impl WeightStore {
         self.entries.values().map(|e| e.end - e.start).sum()
     }
 
-    /// The tensor `name` as f32 with exactly `shape`, or an error naming file, tensor and shapes.
+    /// The dtype tensors are read as.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The tensor `name` as the store's dtype with exactly `shape`, or an error naming file, tensor and shapes.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let entry = self.entries.get(name).ok_or_else(|| self.missing(name))?;
         let path = &self.files[entry.file].0;
@@ -204,7 +221,7 @@ impl WeightStore {
         };
         let t = t.to_dtype(DType::F32)?;
         check_finite(&t).map_err(|msg| Error::input(path, format!("tensor {name} {msg}")))?;
-        Ok(t.to_device(&self.device)?)
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
 
     fn missing(&self, name: &str) -> Error {

@@ -40,7 +40,12 @@ struct NormOp {
 }
 
 /// LayerNorm: (x - mean) / sqrt(var + eps) * w + b, var biased, as torch computes it.
+/// In bf16 it computes in f32 and rounds once, as torch's LayerNorm kernels do.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        return layer_norm(&f(x)?, &f(w)?, &f(b)?, eps)?.to_dtype(x.dtype());
+    }
     if !fused(x) {
         return candle_nn::ops::layer_norm_slow(x, w, b, eps as f32);
     }
@@ -48,7 +53,12 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::
 }
 
 /// RMSNorm: x / sqrt(mean(x^2) + eps) * w, as transformers' LlamaRMSNorm in f32.
+/// In bf16, normalised in f32, rounded, then scaled by the weight, as LlamaRMSNorm does.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        let normed = rms_norm(&x.to_dtype(DType::F32)?, &w.ones_like()?.to_dtype(DType::F32)?, eps)?; // (..., h)
+        return normed.to_dtype(x.dtype())?.broadcast_mul(w);
+    }
     if !fused(x) {
         return candle_nn::ops::rms_norm_slow(x, w, eps as f32);
     }
@@ -182,6 +192,10 @@ impl Act {
 
 /// `act(x)` as one node; the backward multiplies by f'(x).
 pub fn activation(x: &Tensor, act: Act) -> candle_core::Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        // computed in f32 and rounded once, as torch computes activations in bf16
+        return activation(&x.to_dtype(DType::F32)?, act)?.to_dtype(x.dtype());
+    }
     if !fused(x) {
         return match act {
             Act::Silu => x.silu(),

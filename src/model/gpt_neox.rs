@@ -113,7 +113,8 @@ impl Attention {
     }
 
     /// residual + attention(x).
-    fn forward(&self, x: &Tensor, mask: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+    /// `residual + attn(x)`, or attn(x) alone without a residual.
+    fn forward(&self, x: &Tensor, mask: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hs = self.head_size;
         // The fused projection is laid out per head: [q_h | k_h | v_h] for each head h.
@@ -122,7 +123,10 @@ impl Attention {
         let k = self.rope.apply(&qkv.narrow(D::Minus1, hs, hs)?)?;
         let v = qkv.narrow(D::Minus1, 2 * hs, hs)?;
         let y = attention(&q, &k, &v, 1.0 / (hs as f64).sqrt(), mask)?; // (b, t, hidden)
-        self.dense.forward_residual(&y, residual)
+        match residual {
+            Some(r) => self.dense.forward_residual(&y, r),
+            None => self.dense.forward(&y),
+        }
     }
 }
 
@@ -169,8 +173,14 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        if self.parallel && x.dtype() != candle_core::DType::F32 {
+            // (mlp + attn) + x in transformers' order: in bf16 each sum rounds
+            let attn = self.attention.forward(&self.input_layernorm.forward(x)?, mask, None)?;
+            let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(x)?, &attn)?;
+            return mlp + x;
+        }
         // h = x + attn(ln1(x))
-        let h = self.attention.forward(&self.input_layernorm.forward(x)?, mask, x)?;
+        let h = self.attention.forward(&self.input_layernorm.forward(x)?, mask, Some(x))?;
         if self.parallel {
             // h + mlp(ln2(x)): x + attn(ln1(x)) + mlp(ln2(x))
             self.mlp.forward(&self.post_attention_layernorm.forward(x)?, &h)

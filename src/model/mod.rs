@@ -134,11 +134,18 @@ pub fn parse_config<T: for<'de> Deserialize<'de>>(dir: &Path, value: &serde_json
     })
 }
 
-/// Opens the checkpoint in `dir`: config, weights and adapters.
+/// Opens the checkpoint in `dir`: config, weights and adapters, in f32.
 pub fn load(dir: &Path, spec: &LoraSpec, init: &AdapterInit, seed: u64, device: &Device) -> Result<LoadedModel> {
+    load_as(dir, spec, init, seed, device, DType::F32)
+}
+
+/// [`load`] with base weights and activations in `dtype`; adapters stay f32 (PEFT's
+/// `autocast_adapter_dtype`), so a bf16 model runs as transformers + PEFT run one loaded with
+/// `torch_dtype=torch.bfloat16`.
+pub fn load_as(dir: &Path, spec: &LoraSpec, init: &AdapterInit, seed: u64, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let config = read_config(dir)?;
     let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let store = WeightStore::open(dir, device)?;
+    let store = WeightStore::open_as(dir, device, dtype)?;
     let w = Weights::new(&store);
     match model_type.as_str() {
         "llama" | "mistral" | "qwen2" => llama::load(dir, &config, w, spec, init, seed),
@@ -314,7 +321,8 @@ impl Rope {
         if self.rot_dim == 0 {
             return Ok(x.clone());
         }
-        let (cos, sin) = self.tables(t, x.device())?;
+        let (cos, sin) = self.tables(t, x.device())?; // f32, cast as HF casts them to x's dtype
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         let rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
         let half = self.rot_dim / 2;
         let x1 = rot.narrow(D::Minus1, 0, half)?;
@@ -370,8 +378,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) 
     let (b, h, t, d) = q.dims4()?;
     let kv = k.dim(1)?;
     let (k, v) = (repeat_kv(&k.contiguous()?, h / kv)?, repeat_kv(&v.contiguous()?, h / kv)?); // (b, h, t, d)
-    let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?; // (b, h, t, t)
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?; // (b, h, t, t)
+    // the softmax in f32 and the probabilities back in q's dtype, as transformers' eager
+    // attention does in bf16
+    let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(q.dtype())?;
     let out = probs.matmul(&v)?; // (b, h, t, d)
     out.transpose(1, 2)?.reshape((b, t, h * d)) // (b, t, h*d)
 }
@@ -391,8 +402,11 @@ pub enum Activation {
     Silu,
     /// Exact GELU (erf), transformers' "gelu".
     Gelu,
-    /// The tanh approximation: "gelu_new", "gelu_pytorch_tanh", "gelu_fast".
+    /// The tanh approximation: "gelu_pytorch_tanh", "gelu_fast".
     GeluTanh,
+    /// The tanh approximation as transformers' NewGELUActivation writes it ("gelu_new"): the
+    /// same function, but in bf16 each of its eight tensor ops rounds.
+    GeluNew,
     Relu,
 }
 
@@ -401,13 +415,17 @@ impl Activation {
         match name {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu" => Ok(Activation::Gelu),
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "gelu_new" => Ok(Activation::GeluNew),
+            "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
             "relu" => Ok(Activation::Relu),
             other => Err(Error::input(dir.join("config.json"), format!("unsupported activation {other:?}"))),
         }
     }
 
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if matches!(self, Activation::GeluNew) && x.dtype() != DType::F32 {
+            return gelu_new_rounded(x);
+        }
         match self.fused() {
             Some(act) => fused::activation(x, act),
             None => x.relu(),
@@ -426,10 +444,26 @@ impl Activation {
         match self {
             Activation::Silu => Some(fused::Act::Silu),
             Activation::Gelu => Some(fused::Act::GeluErf),
-            Activation::GeluTanh => Some(fused::Act::GeluTanh),
+            Activation::GeluTanh | Activation::GeluNew => Some(fused::Act::GeluTanh),
             Activation::Relu => None,
         }
     }
+}
+
+/// NewGELUActivation in a low precision, op by op as torch rounds it:
+/// `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`, each tensor op computed in f32
+/// (scalars unrounded) and rounded to x's dtype.
+fn gelu_new_rounded(x: &Tensor) -> candle_core::Result<Tensor> {
+    let dt = x.dtype();
+    let f = |t: &Tensor| t.to_dtype(DType::F32);
+    let r = |t: Tensor| t.to_dtype(dt);
+    let affine = |t: &Tensor, mul: f64, add: f64| r(f(t)?.affine(mul, add)?);
+    let x32 = f(x)?;
+    let cube = r((x32.sqr()? * &x32)?)?; // torch.pow(x, 3.0)
+    let inner = r((x32 + f(&affine(&cube, 0.044715, 0.0)?)?)?)?;
+    let t = r(f(&affine(&inner, (2.0 / std::f64::consts::PI).sqrt(), 0.0)?)?.tanh()?)?;
+    let half_x = affine(x, 0.5, 0.0)?;
+    r((f(&half_x)? * f(&affine(&t, 1.0, 1.0)?)?)?)
 }
 
 /// transformers' LayerNorm / RMSNorm weights, applied with differentiable ops.

@@ -138,8 +138,16 @@ pub struct Tool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceInfo {
     pub kind: String,
+    /// The CPU's model name, or each GPU's name and ordinal, comma-separated.
     pub name: String,
     pub threads: usize,
+    /// Workers that fine-tuned snapshots side by side (--devices); 1 otherwise.
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

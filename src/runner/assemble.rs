@@ -24,7 +24,12 @@ pub(super) struct Context {
 impl Scan<'_> {
     /// The report of the results so far, scored.
     pub fn report(&self, status: &str) -> Report {
-        let ctx = Context {
+        assemble(&self.results, &self.context(), status)
+    }
+
+    /// How this scan's results are scored and described.
+    pub(super) fn context(&self) -> Context {
+        Context {
             target: self.opts.target,
             price_per_hour: self.opts.price_per_hour,
             fail_if_last_slower: self.opts.fail_if_last_slower,
@@ -32,8 +37,7 @@ impl Scan<'_> {
             device: device_info(self.opts),
             hours_unit: self.opts.hours_label().into(),
             race: self.race_info(),
-        };
-        assemble(&self.results, &ctx, status)
+        }
     }
 
     /// The race's rungs and spending (None for a full scan).
@@ -237,15 +241,39 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "threads": o.threads,
         "strategy": o.strategy,
         "partition": o.partition.map(|p| p.to_string()),
+        "dtype": o.dtype.as_str(),
+        "devices": o.devices.iter().map(super::workers::device_label).collect::<Vec<_>>(),
     })
 }
 
 fn device_info(o: &ScanOptions) -> DeviceInfo {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())));
-    match o.device.location() {
-        candle_core::DeviceLocation::Cuda { gpu_id } => DeviceInfo { kind: "cuda".into(), name: format!("cuda:{gpu_id}"), threads: o.threads },
-        _ => DeviceInfo { kind: "cpu".into(), name: cpu.unwrap_or_else(|| "cpu".into()), threads: o.threads },
+    let mut names: Vec<String> = Vec::new();
+    for name in o.devices.iter().map(device_name) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
     }
+    let kind = if o.device.is_cpu() { "cpu" } else { "cuda" };
+    DeviceInfo { kind: kind.into(), name: names.join(", "), threads: o.threads, workers: o.devices.len() }
+}
+
+/// The CPU's model name, or the GPU's with its ordinal: "NVIDIA H200 (cuda:0)".
+pub(crate) fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("{} (cuda:{gpu_id})", gpu_name(device).unwrap_or_else(|| "unknown GPU".into())),
+        _ => std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+            .unwrap_or_else(|| "cpu".into()),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_name(device: &candle_core::Device) -> Option<String> {
+    device.as_cuda_device().ok()?.cuda_stream().context().name().ok()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_name(_device: &candle_core::Device) -> Option<String> {
+    None
 }

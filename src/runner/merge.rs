@@ -14,7 +14,7 @@ use crate::report::{CheckpointReport, Report};
 use crate::score::TargetSpec;
 
 /// Settings that may differ between the parts of one scan.
-const PER_PART: [&str; 2] = ["threads", "partition"];
+const PER_PART: [&str; 3] = ["threads", "partition", "devices"];
 
 /// The merged report and warnings worth printing (missing partitions, mixed devices).
 pub fn merge(parts: Vec<(PathBuf, Report)>) -> Result<(Report, Vec<String>)> {

@@ -2,12 +2,16 @@
 //! result, then rescore and rewrite the reports.
 //!
 //! A checkpoint that fails (bad config, missing tensor, divergence...) becomes a failed result
-//! with a one-line reason, and the scan goes on. Only one checkpoint's weights are resident at
-//! a time: each model is dropped before the next is opened. This module must not define
-//! scores (see `score.rs`) or formats (see `report/`).
+//! with a one-line reason, and the scan goes on. Only one checkpoint's weights are resident per
+//! worker (one worker, or one per `--devices` entry, see `workers.rs`): each model is dropped
+//! before the worker opens the next. This module must not define scores (see `score.rs`) or
+//! formats (see `report/`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::Device;
 
 use crate::data::{self, BatchOrder, Blocks, Document, TaskTokenizer};
 use crate::discover::CheckpointRef;
@@ -25,6 +29,7 @@ mod memory;
 mod merge;
 mod race;
 mod resume;
+mod workers;
 
 pub use memory::keep_freed_memory;
 pub use merge::merge;
@@ -32,7 +37,13 @@ pub use merge::merge;
 /// What fine-tuning the checkpoint in `dir` needs resident, from the safetensors headers and
 /// config.json alone: (f32 weights, one step's activations) in bytes.
 pub fn memory_needed(dir: &Path, batch_size: usize, seq_len: usize) -> Result<(u64, u64)> {
-    let weights = crate::checkpoint::weights::WeightStore::open(dir, &candle_core::Device::Cpu)?.f32_bytes();
+    memory_needed_as(dir, batch_size, seq_len, candle_core::DType::F32)
+}
+
+/// [`memory_needed`] with the weights in `dtype` (activations are counted in f32: an upper
+/// bound in bf16, where the adapters' path and the softmax stay f32).
+pub fn memory_needed_as(dir: &Path, batch_size: usize, seq_len: usize, dtype: candle_core::DType) -> Result<(u64, u64)> {
+    let weights = crate::checkpoint::weights::WeightStore::open(dir, &candle_core::Device::Cpu)?.bytes_as(dtype);
     Ok((weights, model::activation_bytes(&model::read_config(dir)?, batch_size, seq_len)))
 }
 
@@ -77,11 +88,15 @@ pub struct Stopped {
     pub reason: String,
 }
 
-/// Token blocks already built, by tokenizer file contents (a series usually shares one).
+/// Token blocks already built, by tokenizer file contents (a series usually shares one);
+/// shared by the workers of `--devices`.
 #[derive(Default)]
 struct BlockCache {
-    by_tokenizer: HashMap<(Vec<u8>, u32), Blocks>,
+    by_tokenizer: Mutex<HashMap<TokenizerKey, Arc<Blocks>>>,
 }
+
+/// A tokenizer file's bytes and the end-of-text id it is used with.
+type TokenizerKey = (Vec<u8>, u32);
 
 /// A scan in progress.
 pub struct Scan<'a> {
@@ -119,63 +134,75 @@ impl<'a> Scan<'a> {
             return self.race(checkpoints, reports);
         }
         let progress = Progress::new(checkpoints.len(), self.opts.train.steps * self.opts.seeds, self.opts.progress);
+        let status = if self.opts.devices.len() > 1 { self.run_workers(checkpoints, reports, &progress)? } else { self.run_sequential(checkpoints, reports, &progress)? };
+        progress.finish();
+        Ok(self.report(status))
+    }
+
+    /// One checkpoint after another on the one device; returns the scan's status.
+    fn run_sequential(&mut self, checkpoints: &[CheckpointRef], reports: &Reports, progress: &Progress) -> Result<&'static str> {
         for (i, c) in checkpoints.iter().enumerate() {
             progress.start_checkpoint(i, &c.name);
-            let fingerprint = crate::checkpoint::fingerprint::fingerprint(&c.path).ok();
             memory::reset_peak();
-            let mut diverged = false;
-            let runs = match self.reusable(c, fingerprint.as_deref()) {
-                Some(runs) => {
-                    progress.println(&format!("reusing the measurement of {} from the resumed report", c.name));
-                    Ok(runs)
-                }
-                None => match self.run_seeds(c, &progress) {
-                    Err(Error::Interrupted) => {
-                        progress.finish();
-                        return Ok(self.report("interrupted")); // this checkpoint's runs are abandoned
-                    }
-                    Err(e @ Error::Diverged { .. }) => {
-                        diverged = true;
-                        Err(one_line(&e))
-                    }
-                    other => other.map_err(|e| one_line(&e)),
-                },
+            let Some(mut result) = self.measure(c, &self.opts.device, progress) else {
+                return Ok("interrupted"); // this checkpoint's runs are abandoned
             };
-            if let Err(msg) = &runs {
-                let what = if diverged { "diverged" } else { "failed" };
-                progress.println(&format!("error: checkpoint {} {what}: {msg}", c.name));
-            }
-            let pretrain_curve = assemble::pretrain_curve(&c.path);
-            let pretrain_loss = pretrain_curve.last().map(|p| p.1);
-            let peak_rss_bytes = memory::peak_bytes();
-            self.results.push(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes, stopped: None, diverged });
+            result.peak_rss_bytes = memory::peak_bytes();
+            self.results.push(result);
             reports.update(&self.report("running"))?;
         }
-        progress.finish();
-        Ok(self.report("complete"))
+        Ok("complete")
+    }
+
+    /// Fine-tunes one checkpoint on `device` (or reuses a resumed measurement): its result,
+    /// failed or not; None when the scan was interrupted.
+    fn measure(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Option<CheckpointResult> {
+        let fingerprint = crate::checkpoint::fingerprint::fingerprint(&c.path).ok();
+        let mut diverged = false;
+        let runs = match self.reusable(c, fingerprint.as_deref()) {
+            Some(runs) => {
+                progress.println(&format!("reusing the measurement of {} from the resumed report", c.name));
+                Ok(runs)
+            }
+            None => match self.run_seeds(c, device, progress) {
+                Err(Error::Interrupted) => return None,
+                Err(e @ Error::Diverged { .. }) => {
+                    diverged = true;
+                    Err(one_line(&e))
+                }
+                other => other.map_err(|e| one_line(&e)),
+            },
+        };
+        if let Err(msg) = &runs {
+            let what = if diverged { "diverged" } else { "failed" };
+            progress.println(&format!("error: checkpoint {} {what}: {msg}", c.name));
+        }
+        let pretrain_curve = assemble::pretrain_curve(&c.path);
+        let pretrain_loss = pretrain_curve.last().map(|p| p.1);
+        Some(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes: None, stopped: None, diverged })
     }
 
     /// One fine-tune per seed: seeds --seed + i and --data-seed + i for i < --seeds.
-    fn run_seeds(&mut self, c: &CheckpointRef, progress: &Progress) -> Result<Vec<Run>> {
+    fn run_seeds(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Result<Vec<Run>> {
         let config = model::read_config(&c.path)?;
         let simulated = config.get("model_type").and_then(|v| v.as_str()) == Some(single_index::MODEL_TYPE);
         let (o, mut runs) = (self.opts, Vec::new());
         for i in 0..o.seeds as u64 {
             let (seed, data_seed) = (o.seed.wrapping_add(i), o.data_seed.wrapping_add(i));
-            let run = if simulated { self.run_single_index(&c.path, &config, seed, data_seed)? } else { self.run_one(c, progress, seed, data_seed)? };
+            let run = if simulated { self.run_single_index(&c.path, &config, seed, data_seed)? } else { self.run_one(c, device, progress, seed, data_seed)? };
             runs.push(run);
         }
         Ok(runs)
     }
 
-    fn run_one(&mut self, c: &CheckpointRef, progress: &Progress, seed: u64, data_seed: u64) -> Result<Run> {
-        Ok(self.advance(c, progress, (seed, data_seed), None, self.opts.train.steps)?.0)
+    fn run_one(&self, c: &CheckpointRef, device: &Device, progress: &Progress, seed: u64, data_seed: u64) -> Result<Run> {
+        Ok(self.advance(c, device, progress, (seed, data_seed), None, self.opts.train.steps)?.0)
     }
 
     /// Loads the checkpoint and trains one seed's run up to update `until`, from the start or
     /// from where `from` paused; returns the run so far and its paused state. The model is
     /// dropped on return.
-    fn advance(&mut self, c: &CheckpointRef, progress: &Progress, (seed, data_seed): (u64, u64), from: Option<Paused>, until: usize) -> Result<(Run, Paused)> {
+    fn advance(&self, c: &CheckpointRef, device: &Device, progress: &Progress, (seed, data_seed): (u64, u64), from: Option<Paused>, until: usize) -> Result<(Run, Paused)> {
         let o = self.opts;
         let init = match &o.init {
             AdapterInit::Seeded(_) => AdapterInit::Seeded(seed),
@@ -184,8 +211,9 @@ impl<'a> Scan<'a> {
         if from.is_none() {
             self.check_memory(&c.path)?;
         }
-        let model = model::load(&c.path, &o.lora, &init, seed, &o.device)?;
+        let model = model::load_as(&c.path, &o.lora, &init, seed, device, o.dtype)?;
         let blocks = self.blocks_for(&c.path, &model)?;
+        let blocks = &*blocks;
         let order = BatchOrder::new(blocks.train.len(), o.train.batch_size, o.train.steps * o.train.grad_accum, data_seed);
         let paused = train::fine_tune_until(&model, blocks, &order, &o.train, from, until, &mut |ev| progress.step(ev))?;
         let (params, trainable_params, flops_per_token) = (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));
@@ -198,11 +226,12 @@ impl<'a> Scan<'a> {
     /// weight headers and config.json) exceed the memory available, instead of being killed.
     fn check_memory(&self, dir: &Path) -> Result<()> {
         let Some(available) = memory::available_bytes() else { return Ok(()) };
-        let (weights, activations) = memory_needed(dir, self.opts.train.batch_size, self.opts.seq_len)?;
+        let (weights, activations) = memory_needed_as(dir, self.opts.train.batch_size, self.opts.seq_len, self.opts.dtype)?;
+        let available = available / self.opts.devices.len().max(1) as u64; // one checkpoint per worker
         let gb = |b: u64| b as f64 / 1e9;
         if weights.saturating_add(activations) > available {
             return Err(Error::input(dir, format!(
-                "needs about {:.2} GB to fine-tune (f32 weights {:.2} GB, one step's activations {:.2} GB) but {:.2} GB are available; lower --batch-size or --seq-len, or use a larger machine",
+                "needs about {:.2} GB to fine-tune (weights {:.2} GB, one step's activations {:.2} GB) but {:.2} GB are available; lower --batch-size or --seq-len, or use a larger machine",
                 gb(weights.saturating_add(activations)), gb(weights), gb(activations), gb(available)
             )));
         }
@@ -231,19 +260,25 @@ impl<'a> Scan<'a> {
     }
 
     /// The task's blocks under this checkpoint's tokenizer, checked against its vocabulary.
-    fn blocks_for(&mut self, dir: &Path, model: &LoadedModel) -> Result<&Blocks> {
+    fn blocks_for(&self, dir: &Path, model: &LoadedModel) -> Result<Arc<Blocks>> {
         let (task, docs) = self.task.as_ref().ok_or_else(|| Error::flag("--task", format!("{} is a language model: give --task FILE", dir.display())))?;
         let path = self.opts.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
         let tok = TaskTokenizer::open(&path)?;
         let eos = tok.eos(model.eos_token_id)?;
         let key = (std::fs::read(&path).map_err(|e| Error::input(&path, e.to_string()))?, eos);
-        if !self.cache.by_tokenizer.contains_key(&key) {
-            let stream = data::tokenize(docs, &tok, eos)?;
-            let blocks = data::blocks(&stream, self.opts.seq_len, self.opts.eval_blocks, task)?;
-            self.cache.by_tokenizer.insert(key.clone(), blocks);
-        }
-        let blocks = &self.cache.by_tokenizer[&key];
-        check_fits(blocks, model, &path, self.opts.seq_len)?;
+        let blocks = {
+            let mut cache = self.cache.by_tokenizer.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&key) {
+                Some(blocks) => blocks.clone(),
+                None => {
+                    let stream = data::tokenize(docs, &tok, eos)?;
+                    let blocks = Arc::new(data::blocks(&stream, self.opts.seq_len, self.opts.eval_blocks, task)?);
+                    cache.insert(key, blocks.clone());
+                    blocks
+                }
+            }
+        };
+        check_fits(&blocks, model, &path, self.opts.seq_len)?;
         Ok(blocks)
     }
 }

@@ -141,9 +141,9 @@ impl Scan<'_> {
     fn advance_any(&mut self, c: &CheckpointRef, progress: &Progress, seeds: (u64, u64), from: Option<PausedRun>, until: usize) -> Result<(Run, PausedRun)> {
         match from {
             Some(PausedRun::Sim(p)) => self.advance_sim(c, seeds, Some(p), until),
-            Some(PausedRun::Lm(p)) => self.advance(c, progress, seeds, Some(p), until).map(|(r, p)| (r, PausedRun::Lm(p))),
+            Some(PausedRun::Lm(p)) => self.advance(c, &self.opts.device, progress, seeds, Some(p), until).map(|(r, p)| (r, PausedRun::Lm(p))),
             None if is_simulated(c) => self.advance_sim(c, seeds, None, until),
-            None => self.advance(c, progress, seeds, None, until).map(|(r, p)| (r, PausedRun::Lm(p))),
+            None => self.advance(c, &self.opts.device, progress, seeds, None, until).map(|(r, p)| (r, PausedRun::Lm(p))),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::report::{CheckpointReport, Report};
 use crate::train::{CurvePoint, Outcome};
 
 /// Settings that do not change a measurement.
-const IGNORED: [&str; 1] = ["threads"];
+const IGNORED: [&str; 2] = ["threads", "devices"];
 
 /// The settings that differ between two reports, `ignored` apart.
 pub(super) fn differing(before: &serde_json::Value, now: &serde_json::Value, ignored: &[&str]) -> Vec<String> {

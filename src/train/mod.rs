@@ -110,7 +110,8 @@ pub fn model_loss_sum(model: &dyn CausalLm, batch: &Batch, with_grad: bool) -> c
     let hidden = model.hidden_states(&batch.ids)?; // (b, t, h)
     let head_t = model.head_t();
     if !(hidden.device().is_cpu() && hidden.dtype() == DType::F32 && head_t.dtype() == DType::F32) {
-        let logits = crate::lora::frozen_matmul(&hidden, head_t)?;
+        // transformers' loss upcasts the logits to f32
+        let logits = crate::lora::frozen_matmul(&hidden, head_t)?.to_dtype(DType::F32)?;
         return loss_sum(&if with_grad { logits } else { logits.detach() }, batch);
     }
     let (b, t, h) = hidden.dims3()?;

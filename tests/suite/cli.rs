@@ -237,12 +237,22 @@ fn race_finds_the_full_scans_winner_for_a_fraction_of_the_steps() {
 /// keeps every finished checkpoint, and `--resume` then gives the uninterrupted result.
 #[test]
 fn ctrl_c_keeps_finished_checkpoints_and_resume_completes_the_scan() {
+    interrupt_and_resume(&[]);
+}
+
+/// The same with two workers (--devices cpu,cpu): both stop, and what either finished is kept.
+#[test]
+fn ctrl_c_stops_every_worker() {
+    interrupt_and_resume(&["--devices", "cpu,cpu"]);
+}
+
+fn interrupt_and_resume(workers: &[&str]) {
     let dir = Dir::new();
     let (series, task) = (fixtures().join("series"), fixtures().join("task.jsonl"));
     let report = dir.path().join("r.json");
-    let flags = ["--steps", "60", "--eval-every", "10", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4", "--threads", "2", "--quiet"];
+    let flags = [&["--steps", "60", "--eval-every", "10", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4", "--threads", "2", "--quiet"][..], workers].concat();
     let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
-        .arg("scan").arg(&series).arg("--task").arg(&task).args(flags).arg("--json").arg(&report)
+        .arg("scan").arg(&series).arg("--task").arg(&task).args(&flags).arg("--json").arg(&report)
         .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped())
         .spawn().unwrap();
     let finished = |r: &serde_json::Value| r["checkpoints"].as_array().map_or(0, |c| c.len());

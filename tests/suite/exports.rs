@@ -50,7 +50,7 @@ fn report() -> Report {
         tool: Tool { name: "plasticity".into(), version: "0.1.0".into() },
         status: "complete".into(),
         settings: serde_json::json!({"dir": "runs"}),
-        device: DeviceInfo { kind: "cpu".into(), name: "Test CPU".into(), threads: 2 },
+        device: DeviceInfo { kind: "cpu".into(), name: "Test CPU".into(), threads: 2, workers: 1 },
         hours_unit: "device-hours".into(),
         target_loss: Some(3.5),
         target: Some(TargetInfo { kind: "loss".into(), value: 3.5 }),

@@ -1,3 +1,4 @@
+mod bf16;
 mod build;
 mod cli;
 mod engine;

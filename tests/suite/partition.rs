@@ -95,3 +95,44 @@ fn partition_auto_reads_slurm_and_kubernetes() {
         assert!(stderr.contains("--partition"), "{stderr}");
     }
 }
+
+/// `--devices`: two workers, each taking the next snapshot, give the curves, scores and
+/// ranking of one worker; the report counts the workers and leaves per-snapshot peak memory
+/// unset (the process's peak is shared).
+#[test]
+fn two_workers_equal_one() {
+    let dir = Dir::new();
+    let (one, two) = (dir.path().join("one.json"), dir.path().join("two.json"));
+    assert_eq!(scan_to(&one, &["--device", "cpu"]).0, 0);
+    let (code, stderr) = scan_to(&two, &["--devices", "cpu,cpu"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (one, two) = (json(&one), json(&two));
+    super::util::assert_valid_report(&two);
+    assert_eq!(measured(&two), measured(&one));
+    assert_eq!(two["device"]["workers"], 2);
+    assert_eq!(two["settings"]["devices"], serde_json::json!(["cpu", "cpu"]));
+    assert!(two["checkpoints"].as_array().unwrap().iter().all(|c| c["peak_rss_bytes"].is_null()));
+    assert!(one["checkpoints"].as_array().unwrap().iter().all(|c| c["peak_rss_bytes"].is_u64()));
+}
+
+/// `--dtype bf16` on the committed series: the same ranking as f32, every eval loss within
+/// bf16's reach of the f32 one, and the dtype recorded.
+#[test]
+fn bf16_scan_ranks_as_f32() {
+    let dir = Dir::new();
+    let (f32, bf16) = (dir.path().join("f32.json"), dir.path().join("bf16.json"));
+    assert_eq!(scan_to(&f32, &["--device", "cpu"]).0, 0);
+    let (code, stderr) = scan_to(&bf16, &["--device", "cpu", "--dtype", "bf16"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (f32, bf16) = (json(&f32), json(&bf16));
+    assert_eq!(bf16["settings"]["dtype"], "bf16");
+    assert_eq!(f32["settings"]["dtype"], "f32");
+    assert_eq!(bf16["ranking"], f32["ranking"]);
+    let evals = |r: &serde_json::Value| -> Vec<f64> { r["checkpoints"].as_array().unwrap().iter().flat_map(|c| c["curve"].as_array().unwrap().iter().filter_map(|p| p["eval_loss"].as_f64()).collect::<Vec<_>>()).collect() };
+    let (a, b) = (evals(&f32), evals(&bf16));
+    assert_eq!(a.len(), b.len());
+    assert!(a != b, "bf16 computes in bf16, not f32");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() / x < 1e-2, "eval loss {y} in bf16 vs {x} in f32");
+    }
+}

@@ -9,7 +9,7 @@ use plasticity::train::{Batch, TrainSpec, Trainer};
 
 use super::util::{fixtures, floats, json, load_with, model_dir};
 
-fn spec(expected: &serde_json::Value) -> TrainSpec {
+pub(super) fn spec(expected: &serde_json::Value) -> TrainSpec {
     TrainSpec {
         optimizer: AdamWConfig { lr: expected["lr"].as_f64().unwrap(), ..AdamWConfig::default() },
         warmup_steps: 0,
