@@ -37,6 +37,9 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
     }
     let report = scan.run(&found.checkpoints, &reports)?;
     reports.finish(&report)?;
+    if let (Some(dir), true) = (&opts.save_adapters, opts.save_best) {
+        keep_best_adapter(dir, &report)?;
+    }
     print_text(&table::render(&report), reports.uses_stdout());
     if let Some(warning) = little_progress(&report) {
         eprintln!("warning: {warning}");
@@ -48,6 +51,20 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
         append_step_summary(&report);
     }
     Ok(report)
+}
+
+/// --save-best: once the scan is complete, only the winner's adapter stays in `dir` (an
+/// interrupted scan keeps every adapter it saved: the winner is not known yet).
+fn keep_best_adapter(dir: &std::path::Path, report: &Report) -> Result<()> {
+    let Some(best) = report.ranking.first().filter(|_| report.status == "complete") else { return Ok(()) };
+    for c in report.checkpoints.iter().filter(|c| &c.name != best) {
+        let path = dir.join(&c.name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| Error::input(&path, format!("cannot remove a non-winning adapter: {e}")))?;
+        }
+    }
+    eprintln!("adapter of the best checkpoint: {}", dir.join(best).display());
+    Ok(())
 }
 
 /// `plasticity report`: render a saved report in other formats, without training.

@@ -192,6 +192,16 @@ pub struct ScanArgs {
     #[arg(long, value_name = "REPORT.json")]
     pub resume: Option<PathBuf>,
 
+    /// Write each snapshot's trained adapter in PEFT's format to DIR/<snapshot>/
+    /// (DIR/<snapshot>/seed-<seed>/ with several seeds): adapter_config.json and
+    /// adapter_model.safetensors, loadable with PeftModel.from_pretrained.
+    #[arg(long, value_name = "DIR")]
+    pub save_adapters: Option<PathBuf>,
+
+    /// With --save-adapters: keep only the winner's adapter once the scan completes.
+    #[arg(long, requires = "save_adapters")]
+    pub save_best: bool,
+
     /// Where to fine-tune: cpu, cuda (GPU 0), cuda:N, or auto (the first GPU when this build
     /// has CUDA support and one is usable, else the CPU, saying why).
     #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto", conflicts_with = "devices")]

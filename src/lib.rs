@@ -19,6 +19,7 @@ pub mod lora;
 pub mod math;
 pub mod model;
 pub mod options;
+pub mod peft_export;
 pub mod progress;
 pub mod report;
 pub mod rng;

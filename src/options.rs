@@ -82,6 +82,10 @@ pub struct ScanOptions {
     pub devices: Vec<Device>,
     /// Precision of the frozen base weights and activations (--dtype).
     pub dtype: DType,
+    /// --save-adapters DIR.
+    pub save_adapters: Option<PathBuf>,
+    /// --save-best: only the winner's adapter stays in `save_adapters`.
+    pub save_best: bool,
 }
 
 impl ScanOptions {
@@ -128,6 +132,8 @@ impl ScanOptions {
             device: devices.first().cloned().unwrap_or(Device::Cpu),
             devices,
             dtype: dtype(&args.dtype)?,
+            save_adapters: args.save_adapters,
+            save_best: args.save_best,
         })
     }
 

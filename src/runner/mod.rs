@@ -125,6 +125,9 @@ impl<'a> Scan<'a> {
         if let Some(tok) = &opts.tokenizer {
             TaskTokenizer::open(tok)?;
         }
+        if opts.save_adapters.is_some() && checkpoints.iter().any(race::is_simulated) {
+            eprintln!("warning: --save-adapters: simulated single-index snapshots have no LoRA adapter in PEFT's sense; none is saved for them");
+        }
         Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new(), previous: HashMap::new(), race_rungs: None })
     }
 
@@ -216,10 +219,21 @@ impl<'a> Scan<'a> {
         let blocks = &*blocks;
         let order = BatchOrder::new(blocks.train.len(), o.train.batch_size, o.train.steps * o.train.grad_accum, data_seed);
         let paused = train::fine_tune_until(&model, blocks, &order, &o.train, from, until, &mut |ev| progress.step(ev))?;
+        if let Some(dir) = self.adapter_dir(c, seed).filter(|_| until >= o.train.steps) {
+            let info = crate::peft_export::ExportInfo { spec: &o.lora, base: &c.path, model_type: &model.model_type };
+            crate::peft_export::save(&dir, &model.adapters, &info)?;
+        }
         let (params, trainable_params, flops_per_token) = (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));
         let outcome = paused.outcome(&o.train);
         let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None };
         Ok((run, paused))
+    }
+
+    /// Where --save-adapters puts this checkpoint's adapter for `seed`: DIR/<name>/, or
+    /// DIR/<name>/seed-<seed>/ with several seeds.
+    fn adapter_dir(&self, c: &CheckpointRef, seed: u64) -> Option<PathBuf> {
+        let dir = self.opts.save_adapters.as_ref()?.join(&c.name);
+        Some(if self.opts.seeds > 1 { dir.join(format!("seed-{seed}")) } else { dir })
     }
 
     /// Refuses a checkpoint whose f32 weights plus one step's activations (estimated from the

@@ -192,6 +192,6 @@ impl Scan<'_> {
     }
 }
 
-fn is_simulated(c: &CheckpointRef) -> bool {
+pub(super) fn is_simulated(c: &CheckpointRef) -> bool {
     model::read_config(&c.path).ok().and_then(|v| v.get("model_type")?.as_str().map(|t| t == single_index::MODEL_TYPE)).unwrap_or(false)
 }

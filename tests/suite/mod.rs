@@ -3,6 +3,7 @@ mod build;
 mod cli;
 mod engine;
 mod errors;
+mod export;
 mod exports;
 mod folders;
 mod parity;

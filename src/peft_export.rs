@@ -1,0 +1,81 @@
+//! Writes a trained adapter in PEFT's format, so `PeftModel.from_pretrained(base, DIR)` loads
+//! it as it is: `adapter_config.json` and `adapter_model.safetensors` with PEFT's tensor names
+//! (`base_model.model.<module>.lora_A.weight`, (r, in); `lora_B.weight`, (out, r)).
+//!
+//! `target_modules` lists the adapted modules by their full paths, which PEFT matches exactly:
+//! the file then adapts what was trained and nothing else. GPT-2's Conv1D layers are marked
+//! `fan_in_fan_out`, as PEFT marks them. Files are written to a temporary name and renamed. This
+//! module must not train or choose which adapters to keep.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::lora::{Adapter, LoraSpec};
+
+/// What adapter_config.json records besides the tensors.
+pub struct ExportInfo<'a> {
+    pub spec: &'a LoraSpec,
+    /// The checkpoint the adapter was trained on (`base_model_name_or_path`).
+    pub base: &'a Path,
+    pub model_type: &'a str,
+}
+
+/// Writes `adapters` to `dir` (created if needed) in PEFT's format.
+pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::input(dir, format!("cannot create the adapter folder: {e}")))?;
+    let tensors = tensors(adapters)?;
+    let st = dir.join("adapter_model.safetensors");
+    let bytes = safetensors::tensor::serialize(&tensors, None).map_err(|e| Error::input(&st, format!("cannot serialise the adapter: {e}")))?;
+    write_atomically(&st, |tmp| std::fs::write(tmp, &bytes).map_err(|e| e.to_string()))?;
+    let config = serde_json::to_string_pretty(&config(adapters, info)).map_err(|e| Error::Other(e.to_string()))?;
+    write_atomically(&dir.join("adapter_config.json"), |tmp| std::fs::write(tmp, format!("{config}\n")).map_err(|e| e.to_string()))
+}
+
+/// PEFT's tensor names and f32 CPU copies of A and B.
+fn tensors(adapters: &[Adapter]) -> Result<HashMap<String, Tensor>> {
+    let mut map = HashMap::new();
+    for a in adapters {
+        for (which, var) in [("lora_A", &a.a), ("lora_B", &a.b)] {
+            let t = var.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?;
+            map.insert(format!("base_model.model.{}.{which}.weight", a.module), t);
+        }
+    }
+    Ok(map)
+}
+
+/// adapter_config.json: the LoRA settings under PEFT's names, PEFT's defaults elsewhere.
+fn config(adapters: &[Adapter], info: &ExportInfo) -> serde_json::Value {
+    let mut modules: Vec<&str> = adapters.iter().map(|a| a.module.as_str()).collect();
+    modules.sort();
+    serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": info.base.display().to_string(),
+        "r": info.spec.rank,
+        "lora_alpha": info.spec.alpha,
+        "lora_dropout": info.spec.dropout,
+        "use_rslora": info.spec.rslora,
+        "target_modules": modules,
+        "fan_in_fan_out": info.model_type == "gpt2",
+        "bias": "none",
+        "use_dora": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": null,
+    })
+}
+
+/// Writes through `write(tmp)` and renames onto `path`: a reader never sees half a file.
+fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> std::result::Result<(), String>) -> Result<()> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    write(&tmp).map_err(|e| Error::input(path, format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::input(path, format!("cannot write: {e}")))
+}

@@ -1,0 +1,91 @@
+//! `scan --save-adapters` writes PEFT's format: scripts/make_export_fixtures.py loaded the
+//! committed exports (tests/fixtures/exported/) with `PeftModel.from_pretrained` and recorded
+//! PEFT's logits. Here, without Python: a fresh export with the same flags equals the committed
+//! one tensor for tensor, its names and shapes are PEFT's, and plasticity's adapted forward from
+//! the committed file gives PEFT's logits within 1e-4 relative.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use plasticity::lora::{AdapterInit, PeftConfig};
+
+use super::util::{fixtures, floats, json, load_with, model_dir, scan, to_vec, Dir};
+
+/// EXPORT_FLAGS of scripts/make_export_fixtures.py.
+const EXPORT_FLAGS: [&str; 15] = ["--steps", "6", "--seq-len", "32", "--batch-size", "4", "--eval-blocks", "4", "--lr", "1e-2", "--seed", "3", "--device", "cpu", "--quiet"];
+
+fn tensors(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn export(name: &str, to: &Path, extra: &[&str]) {
+    let flags = [&EXPORT_FLAGS[..], &["--threads", "1", "--save-adapters", to.to_str().unwrap()], extra].concat();
+    let out = scan(&model_dir(name), &fixtures().join("task.jsonl"), &flags).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// PEFT's names, (r, in) and (out, r) shapes, and a config naming exactly the adapted modules.
+fn check_names_and_shapes(dir: &Path, name: &str) {
+    let config = json(&dir.join("adapter_config.json"));
+    let (r, modules) = (config["r"].as_u64().unwrap() as usize, config["target_modules"].as_array().unwrap());
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["fan_in_fan_out"], name == "gpt2");
+    let t = tensors(dir);
+    assert_eq!(t.len(), 2 * modules.len());
+    for m in modules.iter().map(|m| m.as_str().unwrap()) {
+        let (a, b) = (&t[&format!("base_model.model.{m}.lora_A.weight")], &t[&format!("base_model.model.{m}.lora_B.weight")]);
+        assert_eq!((a.dim(0).unwrap(), b.dim(1).unwrap()), (r, r), "{m}");
+        assert!(b.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{m}: B was trained");
+    }
+}
+
+#[test]
+fn exported_adapters_are_peft_files() {
+    for name in ["llama_gqa", "gpt2"] {
+        let committed = fixtures().join("exported").join(name);
+        check_names_and_shapes(&committed, name);
+        let dir = Dir::new();
+        export(name, dir.path(), &[]);
+        let (fresh, old) = (tensors(&dir.path().join(name)), tensors(&committed));
+        assert_eq!(fresh.len(), old.len());
+        for (k, v) in &old {
+            assert_eq!(to_vec(&fresh[k]), to_vec(v), "{name}: {k} differs from the export PEFT loaded");
+        }
+        let (mut a, mut b) = (json(&dir.path().join(name).join("adapter_config.json")), json(&committed.join("adapter_config.json")));
+        a.as_object_mut().unwrap().remove("base_model_name_or_path");
+        b.as_object_mut().unwrap().remove("base_model_name_or_path");
+        assert_eq!(a, b, "{name}: adapter_config.json");
+    }
+}
+
+#[test]
+fn exported_adapters_give_pefts_logits() {
+    for name in ["llama_gqa", "gpt2"] {
+        let dir = fixtures().join("exported").join(name);
+        let expected = json(&dir.join("peft_logits.json"));
+        let lora = PeftConfig::read(&dir).unwrap().spec(&dir).unwrap();
+        let model = load_with(&model_dir(name), &lora, &AdapterInit::Peft(dir.clone()));
+        let ids: Vec<u32> = expected["input_ids"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32)).collect();
+        let logits = to_vec(&model.model.forward(&Tensor::from_vec(ids, (2, 16), &Device::Cpu).unwrap()).unwrap());
+        let want = floats(&expected["logits"]);
+        let err = logits.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs() / b.abs().max(1.0)).fold(0.0, f64::max);
+        assert!(err < 1e-4, "{name}: logits with the exported adapter differ from PEFT's by {err:e}");
+    }
+}
+
+/// --save-best keeps the winner's adapter only; several seeds get a folder each.
+#[test]
+fn save_best_keeps_the_winner_only() {
+    let dir = Dir::new();
+    let (out, report) = (dir.path().join("adapters"), dir.path().join("r.json"));
+    let flags = ["--steps", "4", "--seeds", "2", "--save-adapters", out.to_str().unwrap(), "--save-best", "--json", report.to_str().unwrap(), "--quiet"];
+    let run = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &flags).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let best = json(&report)["ranking"][0].as_str().unwrap().to_string();
+    let left: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, vec![best.clone()]);
+    let seeds: Vec<String> = std::fs::read_dir(out.join(&best)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(seeds.len(), 2, "{seeds:?}");
+    assert!(seeds.iter().all(|s| s.starts_with("seed-") && out.join(&best).join(s).join("adapter_model.safetensors").exists()));
+}
