@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::cli::{DemoArgs, MergeArgs, ReportArgs, ScanArgs, ScanOnly, SelectArgs, SimulateArgs};
+use crate::cli::{DemoArgs, MergeArgs, ProbeArgs, ReportArgs, ScanArgs, ScanOnly, SelectArgs, SimulateArgs};
 use crate::discover;
 use crate::error::{exit, Error, Result};
 use crate::options::{self, ScanOptions};
@@ -89,6 +89,27 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
     reports.finish(&report)?;
     print_text(&table::render(&report), reports.uses_stdout());
     Ok(exit_code(&report))
+}
+
+/// `plasticity probe`: the forecast table (and --against's correlations), optionally as JSON.
+pub fn probe(args: ProbeArgs) -> Result<i32> {
+    let opts = options::ProbeOptions::from_args(args)?;
+    configure_threads(opts.threads);
+    let report = crate::probe::run(&opts)?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
+    let stdout_taken = match &opts.json {
+        Some(options::Output::File(path)) => {
+            crate::report::write_atomic(path, format!("{json}\n").as_bytes())?;
+            false
+        }
+        Some(options::Output::Stdout) => {
+            print_stdout(&format!("{json}\n"));
+            true
+        }
+        None => false,
+    };
+    print_text(&crate::probe::table::render(&report), stdout_taken);
+    Ok(if report.probes.iter().any(|p| p.status != "ok") { exit::SOME_FAILED } else { exit::OK })
 }
 
 /// `plasticity select`: the path of the best checkpoint (or the best K), one per line.

@@ -26,6 +26,67 @@ pub enum Command {
     Select(SelectArgs),
     /// Merge the JSON reports of a partitioned scan (scan --partition K/N) into one ranking.
     Merge(MergeArgs),
+    /// Forecast without training: weight geometry and step-0 gradient capture of every snapshot.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Folder of checkpoints (as for scan) or one checkpoint folder.
+    pub dir: PathBuf,
+
+    /// Task data (as for scan); not needed for a simulated single-index series.
+    #[arg(long, value_name = "FILE")]
+    pub task: Option<PathBuf>,
+
+    /// tokenizer.json to use instead of each checkpoint's own.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// The rank r whose share of the gradient energy is measured (as scan's --rank).
+    #[arg(long, default_value_t = 8, value_name = "R")]
+    pub rank: usize,
+
+    /// Modules probed: as scan's --targets (PEFT's default for the model type).
+    #[arg(long, value_name = "NAMES")]
+    pub targets: Option<String>,
+
+    /// Task batches the step-0 gradient is averaged over.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub batches: usize,
+
+    /// Blocks per batch [default: 8, or the batch a simulated series carries].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+
+    /// Tokens per block.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub seq_len: usize,
+
+    /// Held-out blocks for the zero-shot loss (as scan's, so the two agree).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub eval_blocks: usize,
+
+    /// Seeds which batches are drawn (as scan's --data-seed).
+    #[arg(long, default_value_t = 0, value_name = "SEED")]
+    pub seed: u64,
+
+    /// A scan's JSON report of the same series: print each probe's Spearman correlation with
+    /// the measured convergence speed.
+    #[arg(long, value_name = "REPORT.json")]
+    pub against: Option<PathBuf>,
+
+    /// Write the probes as JSON to FILE (- for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<String>,
+
+    /// cpu, cuda[:N] or auto, as for scan.
+    #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto")]
+    pub device: String,
+
+    /// Threads for the CPU kernels [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -65,6 +65,9 @@ pub enum AdapterInit {
     Seeded(u64),
     /// PEFT's saved `adapter_model.safetensors` (`--init-adapter DIR`).
     Peft(PathBuf),
+    /// A = I (in x in), B = 0 (out x in) and scale 1, whatever the rank: dL/dB is then dL/dW of
+    /// the frozen weight, (out, in) as nn.Linear stores it (`plasticity probe`'s gradient).
+    WeightGradient,
 }
 
 /// One trainable adapter: A is (r, in) and B is (out, r), as PEFT stores them.
@@ -98,7 +101,7 @@ impl LoraCtx {
         };
         let peft = match init {
             AdapterInit::Peft(dir) => Some(read_peft_adapter(dir)?),
-            AdapterInit::Seeded(_) => None,
+            AdapterInit::Seeded(_) | AdapterInit::WeightGradient => None,
         };
         let dropout = (spec.dropout > 0.0).then(|| Dropout::new(spec.dropout, seed));
         Ok(LoraCtx { spec: spec.clone(), targets, init: init.clone(), peft, dropout, adapters: vec![], seen_modules: BTreeSet::new() })
@@ -115,7 +118,8 @@ impl LoraCtx {
         if !self.is_target(module) {
             return Ok(None);
         }
-        if self.spec.rank == 0 || self.spec.rank > in_dim.min(out_dim) {
+        let full = matches!(self.init, AdapterInit::WeightGradient);
+        if !full && (self.spec.rank == 0 || self.spec.rank > in_dim.min(out_dim)) {
             return Err(Error::flag("--rank", format!("rank {} does not fit module {module} ({in_dim} -> {out_dim})", self.spec.rank)));
         }
         let (a, b) = self.initial_weights(module, in_dim, out_dim, device)?;
@@ -123,7 +127,7 @@ impl LoraCtx {
             module: module.to_string(),
             a: Var::from_tensor(&a).ctx("adapter A")?,
             b: Var::from_tensor(&b).ctx("adapter B")?,
-            scale: self.spec.scale(),
+            scale: if full { 1.0 } else { self.spec.scale() },
             dropout: self.dropout.clone(),
         };
         self.adapters.push(adapter.clone());
@@ -146,6 +150,7 @@ impl LoraCtx {
                 let b = Tensor::zeros((out_dim, r), DType::F32, device)?;
                 Ok((a, b))
             }
+            (AdapterInit::WeightGradient, _) => Ok((Tensor::eye(in_dim, DType::F32, device)?, Tensor::zeros((out_dim, in_dim), DType::F32, device)?)),
             (AdapterInit::Peft(dir), None) => Err(Error::input(dir, "adapter not loaded")),
         }
     }

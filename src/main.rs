@@ -15,6 +15,7 @@ fn main() {
         Command::Report(args) => app::report(args),
         Command::Select(args) => app::select(args),
         Command::Merge(args) => app::merge(args),
+        Command::Probe(args) => app::probe(args),
     };
     let code = result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -24,6 +24,8 @@ pub enum Stream {
     SimAdapter = 6,
     /// The Gaussian batches of a single-index fine-tune.
     SimData = 7,
+    /// The Gaussian batches of `plasticity probe` on a single-index checkpoint.
+    ProbeData = 8,
 }
 
 /// A generator for `purpose` seeded with `seed` (and `key`, e.g. a module name's hash).

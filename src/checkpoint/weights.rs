@@ -167,6 +167,11 @@ impl WeightStore {
         self.entries.contains_key(name)
     }
 
+    /// The shape of tensor `name`, from its header.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
     /// Every tensor name, sorted (for messages and for checks).
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();

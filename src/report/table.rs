@@ -53,7 +53,7 @@ pub fn ranking_table(report: &Report) -> Table {
 }
 
 /// Left-aligned columns two spaces apart.
-fn grid(table: &Table) -> String {
+pub fn grid(table: &Table) -> String {
     let (header, rows) = (&table.header, &table.rows);
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {

@@ -219,7 +219,7 @@ fn pretraining(results: &[CheckpointResult]) -> Option<Pretraining> {
 pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
     let init_adapter: Option<PathBuf> = match &o.init {
         crate::lora::AdapterInit::Peft(dir) => Some(dir.clone()),
-        crate::lora::AdapterInit::Seeded(_) => None,
+        crate::lora::AdapterInit::Seeded(_) | crate::lora::AdapterInit::WeightGradient => None,
     };
     serde_json::json!({
         "dir": o.dir,

@@ -310,7 +310,7 @@ fn needs_no_task(checkpoints: &[CheckpointRef]) -> Result<()> {
 }
 
 /// Token ids must exist in the model's vocabulary; GPT-2 cannot see past `n_positions`.
-fn check_fits(blocks: &Blocks, model: &LoadedModel, tokenizer: &Path, seq_len: usize) -> Result<()> {
+pub(crate) fn check_fits(blocks: &Blocks, model: &LoadedModel, tokenizer: &Path, seq_len: usize) -> Result<()> {
     let max_id = blocks.train.iter().chain(&blocks.eval).flat_map(|b| b.ids.iter()).max().copied().unwrap_or(0);
     if max_id as usize >= model.vocab_size {
         return Err(Error::input(tokenizer, format!("produces token id {max_id}, but the model's vocab_size is {}", model.vocab_size)));

@@ -9,5 +9,6 @@ mod folders;
 mod parity;
 mod partition;
 mod peft;
+mod probe;
 mod single_index;
 pub mod util;
