@@ -253,6 +253,12 @@ pub struct ScanArgs {
     #[arg(long, value_name = "REPORT.json")]
     pub resume: Option<PathBuf>,
 
+    /// Pre-training data (.txt or .jsonl, as --task): each snapshot's loss on its first
+    /// --eval-blocks blocks is the pre-training loss the task gap is measured against, instead
+    /// of the last loss in trainer_state.json.
+    #[arg(long, value_name = "FILE")]
+    pub pretrain_sample: Option<PathBuf>,
+
     /// Write each snapshot's trained adapter in PEFT's format to DIR/<snapshot>/
     /// (DIR/<snapshot>/seed-<seed>/ with several seeds): adapter_config.json and
     /// adapter_model.safetensors, loadable with PeftModel.from_pretrained.

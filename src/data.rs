@@ -155,6 +155,21 @@ pub fn blocks(stream: &TokenStream, seq_len: usize, eval_blocks: usize, task: &P
     Ok(Blocks { seq_len, train: train.to_vec(), eval: eval.to_vec(), n_tokens: stream.ids.len() })
 }
 
+/// The first `max_blocks` whole blocks of a stream (a pre-training sample), at least one.
+pub fn sample_blocks(stream: &TokenStream, seq_len: usize, max_blocks: usize, path: &Path) -> Result<Vec<Block>> {
+    let blocks: Vec<Block> = stream
+        .ids
+        .chunks_exact(seq_len)
+        .zip(stream.labels.chunks_exact(seq_len))
+        .take(max_blocks)
+        .map(|(ids, labels)| Block { ids: ids.to_vec(), labels: labels.to_vec() })
+        .collect();
+    if blocks.is_empty() {
+        return Err(Error::input(path, format!("pre-training sample is too short: {} tokens make no block of {seq_len}", stream.ids.len())));
+    }
+    Ok(blocks)
+}
+
 /// The order in which training blocks are drawn: a fresh seeded permutation per epoch,
 /// concatenated, so every checkpoint sees the same batches.
 #[derive(Debug, Clone)]

@@ -84,6 +84,8 @@ pub struct ScanOptions {
     pub dtype: DType,
     /// --save-adapters DIR.
     pub save_adapters: Option<PathBuf>,
+    /// --pretrain-sample FILE.
+    pub pretrain_sample: Option<PathBuf>,
     /// --save-best: only the winner's adapter stays in `save_adapters`.
     pub save_best: bool,
 }
@@ -133,6 +135,7 @@ impl ScanOptions {
             devices,
             dtype: dtype(&args.dtype)?,
             save_adapters: args.save_adapters,
+            pretrain_sample: args.pretrain_sample,
             save_best: args.save_best,
         })
     }

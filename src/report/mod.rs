@@ -58,6 +58,23 @@ pub struct Report {
     /// With `--strategy race`: the rungs and the training spent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub race: Option<RaceInfo>,
+    /// How far the task is from the pre-training data, across the series.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_distance: Option<TaskDistance>,
+}
+
+/// The task gap (zero-shot task loss minus pre-training loss) across the series.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskDistance {
+    /// Where the pre-training loss comes from: "pretrain_sample" or "trainer_state".
+    pub source: String,
+    /// Least-squares slope of the gap against the step, per 1,000 steps.
+    pub gap_slope_per_1k_steps: f64,
+    pub first_gap: f64,
+    pub last_gap: f64,
+    /// The gap grows with the step: later snapshots drift away from the task.
+    pub widening: bool,
+    pub summary: String,
 }
 
 /// How a race went: where it compared checkpoints and how many updates it trained.
@@ -170,6 +187,12 @@ pub struct CheckpointReport {
     pub trainable_params: Option<usize>,
     /// Pre-training loss logged in trainer_state.json, when there is one.
     pub pretrain_loss: Option<f64>,
+    /// The loss on --pretrain-sample before fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_sample_loss: Option<f64>,
+    /// initial_eval_loss minus the pre-training loss (the sample's, else trainer_state.json's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_gap: Option<f64>,
     /// The snapshot was taken at or after the pre-training plateau onset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_plateau_onset: Option<bool>,

@@ -132,6 +132,10 @@ pub fn footnotes(report: &Report) -> Vec<String> {
     if let Some(n) = report.checkpoints.iter().map(|c| c.seeds).max().filter(|&n| n > 1) {
         notes.push(format!("means over {n} seeds; [low, high] is the 95% confidence interval"));
     }
+    if let Some(d) = &report.task_distance {
+        let source = if d.source == "pretrain_sample" { "the --pretrain-sample loss" } else { "the last loss in trainer_state.json" };
+        notes.push(format!("task distance: {} (pre-training loss: {source})", d.summary));
+    }
     notes
 }
 

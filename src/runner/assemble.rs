@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{CheckpointResult, Run, Scan};
 use crate::model::single_index;
 use crate::options::ScanOptions;
-use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, RaceInfo, Report, SeedRun, StoppedInfo, TargetInfo, Tool, SCHEMA_VERSION};
+use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, RaceInfo, Report, SeedRun, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION};
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, TargetSpec};
 
 /// What a report needs besides the results: how to score them and what to say about the run.
@@ -88,9 +88,11 @@ pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str
         ranking: ranked.iter().map(|c| c.name.clone()).collect(),
         checkpoints,
         gates: Vec::new(),
+        task_distance: None,
         pretraining,
         race: ctx.race.clone(),
     };
+    report.task_distance = task_distance(&report.checkpoints);
     if let Some(x) = ctx.fail_if_last_slower {
         report.gates.push(gates::last_slower(&report, x));
     }
@@ -113,6 +115,7 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
         step: c.step,
         step_source: c.step_source.into(),
         pretrain_loss: r.pretrain_loss,
+        pretrain_sample_loss: r.pretrain_sample_loss,
         fingerprint: r.fingerprint.clone(),
         peak_rss_bytes: r.peak_rss_bytes,
         ..Default::default()
@@ -133,6 +136,8 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
             }
         }
     }
+    let initial = out.initial_eval_loss.or_else(|| out.curve.first().and_then(|p| p.eval_loss));
+    out.task_gap = initial.zip(out.pretrain_sample_loss.or(out.pretrain_loss)).map(|(task, pre)| task - pre);
     out
 }
 
@@ -207,6 +212,27 @@ pub(super) fn pretrain_curve(dir: &Path) -> Vec<(f64, f64)> {
 
 /// The longest pre-training log of the series (the latest snapshot's holds the others) and
 /// where it flattens.
+/// The gap's trend over the snapshots that have one (at least two steps apart).
+fn task_distance(checkpoints: &[CheckpointReport]) -> Option<TaskDistance> {
+    let points: Vec<(f64, f64)> = checkpoints.iter().filter_map(|c| Some((c.step as f64, c.task_gap?))).collect();
+    let (first, last) = (*points.first()?, *points.last()?);
+    if points.len() < 2 || last.0 <= first.0 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+    let slope = 1000.0 * sxy / sxx;
+    let source = if checkpoints.iter().any(|c| c.pretrain_sample_loss.is_some()) { "pretrain_sample" } else { "trainer_state" };
+    let verdict = if slope > 0.0 { "widens: later snapshots drift away from the task as they specialise" } else { "narrows: later snapshots come closer to the task" };
+    let summary = format!(
+        "the task gap (zero-shot task loss minus pre-training loss) goes from {:.4} at step {} to {:.4} at step {} ({slope:+.4} per 1,000 steps); it {verdict}",
+        first.1, first.0, last.1, last.0
+    );
+    Some(TaskDistance { source: source.into(), gap_slope_per_1k_steps: slope, first_gap: first.1, last_gap: last.1, widening: slope > 0.0, summary })
+}
+
 fn pretraining(results: &[CheckpointResult]) -> Option<Pretraining> {
     let curve = results.iter().map(|r| &r.pretrain_curve).max_by_key(|c| c.len())?;
     if curve.is_empty() {

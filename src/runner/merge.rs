@@ -96,6 +96,7 @@ fn result_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> CheckpointResul
         peak_rss_bytes: c.peak_rss_bytes,
         stopped: None,
         diverged: c.status == "diverged",
+        pretrain_sample_loss: c.pretrain_sample_loss,
     }
 }
 

@@ -77,6 +77,8 @@ pub struct CheckpointResult {
     pub stopped: Option<Stopped>,
     /// The failure (if any) was a training loss that became NaN or infinite.
     pub diverged: bool,
+    /// The loss on --pretrain-sample before fine-tuning.
+    pub pretrain_sample_loss: Option<f64>,
 }
 
 /// Why and when a race stopped a checkpoint.
@@ -109,6 +111,11 @@ pub struct Scan<'a> {
     previous: HashMap<String, crate::report::CheckpointReport>,
     /// The rungs, when racing.
     race_rungs: Option<Vec<usize>>,
+    /// --pretrain-sample and its documents.
+    sample: Option<(PathBuf, Vec<Document>)>,
+    /// Its blocks by tokenizer, and each checkpoint's loss on them (by name).
+    sample_cache: Mutex<HashMap<TokenizerKey, Arc<Vec<data::Block>>>>,
+    sample_losses: Mutex<HashMap<String, f64>>,
 }
 
 impl<'a> Scan<'a> {
@@ -128,7 +135,8 @@ impl<'a> Scan<'a> {
         if opts.save_adapters.is_some() && checkpoints.iter().any(race::is_simulated) {
             eprintln!("warning: --save-adapters: simulated single-index snapshots have no LoRA adapter in PEFT's sense; none is saved for them");
         }
-        Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new(), previous: HashMap::new(), race_rungs: None })
+        let sample = opts.pretrain_sample.as_ref().map(|p| Ok::<_, Error>((p.clone(), data::read_task(p)?))).transpose()?;
+        Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new(), previous: HashMap::new(), race_rungs: None, sample, sample_cache: Mutex::default(), sample_losses: Mutex::default() })
     }
 
     /// Fine-tunes every checkpoint, rewriting the reports after each one.
@@ -182,7 +190,8 @@ impl<'a> Scan<'a> {
         }
         let pretrain_curve = assemble::pretrain_curve(&c.path);
         let pretrain_loss = pretrain_curve.last().map(|p| p.1);
-        Some(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes: None, stopped: None, diverged })
+        let pretrain_sample_loss = self.sample_loss_of(&c.name);
+        Some(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes: None, stopped: None, diverged, pretrain_sample_loss })
     }
 
     /// One fine-tune per seed: seeds --seed + i and --data-seed + i for i < --seeds.
@@ -217,6 +226,10 @@ impl<'a> Scan<'a> {
         let model = model::load_as(&c.path, &o.lora, &init, seed, device, o.dtype)?;
         let blocks = self.blocks_for(&c.path, &model)?;
         let blocks = &*blocks;
+        if from.is_none() && self.sample.is_some() {
+            let loss = self.measure_sample_loss(&c.path, &model)?;
+            self.sample_losses.lock().unwrap_or_else(|e| e.into_inner()).insert(c.name.clone(), loss);
+        }
         let order = BatchOrder::new(blocks.train.len(), o.train.batch_size, o.train.steps * o.train.grad_accum, data_seed);
         let paused = train::fine_tune_until(&model, blocks, &order, &o.train, from, until, &mut |ev| progress.step(ev))?;
         if let Some(dir) = self.adapter_dir(c, seed).filter(|_| until >= o.train.steps) {
@@ -271,6 +284,38 @@ impl<'a> Scan<'a> {
     fn single_index_settings(&self, seed: u64, data_seed: u64) -> RunSettings {
         let e = self.opts.explicit;
         RunSettings { seed, data_seed, lr: e.lr, batch_size: e.batch_size, steps: e.steps }
+    }
+
+    /// The loss of the model as fine-tuning starts on --pretrain-sample's blocks.
+    fn measure_sample_loss(&self, dir: &Path, model: &LoadedModel) -> Result<f64> {
+        let Some((path, docs)) = &self.sample else { return Err(Error::Other("no pre-training sample".into())) };
+        let tok_path = self.opts.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
+        let tok = TaskTokenizer::open(&tok_path)?;
+        let eos = tok.eos(model.eos_token_id)?;
+        let key = (std::fs::read(&tok_path).map_err(|e| Error::input(&tok_path, e.to_string()))?, eos);
+        let blocks = {
+            let mut cache = self.sample_cache.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&key) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(data::sample_blocks(&data::tokenize(docs, &tok, eos)?, self.opts.seq_len, self.opts.eval_blocks, path)?);
+                    cache.insert(key, b.clone());
+                    b
+                }
+            }
+        };
+        let max_id = blocks.iter().flat_map(|b| b.ids.iter()).max().copied().unwrap_or(0);
+        if max_id as usize >= model.vocab_size {
+            return Err(Error::input(&tok_path, format!("produces token id {max_id} on the pre-training sample, but the model's vocab_size is {}", model.vocab_size)));
+        }
+        train::eval_loss(model, &blocks, self.opts.train.batch_size)
+    }
+
+    /// A checkpoint's loss on --pretrain-sample: measured in this scan, or reused from the
+    /// resumed report.
+    pub(super) fn sample_loss_of(&self, name: &str) -> Option<f64> {
+        let measured = self.sample_losses.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied();
+        measured.or_else(|| self.previous.get(name).and_then(|p| p.pretrain_sample_loss))
     }
 
     /// The task's blocks under this checkpoint's tokenizer, checked against its vocabulary.

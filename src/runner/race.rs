@@ -75,6 +75,7 @@ impl Entrant {
             peak_rss_bytes: self.peak_rss_bytes,
             stopped: self.stopped.clone(),
             diverged: self.diverged,
+            pretrain_sample_loss: None,
         })
     }
 }
@@ -95,7 +96,7 @@ impl Scan<'_> {
                 progress.start_checkpoint(j, &format!("{} (rung {}/{}, step {rung})", field[i].checkpoint.name, k + 1, rungs.len()));
                 if let Err(Error::Interrupted) = self.run_rung(&mut field[i], rung, &progress) {
                     progress.finish();
-                    self.results = field.iter().filter_map(Entrant::result).collect();
+                    self.results = self.results_of(&field);
                     return Ok(self.report("interrupted"));
                 }
                 self.publish(&field, reports, "running")?;
@@ -107,7 +108,7 @@ impl Scan<'_> {
             }
             done = rung;
         }
-        self.results = field.iter().filter_map(Entrant::result).collect();
+        self.results = self.results_of(&field);
         Ok(self.report("complete"))
     }
 
@@ -186,8 +187,15 @@ impl Scan<'_> {
     }
 
     /// Rewrites the reports from the race so far.
+    /// The field's results so far, with each checkpoint's pre-training sample loss.
+    fn results_of(&self, field: &[Entrant]) -> Vec<CheckpointResult> {
+        let mut results: Vec<CheckpointResult> = field.iter().filter_map(Entrant::result).collect();
+        results.iter_mut().for_each(|r| r.pretrain_sample_loss = self.sample_loss_of(&r.checkpoint.name));
+        results
+    }
+
     fn publish(&mut self, field: &[Entrant], reports: &Reports, status: &str) -> Result<()> {
-        self.results = field.iter().filter_map(Entrant::result).collect();
+        self.results = self.results_of(field);
         reports.update(&self.report(status))
     }
 }

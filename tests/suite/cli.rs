@@ -289,3 +289,46 @@ fn interrupt_and_resume(workers: &[&str]) {
     assert_eq!(losses(&resumed), losses(&fresh));
     assert_eq!(resumed["ranking"], fresh["ranking"]);
 }
+
+/// Task distance: the gap between each snapshot's zero-shot task loss and its pre-training
+/// loss (trainer_state.json's, or measured on --pretrain-sample), and its trend over steps.
+#[test]
+fn task_distance_from_trainer_state_and_from_a_pretraining_sample() {
+    let (series, task, sample) = (fixtures().join("series"), fixtures().join("task.jsonl"), fixtures().join("task_prompt.jsonl"));
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = scan(&series, &task, &[&["--json", "-", "--device", "cpu"][..], extra].concat()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        super::util::assert_valid_report(&r);
+        r
+    };
+    let check = |r: &serde_json::Value, pre: &str, source: &str| {
+        let gaps: Vec<(f64, f64)> = r["checkpoints"].as_array().unwrap().iter().map(|c| {
+            let want = c["initial_eval_loss"].as_f64().unwrap() - c[pre].as_f64().unwrap();
+            assert!((c["task_gap"].as_f64().unwrap() - want).abs() < 1e-12, "{c}");
+            (c["step"].as_f64().unwrap(), want)
+        }).collect();
+        let d = &r["task_distance"];
+        assert_eq!(d["source"], source);
+        let slope = d["gap_slope_per_1k_steps"].as_f64().unwrap();
+        // least squares by hand
+        let n = gaps.len() as f64;
+        let (mx, my) = (gaps.iter().map(|g| g.0).sum::<f64>() / n, gaps.iter().map(|g| g.1).sum::<f64>() / n);
+        let want = 1000.0 * gaps.iter().map(|g| (g.0 - mx) * (g.1 - my)).sum::<f64>() / gaps.iter().map(|g| (g.0 - mx).powi(2)).sum::<f64>();
+        assert!((slope - want).abs() < 1e-9 * want.abs().max(1.0));
+        assert_eq!(d["widening"], slope > 0.0);
+        assert!(d["summary"].as_str().unwrap().contains(if slope > 0.0 { "widens" } else { "narrows" }));
+    };
+    check(&run(&[]), "pretrain_loss", "trainer_state");
+    let with_sample = run(&["--pretrain-sample", sample.to_str().unwrap()]);
+    check(&with_sample, "pretrain_sample_loss", "pretrain_sample");
+    // the sample loss is the eval loss of the model on the sample's first --eval-blocks blocks
+    let first = &with_sample["checkpoints"][0];
+    let model = super::util::load_with(std::path::Path::new(first["path"].as_str().unwrap()), &plasticity::lora::LoraSpec::default(), &plasticity::lora::AdapterInit::Seeded(0));
+    let docs = plasticity::data::read_task(&sample).unwrap();
+    let tok = plasticity::data::TaskTokenizer::open(&series.join("checkpoint-30/tokenizer.json")).unwrap();
+    let eos = tok.eos(model.eos_token_id).unwrap();
+    let blocks = plasticity::data::sample_blocks(&plasticity::data::tokenize(&docs, &tok, eos).unwrap(), 32, 4, &sample).unwrap();
+    let want = plasticity::train::eval_loss(&model, &blocks, 4).unwrap();
+    assert!((first["pretrain_sample_loss"].as_f64().unwrap() - want).abs() < 1e-9, "{first}");
+}

@@ -60,6 +60,7 @@ fn report() -> Report {
         race: None,
         gates: Vec::new(),
         pretraining: None,
+        task_distance: None,
     }
 }
 
