@@ -31,11 +31,16 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
         found.checkpoints = part.select(found.checkpoints);
         eprintln!("partition {part}: {} checkpoint(s) of the series; join the parts' reports with `plasticity merge`", found.checkpoints.len());
     }
-    let mut scan = Scan::new(opts, &found.checkpoints)?;
-    if let (Some(prev), Some(path)) = (previous, &opts.resume) {
-        scan.resume_from(prev, path)?;
-    }
-    let report = scan.run(&found.checkpoints, &reports)?;
+    let report = match &opts.sweep {
+        Some(sweep) => crate::runner::run_sweep(opts, sweep, &found.checkpoints, &reports)?,
+        None => {
+            let mut scan = Scan::new(opts, &found.checkpoints)?;
+            if let (Some(prev), Some(path)) = (previous, &opts.resume) {
+                scan.resume_from(prev, path)?;
+            }
+            scan.run(&found.checkpoints, &reports)?
+        }
+    };
     reports.finish(&report)?;
     if let (Some(dir), true) = (&opts.save_adapters, opts.save_best) {
         keep_best_adapter(dir, &report)?;

@@ -253,6 +253,15 @@ pub struct ScanArgs {
     #[arg(long, value_name = "REPORT.json")]
     pub resume: Option<PathBuf>,
 
+    /// Sweep LoRA ranks: fine-tune every snapshot at each (e.g. 4,8,16,32), same seeds and
+    /// batches; the first is the main scan. Combines with --lrs into a grid.
+    #[arg(long, value_name = "R,R,...")]
+    pub ranks: Option<String>,
+
+    /// Sweep learning rates (e.g. 1e-4,3e-4,1e-3); the first is the main scan.
+    #[arg(long, value_name = "LR,LR,...")]
+    pub lrs: Option<String>,
+
     /// Pre-training data (.txt or .jsonl, as --task): each snapshot's loss on its first
     /// --eval-blocks blocks is the pre-training loss the task gap is measured against, instead
     /// of the last loss in trainer_state.json.

@@ -88,6 +88,82 @@ pub struct ScanOptions {
     pub pretrain_sample: Option<PathBuf>,
     /// --save-best: only the winner's adapter stays in `save_adapters`.
     pub save_best: bool,
+    /// --ranks / --lrs.
+    pub sweep: Option<Sweep>,
+}
+
+/// A grid of LoRA ranks and learning rates; the first of each is the main scan.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Sweep {
+    pub ranks: Vec<usize>,
+    pub lrs: Vec<f64>,
+    /// --lrs was given (else `lrs` is the scan's one rate).
+    #[serde(skip)]
+    pub lrs_given: bool,
+}
+
+impl Sweep {
+    /// (rank, lr) pairs: the main one first, then the rest of the grid, ranks outermost.
+    pub fn variants(&self) -> Vec<(usize, f64)> {
+        let grid = self.ranks.iter().flat_map(|&r| self.lrs.iter().map(move |&l| (r, l)));
+        std::iter::once(self.main()).chain(grid.filter(|v| *v != self.main())).collect()
+    }
+
+    pub fn main(&self) -> (usize, f64) {
+        (self.ranks[0], self.lrs[0])
+    }
+}
+
+impl ScanOptions {
+    /// These options at one (rank, lr) of the sweep.
+    pub fn variant(&self, (rank, lr): (usize, f64)) -> ScanOptions {
+        let mut o = self.clone();
+        o.lora.rank = rank;
+        o.train.optimizer.lr = lr;
+        if self.sweep.as_ref().is_some_and(|s| s.lrs_given) {
+            o.explicit.lr = Some(lr); // overrides what a simulated series carries, as --lr does
+        }
+        o
+    }
+}
+
+/// `--ranks` and `--lrs`: each a list of distinct values; None when neither is given.
+fn sweep(args: &ScanArgs, rank: usize, lr: f64) -> Result<Option<Sweep>> {
+    if args.ranks.is_none() && args.lrs.is_none() {
+        return Ok(None);
+    }
+    let refuse = |why: &str| Err(Error::flag(if args.ranks.is_some() { "--ranks" } else { "--lrs" }, format!("cannot be combined with {why}")));
+    if args.strategy == Strategy::Race {
+        return refuse("--strategy race (each variant would race separately)");
+    }
+    if args.resume.is_some() || args.partition.is_some() || args.save_adapters.is_some() {
+        return refuse("--resume, --partition or --save-adapters yet");
+    }
+    if args.ranks.is_some() && args.lora.init_adapter.is_some() {
+        return refuse("--init-adapter (the adapter fixes the rank)");
+    }
+    let ranks = match &args.ranks {
+        Some(list) => list_of("--ranks", list, |v| v.parse::<usize>().ok().filter(|&r| r > 0))?,
+        None => vec![rank],
+    };
+    let lrs = match &args.lrs {
+        Some(list) => list_of("--lrs", list, |v| v.parse::<f64>().ok().filter(|l| l.is_finite() && *l > 0.0))?,
+        None => vec![lr],
+    };
+    Ok(Some(Sweep { ranks, lrs, lrs_given: args.lrs.is_some() }))
+}
+
+/// A comma-separated list of distinct values, each checked by `parse`.
+fn list_of<T: PartialEq + Copy>(flag: &'static str, list: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
+    let mut out: Vec<T> = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        let v = parse(item).ok_or_else(|| Error::flag(flag, format!("{item:?} in {list:?} is not a positive number")))?;
+        if out.contains(&v) {
+            return Err(Error::flag(flag, format!("{item} is listed twice in {list:?}")));
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 impl ScanOptions {
@@ -103,6 +179,7 @@ impl ScanOptions {
         let price_per_hour = args.price_per_gpu_hour.map(|p| finite_positive("--price-per-gpu-hour", p)).transpose()?;
         let (lora, init) = lora_settings(&args.lora, args.train.seed)?;
         let train = train_settings(&args.train)?;
+        let sweep = sweep(&args, lora.rank, train.optimizer.lr)?;
         let devices = match &args.devices {
             Some(list) => device_list(list, args.strategy)?,
             None => vec![device(&args.device)?],
@@ -135,6 +212,7 @@ impl ScanOptions {
             devices,
             dtype: dtype(&args.dtype)?,
             save_adapters: args.save_adapters,
+            sweep,
             pretrain_sample: args.pretrain_sample,
             save_best: args.save_best,
         })

@@ -1,7 +1,7 @@
 //! The Markdown summary (`--markdown FILE`, and `$GITHUB_STEP_SUMMARY`): the ranking table, the
 //! best checkpoint, the headline, and the single-index table when there is one.
 
-use super::table::{footnotes, ranking_table, summary_line, theory_table, Table, THEORY_CAPTION};
+use super::table::{footnotes, ranking_table, summary_line, sweep_tables, theory_table, Table, THEORY_CAPTION};
 use super::{headline, Exporter, Report};
 use crate::error::Result;
 
@@ -25,6 +25,13 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(theory) = theory_table(report) {
         out.push_str(&format!("\n{THEORY_CAPTION}\n\n{}", pipes(&theory)));
+    }
+    for (caption, table) in sweep_tables(report) {
+        out.push_str(&format!("\n{caption}\n\n{}", pipes(&table)));
+    }
+    if let Some(s) = &report.sweep {
+        s.summary.iter().for_each(|line| out.push_str(&format!("\n- {line}")));
+        out.push('\n');
     }
     out
 }

@@ -61,6 +61,70 @@ pub struct Report {
     /// How far the task is from the pre-training data, across the series.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_distance: Option<TaskDistance>,
+    /// With --ranks / --lrs: every variant's ranking and what changes with rank and rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepInfo>,
+}
+
+/// A sweep over LoRA ranks and learning rates. The report's own ranking and checkpoints are
+/// the main variant's (the first rank and the first rate).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepInfo {
+    pub ranks: Vec<usize>,
+    pub lrs: Vec<f64>,
+    pub main_rank: usize,
+    pub main_lr: f64,
+    /// The one target every variant is scored against (the main variant's).
+    pub target_loss: Option<f64>,
+    /// In grid order: ranks outermost.
+    pub variants: Vec<SweepVariant>,
+    /// Per snapshot, in step order.
+    pub checkpoints: Vec<SweepCheckpoint>,
+    /// The winner differs between ranks (at the main rate) / between rates (at the main rank).
+    pub winner_changes_with_rank: bool,
+    pub winner_changes_with_lr: bool,
+    /// The findings in plain words.
+    pub summary: Vec<String>,
+}
+
+/// One (rank, lr) of a sweep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepVariant {
+    pub rank: usize,
+    pub lr: f64,
+    pub status: String,
+    pub ranking: Vec<String>,
+    pub checkpoints: Vec<SweepPoint>,
+}
+
+/// One snapshot at one (rank, lr).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepPoint {
+    pub name: String,
+    pub status: String,
+    pub rank: Option<usize>,
+    /// The target was reached within the budget (measured, not extrapolated).
+    pub reached: bool,
+    pub steps_to_target: Option<f64>,
+    pub device_hours_to_target: Option<f64>,
+    pub final_eval_loss: Option<f64>,
+    /// [step, eval loss] of the first seed's run.
+    pub eval_curve: Vec<[f64; 2]>,
+}
+
+/// What the sweep says about one snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepCheckpoint {
+    pub name: String,
+    /// The smallest rank that reaches the target within the budget, at the main rate.
+    pub smallest_rank: Option<usize>,
+    /// Device-hours to target at each rank (as `ranks`), at the main rate.
+    pub hours_by_rank: Vec<Option<f64>>,
+    /// The rate with the fewest device-hours to target (else the lowest final eval loss), at
+    /// the main rank.
+    pub best_lr: Option<f64>,
+    /// Device-hours to target at each rate (as `lrs`), at the main rank.
+    pub hours_by_lr: Vec<Option<f64>>,
 }
 
 /// The task gap (zero-shot task loss minus pre-training loss) across the series.

@@ -1,7 +1,8 @@
 //! The plot (`--plot FILE.svg|FILE.png`): every snapshot's eval-loss curve against steps and
 //! against device-hours, the target line, and the ranking in the legend. Colours run from
 //! light (least pre-trained) to dark (most pre-trained), so a reader sees at a glance whether
-//! more pre-training means slower adaptation. The font is embedded: no system fonts needed.
+//! more pre-training means slower adaptation. With a rank or learning-rate sweep, one panel per
+//! variant (eval loss against steps). The font is embedded: no system fonts needed.
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 use plotters::style::{register_font, FontStyle};
 
-use super::{CheckpointReport, Report};
+use super::{CheckpointReport, Report, SweepInfo, SweepVariant};
 use crate::error::{Error, Result};
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -20,11 +21,60 @@ const SIZE: (u32, u32) = (1400, 560);
 pub fn render(report: &Report, path: &Path) -> Result<()> {
     let _ = register_font("sans-serif", FontStyle::Normal, FONT);
     let fail = |e: String| Error::input(path, format!("cannot draw plot: {e}"));
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), report).map_err(fail),
-        Some("png") => draw(BitMapBackend::new(path, SIZE).into_drawing_area(), report).map_err(fail),
-        _ => Err(Error::input(path, "plot file must end in .svg or .png")),
+    let sweep = report.sweep.as_ref().filter(|s| s.variants.len() > 1);
+    let size = sweep.map_or(SIZE, |s| (SIZE.0, 460 * grid_shape(s.variants.len()).0 as u32 + 60));
+    let drawn = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("svg") => with_area(SVGBackend::new(path, size).into_drawing_area(), report, sweep),
+        Some("png") => with_area(BitMapBackend::new(path, size).into_drawing_area(), report, sweep),
+        _ => return Err(Error::input(path, "plot file must end in .svg or .png")),
+    };
+    drawn.map_err(fail)
+}
+
+fn with_area<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report, sweep: Option<&SweepInfo>) -> std::result::Result<(), String> {
+    match sweep {
+        Some(s) => draw_sweep(root, report, s),
+        None => draw(root, report),
     }
+}
+
+/// (rows, columns) of the sweep's panels: near square, at most three across.
+fn grid_shape(n: usize) -> (usize, usize) {
+    let cols = ((n as f64).sqrt().ceil() as usize).clamp(1, 3);
+    (n.div_ceil(cols), cols)
+}
+
+/// One panel per (rank, lr) variant: every snapshot's eval loss against steps.
+fn draw_sweep<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report, sweep: &SweepInfo) -> std::result::Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<B::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let title = format!("plasticity sweep: eval loss per snapshot at each LoRA rank and learning rate (target {})", super::table::loss(sweep.target_loss));
+    let root = root.titled(&title, ("sans-serif", 24)).map_err(err)?;
+    let panels = root.split_evenly(grid_shape(sweep.variants.len()));
+    for (area, v) in panels.iter().zip(&sweep.variants) {
+        let caption = format!("r={}, lr={:e}: best {}", v.rank, v.lr, v.ranking.first().map_or("-", |s| s.as_str()));
+        let area = area.titled(&caption, ("sans-serif", 18)).map_err(err)?;
+        panel(&area, sweep.target_loss, &variant_series(report, v), |s| &s.by_step, "optimizer steps").map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
+fn variant_series(report: &Report, v: &SweepVariant) -> Vec<Series> {
+    let n = v.checkpoints.len().max(2) as f64;
+    v.checkpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.eval_curve.is_empty())
+        .map(|(i, p)| {
+            let step = report.checkpoints.iter().find(|c| c.name == p.name).map_or(0, |c| c.step);
+            Series {
+                label: format!("{} {} (step {step})", p.rank.map_or("-".into(), |r| format!("#{r}")), p.name),
+                color: ViridisRGB::get_color(0.85 - 0.8 * i as f64 / (n - 1.0)),
+                by_step: p.eval_curve.iter().map(|q| (q[0], q[1])).collect(),
+                by_hours: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 /// One curve: legend label, colour, and (x, loss) points for each panel.
@@ -64,8 +114,9 @@ fn draw<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report) -> std:
     let panels = root.split_evenly((1, 2));
     let all = series(report);
     let hours = format!("{} (median step time x steps)", report.hours_unit);
-    panel(&panels[0], report, &all, |s| &s.by_step, "optimizer steps").map_err(err)?;
-    panel(&panels[1], report, &all, |s| &s.by_hours, &hours).map_err(err)?;
+    let target = report.target.as_ref().filter(|t| t.kind != "drop").map(|t| t.value);
+    panel(&panels[0], target, &all, |s| &s.by_step, "optimizer steps").map_err(err)?;
+    panel(&panels[1], target, &all, |s| &s.by_hours, &hours).map_err(err)?;
     root.present().map_err(err)
 }
 
@@ -85,7 +136,7 @@ fn loss_range(all: &[Series], target: Option<f64>) -> (f64, f64, bool) {
 
 fn panel<B: DrawingBackend>(
     area: &DrawingArea<B, Shift>,
-    report: &Report,
+    target: Option<f64>,
     all: &[Series],
     points: impl Fn(&Series) -> &Vec<(f64, f64)>,
     x_label: &str,
@@ -95,7 +146,6 @@ fn panel<B: DrawingBackend>(
     let x_min = xs().filter(|&x| x > 0.0).fold(f64::INFINITY, f64::min);
     // Runs that stop after very different numbers of steps are read on a log axis from step 1.
     let log_x = x_min.is_finite() && x_max / x_min > 1000.0;
-    let target = report.target.as_ref().filter(|t| t.kind != "drop").map(|t| t.value);
     let (lo, hi, log_y) = loss_range(all, target);
     let mut builder = ChartBuilder::on(area);
     builder.margin(16).x_label_area_size(48).y_label_area_size(72);

@@ -16,7 +16,55 @@ pub fn render(report: &Report) -> String {
     if let Some(theory) = theory_table(report) {
         out.push_str(&format!("\n{THEORY_CAPTION}\n{}", grid(&theory)));
     }
+    for (caption, table) in sweep_tables(report) {
+        out.push_str(&format!("\n{caption}\n{}", grid(&table)));
+    }
+    if let Some(s) = &report.sweep {
+        s.summary.iter().for_each(|line| out.push_str(&format!("{line}\n")));
+    }
     out
+}
+
+/// With a sweep: device-hours to target by rank (at the main rate) and by rate (at the main
+/// rank), with the smallest rank and the best rate, and each variant's winner.
+pub fn sweep_tables(report: &Report) -> Vec<(String, Table)> {
+    let Some(s) = &report.sweep else { return Vec::new() };
+    let mut tables = Vec::new();
+    let winner = |rank: usize, lr: f64| s.variants.iter().find(|v| v.rank == rank && v.lr == lr).and_then(|v| v.ranking.first().cloned()).unwrap_or_else(|| "-".into());
+    let hours = |h: &Option<f64>| h.map_or("not reached".to_string(), |h| if h == 0.0 { "0".into() } else { format!("{h:.3e}") });
+    if s.ranks.len() > 1 {
+        let mut header = vec!["checkpoint".to_string()];
+        header.extend(s.ranks.iter().map(|r| format!("r={r}")));
+        header.push("smallest rank".into());
+        let mut rows: Vec<Vec<String>> = s.checkpoints.iter().map(|c| {
+            let mut row = vec![c.name.clone()];
+            row.extend(c.hours_by_rank.iter().map(hours));
+            row.push(c.smallest_rank.map_or("none".into(), |r| r.to_string()));
+            row
+        }).collect();
+        let mut last = vec!["winner".to_string()];
+        last.extend(s.ranks.iter().map(|&r| winner(r, s.main_lr)));
+        last.push(String::new());
+        rows.push(last);
+        tables.push((format!("rank sweep at lr={:e}: {} to the target {}", s.main_lr, report.hours_unit, loss(s.target_loss)), Table { header, rows }));
+    }
+    if s.lrs.len() > 1 {
+        let mut header = vec!["checkpoint".to_string()];
+        header.extend(s.lrs.iter().map(|l| format!("lr={l:e}")));
+        header.push("best lr".into());
+        let mut rows: Vec<Vec<String>> = s.checkpoints.iter().map(|c| {
+            let mut row = vec![c.name.clone()];
+            row.extend(c.hours_by_lr.iter().map(hours));
+            row.push(c.best_lr.map_or("-".into(), |l| format!("{l:e}")));
+            row
+        }).collect();
+        let mut last = vec!["winner".to_string()];
+        last.extend(s.lrs.iter().map(|&l| winner(s.main_rank, l)));
+        last.push(String::new());
+        rows.push(last);
+        tables.push((format!("learning-rate sweep at r={}: {} to the target {}", s.main_rank, report.hours_unit, loss(s.target_loss)), Table { header, rows }));
+    }
+    tables
 }
 
 /// A table as header and rows of formatted cells, shared by the text and Markdown formats.

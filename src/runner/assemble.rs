@@ -89,6 +89,7 @@ pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str
         checkpoints,
         gates: Vec::new(),
         task_distance: None,
+        sweep: None,
         pretraining,
         race: ctx.race.clone(),
     };
@@ -268,6 +269,7 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "strategy": o.strategy,
         "partition": o.partition.map(|p| p.to_string()),
         "dtype": o.dtype.as_str(),
+        "sweep": o.sweep,
         "devices": o.devices.iter().map(super::workers::device_label).collect::<Vec<_>>(),
     })
 }

@@ -29,10 +29,12 @@ mod memory;
 mod merge;
 mod race;
 mod resume;
+mod sweep;
 mod workers;
 
 pub use memory::keep_freed_memory;
 pub use merge::merge;
+pub use sweep::run as run_sweep;
 
 /// What fine-tuning the checkpoint in `dir` needs resident, from the safetensors headers and
 /// config.json alone: (f32 weights, one step's activations) in bytes.

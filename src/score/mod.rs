@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod pretrain;
 pub mod race;
 pub mod stats;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 

@@ -61,6 +61,7 @@ fn report() -> Report {
         gates: Vec::new(),
         pretraining: None,
         task_distance: None,
+        sweep: None,
     }
 }
 

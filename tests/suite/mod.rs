@@ -11,4 +11,5 @@ mod partition;
 mod peft;
 mod probe;
 mod single_index;
+mod sweep;
 pub mod util;
