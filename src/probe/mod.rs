@@ -185,7 +185,7 @@ fn weight_gradients(model: &LoadedModel, blocks: &Blocks, batch: usize, o: &Prob
             });
         }
     }
-    sums.into_iter().map(|g| g.ok_or_else(|| Error::Other("no probe batch".into())).and_then(|g| Ok((g / o.batches as f64).ctx("probe gradient mean")?))).collect()
+    sums.into_iter().map(|g| g.ok_or_else(|| Error::Other("no probe batch".into())).and_then(|g| (g / o.batches as f64).ctx("probe gradient mean"))).collect()
 }
 
 /// The frozen weight of `module` as stored (GPT-2's Conv1D transposed: same singular values).
