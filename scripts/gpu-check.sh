@@ -96,6 +96,20 @@ same = all([(p["step"], p["train_loss"], p["eval_loss"]) for p in a["curve"]] ==
 print(f"two workers: curves identical to one worker: {same}; ranking {two['ranking']}; device {two['device']}")
 PY
 
+echo "== plasticity probe on the series: GPU against CPU"
+for dev in cpu cuda; do
+  "$bin" probe tests/fixtures/series --task "$task" --device "$dev" --json "$work/probe-$dev.json" > /dev/null 2>&1 || true
+done
+python3 - "$work/probe-cpu.json" "$work/probe-cuda.json" <<'PY'
+import json, sys
+try:
+    cpu, gpu = (json.load(open(p)) for p in sys.argv[1:])
+except Exception as e:
+    print(f"no probe result: {e}"); sys.exit()
+for a, b in zip(cpu["probes"], gpu["probes"]):
+    print(f"{a['name']:<16} forecast cpu {a['forecast']:.6f} gpu {b['forecast']:.6f}; effective rank cpu {a['effective_rank']:.4f} gpu {b['effective_rank']:.4f}; zero-shot cpu {a['zero_shot_loss']:.6f} gpu {b['zero_shot_loss']:.6f}")
+PY
+
 echo "== one LoRA step at the Pythia-70M shape (gpt_neox, 6 x 512, vocab 50304; batch 8 x 128, r 8, f32)"
 python3 - "$work/neox70" <<'PY'
 import sys, torch

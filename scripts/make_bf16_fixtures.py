@@ -16,7 +16,10 @@ tests/fixtures/expected/bf16/<name>.json:
   with PEFT's default autocast_adapter_dtype=True (adapters in f32), the committed batches,
   AdamW and gradient clipping as in make_fixtures.make_peft, in f32 optimizer state.
 
-Nothing here changes the committed models, adapters or batches.
+It also writes tests/fixtures/models/llama_hd128/ (bf16 on disk, 0.7 MB): a Llama with one
+head of dimension 128, whose attention scale 1/sqrt(128) is not a bf16 number, so the point
+where the scale is rounded shows; its expected/bf16/llama_hd128.json has logits only. Nothing
+else here changes the committed models, adapters or batches.
 """
 
 import os
@@ -26,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_fixtures as mf  # noqa: E402  (sets the deterministic environment first)
 
 import json  # noqa: E402
+import shutil  # noqa: E402
 
 import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
@@ -72,9 +76,51 @@ def peft_losses_bf16(name):
     return losses, trace["losses"]
 
 
+HD128 = "llama_hd128"
+
+
+def make_hd128():
+    """A 2-layer Llama, hidden 128, one head of 128 (scale 1/sqrt(128)), saved in bf16."""
+    from transformers import LlamaConfig
+    d = mf.FIX / "models" / HD128
+    shutil.rmtree(d, ignore_errors=True)
+    cfg = LlamaConfig(vocab_size=mf.VOCAB_SIZE, hidden_size=128, num_hidden_layers=2, num_attention_heads=1,
+                      num_key_value_heads=1, intermediate_size=344, max_position_embeddings=256, rms_norm_eps=1e-6,
+                      tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    torch.manual_seed(1128)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    gen = torch.Generator().manual_seed(51128)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn(p.shape, generator=gen) * mf.NOISE_STD)
+        for layer in model.model.layers:  # attention scores of order 10, so their rounding shows
+            layer.self_attn.q_proj.weight.mul_(12.0)
+            layer.self_attn.k_proj.weight.mul_(12.0)
+    model.to(torch.bfloat16).save_pretrained(str(d))
+    shutil.copy(mf.FIX / "tokenizer.json", d / "tokenizer.json")
+
+
+def logits_only(name, ids):
+    with torch.no_grad():
+        bf16 = load_bf16(mf.FIX / "models" / name).eval()(input_ids=ids).logits.float()
+        f32 = mf.load_f32(mf.FIX / "models" / name).eval()(input_ids=ids).logits
+    return bf16, f32
+
+
 def main():
     out_dir = mf.FIX / "expected" / "bf16"
     out_dir.mkdir(parents=True, exist_ok=True)
+    make_hd128()
+    ids = torch.tensor(json.loads((mf.FIX / "expected" / "llama_gqa.json").read_text())["input_ids"][:1], dtype=torch.int64)
+    bf16, f32 = logits_only(HD128, ids)
+    moved = (bf16 - f32).abs().max().item()
+    mf.dump_json(out_dir / f"{HD128}.json", {
+        "input_ids": ids.tolist(), "logits_shape": list(bf16.shape), "logits": mf.F32Array(bf16),
+        "logits_f32": mf.F32Array(f32), "max_abs_bf16_vs_f32": moved, **mf.VERSIONS,
+    })
+    print(f"[bf16] {HD128:20s} logits moved {moved:.4f} by bf16", flush=True)
     for name in mf.PEFT_MODELS:
         ids, bf16, f32 = logits_row0(name)
         losses, f32_losses = peft_losses_bf16(name)

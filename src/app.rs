@@ -62,6 +62,11 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
 /// interrupted scan keeps every adapter it saved: the winner is not known yet).
 fn keep_best_adapter(dir: &std::path::Path, report: &Report) -> Result<()> {
     let Some(best) = report.ranking.first().filter(|_| report.status == "complete") else { return Ok(()) };
+    if !dir.join(best).is_dir() {
+        // e.g. the winner was reused from a resumed report whose scan saved no adapter
+        eprintln!("warning: --save-best: the winner {best} has no saved adapter in {}; every adapter is kept", dir.display());
+        return Ok(());
+    }
     for c in report.checkpoints.iter().filter(|c| &c.name != best) {
         let path = dir.join(&c.name);
         if path.exists() {

@@ -78,6 +78,9 @@ pub struct Adapter {
     pub b: Var,
     scale: f64,
     dropout: Option<Dropout>,
+    /// A = I, never materialised (`AdapterInit::WeightGradient`): `a` is a 1 x 1 placeholder
+    /// and B (out, in) multiplies x directly.
+    identity_a: bool,
 }
 
 /// Collects adapters while a model is built, and decides which modules get one.
@@ -129,6 +132,7 @@ impl LoraCtx {
             b: Var::from_tensor(&b).ctx("adapter B")?,
             scale: if full { 1.0 } else { self.spec.scale() },
             dropout: self.dropout.clone(),
+            identity_a: full,
         };
         self.adapters.push(adapter.clone());
         Ok(Some(adapter))
@@ -150,7 +154,7 @@ impl LoraCtx {
                 let b = Tensor::zeros((out_dim, r), DType::F32, device)?;
                 Ok((a, b))
             }
-            (AdapterInit::WeightGradient, _) => Ok((Tensor::eye(in_dim, DType::F32, device)?, Tensor::zeros((out_dim, in_dim), DType::F32, device)?)),
+            (AdapterInit::WeightGradient, _) => Ok((Tensor::zeros((1, 1), DType::F32, device)?, Tensor::zeros((out_dim, in_dim), DType::F32, device)?)),
             (AdapterInit::Peft(dir), None) => Err(Error::input(dir, "adapter not loaded")),
         }
     }
@@ -345,7 +349,7 @@ impl Adapter {
         // batched matmul would repeat the small factor per sequence and sum its gradients
         let mut shape = x.dims().to_vec();
         let x2 = x.flatten_to(shape.len().saturating_sub(2))?; // (tokens, in)
-        let h = x2.matmul(&self.a.as_tensor().t()?)?.affine(self.scale, 0.0)?; // (tokens, r)
+        let h = if self.identity_a { x2 } else { x2.matmul(&self.a.as_tensor().t()?)?.affine(self.scale, 0.0)? }; // (tokens, r)
         let y = h.matmul(&self.b.as_tensor().t()?)?; // (tokens, out)
         if let Some(last) = shape.last_mut() {
             *last = y.dim(1)?;

@@ -139,6 +139,9 @@ fn sweep(args: &ScanArgs, rank: usize, lr: f64) -> Result<Option<Sweep>> {
     if args.resume.is_some() || args.partition.is_some() || args.save_adapters.is_some() {
         return refuse("--resume, --partition or --save-adapters yet");
     }
+    if args.target_drop.is_some() {
+        return refuse("--target-drop (each variant's drop would be its own; give --target-loss or none)");
+    }
     if args.ranks.is_some() && args.lora.init_adapter.is_some() {
         return refuse("--init-adapter (the adapter fixes the rank)");
     }
@@ -180,6 +183,9 @@ impl ScanOptions {
         let (lora, init) = lora_settings(&args.lora, args.train.seed)?;
         let train = train_settings(&args.train)?;
         let sweep = sweep(&args, lora.rank, train.optimizer.lr)?;
+        if args.save_best && args.partition.is_some() {
+            return Err(Error::flag("--save-best", "cannot be combined with --partition: a part does not know the series' winner (save every adapter, then keep `plasticity select`'s)"));
+        }
         let devices = match &args.devices {
             Some(list) => device_list(list, args.strategy)?,
             None => vec![device(&args.device)?],

@@ -4,11 +4,12 @@
 //!
 //! `target_modules` lists the adapted modules by their full paths, which PEFT matches exactly:
 //! the file then adapts what was trained and nothing else. GPT-2's Conv1D layers are marked
-//! `fan_in_fan_out`, as PEFT marks them. Files are written to a temporary name and renamed. This
-//! module must not train or choose which adapters to keep.
+//! `fan_in_fan_out`, as PEFT marks them. Both files are written into a temporary folder that
+//! then replaces the adapter's folder, so a reader never sees one file of a new export beside one
+//! of an old. This module must not train or choose which adapters to keep.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -23,15 +24,24 @@ pub struct ExportInfo<'a> {
     pub model_type: &'a str,
 }
 
-/// Writes `adapters` to `dir` (created if needed) in PEFT's format.
+/// Writes `adapters` to the folder `dir` (replaced if it exists) in PEFT's format.
 pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::input(dir, format!("cannot create the adapter folder: {e}")))?;
-    let tensors = tensors(adapters)?;
-    let st = dir.join("adapter_model.safetensors");
-    let bytes = safetensors::tensor::serialize(&tensors, None).map_err(|e| Error::input(&st, format!("cannot serialise the adapter: {e}")))?;
-    write_atomically(&st, |tmp| std::fs::write(tmp, &bytes).map_err(|e| e.to_string()))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.with_file_name(format!(".{name}.partial"));
+    let io = |path: &Path, what: &str, e: std::io::Error| Error::input(path, format!("cannot {what}: {e}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, "remove a partial export", e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "create the adapter folder", e))?;
+    let st = tmp.join("adapter_model.safetensors");
+    let bytes = safetensors::tensor::serialize(&tensors(adapters)?, None).map_err(|e| Error::input(&st, format!("cannot serialise the adapter: {e}")))?;
+    crate::report::write_atomic(&st, &bytes)?;
     let config = serde_json::to_string_pretty(&config(adapters, info)).map_err(|e| Error::Other(e.to_string()))?;
-    write_atomically(&dir.join("adapter_config.json"), |tmp| std::fs::write(tmp, format!("{config}\n")).map_err(|e| e.to_string()))
+    crate::report::write_atomic(&tmp.join("adapter_config.json"), format!("{config}\n").as_bytes())?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io(dir, "replace the adapter folder", e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| io(dir, "write the adapter folder", e))
 }
 
 /// PEFT's tensor names and f32 CPU copies of A and B.
@@ -53,7 +63,7 @@ fn config(adapters: &[Adapter], info: &ExportInfo) -> serde_json::Value {
     serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": info.base.display().to_string(),
+        "base_model_name_or_path": std::fs::canonicalize(info.base).unwrap_or_else(|_| info.base.to_path_buf()).display().to_string(),
         "r": info.spec.rank,
         "lora_alpha": info.spec.alpha,
         "lora_dropout": info.spec.dropout,
@@ -71,11 +81,4 @@ fn config(adapters: &[Adapter], info: &ExportInfo) -> serde_json::Value {
         "alpha_pattern": {},
         "revision": null,
     })
-}
-
-/// Writes through `write(tmp)` and renames onto `path`: a reader never sees half a file.
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> std::result::Result<(), String>) -> Result<()> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    write(&tmp).map_err(|e| Error::input(path, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::input(path, format!("cannot write: {e}")))
 }

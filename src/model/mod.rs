@@ -378,9 +378,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) 
     let (b, h, t, d) = q.dims4()?;
     let kv = k.dim(1)?;
     let (k, v) = (repeat_kv(&k.contiguous()?, h / kv)?, repeat_kv(&v.contiguous()?, h / kv)?); // (b, h, t, d)
-    let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?; // (b, h, t, t)
-    // the softmax in f32 and the probabilities back in q's dtype, as transformers' eager
-    // attention does in bf16
+    let scores = q.contiguous()?.matmul(&k.t()?)?; // (b, h, t, t)
+    // in bf16 the scale multiplies in f32 and the product rounds once (candle's bf16 affine
+    // would round the scale itself); the softmax runs in f32 and the probabilities go back to
+    // q's dtype, as transformers' eager attention does
+    let scores = match q.dtype() {
+        DType::F32 => (scores * scale)?,
+        dt => scores.to_dtype(DType::F32)?.affine(scale, 0.0)?.to_dtype(dt)?,
+    };
     let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
     let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(q.dtype())?;
     let out = probs.matmul(&v)?; // (b, h, t, d)
@@ -402,8 +407,10 @@ pub enum Activation {
     Silu,
     /// Exact GELU (erf), transformers' "gelu".
     Gelu,
-    /// The tanh approximation: "gelu_pytorch_tanh", "gelu_fast".
+    /// The tanh approximation in one op: "gelu_pytorch_tanh".
     GeluTanh,
+    /// The tanh approximation as transformers' FastGELUActivation writes it ("gelu_fast").
+    GeluFast,
     /// The tanh approximation as transformers' NewGELUActivation writes it ("gelu_new"): the
     /// same function, but in bf16 each of its eight tensor ops rounds.
     GeluNew,
@@ -416,15 +423,18 @@ impl Activation {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu" => Ok(Activation::Gelu),
             "gelu_new" => Ok(Activation::GeluNew),
-            "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            "gelu_fast" => Ok(Activation::GeluFast),
             "relu" => Ok(Activation::Relu),
             other => Err(Error::input(dir.join("config.json"), format!("unsupported activation {other:?}"))),
         }
     }
 
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if matches!(self, Activation::GeluNew) && x.dtype() != DType::F32 {
-            return gelu_new_rounded(x);
+        match self {
+            Activation::GeluNew if x.dtype() != DType::F32 => return gelu_new_rounded(x),
+            Activation::GeluFast if x.dtype() != DType::F32 => return gelu_fast_rounded(x),
+            _ => {}
         }
         match self.fused() {
             Some(act) => fused::activation(x, act),
@@ -444,7 +454,7 @@ impl Activation {
         match self {
             Activation::Silu => Some(fused::Act::Silu),
             Activation::Gelu => Some(fused::Act::GeluErf),
-            Activation::GeluTanh | Activation::GeluNew => Some(fused::Act::GeluTanh),
+            Activation::GeluTanh | Activation::GeluNew | Activation::GeluFast => Some(fused::Act::GeluTanh),
             Activation::Relu => None,
         }
     }
@@ -454,16 +464,44 @@ impl Activation {
 /// `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`, each tensor op computed in f32
 /// (scalars unrounded) and rounded to x's dtype.
 fn gelu_new_rounded(x: &Tensor) -> candle_core::Result<Tensor> {
-    let dt = x.dtype();
-    let f = |t: &Tensor| t.to_dtype(DType::F32);
-    let r = |t: Tensor| t.to_dtype(dt);
-    let affine = |t: &Tensor, mul: f64, add: f64| r(f(t)?.affine(mul, add)?);
-    let x32 = f(x)?;
-    let cube = r((x32.sqr()? * &x32)?)?; // torch.pow(x, 3.0)
-    let inner = r((x32 + f(&affine(&cube, 0.044715, 0.0)?)?)?)?;
-    let t = r(f(&affine(&inner, (2.0 / std::f64::consts::PI).sqrt(), 0.0)?)?.tanh()?)?;
-    let half_x = affine(x, 0.5, 0.0)?;
-    r((f(&half_x)? * f(&affine(&t, 1.0, 1.0)?)?)?)
+    let (lo, x32) = (Rounding(x.dtype()), x.to_dtype(DType::F32)?);
+    let cube = lo.round((x32.sqr()? * &x32)?)?; // torch.pow(x, 3.0)
+    let inner = lo.round((x32 + lo.widen(&lo.affine(&cube, 0.044715, 0.0)?)?)?)?;
+    let t = lo.round(lo.widen(&lo.affine(&inner, (2.0 / std::f64::consts::PI).sqrt(), 0.0)?)?.tanh()?)?;
+    lo.mul(&lo.affine(x, 0.5, 0.0)?, &lo.affine(&t, 1.0, 1.0)?)
+}
+
+/// FastGELUActivation in a low precision, op by op:
+/// `0.5 * x * (1 + tanh(x * 0.7978845608 * (1 + 0.044715 * x * x)))`.
+fn gelu_fast_rounded(x: &Tensor) -> candle_core::Result<Tensor> {
+    let lo = Rounding(x.dtype());
+    let x_c = lo.affine(x, 0.7978845608, 0.0)?;
+    let inner = lo.affine(&lo.mul(&lo.affine(x, 0.044715, 0.0)?, x)?, 1.0, 1.0)?;
+    let t = lo.round(lo.widen(&lo.mul(&x_c, &inner)?)?.tanh()?)?;
+    lo.mul(&lo.affine(x, 0.5, 0.0)?, &lo.affine(&t, 1.0, 1.0)?)
+}
+
+/// torch's rounding of one elementwise op in a low precision: computed in f32 (scalars
+/// unrounded), rounded to the dtype.
+struct Rounding(DType);
+
+impl Rounding {
+    fn widen(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        t.to_dtype(DType::F32)
+    }
+
+    fn round(&self, t: Tensor) -> candle_core::Result<Tensor> {
+        t.to_dtype(self.0)
+    }
+
+    /// t * mul + add.
+    fn affine(&self, t: &Tensor, mul: f64, add: f64) -> candle_core::Result<Tensor> {
+        self.round(self.widen(t)?.affine(mul, add)?)
+    }
+
+    fn mul(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        self.round((self.widen(a)? * self.widen(b)?)?)
+    }
 }
 
 /// transformers' LayerNorm / RMSNorm weights, applied with differentiable ops.

@@ -17,7 +17,6 @@
 mod against;
 pub mod table;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -26,13 +25,14 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::weights::WeightStore;
-use crate::data::{self, BatchOrder, Blocks, Document, TaskTokenizer};
+use crate::data::{self, BatchOrder, Blocks, Document};
 use crate::discover::{self, CheckpointRef};
 use crate::error::{one_line, CandleContext, Error, Result};
 use crate::linalg;
 use crate::lora::AdapterInit;
 use crate::model::{self, single_index, LoadedModel};
 use crate::options::ProbeOptions;
+use crate::runner::blocks::Cached;
 use crate::train::{self, Batch};
 
 pub use against::{spearman, Against};
@@ -102,15 +102,15 @@ pub fn run(o: &ProbeOptions) -> Result<ProbeReport> {
     let found = discover::scan(&o.dir)?;
     found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
     let docs = o.task.as_ref().map(|t| Ok::<_, Error>((t.clone(), data::read_task(t)?))).transpose()?;
-    let mut cache = HashMap::new();
-    let mut probes: Vec<Probe> = found.checkpoints.iter().map(|c| probe_checkpoint(c, o, docs.as_ref(), &mut cache)).collect();
+    let cache = Cached::default();
+    let mut probes: Vec<Probe> = found.checkpoints.iter().map(|c| probe_checkpoint(c, o, docs.as_ref(), &cache)).collect();
     relative_growth(&mut probes);
     let forecast_ranking = rank_forecasts(&mut probes);
     let against = o.against.as_deref().map(|p| against::against(p, &probes)).transpose()?;
     Ok(ProbeReport { tool: format!("plasticity {}", env!("CARGO_PKG_VERSION")), rank: o.lora.rank, batches: o.batches, seed: o.seed, probes, forecast_ranking, against })
 }
 
-fn probe_checkpoint(c: &CheckpointRef, o: &ProbeOptions, docs: Option<&(std::path::PathBuf, Vec<Document>)>, cache: &mut HashMap<Vec<u8>, Blocks>) -> Probe {
+fn probe_checkpoint(c: &CheckpointRef, o: &ProbeOptions, docs: Option<&(std::path::PathBuf, Vec<Document>)>, cache: &Cached<Blocks>) -> Probe {
     let started = Instant::now();
     let base = Probe { name: c.name.clone(), path: c.path.display().to_string(), step: c.step, ..Probe::default() };
     let probed = match model::read_config(&c.path) {
@@ -129,10 +129,13 @@ fn probe_checkpoint(c: &CheckpointRef, o: &ProbeOptions, docs: Option<&(std::pat
 // ---------------------------------------------------------------------------------------
 // Language models
 
-fn probe_lm(c: &CheckpointRef, o: &ProbeOptions, docs: Option<&(std::path::PathBuf, Vec<Document>)>, cache: &mut HashMap<Vec<u8>, Blocks>, mut p: Probe) -> Result<Probe> {
+fn probe_lm(c: &CheckpointRef, o: &ProbeOptions, docs: Option<&(std::path::PathBuf, Vec<Document>)>, cache: &Cached<Blocks>, mut p: Probe) -> Result<Probe> {
     let (task, docs) = docs.ok_or_else(|| Error::flag("--task", format!("{} is a language model: give --task FILE", c.path.display())))?;
     let model = model::load(&c.path, &o.lora, &AdapterInit::WeightGradient, 0, &o.device)?;
-    let blocks = blocks_for(&c.path, task, docs, &model, o, cache)?;
+    // the blocks `scan` cuts, so the zero-shot loss is the scan's eval loss at step 0
+    let (blocks, tokenizer) = cache.get(&c.path, o.tokenizer.as_deref(), &model, docs, |s| data::blocks(s, o.seq_len, o.eval_blocks, task))?;
+    crate::runner::check_fits(&blocks, &model, &tokenizer, o.seq_len)?;
+    let blocks = &*blocks;
     let batch = o.batch_size.unwrap_or(crate::options::DEFAULT_BATCH_SIZE);
     p.zero_shot_loss = Some(train::eval_loss(&model, &blocks.eval, batch)?);
     let grads = weight_gradients(&model, blocks, batch, o)?; // (out, in) per adapted module
@@ -148,22 +151,6 @@ fn probe_lm(c: &CheckpointRef, o: &ProbeOptions, docs: Option<&(std::path::PathB
     p.model_type = Some(model.model_type.clone());
     fill(&mut p, &geometry, energy);
     Ok(p)
-}
-
-/// The task's blocks under this checkpoint's tokenizer, as `scan` cuts them.
-fn blocks_for<'a>(dir: &Path, task: &Path, docs: &[Document], model: &LoadedModel, o: &ProbeOptions, cache: &'a mut HashMap<Vec<u8>, Blocks>) -> Result<&'a Blocks> {
-    let path = o.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
-    let tok = TaskTokenizer::open(&path)?;
-    let eos = tok.eos(model.eos_token_id)?;
-    let mut key = std::fs::read(&path).map_err(|e| Error::input(&path, e.to_string()))?;
-    key.extend_from_slice(&eos.to_le_bytes());
-    if !cache.contains_key(&key) {
-        let blocks = data::blocks(&data::tokenize(docs, &tok, eos)?, o.seq_len, o.eval_blocks, task)?;
-        cache.insert(key.clone(), blocks);
-    }
-    let blocks = &cache[&key];
-    crate::runner::check_fits(blocks, model, &path, o.seq_len)?;
-    Ok(blocks)
 }
 
 /// dL/dW of every adapted module, (out, in), averaged over `o.batches` training batches: the
@@ -189,10 +176,13 @@ fn weight_gradients(model: &LoadedModel, blocks: &Blocks, batch: usize, o: &Prob
 }
 
 /// The frozen weight of `module` as stored (GPT-2's Conv1D transposed: same singular values).
+/// Module names are transformers' paths; GPT-2 checkpoints converted from OpenAI's store them
+/// without the `transformer.` prefix, as the loader accepts.
 fn weight_of(store: &WeightStore, module: &str) -> Result<Tensor> {
-    let name = format!("{module}.weight");
-    let shape = store.shape(&name).map(<[usize]>::to_vec).ok_or_else(|| Error::Other(format!("tensor {name} is missing")))?;
-    store.get(&name, &shape)
+    let names = [format!("{module}.weight"), format!("{}.weight", module.strip_prefix("transformer.").unwrap_or(module))];
+    let name = names.iter().find(|n| store.contains(n)).ok_or_else(|| Error::Other(format!("tensor {} is missing", names[0])))?;
+    let shape = store.shape(name).map(<[usize]>::to_vec).unwrap_or_default();
+    store.get(name, &shape)
 }
 
 fn singular_values_of(m: &Tensor) -> Result<Vec<f64>> {

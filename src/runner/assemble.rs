@@ -137,8 +137,7 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
             }
         }
     }
-    let initial = out.initial_eval_loss.or_else(|| out.curve.first().and_then(|p| p.eval_loss));
-    out.task_gap = initial.zip(out.pretrain_sample_loss.or(out.pretrain_loss)).map(|(task, pre)| task - pre);
+    out.task_gap = zero_shot(&out).zip(out.pretrain_sample_loss.or(out.pretrain_loss)).map(|(task, pre)| task - pre);
     out
 }
 
@@ -211,11 +210,17 @@ pub(super) fn pretrain_curve(dir: &Path) -> Vec<(f64, f64)> {
     state.map(|s| pretrain::loss_curve(&s.log_history)).unwrap_or_default()
 }
 
-/// The longest pre-training log of the series (the latest snapshot's holds the others) and
-/// where it flattens.
+/// The eval loss before fine-tuning (scored or not).
+fn zero_shot(c: &CheckpointReport) -> Option<f64> {
+    c.initial_eval_loss.or_else(|| score::metrics::initial_eval_loss(&c.curve))
+}
+
 /// The gap's trend over the snapshots that have one (at least two steps apart).
 fn task_distance(checkpoints: &[CheckpointReport]) -> Option<TaskDistance> {
-    let points: Vec<(f64, f64)> = checkpoints.iter().filter_map(|c| Some((c.step as f64, c.task_gap?))).collect();
+    // one source for every point: the sample's losses when the scan measured them
+    let sample = checkpoints.iter().any(|c| c.pretrain_sample_loss.is_some());
+    let gap = |c: &CheckpointReport| Some(zero_shot(c)? - if sample { c.pretrain_sample_loss? } else { c.pretrain_loss? });
+    let points: Vec<(f64, f64)> = checkpoints.iter().filter_map(|c| Some((c.step as f64, gap(c)?))).collect();
     let (first, last) = (*points.first()?, *points.last()?);
     if points.len() < 2 || last.0 <= first.0 {
         return None;
@@ -225,7 +230,7 @@ fn task_distance(checkpoints: &[CheckpointReport]) -> Option<TaskDistance> {
     let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let sxx: f64 = points.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
     let slope = 1000.0 * sxy / sxx;
-    let source = if checkpoints.iter().any(|c| c.pretrain_sample_loss.is_some()) { "pretrain_sample" } else { "trainer_state" };
+    let source = if sample { "pretrain_sample" } else { "trainer_state" };
     let verdict = if slope > 0.0 { "widens: later snapshots drift away from the task as they specialise" } else { "narrows: later snapshots come closer to the task" };
     let summary = format!(
         "the task gap (zero-shot task loss minus pre-training loss) goes from {:.4} at step {} to {:.4} at step {} ({slope:+.4} per 1,000 steps); it {verdict}",
@@ -234,6 +239,8 @@ fn task_distance(checkpoints: &[CheckpointReport]) -> Option<TaskDistance> {
     Some(TaskDistance { source: source.into(), gap_slope_per_1k_steps: slope, first_gap: first.1, last_gap: last.1, widening: slope > 0.0, summary })
 }
 
+/// The longest pre-training log of the series (the latest snapshot's holds the others) and
+/// where it flattens.
 fn pretraining(results: &[CheckpointResult]) -> Option<Pretraining> {
     let curve = results.iter().map(|r| &r.pretrain_curve).max_by_key(|c| c.len())?;
     if curve.is_empty() {
@@ -269,6 +276,7 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "strategy": o.strategy,
         "partition": o.partition.map(|p| p.to_string()),
         "dtype": o.dtype.as_str(),
+        "pretrain_sample": o.pretrain_sample,
         "sweep": o.sweep,
         "devices": o.devices.iter().map(super::workers::device_label).collect::<Vec<_>>(),
     })

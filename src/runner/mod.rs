@@ -25,6 +25,7 @@ use crate::report::{Report, Reports};
 use crate::train::{self, Outcome, Paused};
 
 mod assemble;
+pub(crate) mod blocks;
 mod memory;
 mod merge;
 mod race;
@@ -92,22 +93,14 @@ pub struct Stopped {
     pub reason: String,
 }
 
-/// Token blocks already built, by tokenizer file contents (a series usually shares one);
-/// shared by the workers of `--devices`.
-#[derive(Default)]
-struct BlockCache {
-    by_tokenizer: Mutex<HashMap<TokenizerKey, Arc<Blocks>>>,
-}
-
-/// A tokenizer file's bytes and the end-of-text id it is used with.
-type TokenizerKey = (Vec<u8>, u32);
 
 /// A scan in progress.
 pub struct Scan<'a> {
     opts: &'a ScanOptions,
     /// The task file and its documents (None for a simulated series).
     task: Option<(PathBuf, Vec<Document>)>,
-    cache: BlockCache,
+    /// The task's blocks by tokenizer.
+    cache: blocks::Cached<Blocks>,
     pub results: Vec<CheckpointResult>,
     /// Measurements a previous report offers for reuse (--resume), by checkpoint name.
     previous: HashMap<String, crate::report::CheckpointReport>,
@@ -116,7 +109,7 @@ pub struct Scan<'a> {
     /// --pretrain-sample and its documents.
     sample: Option<(PathBuf, Vec<Document>)>,
     /// Its blocks by tokenizer, and each checkpoint's loss on them (by name).
-    sample_cache: Mutex<HashMap<TokenizerKey, Arc<Vec<data::Block>>>>,
+    sample_cache: blocks::Cached<Vec<data::Block>>,
     sample_losses: Mutex<HashMap<String, f64>>,
 }
 
@@ -138,7 +131,7 @@ impl<'a> Scan<'a> {
             eprintln!("warning: --save-adapters: simulated single-index snapshots have no LoRA adapter in PEFT's sense; none is saved for them");
         }
         let sample = opts.pretrain_sample.as_ref().map(|p| Ok::<_, Error>((p.clone(), data::read_task(p)?))).transpose()?;
-        Ok(Scan { opts, task, cache: BlockCache::default(), results: Vec::new(), previous: HashMap::new(), race_rungs: None, sample, sample_cache: Mutex::default(), sample_losses: Mutex::default() })
+        Ok(Scan { opts, task, cache: blocks::Cached::default(), results: Vec::new(), previous: HashMap::new(), race_rungs: None, sample, sample_cache: blocks::Cached::default(), sample_losses: Mutex::default() })
     }
 
     /// Fine-tunes every checkpoint, rewriting the reports after each one.
@@ -177,7 +170,7 @@ impl<'a> Scan<'a> {
                 progress.println(&format!("reusing the measurement of {} from the resumed report", c.name));
                 Ok(runs)
             }
-            None => match self.run_seeds(c, device, progress) {
+            None => match self.run_seeds_caught(c, device, progress) {
                 Err(Error::Interrupted) => return None,
                 Err(e @ Error::Diverged { .. }) => {
                     diverged = true;
@@ -194,6 +187,15 @@ impl<'a> Scan<'a> {
         let pretrain_loss = pretrain_curve.last().map(|p| p.1);
         let pretrain_sample_loss = self.sample_loss_of(&c.name);
         Some(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes: None, stopped: None, diverged, pretrain_sample_loss })
+    }
+
+    /// [`Self::run_seeds`], with a panic (a bug, in plasticity or a library) turned into this
+    /// checkpoint's failure: the scan and the other workers go on, the report stays valid.
+    fn run_seeds_caught(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Result<Vec<Run>> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_seeds(c, device, progress))).unwrap_or_else(|payload| {
+            let what = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
+            Err(Error::Other(format!("internal error (a panic, please report it): {what}")))
+        })
     }
 
     /// One fine-tune per seed: seeds --seed + i and --data-seed + i for i < --seeds.
@@ -291,25 +293,9 @@ impl<'a> Scan<'a> {
     /// The loss of the model as fine-tuning starts on --pretrain-sample's blocks.
     fn measure_sample_loss(&self, dir: &Path, model: &LoadedModel) -> Result<f64> {
         let Some((path, docs)) = &self.sample else { return Err(Error::Other("no pre-training sample".into())) };
-        let tok_path = self.opts.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
-        let tok = TaskTokenizer::open(&tok_path)?;
-        let eos = tok.eos(model.eos_token_id)?;
-        let key = (std::fs::read(&tok_path).map_err(|e| Error::input(&tok_path, e.to_string()))?, eos);
-        let blocks = {
-            let mut cache = self.sample_cache.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.get(&key) {
-                Some(b) => b.clone(),
-                None => {
-                    let b = Arc::new(data::sample_blocks(&data::tokenize(docs, &tok, eos)?, self.opts.seq_len, self.opts.eval_blocks, path)?);
-                    cache.insert(key, b.clone());
-                    b
-                }
-            }
-        };
-        let max_id = blocks.iter().flat_map(|b| b.ids.iter()).max().copied().unwrap_or(0);
-        if max_id as usize >= model.vocab_size {
-            return Err(Error::input(&tok_path, format!("produces token id {max_id} on the pre-training sample, but the model's vocab_size is {}", model.vocab_size)));
-        }
+        let (seq_len, n) = (self.opts.seq_len, self.opts.eval_blocks);
+        let (blocks, tokenizer) = self.sample_cache.get(dir, self.opts.tokenizer.as_deref(), model, docs, |s| data::sample_blocks(s, seq_len, n, path))?;
+        blocks::check_vocab(blocks.iter().flat_map(|b| b.ids.iter()), model, &tokenizer)?;
         train::eval_loss(model, &blocks, self.opts.train.batch_size)
     }
 
@@ -323,23 +309,9 @@ impl<'a> Scan<'a> {
     /// The task's blocks under this checkpoint's tokenizer, checked against its vocabulary.
     fn blocks_for(&self, dir: &Path, model: &LoadedModel) -> Result<Arc<Blocks>> {
         let (task, docs) = self.task.as_ref().ok_or_else(|| Error::flag("--task", format!("{} is a language model: give --task FILE", dir.display())))?;
-        let path = self.opts.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
-        let tok = TaskTokenizer::open(&path)?;
-        let eos = tok.eos(model.eos_token_id)?;
-        let key = (std::fs::read(&path).map_err(|e| Error::input(&path, e.to_string()))?, eos);
-        let blocks = {
-            let mut cache = self.cache.by_tokenizer.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.get(&key) {
-                Some(blocks) => blocks.clone(),
-                None => {
-                    let stream = data::tokenize(docs, &tok, eos)?;
-                    let blocks = Arc::new(data::blocks(&stream, self.opts.seq_len, self.opts.eval_blocks, task)?);
-                    cache.insert(key, blocks.clone());
-                    blocks
-                }
-            }
-        };
-        check_fits(&blocks, model, &path, self.opts.seq_len)?;
+        let (seq_len, n) = (self.opts.seq_len, self.opts.eval_blocks);
+        let (blocks, tokenizer) = self.cache.get(dir, self.opts.tokenizer.as_deref(), model, docs, |s| data::blocks(s, seq_len, n, task))?;
+        check_fits(&blocks, model, &tokenizer, seq_len)?;
         Ok(blocks)
     }
 }
@@ -358,10 +330,7 @@ fn needs_no_task(checkpoints: &[CheckpointRef]) -> Result<()> {
 
 /// Token ids must exist in the model's vocabulary; GPT-2 cannot see past `n_positions`.
 pub(crate) fn check_fits(blocks: &Blocks, model: &LoadedModel, tokenizer: &Path, seq_len: usize) -> Result<()> {
-    let max_id = blocks.train.iter().chain(&blocks.eval).flat_map(|b| b.ids.iter()).max().copied().unwrap_or(0);
-    if max_id as usize >= model.vocab_size {
-        return Err(Error::input(tokenizer, format!("produces token id {max_id}, but the model's vocab_size is {}", model.vocab_size)));
-    }
+    blocks::check_vocab(blocks.train.iter().chain(&blocks.eval).flat_map(|b| b.ids.iter()), model, tokenizer)?;
     if model.model_type == "gpt2" && model.max_positions.is_some_and(|p| seq_len > p) {
         return Err(Error::flag("--seq-len", format!("{seq_len} is longer than the model's n_positions")));
     }

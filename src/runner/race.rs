@@ -186,7 +186,6 @@ impl Scan<'_> {
         }
     }
 
-    /// Rewrites the reports from the race so far.
     /// The field's results so far, with each checkpoint's pre-training sample loss.
     fn results_of(&self, field: &[Entrant]) -> Vec<CheckpointResult> {
         let mut results: Vec<CheckpointResult> = field.iter().filter_map(Entrant::result).collect();
@@ -194,6 +193,7 @@ impl Scan<'_> {
         results
     }
 
+    /// Rewrites the reports from the race so far.
     fn publish(&mut self, field: &[Entrant], reports: &Reports, status: &str) -> Result<()> {
         self.results = self.results_of(field);
         reports.update(&self.report(status))

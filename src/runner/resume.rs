@@ -15,13 +15,15 @@ use crate::train::{CurvePoint, Outcome};
 /// Settings that do not change a measurement.
 const IGNORED: [&str; 2] = ["threads", "devices"];
 
-/// The settings that differ between two reports, `ignored` apart.
+/// The settings that differ between two reports, `ignored` apart; a setting one report does
+/// not record counts as null (a newer setting left unset).
 pub(super) fn differing(before: &serde_json::Value, now: &serde_json::Value, ignored: &[&str]) -> Vec<String> {
     let (Some(a), Some(b)) = (before.as_object(), now.as_object()) else { return vec!["settings".into()] };
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| !ignored.contains(&k.as_str())).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+    let null = serde_json::Value::Null;
+    keys.into_iter().filter(|k| a.get(*k).unwrap_or(&null) != b.get(*k).unwrap_or(&null)).cloned().collect()
 }
 
 impl Scan<'_> {

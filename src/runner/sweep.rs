@@ -1,8 +1,9 @@
 //! `--ranks` / `--lrs`: the scan once per (rank, lr), every variant on the same snapshots with
 //! the same seeds and batches, scored against one target (the main variant's), then one report:
 //! the main variant's ranking with a `sweep` section holding every variant and what changes
-//! with rank and rate. The reports are rewritten after each variant. This module must not score
-//! (see `score::sweep`) or format anything.
+//! with rank and rate. The reports are rewritten after each variant. (Should the main variant
+//! reach no target, the rest keep their own, and the summary says so.) This module must not
+//! score (see `score::sweep`) or format anything.
 
 use super::{race, Scan};
 use crate::discover::CheckpointRef;
@@ -52,6 +53,9 @@ fn compose(sweep: &Sweep, done: &Done, status: &str) -> Report {
     let (by_rank, rank_line) = score::sweep::winner_sentence("rank", "rank", &winners(&at_lr, &|v| format!("r={}", v.rank)));
     let (by_lr, lr_line) = score::sweep::winner_sentence("learning rate", "rate", &winners(&at_rank, &|v| format!("lr={:e}", v.lr)));
     let mut summary = Vec::new();
+    if target.is_none() {
+        summary.push("no common target: the main variant ranked no snapshot, so each variant is scored against its own median final loss".to_string());
+    }
     if sweep.ranks.len() > 1 {
         summary.push(format!("{rank_line} at lr={main_lr:e}"));
         summary.push(smallest_rank_line(&checkpoints));
@@ -83,7 +87,7 @@ fn variant(done: &Done, (rank, lr): (usize, f64), target: Option<f64>) -> Option
 }
 
 fn point(c: &CheckpointReport, target: Option<f64>) -> SweepPoint {
-    let eval_curve: Vec<[f64; 2]> = c.curve.iter().filter_map(|p| Some([p.step as f64, p.eval_loss?])).collect();
+    let eval_curve: Vec<[f64; 2]> = score::metrics::eval_points(&c.curve).into_iter().map(|(s, l)| [s, l]).collect();
     // against the common absolute target on the curve; a drop target (per snapshot) as scored
     let reached = match target {
         Some(t) => score::sweep::reaches(&eval_curve, t),

@@ -271,7 +271,7 @@ fn binary_task_file() {
 
 #[test]
 fn bad_flags_exit_2() {
-    for flags in [&["--steps", "0"][..], &["--lr", "-1"], &["--dropout", "1.5"], &["--batch-size", "0"], &["--targets", ","], &["--strategy", "race", "--resume", "r.json"], &["--device", "tpu"], &["--device", "cuda:0"], &["--partition", "1/2", "--strategy", "race"], &["--dtype", "f16"], &["--devices", "cpu,auto"], &["--devices", "cpu,"], &["--devices", "cuda:0,cuda:1"], &["--devices", "cpu,cpu", "--strategy", "race"]] {
+    for flags in [&["--steps", "0"][..], &["--lr", "-1"], &["--dropout", "1.5"], &["--batch-size", "0"], &["--targets", ","], &["--strategy", "race", "--resume", "r.json"], &["--device", "tpu"], &["--device", "cuda:0"], &["--partition", "1/2", "--strategy", "race"], &["--dtype", "f16"], &["--devices", "cpu,auto"], &["--devices", "cpu,"], &["--devices", "cuda:0,cuda:1"], &["--devices", "cpu,cpu", "--strategy", "race"], &["--partition", "1/2", "--save-adapters", "out", "--save-best"]] {
         let (code, stderr, _) = run(&model_dir("gpt2"), &task(), flags);
         assert_eq!(code, USAGE, "{flags:?}: {stderr}");
         assert_eq!(errors(&stderr).len(), 1, "{stderr}");

@@ -1,8 +1,9 @@
 //! `scan --save-adapters` writes PEFT's format: scripts/make_export_fixtures.py loaded the
 //! committed exports (tests/fixtures/exported/) with `PeftModel.from_pretrained` and recorded
 //! PEFT's logits. Here, without Python: a fresh export with the same flags equals the committed
-//! one tensor for tensor, its names and shapes are PEFT's, and plasticity's adapted forward from
-//! the committed file gives PEFT's logits within 1e-4 relative.
+//! one tensor for tensor (within 1e-4 of each tensor's largest value, for other CPUs' rounding),
+//! its names and shapes are PEFT's, and plasticity's adapted forward from the committed file
+//! gives PEFT's logits within 1e-4 relative.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -49,8 +50,12 @@ fn exported_adapters_are_peft_files() {
         export(name, dir.path(), &[]);
         let (fresh, old) = (tensors(&dir.path().join(name)), tensors(&committed));
         assert_eq!(fresh.len(), old.len());
+        // the same training: equal up to the rounding another CPU's kernels may choose
         for (k, v) in &old {
-            assert_eq!(to_vec(&fresh[k]), to_vec(v), "{name}: {k} differs from the export PEFT loaded");
+            let (a, b) = (to_vec(&fresh[k]), to_vec(v));
+            let size = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(err <= 1e-4 * size, "{name}: {k} differs from the export PEFT loaded by {err} (max {size})");
         }
         let (mut a, mut b) = (json(&dir.path().join(name).join("adapter_config.json")), json(&committed.join("adapter_config.json")));
         a.as_object_mut().unwrap().remove("base_model_name_or_path");

@@ -95,10 +95,18 @@ fn every_probe_runs_on_the_transformer_series_and_against_correlates() {
         let (a, b) = (p["zero_shot_loss"].as_f64().unwrap(), c["initial_eval_loss"].as_f64().unwrap());
         assert!((a - b).abs() < 1e-5 * b, "{a} vs {b}");
     }
+    // each correlation is Spearman's over the four snapshots, against the scan's measured speed
     let against = &r["against"];
     assert_eq!(against["snapshots"], 4);
-    let rho = against["spearman"]["zero_shot_loss"].as_f64().unwrap();
-    assert!((-1.0..=1.0).contains(&rho));
+    let checkpoints = scan["checkpoints"].as_array().unwrap();
+    let reached = checkpoints.iter().all(|c| c["convergence_per_device_hour"].is_number());
+    assert_eq!(against["measured"], if reached { "convergence_per_device_hour" } else { "-rank" });
+    let speed: Vec<f64> = checkpoints.iter().map(|c| if reached { c["convergence_per_device_hour"].as_f64().unwrap() } else { -c["rank"].as_f64().unwrap() }).collect();
+    for probe in ["step", "zero_shot_loss", "forecast"] {
+        let values: Vec<f64> = probes.iter().map(|p| p[probe].as_f64().unwrap()).collect();
+        let want = spearman(&values, &speed);
+        assert_eq!(against["spearman"][probe].as_f64(), want, "{probe}");
+    }
 }
 
 /// The probe's dL/dW (B's gradient with A = I, B = 0) is the weight gradient: a PEFT-style
@@ -127,4 +135,30 @@ fn weight_gradient_agrees_with_the_lora_gradient() {
         let size = x.iter().map(|p| p.abs()).fold(0f32, f32::max);
         assert!(err <= 1e-4 * size, "dL/dB {err} from scale dL/dW A^T (max {size})");
     }
+}
+
+/// A GPT-2 checkpoint with OpenAI's unprefixed tensor names (h.0.attn.c_attn.weight) is probed
+/// like the prefixed one, with the same numbers.
+#[test]
+fn gpt2_without_the_transformer_prefix_is_probed() {
+    let dir = Dir::new();
+    let (prefixed, bare) = (dir.path().join("a/gpt2"), dir.path().join("b/gpt2"));
+    for d in [&prefixed, &bare] {
+        std::fs::create_dir_all(d).unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(super::util::model_dir("gpt2").join(f), d.join(f)).unwrap();
+        }
+    }
+    let tensors = candle_core::safetensors::load(super::util::model_dir("gpt2").join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&tensors, prefixed.join("model.safetensors")).unwrap();
+    let renamed: std::collections::HashMap<String, candle_core::Tensor> = tensors.into_iter().map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v)).collect();
+    candle_core::safetensors::save(&renamed, bare.join("model.safetensors")).unwrap();
+    let probe = |d: &std::path::Path| {
+        let mut o = options(d.to_path_buf());
+        (o.task, o.seq_len, o.eval_blocks, o.batch_size) = (Some(fixtures().join("task.jsonl")), 32, 4, Some(4));
+        probe::run(&o).unwrap().probes.remove(0)
+    };
+    let (a, b) = (probe(&prefixed), probe(&bare));
+    assert_eq!(b.status, "ok", "{:?}", b.error);
+    assert_eq!((a.forecast, a.spectral_norm, a.effective_rank), (b.forecast, b.spectral_norm, b.effective_rank));
 }

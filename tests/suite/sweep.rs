@@ -64,7 +64,8 @@ fn a_rank_and_rate_sweep_equals_plain_scans_and_renders() {
 
 #[test]
 fn sweeps_refuse_what_they_cannot_combine_with() {
-    for flags in [&["--ranks", "4,4"][..], &["--ranks", "0,4"], &["--lrs", "1e-3,-1"], &["--ranks", "4,8", "--strategy", "race"], &["--lrs", "1e-3,1e-4", "--partition", "1/2"]] {
+    let peft = fixtures().join("peft/gpt2");
+    for flags in [&["--ranks", "4,4"][..], &["--ranks", "0,4"], &["--lrs", "1e-3,-1"], &["--ranks", "4,8", "--strategy", "race"], &["--lrs", "1e-3,1e-4", "--partition", "1/2"], &["--lrs", "1e-3,1e-4", "--resume", "r.json"], &["--ranks", "4,8", "--save-adapters", "out"], &["--ranks", "4,8", "--target-drop", "0.5"], &["--ranks", "4,8", "--init-adapter", peft.to_str().unwrap()]] {
         let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), flags).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{flags:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
