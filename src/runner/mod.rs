@@ -257,7 +257,12 @@ impl<'a> Scan<'a> {
     /// weight headers and config.json) exceed the memory available, instead of being killed.
     fn check_memory(&self, dir: &Path) -> Result<()> {
         let Some(available) = memory::available_bytes() else { return Ok(()) };
-        let (weights, activations) = memory_needed_as(dir, self.opts.train.batch_size, self.opts.seq_len, self.opts.dtype)?;
+        let (weights, mut activations) = memory_needed_as(dir, self.opts.train.batch_size, self.opts.seq_len, self.opts.dtype)?;
+        if self.opts.dtype != candle_core::DType::F32 && self.opts.devices.iter().any(Device::is_cpu) {
+            // on the CPU, bf16 runs candle's composed ops (the fused kernels are f32), each matmul
+            // widens its weight to f32 and the logits are formed: 4.1x f32's peak at 70M
+            activations = activations.saturating_add(weights.saturating_mul(2)).saturating_mul(4);
+        }
         let available = available / self.opts.devices.len().max(1) as u64; // one checkpoint per worker
         let gb = |b: u64| b as f64 / 1e9;
         if weights.saturating_add(activations) > available {
