@@ -62,7 +62,9 @@ pub fn sweep_tables(report: &Report) -> Vec<(String, Table)> {
         last.extend(s.lrs.iter().map(|&l| winner(s.main_rank, l)));
         last.push(String::new());
         rows.push(last);
-        tables.push((format!("learning-rate sweep at r={}: {} to the target {}", s.main_rank, report.hours_unit, loss(s.target_loss)), Table { header, rows }));
+        let simulated = report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::model::single_index::MODEL_TYPE));
+        let at = if simulated { "the rank-1 adapter".to_string() } else { format!("r={}", s.main_rank) };
+        tables.push((format!("learning-rate sweep at {at}: {} to the target {}", report.hours_unit, loss(s.target_loss)), Table { header, rows }));
     }
     tables
 }

@@ -61,7 +61,8 @@ fn compose(sweep: &Sweep, done: &Done, status: &str) -> Report {
         summary.push(smallest_rank_line(&checkpoints));
     }
     if sweep.lrs.len() > 1 {
-        summary.push(format!("{lr_line} at r={main_rank}"));
+        let simulated = report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::model::single_index::MODEL_TYPE));
+        summary.push(if simulated { format!("{lr_line} (the single-index model's rank-1 adapter)") } else { format!("{lr_line} at r={main_rank}") });
         summary.push(best_lr_line(&checkpoints));
     }
     report.sweep = Some(SweepInfo {
