@@ -5,8 +5,9 @@
 //! `target_modules` lists the adapted modules by their full paths, which PEFT matches exactly:
 //! the file then adapts what was trained and nothing else. GPT-2's Conv1D layers are marked
 //! `fan_in_fan_out`, as PEFT marks them. Both files are written into a temporary folder that
-//! then replaces the adapter's folder, so a reader never sees one file of a new export beside one
-//! of an old. This module must not train or choose which adapters to keep.
+//! then replaces the adapter's folder (the old one is moved aside first and removed last), so a
+//! reader never sees one file of a new export beside one of an old. A folder that holds anything
+//! but an adapter is never replaced. This module must not train or choose which adapters to keep.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,10 +39,35 @@ pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
     crate::report::write_atomic(&st, &bytes)?;
     let config = serde_json::to_string_pretty(&config(adapters, info)).map_err(|e| Error::Other(e.to_string()))?;
     crate::report::write_atomic(&tmp.join("adapter_config.json"), format!("{config}\n").as_bytes())?;
+    let old = dir.with_file_name(format!(".{name}.old"));
     if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| io(dir, "replace the adapter folder", e))?;
+        ensure_adapter_folder(dir)?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| io(&old, "remove an old export", e))?;
+        }
+        std::fs::rename(dir, &old).map_err(|e| io(dir, "move the previous adapter aside", e))?;
     }
-    std::fs::rename(&tmp, dir).map_err(|e| io(dir, "write the adapter folder", e))
+    std::fs::rename(&tmp, dir).map_err(|e| io(dir, "write the adapter folder", e))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(|e| io(parent, "sync the folder", e))?;
+    }
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| io(&old, "remove the previous adapter", e))?;
+    }
+    Ok(())
+}
+
+/// Refuses to replace `dir` unless it holds only adapter files (and per-seed adapter folders).
+pub fn ensure_adapter_folder(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot list: {e}")))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let known = matches!(name.as_str(), "adapter_config.json" | "adapter_model.safetensors") || name.starts_with("seed-") || name.starts_with('.');
+        if !known {
+            return Err(Error::input(dir, format!("exists and holds {name:?}, which is not part of an adapter: not replacing it (choose another --save-adapters folder)")));
+        }
+    }
+    Ok(())
 }
 
 /// PEFT's tensor names and f32 CPU copies of A and B.

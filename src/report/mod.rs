@@ -425,7 +425,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Error::input(path, format!("cannot write report: {e}"))
+        Error::input(path, format!("cannot write: {e}"))
     })
 }
 

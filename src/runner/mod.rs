@@ -127,6 +127,9 @@ impl<'a> Scan<'a> {
         if let Some(tok) = &opts.tokenizer {
             TaskTokenizer::open(tok)?;
         }
+        if let Some(dir) = &opts.save_adapters {
+            refuse_checkpoint_folders(dir, checkpoints)?;
+        }
         if opts.save_adapters.is_some() && checkpoints.iter().any(race::is_simulated) {
             eprintln!("warning: --save-adapters: simulated single-index snapshots have no LoRA adapter in PEFT's sense; none is saved for them");
         }
@@ -192,10 +195,7 @@ impl<'a> Scan<'a> {
     /// [`Self::run_seeds`], with a panic (a bug, in plasticity or a library) turned into this
     /// checkpoint's failure: the scan and the other workers go on, the report stays valid.
     fn run_seeds_caught(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Result<Vec<Run>> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_seeds(c, device, progress))).unwrap_or_else(|payload| {
-            let what = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
-            Err(Error::Other(format!("internal error (a panic, please report it): {what}")))
-        })
+        caught(|| self.run_seeds(c, device, progress))
     }
 
     /// One fine-tune per seed: seeds --seed + i and --data-seed + i for i < --seeds.
@@ -319,6 +319,28 @@ impl<'a> Scan<'a> {
         check_fits(&blocks, model, &tokenizer, seq_len)?;
         Ok(blocks)
     }
+}
+
+/// `work()`, with a panic (a bug, in plasticity or a library) turned into an error, so that
+/// only the checkpoint it struck fails.
+pub(super) fn caught<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        let what = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
+        Err(Error::Other(format!("internal error (a panic, please report it): {what}")))
+    })
+}
+
+/// --save-adapters DIR puts each adapter in DIR/<name>: that must not be a checkpoint (say DIR
+/// is the series folder itself).
+fn refuse_checkpoint_folders(dir: &Path, checkpoints: &[CheckpointRef]) -> Result<()> {
+    for c in checkpoints {
+        let target = dir.join(&c.name);
+        let same = |a: &Path| std::fs::canonicalize(a).ok();
+        if target.exists() && same(&target).is_some() && checkpoints.iter().any(|k| same(&k.path) == same(&target)) {
+            return Err(Error::flag("--save-adapters", format!("{} would put adapters in the checkpoint folder {}: choose another folder", dir.display(), target.display())));
+        }
+    }
+    Ok(())
 }
 
 /// Without --task, every checkpoint must be a simulated single-index one.

@@ -122,7 +122,7 @@ impl Scan<'_> {
         let mut advanced = Vec::with_capacity(self.opts.seeds);
         for (i, from) in paused.into_iter().enumerate() {
             let seeds = (self.opts.seed.wrapping_add(i as u64), self.opts.data_seed.wrapping_add(i as u64));
-            match self.advance_any(&e.checkpoint, progress, seeds, from, rung) {
+            match super::caught(|| self.advance_any(&e.checkpoint, progress, seeds, from, rung)) {
                 Ok(run) => advanced.push(run),
                 Err(Error::Interrupted) => return Err(Error::Interrupted),
                 Err(err) => {

@@ -26,7 +26,9 @@ pub fn run(opts: &ScanOptions, sweep: &Sweep, checkpoints: &[CheckpointRef], rep
         let mut vopts = opts.variant(*v);
         vopts.target = target;
         let report = Scan::new(&vopts, checkpoints)?.run(checkpoints, &Reports::create(&[])?)?;
-        target = target.or(report.target_loss.map(TargetSpec::Loss)); // the main variant's, for all
+        if i == 0 {
+            target = target.or(report.target_loss.map(TargetSpec::Loss)); // the main variant's, for all
+        }
         let interrupted = report.status == "interrupted";
         done.push((*v, report));
         let status = if interrupted { "interrupted" } else if done.len() < variants.len() { "running" } else { "complete" };

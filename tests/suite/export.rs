@@ -95,3 +95,33 @@ fn save_best_keeps_the_winner_only() {
     assert_eq!(seeds.len(), 2, "{seeds:?}");
     assert!(seeds.iter().all(|s| s.starts_with("seed-") && out.join(&best).join(s).join("adapter_model.safetensors").exists()));
 }
+
+/// --save-adapters never replaces a folder that is not an adapter: the series folder itself is
+/// refused before training, and a snapshot's name already taken by other files fails that
+/// snapshot's export, not the files.
+#[test]
+fn exports_never_replace_what_is_not_an_adapter() {
+    let dir = Dir::new();
+    let series = dir.path().join("series");
+    std::fs::create_dir_all(&series).unwrap();
+    let copy = |name: &str| {
+        let to = series.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(model_dir("gpt2").join(f), to.join(f)).unwrap();
+        }
+    };
+    copy("checkpoint-1");
+    let out = scan(&series, &fixtures().join("task.jsonl"), &["--save-adapters", series.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint folder"));
+    assert!(series.join("checkpoint-1/model.safetensors").exists());
+
+    let adapters = dir.path().join("adapters");
+    std::fs::create_dir_all(adapters.join("checkpoint-1")).unwrap();
+    std::fs::write(adapters.join("checkpoint-1/notes.txt"), "mine").unwrap();
+    let out = scan(&series, &fixtures().join("task.jsonl"), &["--save-adapters", adapters.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "the snapshot fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("notes.txt"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(adapters.join("checkpoint-1/notes.txt")).unwrap(), "mine");
+}
