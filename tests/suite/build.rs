@@ -26,3 +26,19 @@ fn the_cluster_examples_parse_and_agree_on_the_part_count() {
     let completions = job.lines().find_map(|l| l.trim().strip_prefix("completions:")).unwrap().trim();
     assert!(job.contains(&format!("--partition auto/{completions}")), "k8s_scan.yaml: --partition auto/N must match completions: {completions}");
 }
+
+/// The shipped binary must parse floats exactly (merge and --resume rebuild curves from JSON).
+/// The tests' own dependencies switch serde_json's `float_roundtrip` on, which would hide its
+/// absence from every other test: ask cargo for the normal (non-dev) dependency graph.
+#[test]
+fn the_binary_reads_json_floats_exactly() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["tree", "--offline", "--locked", "-e", "normal,features", "-i", "serde_json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(tree.contains("serde_json feature \"float_roundtrip\""), "serde_json's float_roundtrip is off in the binary's build:\n{tree}");
+}

@@ -239,3 +239,19 @@ fn closed_stdout_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// Numbers whose shortest decimal form has 17 digits, which a fast but inexact float parser
+/// reads one unit in the last place off (serde_json without `float_roundtrip`).
+#[test]
+fn a_saved_report_reads_back_every_float_exactly() {
+    let hard = [7.8450821165054565, -0.11802338630922371, 0.0031031879999999998, 0.020666721000000002];
+    let mut r = report();
+    r.checkpoints[0].curve = hard.iter().enumerate().map(|(i, &l)| CurvePoint { step: i, train_loss: Some(l), eval_loss: Some(l), elapsed_s: l.abs() }).collect();
+    r.checkpoints[0].final_eval_loss = Some(hard[0]);
+    let dir = Dir::new();
+    let path = dir.path().join("r.json");
+    std::fs::write(&path, plasticity::report::json::Json.render(&r).unwrap()).unwrap();
+    let back = Report::read(&path).unwrap();
+    assert_eq!(back.checkpoints[0].curve, r.checkpoints[0].curve);
+    assert_eq!(back.checkpoints[0].final_eval_loss, Some(hard[0]));
+}

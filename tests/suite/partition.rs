@@ -136,3 +136,32 @@ fn bf16_scan_ranks_as_f32() {
         assert!((x - y).abs() / x < 1e-2, "eval loss {y} in bf16 vs {x} in f32");
     }
 }
+
+/// The curve numbers of a report as written: every `"eval_loss"` and `"train_loss"` line of the
+/// pretty-printed JSON, compared as text (the shortest form of an f64 names it exactly), so
+/// the check does not depend on how precisely a reader parses floats.
+fn curve_numbers(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().map(str::trim).filter(|l| l.starts_with("\"eval_loss\"") || l.starts_with("\"train_loss\"")).map(String::from).collect()
+}
+
+#[test]
+fn merged_and_resumed_reports_keep_every_float_exactly() {
+    let dir = Dir::new();
+    let path = |name: &str| dir.path().join(name);
+    // every update evaluated: a few hundred numbers, of which a lossy reader changes some
+    let dense = ["--eval-every", "1"];
+    assert_eq!(scan_to(&path("full.json"), &dense).0, 0);
+    assert_eq!(scan_to(&path("p1.json"), &[&dense[..], &["--partition", "1/2"]].concat()).0, 0);
+    assert_eq!(scan_to(&path("p2.json"), &[&dense[..], &["--partition", "2/2"]].concat()).0, 0);
+    assert_eq!(merge(&[&path("p1.json"), &path("p2.json")], &["--json", path("merged.json").to_str().unwrap()]).0, 0);
+    std::fs::copy(path("full.json"), path("resumed.json")).unwrap();
+    let (code, stderr) = scan_to(&path("resumed.json"), &[&dense[..], &["--resume", path("full.json").to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr.matches("reusing the measurement").count(), 4, "{stderr}");
+
+    let full = curve_numbers(&path("full.json"));
+    assert!(full.len() > 150, "{}", full.len());
+    assert_eq!(curve_numbers(&path("merged.json")), full);
+    assert_eq!(curve_numbers(&path("resumed.json")), full);
+}
