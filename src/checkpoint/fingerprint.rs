@@ -1,8 +1,9 @@
 //! A checkpoint's fingerprint, so `--resume` reuses a measurement only for the very same
-//! files. Hashes config.json, trainer_state.json and, for each weight file, its name, size,
-//! first 1 MiB (the safetensors header and the first tensors) and 64 KiB windows at eight
-//! evenly spaced offsets: cheap on multi-GB files, and any retraining changes the sampled
-//! values. It must not read whole weight files.
+//! files. Hashes config.json, trainer_state.json, tokenizer.json and, for each weight file,
+//! its name, size, first 1 MiB (the safetensors header and the first tensors) and 64 KiB
+//! windows at eight evenly spaced offsets: cheap on multi-GB files, and any retraining changes
+//! the sampled values. [`file`] samples any other input (task, tokenizer) the same way. It must
+//! not read whole weight files.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -29,7 +30,7 @@ impl Fnv {
 /// The fingerprint of the checkpoint in `dir`, as 16 hex digits.
 pub fn fingerprint(dir: &Path) -> Result<String> {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    for small in ["config.json", "trainer_state.json"] {
+    for small in ["config.json", "trainer_state.json", "tokenizer.json"] {
         if let Ok(bytes) = std::fs::read(dir.join(small)) {
             h.write(small.as_bytes());
             h.write(&bytes);
@@ -38,6 +39,13 @@ pub fn fingerprint(dir: &Path) -> Result<String> {
     for path in weight_files(dir)? {
         sample_file(&path, &mut h).map_err(|e| Error::input(&path, format!("cannot read: {e}")))?;
     }
+    Ok(format!("{:016x}", h.0))
+}
+
+/// The fingerprint of one input file (a task, a tokenizer), sampled as weight files are.
+pub fn file(path: &Path) -> Result<String> {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    sample_file(path, &mut h).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
     Ok(format!("{:016x}", h.0))
 }
 

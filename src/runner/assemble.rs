@@ -279,7 +279,16 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "pretrain_sample": o.pretrain_sample,
         "sweep": o.sweep,
         "devices": o.devices.iter().map(super::workers::device_label).collect::<Vec<_>>(),
+        "input_fingerprints": input_fingerprints(o),
     })
+}
+
+/// The contents of the files the settings name by path (task, --tokenizer, --pretrain-sample):
+/// a file changed under the same name makes the settings differ, so `--resume` and `merge`
+/// refuse to mix measurements of the old and the new contents.
+fn input_fingerprints(o: &ScanOptions) -> serde_json::Value {
+    let of = |p: &Option<PathBuf>| p.as_deref().and_then(|p| crate::checkpoint::fingerprint::file(p).ok());
+    serde_json::json!({ "task": of(&o.task), "tokenizer": of(&o.tokenizer), "pretrain_sample": of(&o.pretrain_sample) })
 }
 
 fn device_info(o: &ScanOptions) -> DeviceInfo {

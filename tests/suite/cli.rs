@@ -199,6 +199,42 @@ fn resume_completes_an_interrupted_scan() {
     assert!(stderr.contains("settings differ") && stderr.contains("train"), "{stderr}");
 }
 
+/// A resumed scan reuses a measurement only for the very same inputs: a checkpoint whose
+/// tokenizer.json changed is fine-tuned again, and a task file changed under the same name
+/// makes the settings differ.
+#[test]
+fn resume_notices_a_changed_tokenizer_or_task() {
+    let dir = Dir::new();
+    let series = dir.path().join("series");
+    for name in ["checkpoint-30", "checkpoint-60"] {
+        dir.copy_checkpoint(&fixtures().join("series").join(name), &format!("series/{name}"));
+    }
+    let task = dir.path().join("task.jsonl");
+    std::fs::copy(fixtures().join("task.jsonl"), &task).unwrap();
+    let report = dir.path().join("r.json");
+    let run = |extra: &[&str]| {
+        let out = scan(&series, &task, &[&["--json", report.to_str().unwrap()], extra].concat()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(run(&[]).0, Some(0));
+    let resume = ["--resume", report.to_str().unwrap()];
+    let (code, stderr) = run(&resume);
+    assert_eq!((code, stderr.matches("reusing the measurement").count()), (Some(0), 2), "{stderr}");
+
+    // the same vocabulary, other bytes: the tokenizer file is not the one measured
+    let tok = series.join("checkpoint-60/tokenizer.json");
+    let text = std::fs::read_to_string(&tok).unwrap();
+    std::fs::write(&tok, format!("{text}\n")).unwrap();
+    let (code, stderr) = run(&resume);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("reusing the measurement of checkpoint-30") && !stderr.contains("reusing the measurement of checkpoint-60"), "{stderr}");
+
+    std::fs::write(&task, format!("{}{{\"text\": \"one more document\"}}\n", std::fs::read_to_string(&task).unwrap())).unwrap();
+    let (code, stderr) = run(&resume);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("settings differ") && stderr.contains("input_fingerprints"), "{stderr}");
+}
+
 /// Racing on the committed series: the same winner as a full scan for at most 40% of its
 /// updates; the winner's curve is the full scan's to the last bit (paused runs continue
 /// exactly); stopped checkpoints rank last and say when and why.
