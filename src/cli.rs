@@ -44,7 +44,7 @@ pub struct ProbeArgs {
     pub tokenizer: Option<PathBuf>,
 
     /// The rank r whose share of the gradient energy is measured (as scan's --rank).
-    #[arg(long, default_value_t = 8, value_name = "R")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 8, value_name = "R")]
     pub rank: usize,
 
     /// Modules probed: as scan's --targets (PEFT's default for the model type).
@@ -52,23 +52,23 @@ pub struct ProbeArgs {
     pub targets: Option<String>,
 
     /// Task batches the step-0 gradient is averaged over.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 4, value_name = "N")]
     pub batches: usize,
 
     /// Blocks per batch [default: 8, or the batch a simulated series carries].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub batch_size: Option<usize>,
 
     /// Tokens per block.
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 128, value_name = "N")]
     pub seq_len: usize,
 
     /// Held-out blocks for the zero-shot loss (as scan's, so the two agree).
-    #[arg(long, default_value_t = 32, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 32, value_name = "N")]
     pub eval_blocks: usize,
 
     /// Seeds which batches are drawn (as scan's --data-seed).
-    #[arg(long, default_value_t = 0, value_name = "SEED")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0, value_name = "SEED")]
     pub seed: u64,
 
     /// A scan's JSON report of the same series: print each probe's Spearman correlation with
@@ -85,7 +85,7 @@ pub struct ProbeArgs {
     pub device: String,
 
     /// Threads for the CPU kernels [default: all cores].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub threads: Option<usize>,
 }
 
@@ -114,7 +114,7 @@ pub struct SelectArgs {
     pub report: PathBuf,
 
     /// Print the best K checkpoints, best first.
-    #[arg(long, default_value_t = 1, value_name = "K")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1, value_name = "K")]
     pub top: usize,
 }
 
@@ -149,7 +149,7 @@ pub struct SeriesArgs {
     pub link: String,
 
     /// Input dimension d.
-    #[arg(long, default_value_t = 100, value_name = "D")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 100, value_name = "D")]
     pub dim: usize,
 
     /// Pre-training amounts P: steps of population gradient descent from w = 0.
@@ -161,7 +161,7 @@ pub struct SeriesArgs {
     pub strengths: Option<String>,
 
     /// Step size of the pre-training gradient descent (mu = 1 - (1 - lr)^P for a linear link).
-    #[arg(long, default_value_t = 0.1, value_name = "LR")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.1, value_name = "LR")]
     pub pretrain_lr: f64,
 
     /// w0 = mu w* ("aligned") or mu w* + (1 - mu) xi with xi random ("random-mix").
@@ -173,19 +173,19 @@ pub struct SeriesArgs {
     pub m0: Option<f64>,
 
     /// Fine-tuning SGD learning rate the series carries.
-    #[arg(long, default_value_t = 0.2, value_name = "LR")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.2, value_name = "LR")]
     pub lr: f64,
 
     /// Fine-tuning batch size the series carries [default: d].
-    #[arg(long, value_name = "B")]
+    #[arg(long, allow_hyphen_values = true, value_name = "B")]
     pub batch_size: Option<usize>,
 
     /// Fine-tuning step budget [default: 12x the slowest predicted escape, at least 2000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub budget: Option<usize>,
 
     /// Seed of the teacher direction w* (and of xi for random-mix).
-    #[arg(long, default_value_t = 0, value_name = "SEED")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0, value_name = "SEED")]
     pub teacher_seed: u64,
 }
 
@@ -217,17 +217,17 @@ pub struct ScanArgs {
     pub train: TrainArgs,
 
     /// Target eval loss [default: the median of the final eval losses; 1e-6 for a simulated series].
-    #[arg(long, value_name = "LOSS", conflicts_with = "target_drop")]
+    #[arg(long, allow_hyphen_values = true, value_name = "LOSS", conflicts_with = "target_drop")]
     pub target_loss: Option<f64>,
 
     /// Target a loss drop instead: F times the largest total drop of any checkpoint, from each
     /// checkpoint's own initial loss.
-    #[arg(long, value_name = "F")]
+    #[arg(long, allow_hyphen_values = true, value_name = "F")]
     pub target_drop: Option<f64>,
 
     /// Fine-tune each checkpoint N times (seeds --seed..--seed+N-1, likewise --data-seed) and
     /// report means with 95% confidence intervals.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1, value_name = "N")]
     pub seeds: usize,
 
     /// full: every checkpoint gets the whole budget. race: successive halving; after 1/9 and
@@ -238,11 +238,11 @@ pub struct ScanArgs {
 
     /// Exit 1 when the most pre-trained snapshot needs more than X times the winner's
     /// device-hours to target (or never reaches it).
-    #[arg(long, value_name = "X")]
+    #[arg(long, allow_hyphen_values = true, value_name = "X")]
     pub fail_if_last_slower: Option<f64>,
 
     /// Add cost columns: device-hours x P.
-    #[arg(long, value_name = "P")]
+    #[arg(long, allow_hyphen_values = true, value_name = "P")]
     pub price_per_gpu_hour: Option<f64>,
 
     #[command(flatten)]
@@ -303,7 +303,7 @@ pub struct ScanArgs {
     pub partition: Option<String>,
 
     /// Threads for the CPU kernels [default: all cores].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub threads: Option<usize>,
 
     /// Do not draw the progress bar.
@@ -350,15 +350,15 @@ pub struct ExportArgs {
 #[derive(Debug, Args)]
 pub struct LoraArgs {
     /// LoRA rank r (PEFT default 8).
-    #[arg(long, value_name = "R")]
+    #[arg(long, allow_hyphen_values = true, value_name = "R")]
     pub rank: Option<usize>,
 
     /// LoRA alpha (PEFT default 8); the adapter is scaled by alpha/r.
-    #[arg(long, value_name = "ALPHA")]
+    #[arg(long, allow_hyphen_values = true, value_name = "ALPHA")]
     pub alpha: Option<f64>,
 
     /// Dropout on the adapter input (PEFT default 0).
-    #[arg(long, value_name = "P")]
+    #[arg(long, allow_hyphen_values = true, value_name = "P")]
     pub dropout: Option<f64>,
 
     /// Scale by alpha/sqrt(r) (rsLoRA) instead of alpha/r.
@@ -377,50 +377,50 @@ pub struct LoraArgs {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Optimizer updates per checkpoint [default: 60, or the budget a simulated series carries].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub steps: Option<usize>,
 
     /// Learning rate, constant after warm-up [default: 1e-3 for AdamW, or the SGD rate a simulated series carries].
-    #[arg(long, value_name = "LR")]
+    #[arg(long, allow_hyphen_values = true, value_name = "LR")]
     pub lr: Option<f64>,
 
     /// Linear learning-rate warm-up over the first N updates.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0, value_name = "N")]
     pub warmup_steps: usize,
 
     /// Clip the global gradient norm (0 disables).
-    #[arg(long, default_value_t = 1.0, value_name = "NORM")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1.0, value_name = "NORM")]
     pub max_grad_norm: f64,
 
     /// Blocks per micro-batch [default: 8, or the batch a simulated series carries].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub batch_size: Option<usize>,
 
     /// Micro-batches per update.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1, value_name = "N")]
     pub grad_accum: usize,
 
     /// Tokens per block.
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 128, value_name = "N")]
     pub seq_len: usize,
 
     /// Held-out blocks at the end of the task data.
-    #[arg(long, default_value_t = 32, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 32, value_name = "N")]
     pub eval_blocks: usize,
 
     /// Measure the eval loss every N updates (and at step 0 and the last step).
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 10, value_name = "N")]
     pub eval_every: usize,
 
     /// Seed of the adapter initialisation.
-    #[arg(long, default_value_t = 0, value_name = "SEED")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0, value_name = "SEED")]
     pub seed: u64,
 
     /// Seed of the training batch order [default: --seed].
-    #[arg(long, value_name = "SEED")]
+    #[arg(long, allow_hyphen_values = true, value_name = "SEED")]
     pub data_seed: Option<u64>,
 
     /// Updates timed but left out of the median step time.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 2, value_name = "N")]
     pub timing_warmup: usize,
 }

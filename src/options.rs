@@ -437,12 +437,16 @@ fn lora_settings(args: &LoraArgs, seed: u64) -> Result<(LoraSpec, AdapterInit)> 
         spec.targets = parse_targets(t)?;
     }
     if let Some(p) = args.dropout {
+        if from_adapter { return Err(conflict("--dropout")); }
         if !(0.0..1.0).contains(&p) {
             return Err(Error::flag("--dropout", format!("{p} is not in [0, 1)")));
         }
         spec.dropout = p;
     }
-    spec.rslora |= args.rslora;
+    if args.rslora {
+        if from_adapter { return Err(conflict("--rslora")); }
+        spec.rslora = true;
+    }
     Ok((spec, init))
 }
 

@@ -271,10 +271,13 @@ fn binary_task_file() {
 
 #[test]
 fn bad_flags_exit_2() {
-    for flags in [&["--steps", "0"][..], &["--lr", "-1"], &["--dropout", "1.5"], &["--batch-size", "0"], &["--targets", ","], &["--strategy", "race", "--resume", "r.json"], &["--device", "tpu"], &["--device", "cuda:0"], &["--partition", "1/2", "--strategy", "race"], &["--dtype", "f16"], &["--devices", "cpu,auto"], &["--devices", "cpu,"], &["--devices", "cuda:0,cuda:1"], &["--devices", "cpu,cpu", "--strategy", "race"], &["--partition", "1/2", "--save-adapters", "out", "--save-best"]] {
+    for flags in [&["--steps", "0"][..], &["--lr", "-1"], &["--steps", "-1"], &["--target-loss", "-2"], &["--seeds", "-3"], &["--price-per-gpu-hour", "-1e-3"], &["--fail-if-last-slower", "-1"], &["--dropout", "1.5"], &["--batch-size", "0"], &["--targets", ","], &["--strategy", "race", "--resume", "r.json"], &["--device", "tpu"], &["--device", "cuda:0"], &["--partition", "1/2", "--strategy", "race"], &["--dtype", "f16"], &["--devices", "cpu,auto"], &["--devices", "cpu,"], &["--devices", "cuda:0,cuda:1"], &["--devices", "cpu,cpu", "--strategy", "race"], &["--partition", "1/2", "--save-adapters", "out", "--save-best"]] {
         let (code, stderr, _) = run(&model_dir("gpt2"), &task(), flags);
         assert_eq!(code, USAGE, "{flags:?}: {stderr}");
-        assert_eq!(errors(&stderr).len(), 1, "{stderr}");
+        let errors = errors(&stderr);
+        assert_eq!(errors.len(), 1, "{stderr}");
+        // the message names the flag at fault (a negative number is a value, not a flag)
+        assert!(flags.iter().any(|f| f.starts_with("--") && errors[0].contains(*f)), "{flags:?}: {}", errors[0]);
     }
     // clap refuses the two device flags together, with its usage text
     let (code, stderr, _) = run(&model_dir("gpt2"), &task(), &["--device", "cpu", "--devices", "cpu,cpu"]);
@@ -322,8 +325,12 @@ fn adapters_with_unsupported_peft_options_are_refused() {
     let (code, stderr, _) = run(&model_dir("gpt2"), &task(), &["--init-adapter", adapter.to_str().unwrap()]);
     assert_eq!(code, INPUT);
     assert!(errors(&stderr)[0].contains("adapter_config.json") && stderr.contains("DoRA"), "{stderr}");
-    let (code, stderr, _) = run(&model_dir("gpt2"), &task(), &["--init-adapter", fixtures().join("peft/gpt2").to_str().unwrap(), "--rank", "4"]);
-    assert_eq!(code, USAGE, "{stderr}");
+    // what the adapter's config sets cannot be changed by a flag: refused, never overridden
+    for flag in [&["--rank", "4"][..], &["--alpha", "32"], &["--targets", "c_attn"], &["--rslora"], &["--dropout", "0.1"]] {
+        let (code, stderr, _) = run(&model_dir("gpt2"), &task(), &[&["--init-adapter", fixtures().join("peft/gpt2").to_str().unwrap()], flag].concat());
+        assert_eq!(code, USAGE, "{flag:?}: {stderr}");
+        assert!(errors(&stderr)[0].contains(flag[0]) && stderr.contains("--init-adapter"), "{stderr}");
+    }
 }
 
 #[test]
