@@ -7,7 +7,7 @@
 //! `fan_in_fan_out`, as PEFT marks them. Both files are written into a temporary folder that
 //! then replaces the adapter's folder (the old one is moved aside first and removed last), so a
 //! reader never sees one file of a new export beside one of an old. A folder that holds anything
-//! but an adapter is never replaced. This module must not train or choose which adapters to keep.
+//! but what this module writes is never replaced or removed. This module must not train or choose which adapters to keep.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,6 +31,7 @@ pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
     let tmp = dir.with_file_name(format!(".{name}.partial"));
     let io = |path: &Path, what: &str, e: std::io::Error| Error::input(path, format!("cannot {what}: {e}"));
     if tmp.exists() {
+        ensure_partial_export(&tmp)?;
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, "remove a partial export", e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "create the adapter folder", e))?;
@@ -43,6 +44,7 @@ pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
     if dir.exists() {
         ensure_adapter_folder(dir)?;
         if old.exists() {
+            ensure_adapter_folder(&old)?;
             std::fs::remove_dir_all(&old).map_err(|e| io(&old, "remove an old export", e))?;
         }
         std::fs::rename(dir, &old).map_err(|e| io(dir, "move the previous adapter aside", e))?;
@@ -57,14 +59,38 @@ pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
     Ok(())
 }
 
-/// Refuses to replace `dir` unless it holds only adapter files (and per-seed adapter folders).
+/// Refuses to replace `dir` unless it holds only what this module writes: the two adapter
+/// files, and per-seed folders `seed-<number>` holding only those.
 pub fn ensure_adapter_folder(dir: &Path) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot list: {e}")))?;
-    for entry in entries.flatten() {
+    ensure_only(dir, &|entry| {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let known = matches!(name.as_str(), "adapter_config.json" | "adapter_model.safetensors") || name.starts_with("seed-") || name.starts_with('.');
-        if !known {
-            return Err(Error::input(dir, format!("exists and holds {name:?}, which is not part of an adapter: not replacing it (choose another --save-adapters folder)")));
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        match name.strip_prefix("seed-") {
+            Some(n) if is_dir && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => ensure_adapter_folder(&entry.path()).is_ok(),
+            _ => !is_dir && ADAPTER_FILES.contains(&name.as_str()),
+        }
+    })
+}
+
+const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
+
+/// A partial export left by an interrupted save: the adapter files and their temporaries.
+fn ensure_partial_export(dir: &Path) -> Result<()> {
+    ensure_only(dir, &|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let file = name.strip_prefix(".tmp").map(|rest| rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start_matches('.')).unwrap_or(&name);
+        entry.file_type().is_ok_and(|t| t.is_file()) && ADAPTER_FILES.contains(&file)
+    })
+}
+
+/// Refuses `dir` when an entry fails `ours`, naming the entry.
+fn ensure_only(dir: &Path, ours: &dyn Fn(&std::fs::DirEntry) -> bool) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot list: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::input(dir, format!("cannot list: {e}")))?;
+        if !ours(&entry) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            return Err(Error::input(dir, format!("exists and holds {name:?}, which this tool did not write: not replacing it (choose another --save-adapters folder)")));
         }
     }
     Ok(())

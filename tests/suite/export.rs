@@ -124,4 +124,15 @@ fn exports_never_replace_what_is_not_an_adapter() {
     assert_eq!(out.status.code(), Some(3), "the snapshot fails");
     assert!(String::from_utf8_lossy(&out.stderr).contains("notes.txt"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(adapters.join("checkpoint-1/notes.txt")).unwrap(), "mine");
+
+    // names that merely look like the tool's (a dot-file, a seed-* file or folder of other things)
+    for (rel, what) in [(".env", "a dot-file"), ("seed-notes.txt", "a seed-* file"), ("seed-1/notes.txt", "a seed folder holding something else"), ("seed-x/adapter_config.json", "a seed-* folder not named by a number")] {
+        std::fs::remove_dir_all(adapters.join("checkpoint-1")).unwrap();
+        let path = adapters.join("checkpoint-1").join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "mine").unwrap();
+        let out = scan(&series, &fixtures().join("task.jsonl"), &["--save-adapters", adapters.to_str().unwrap()]).output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{what}: the snapshot fails");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine", "{what} was removed");
+    }
 }
