@@ -1,7 +1,7 @@
 //! The fine-tuning loop: the same short LoRA run for every checkpoint.
 //!
-//! One update = `grad_accum` micro-batches (each loss scaled by 1/grad_accum, as the HF
-//! Trainer does), global grad-norm clipping, then AdamW on the adapter weights only. The eval
+//! One update = `grad_accum` micro-batches (each loss sum divided by the loss tokens of the
+//! whole update, as the HF Trainer does), global grad-norm clipping, then AdamW on the adapter weights only. The eval
 //! loss on the held-out blocks is measured before the first update and every `eval_every`
 //! updates. Step times are read after synchronising the device and exclude evaluation. This
 //! module must not decide rankings or write reports.
@@ -89,6 +89,12 @@ impl Batch {
     pub fn tokens(&self) -> usize {
         self.ids.elem_count()
     }
+
+    /// Tokens that carry loss: every labelled token but each block's first (nothing predicts it).
+    pub fn loss_tokens(&self) -> candle_core::Result<f64> {
+        let t = self.labels.dim(1)?;
+        Ok(self.labels.narrow(1, 1, t - 1)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    }
 }
 
 /// Sum of the cross-entropy of every predicted token, and how many there are:
@@ -158,13 +164,16 @@ impl<'a> Trainer<'a> {
     }
 
     /// One optimizer update over `micro` batches; returns the mean training loss and the grad norm.
+    /// Each micro-batch's loss sum is divided by the loss tokens of the whole update, as the HF
+    /// Trainer does (`num_items_in_batch`), so accumulating equals one large batch.
     pub fn step(&mut self, micro: &[Batch]) -> Result<(f64, f64)> {
         self.model.set_training(true);
+        let tokens: f64 = micro.iter().map(Batch::loss_tokens).sum::<candle_core::Result<f64>>().ctx("loss tokens")?;
         let mut grads: Option<candle_core::backprop::GradStore> = None;
         let mut loss_total = 0.0;
         for batch in micro {
-            let (sum, count) = model_loss_sum(self.model.model.as_ref(), batch, true).ctx("forward pass")?;
-            let loss = (sum / (count.max(1.0) * micro.len() as f64)).ctx("loss")?;
+            let (sum, _) = model_loss_sum(self.model.model.as_ref(), batch, true).ctx("forward pass")?;
+            let loss = (sum / tokens.max(1.0)).ctx("loss")?;
             loss_total += loss.to_scalar::<f32>().ctx("loss")? as f64;
             let g = loss.backward().ctx("backward pass")?;
             grads = Some(match grads {

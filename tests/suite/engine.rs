@@ -170,3 +170,29 @@ fn synthetic_checkpoints_load() {
         assert_eq!(m.flops_per_token(8), want, "{arch}: FLOPs per token");
     }
 }
+
+/// Gradient accumulation divides every micro-batch's loss sum by the loss tokens of the whole
+/// update, as transformers' Trainer does (`num_items_in_batch`): 2 micro-batches of 4 blocks
+/// give the curve of 1 batch of 8. The prompt/completion task makes the counts differ between
+/// micro-batches, where dividing each by its own count would weigh their tokens unequally.
+#[test]
+fn two_micro_batches_of_four_equal_one_batch_of_eight() {
+    let task = super::util::fixtures().join("task_prompt.jsonl");
+    let tok = plasticity::data::TaskTokenizer::open(&super::util::fixtures().join("tokenizer.json")).unwrap();
+    let stream = plasticity::data::tokenize(&plasticity::data::read_task(&task).unwrap(), &tok, 0).unwrap();
+    let blocks = plasticity::data::blocks(&stream, 32, 2, &task).unwrap();
+    let counts: Vec<usize> = blocks.train.iter().map(|b| b.labels[1..].iter().filter(|&&l| l).count()).collect();
+    assert!(counts.iter().min() != counts.iter().max(), "the blocks must carry different numbers of loss tokens: {counts:?}");
+    let curve = |batch_size: usize, grad_accum: usize| {
+        let model = plasticity::model::load(&model_dir("llama_gqa"), &LoraSpec::default(), &AdapterInit::Seeded(3), 3, &Device::Cpu).unwrap();
+        let spec = TrainSpec { batch_size, grad_accum, ..spec(4) };
+        let order = BatchOrder::new(blocks.train.len(), batch_size, 4 * grad_accum, 5);
+        let out = fine_tune(&model, &blocks, &order, &spec, &mut |_| {}).unwrap();
+        out.curve.iter().flat_map(|p| [p.train_loss, p.eval_loss]).flatten().collect::<Vec<f64>>()
+    };
+    let (accumulated, whole) = (curve(4, 2), curve(8, 1));
+    assert_eq!(accumulated.len(), whole.len());
+    for (a, w) in accumulated.iter().zip(&whole) {
+        assert!((a - w).abs() <= 1e-5 * w.abs(), "2 x 4 {accumulated:?}\n1 x 8 {whole:?}");
+    }
+}
