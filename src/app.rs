@@ -46,7 +46,7 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
         keep_best_adapter(dir, &report)?;
     }
     print_text(&table::render(&report), reports.uses_stdout());
-    if let Some(warning) = little_progress(&report) {
+    for warning in crate::report::warnings::warnings(&report) {
         eprintln!("warning: {warning}");
     }
     for gate in report.gates.iter().filter(|g| !g.passed) {
@@ -172,20 +172,6 @@ fn demo_scan_args(dir: &std::path::Path, json: Option<&str>) -> Result<ScanArgs>
 
 fn count_dirs(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0)
-}
-
-/// When no fine-tune moved its eval loss by 1%, the ranking mostly restates the initial
-/// losses: say so, and what to change.
-fn little_progress(report: &Report) -> Option<String> {
-    let drops: Vec<f64> = report
-        .checkpoints
-        .iter()
-        .filter_map(|c| Some((c.initial_eval_loss? - c.final_eval_loss?) / c.initial_eval_loss?.abs().max(1e-12)))
-        .collect();
-    let best = drops.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (!drops.is_empty() && best < 0.01).then(|| {
-        format!("no checkpoint's eval loss fell by 1% ({:.2}% at best): the ranking mostly reflects the initial losses; raise --steps or --lr", 100.0 * best)
-    })
 }
 
 /// A failed checkpoint outranks a failed gate: the gate was judged on incomplete results.

@@ -230,9 +230,10 @@ pub struct ScanArgs {
     #[arg(long, allow_hyphen_values = true, default_value_t = 1, value_name = "N")]
     pub seeds: usize,
 
-    /// full: every checkpoint gets the whole budget. race: successive halving; after 1/9 and
-    /// 1/3 of the budget only the best third (and any statistical tie with the leader) go on;
-    /// the report says which were stopped, when and why.
+    /// full: every checkpoint gets the whole budget. race: at rungs along the budget, a
+    /// snapshot is stopped only when its forecast time to the target (a fitted learning curve
+    /// with a 95% interval) lies wholly beyond the leader's; the report says which were
+    /// stopped, when and why.
     #[arg(long, value_enum, default_value_t = Strategy::Full)]
     pub strategy: Strategy,
 

@@ -26,6 +26,8 @@ pub enum Stream {
     SimData = 7,
     /// The Gaussian batches of `plasticity probe` on a single-index checkpoint.
     ProbeData = 8,
+    /// The residual resamples behind a fitted curve's interval (`score::curve_fit`).
+    Bootstrap = 9,
 }
 
 /// A generator for `purpose` seeded with `seed` (and `key`, e.g. a module name's hash).

@@ -13,6 +13,7 @@ pub mod junit;
 pub mod markdown;
 pub mod plot;
 pub mod table;
+pub mod warnings;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -141,11 +142,10 @@ pub struct TaskDistance {
     pub summary: String,
 }
 
-/// How a race went: where it compared checkpoints and how many updates it trained.
+/// How a race went: where it compared checkpoints (each stops a checkpoint only when its
+/// forecast interval lies beyond the leader's, `score::race`) and how many updates it trained.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RaceInfo {
-    /// Each rung keeps the best 1/eta of the live checkpoints.
-    pub eta: usize,
     /// Updates at which the checkpoints were compared; the last is the full budget.
     pub rungs: Vec<usize>,
     /// Updates trained over all checkpoints and seeds.
@@ -184,21 +184,15 @@ pub struct Pretraining {
     pub loss_curve: Vec<[f64; 2]>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct TargetInfo {
     pub kind: String,
     pub value: f64,
-}
-
-impl From<&crate::score::Target> for TargetInfo {
-    fn from(t: &crate::score::Target) -> Self {
-        let kind = match t.spec {
-            crate::score::TargetSpec::Loss(_) => "loss",
-            crate::score::TargetSpec::Drop(_) => "drop",
-            crate::score::TargetSpec::MedianFinal => "median_final",
-        };
-        TargetInfo { kind: kind.into(), value: t.value }
-    }
+    /// The checkpoints whose runs set the value: every one with a run that finished the budget
+    /// for "median_final" (a race's stopped runs never do), the one with the largest drop for
+    /// "drop", none for a given "loss".
+    #[serde(default)]
+    pub set_by: Vec<String>,
 }
 
 /// One seed's run, listed when a checkpoint was fine-tuned with several seeds.
@@ -208,6 +202,16 @@ pub struct SeedRun {
     pub data_seed: u64,
     pub median_step_s: f64,
     pub curve: Vec<CurvePoint>,
+}
+
+/// A seed whose fine-tune failed while others of its checkpoint finished.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SeedFailure {
+    pub seed: u64,
+    pub data_seed: u64,
+    /// "diverged" (the training loss became NaN or infinite) or "failed".
+    pub status: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -293,9 +297,19 @@ pub struct CheckpointReport {
     /// Its confidence interval of device-hours to target overlaps the winner's (needs --seeds >= 2).
     #[serde(default)]
     pub tied_with_best: bool,
-    /// Fine-tunes run (--seeds); the plain metric fields are means over them.
+    /// Its eval loss before fine-tuning is already at or below the target: its zero time to
+    /// target measures no adaptation.
+    #[serde(default)]
+    pub at_target_before_training: bool,
+    /// Fine-tunes run (--seeds).
     #[serde(default)]
     pub seeds: usize,
+    /// Fine-tunes that finished: the plain metric fields are means over these.
+    #[serde(default)]
+    pub seeds_ok: usize,
+    /// The seeds that failed (the checkpoint is scored on the others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seed_failures: Vec<SeedFailure>,
     /// 95% confidence intervals [low, high] of the metrics, with two seeds or more.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ci95: BTreeMap<String, [f64; 2]>,

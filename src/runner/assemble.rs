@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use super::{CheckpointResult, Run, Scan};
 use crate::model::single_index;
 use crate::options::ScanOptions;
-use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, RaceInfo, Report, SeedRun, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION};
-use crate::score::{self, pretrain, Estimate, RunSummary, Score, TargetSpec};
+use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, RaceInfo, Report, SeedFailure, SeedRun, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION};
+use crate::score::{self, pretrain, Estimate, RunSummary, Score, Target, TargetSpec};
 
 /// What a report needs besides the results: how to score them and what to say about the run.
 pub(super) struct Context {
@@ -46,7 +46,7 @@ impl Scan<'_> {
         let runs = self.results.iter().filter_map(|r| r.runs.as_ref().ok()).flatten();
         let steps_trained = runs.map(|r| r.outcome.step_seconds.len()).sum();
         let steps_full_budget = self.results.len() * self.opts.seeds * rungs.last().copied().unwrap_or(0);
-        Some(RaceInfo { eta: score::race::ETA, rungs, steps_trained, steps_full_budget })
+        Some(RaceInfo { rungs, steps_trained, steps_full_budget })
     }
 
 }
@@ -61,7 +61,7 @@ pub(super) fn series_target(results: &[CheckpointResult]) -> TargetSpec {
 
 /// The report of `results`, scored together (a scan's results so far, or merged partitions).
 pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str) -> Report {
-    let summaries: Vec<Option<Vec<RunSummary>>> = results.iter().map(|r| r.runs.as_ref().ok().map(|runs| runs.iter().map(summary).collect())).collect();
+    let summaries: Vec<Option<Vec<RunSummary>>> = results.iter().map(|r| r.runs.as_ref().ok().map(|runs| runs.iter().map(|run| summary(run, r.stopped.is_none())).collect())).collect();
     let spec = ctx.target.unwrap_or_else(|| series_target(results));
     let scored = score::score(&summaries, spec);
     let scores: Vec<Option<&Score>> = (0..results.len()).map(|i| scored.as_ref().and_then(|(_, s)| s[i].as_ref())).collect();
@@ -71,7 +71,6 @@ pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str
     for c in checkpoints.iter_mut() {
         c.after_plateau_onset = onset.map(|o| c.step as f64 >= o);
     }
-    rank_stopped_last(&mut checkpoints);
     let mut ranked: Vec<&CheckpointReport> = checkpoints.iter().filter(|c| c.rank.is_some()).collect();
     ranked.sort_by_key(|c| c.rank);
     let target = scored.as_ref().map(|(t, _)| t);
@@ -83,7 +82,7 @@ pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str
         device: ctx.device.clone(),
         hours_unit: ctx.hours_unit.clone(),
         target_loss: target.filter(|t| !matches!(t.spec, TargetSpec::Drop(_))).map(|t| t.value),
-        target: target.map(TargetInfo::from),
+        target: target.map(|t| target_info(t, results)),
         price_per_device_hour: ctx.price_per_hour,
         ranking: ranked.iter().map(|c| c.name.clone()).collect(),
         checkpoints,
@@ -100,12 +99,24 @@ pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str
     report
 }
 
-pub(super) fn summary(run: &Run) -> RunSummary {
+/// What the scorer needs of a run; `finished`: it ran the whole budget.
+pub(super) fn summary(run: &Run, finished: bool) -> RunSummary {
     RunSummary {
         curve: run.outcome.curve.clone(),
         median_step_s: run.outcome.median_step_s,
         shape_key: format!("{}:{}:{}", run.model_type, run.params, run.trainable_params),
+        finished,
     }
+}
+
+/// The target as the report states it, naming the checkpoints that set it.
+fn target_info(t: &Target, results: &[CheckpointResult]) -> TargetInfo {
+    let kind = match t.spec {
+        TargetSpec::Loss(_) => "loss",
+        TargetSpec::Drop(_) => "drop",
+        TargetSpec::MedianFinal => "median_final",
+    };
+    TargetInfo { kind: kind.into(), value: t.value, set_by: t.set_by.iter().map(|&i| results[i].checkpoint.name.clone()).collect() }
 }
 
 fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<f64>) -> CheckpointReport {
@@ -128,7 +139,7 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
             out.error = Some(msg.clone());
         }
         Ok(runs) => {
-            fill_runs(&mut out, runs);
+            fill_runs(&mut out, runs, &r.seed_failures);
             if r.stopped.is_some() {
                 out.status = "stopped".into();
             }
@@ -141,25 +152,9 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
     out
 }
 
-/// Checkpoints a race stopped rank after every one that ran the full budget: later-stopped
-/// first, then by their score on the curve they have. Ties with the winner are for finishers.
-fn rank_stopped_last(checkpoints: &mut [CheckpointReport]) {
-    let mut order: Vec<(usize, usize, usize)> = checkpoints
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| Some((usize::MAX - c.stopped.as_ref().map_or(usize::MAX, |s| s.at_step), c.rank?, i)))
-        .collect();
-    order.sort();
-    for (new_rank, &(_, _, i)) in order.iter().enumerate() {
-        checkpoints[i].rank = Some(new_rank + 1);
-        if checkpoints[i].stopped.is_some() {
-            checkpoints[i].tied_with_best = false;
-        }
-    }
-}
-
-/// What the runs measured: the first seed's curve, timing medians over seeds, every seed's run.
-fn fill_runs(out: &mut CheckpointReport, runs: &[Run]) {
+/// What the runs measured: the first seed's curve, timing medians over seeds, every seed's run
+/// (whenever several seeds were asked for), and the seeds that failed.
+fn fill_runs(out: &mut CheckpointReport, runs: &[Run], failures: &[SeedFailure]) {
     let first = &runs[0];
     out.status = "ok".into();
     out.model_type = Some(first.model_type.clone());
@@ -170,8 +165,10 @@ fn fill_runs(out: &mut CheckpointReport, runs: &[Run]) {
     out.tokens_per_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.tokens_per_s()).collect::<Vec<_>>()));
     out.flops_per_s = out.tokens_per_s.map(|t| t * first.flops_per_token);
     out.single_index = first.single_index.clone();
-    out.seeds = runs.len();
-    if runs.len() > 1 {
+    out.seeds = runs.len() + failures.len();
+    out.seeds_ok = runs.len();
+    out.seed_failures = failures.to_vec();
+    if out.seeds > 1 {
         out.runs = runs.iter().map(|r| SeedRun { seed: r.seed, data_seed: r.data_seed, median_step_s: r.outcome.median_step_s, curve: r.outcome.curve.clone() }).collect();
     }
 }
@@ -192,6 +189,7 @@ fn fill_score(out: &mut CheckpointReport, s: &Score, price: Option<f64>) {
     out.cost_to_target = price.and_then(|p| Some(p * s.device_hours_to_target?.mean));
     out.rank = Some(s.rank);
     out.tied_with_best = s.tied_with_best;
+    out.at_target_before_training = s.at_target_before_training;
     let intervals = [
         ("steps_to_target", &s.steps_to_target),
         ("device_hours_to_target", &s.device_hours_to_target),
@@ -201,7 +199,7 @@ fn fill_score(out: &mut CheckpointReport, s: &Score, price: Option<f64>) {
         ("search_phase_steps", &s.search_phase_steps),
         ("loss_drop_per_device_hour", &s.loss_drop_per_device_hour),
     ];
-    out.ci95 = intervals.iter().filter_map(|(k, e)| e.filter(|e| e.n > 1).map(|e| (k.to_string(), [e.lo, e.hi]))).collect::<BTreeMap<_, _>>();
+    out.ci95 = intervals.iter().filter_map(|(k, e)| e.filter(|e| e.n > 1 || e.has_interval()).map(|e| (k.to_string(), [e.lo, e.hi]))).collect::<BTreeMap<_, _>>();
 }
 
 /// The pre-training loss log of a checkpoint's trainer_state.json (empty without one).

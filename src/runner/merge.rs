@@ -97,6 +97,7 @@ fn result_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> CheckpointResul
         stopped: None,
         diverged: c.status == "diverged",
         pretrain_sample_loss: c.pretrain_sample_loss,
+        seed_failures: c.seed_failures.clone(),
     }
 }
 

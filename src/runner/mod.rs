@@ -21,7 +21,7 @@ use crate::model::{self, LoadedModel};
 use crate::options::ScanOptions;
 use crate::progress::Progress;
 use crate::lora::AdapterInit;
-use crate::report::{Report, Reports};
+use crate::report::{Report, Reports, SeedFailure};
 use crate::train::{self, Outcome, Paused};
 
 mod assemble;
@@ -82,6 +82,8 @@ pub struct CheckpointResult {
     pub diverged: bool,
     /// The loss on --pretrain-sample before fine-tuning.
     pub pretrain_sample_loss: Option<f64>,
+    /// Seeds that failed while others finished (`runs` holds those).
+    pub seed_failures: Vec<SeedFailure>,
 }
 
 /// Why and when a race stopped a checkpoint.
@@ -168,18 +170,18 @@ impl<'a> Scan<'a> {
     fn measure(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Option<CheckpointResult> {
         let fingerprint = crate::checkpoint::fingerprint::fingerprint(&c.path).ok();
         let mut diverged = false;
-        let runs = match self.reusable(c, fingerprint.as_deref()) {
-            Some(runs) => {
+        let (runs, seed_failures) = match self.reusable(c, fingerprint.as_deref()) {
+            Some(reused) => {
                 progress.println(&format!("reusing the measurement of {} from the resumed report", c.name));
-                Ok(runs)
+                (Ok(reused.0), reused.1)
             }
-            None => match self.run_seeds_caught(c, device, progress) {
+            None => match self.run_seeds(c, device, progress) {
                 Err(Error::Interrupted) => return None,
-                Err(e @ Error::Diverged { .. }) => {
-                    diverged = true;
-                    Err(one_line(&e))
+                Err(e) => {
+                    diverged = matches!(e, Error::Diverged { .. });
+                    (Err(one_line(&e)), Vec::new())
                 }
-                other => other.map_err(|e| one_line(&e)),
+                Ok((runs, failures)) => (Ok(runs), failures),
             },
         };
         if let Err(msg) = &runs {
@@ -189,26 +191,27 @@ impl<'a> Scan<'a> {
         let pretrain_curve = assemble::pretrain_curve(&c.path);
         let pretrain_loss = pretrain_curve.last().map(|p| p.1);
         let pretrain_sample_loss = self.sample_loss_of(&c.name);
-        Some(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes: None, stopped: None, diverged, pretrain_sample_loss })
+        Some(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes: None, stopped: None, diverged, pretrain_sample_loss, seed_failures })
     }
 
-    /// [`Self::run_seeds`], with a panic (a bug, in plasticity or a library) turned into this
-    /// checkpoint's failure: the scan and the other workers go on, the report stays valid.
-    fn run_seeds_caught(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Result<Vec<Run>> {
-        caught(|| self.run_seeds(c, device, progress))
-    }
-
-    /// One fine-tune per seed: seeds --seed + i and --data-seed + i for i < --seeds.
-    fn run_seeds(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Result<Vec<Run>> {
+    /// One fine-tune per seed: seeds --seed + i and --data-seed + i for i < --seeds. A seed
+    /// whose run diverges or hits a bug (a panic) is recorded and the others go on; any other
+    /// error is about the checkpoint and fails it at once. When every seed fails, the
+    /// checkpoint fails with the first seed's error.
+    fn run_seeds(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Result<(Vec<Run>, Vec<SeedFailure>)> {
         let config = model::read_config(&c.path)?;
         let simulated = config.get("model_type").and_then(|v| v.as_str()) == Some(single_index::MODEL_TYPE);
-        let (o, mut runs) = (self.opts, Vec::new());
+        let (o, mut runs, mut failures) = (self.opts, Vec::new(), Vec::new());
         for i in 0..o.seeds as u64 {
             let (seed, data_seed) = (o.seed.wrapping_add(i), o.data_seed.wrapping_add(i));
-            let run = if simulated { self.run_single_index(&c.path, &config, seed, data_seed)? } else { self.run_one(c, device, progress, seed, data_seed)? };
-            runs.push(run);
+            let run = caught(|| if simulated { self.run_single_index(&c.path, &config, seed, data_seed) } else { self.run_one(c, device, progress, seed, data_seed) });
+            match run {
+                Ok(run) => runs.push(run),
+                Err(e) if seed_failure(&e) => failures.push((seed, data_seed, e)),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(runs)
+        seeds_outcome(runs, failures, progress, &c.name)
     }
 
     fn run_one(&self, c: &CheckpointRef, device: &Device, progress: &Progress, seed: u64, data_seed: u64) -> Result<Run> {
@@ -322,12 +325,37 @@ impl<'a> Scan<'a> {
 }
 
 /// `work()`, with a panic (a bug, in plasticity or a library) turned into an error, so that
-/// only the checkpoint it struck fails.
+/// only the run it struck fails.
 pub(super) fn caught<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
         let what = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
-        Err(Error::Other(format!("internal error (a panic, please report it): {what}")))
+        Err(Error::Other(format!("{PANIC}: {what}")))
     })
+}
+
+const PANIC: &str = "internal error (a panic, please report it)";
+
+/// An error that strikes one seed's run and may spare the others: a divergence (it depends
+/// on the seeds) or a bug. Errors about the checkpoint's files would fail every seed alike.
+pub(super) fn seed_failure(e: &Error) -> bool {
+    matches!(e, Error::Diverged { .. }) || matches!(e, Error::Other(m) if m.starts_with(PANIC))
+}
+
+/// The runs of the seeds that finished and what became of the others (each a
+/// [`seed_failure`], with its seed and data seed); the first failure when no seed finished.
+pub(super) fn seeds_outcome(runs: Vec<Run>, mut failures: Vec<(u64, u64, Error)>, progress: &Progress, name: &str) -> Result<(Vec<Run>, Vec<SeedFailure>)> {
+    if runs.is_empty() {
+        return Err(failures.swap_remove(0).2);
+    }
+    let records = failures
+        .into_iter()
+        .map(|(seed, data_seed, e)| {
+            let status = if matches!(e, Error::Diverged { .. }) { "diverged" } else { "failed" };
+            progress.println(&format!("warning: checkpoint {name}: seed {seed} {status} ({}); it is scored on the other seeds", one_line(&e)));
+            SeedFailure { seed, data_seed, status: status.into(), error: one_line(&e) }
+        })
+        .collect();
+    Ok((runs, records))
 }
 
 /// --save-adapters DIR puts each adapter in DIR/<name>: that must not be a checkpoint (say DIR

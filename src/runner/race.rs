@@ -11,9 +11,9 @@ use crate::discover::CheckpointRef;
 use crate::error::{one_line, Error, Result};
 use crate::model::{self, single_index};
 use crate::progress::Progress;
-use crate::report::{Report, Reports};
+use crate::report::{Report, Reports, SeedFailure};
 use crate::score::race::{self, Verdict};
-use crate::score::{self, RunSummary};
+use crate::score;
 use crate::train::Paused;
 
 /// A paused run of either kind.
@@ -41,6 +41,7 @@ struct Entrant {
     stopped: Option<Stopped>,
     peak_rss_bytes: Option<u64>,
     diverged: bool,
+    seed_failures: Vec<SeedFailure>,
 }
 
 impl Entrant {
@@ -53,6 +54,7 @@ impl Entrant {
             stopped: None,
             peak_rss_bytes: None,
             diverged: false,
+            seed_failures: Vec::new(),
         }
     }
 
@@ -76,6 +78,7 @@ impl Entrant {
             stopped: self.stopped.clone(),
             diverged: self.diverged,
             pretrain_sample_loss: None,
+            seed_failures: self.seed_failures.clone(),
         })
     }
 }
@@ -103,7 +106,7 @@ impl Scan<'_> {
             }
             progress.finish();
             if k + 1 < rungs.len() {
-                self.judge(&mut field, rung, k + 1);
+                self.judge(&mut field, rung, k + 1, budget);
                 self.publish(&field, reports, "running")?;
             }
             done = rung;
@@ -112,30 +115,46 @@ impl Scan<'_> {
         Ok(self.report("complete"))
     }
 
-    /// Advances every seed of one checkpoint to `rung`; a failure fails the checkpoint, an
-    /// interruption is returned (the checkpoint's runs are then abandoned).
+    /// Advances every live seed of one checkpoint to `rung`. A seed that diverges or hits a
+    /// bug drops out (recorded) while the others go on; the checkpoint fails when no seed is
+    /// left or on any other error. An interruption is returned (the runs are then abandoned).
     fn run_rung(&mut self, e: &mut Entrant, rung: usize, progress: &Progress) -> Result<()> {
         super::memory::reset_peak();
         let Ok(runs) = std::mem::replace(&mut e.runs, Ok(Vec::new())) else { return Ok(()) };
-        let mut paused: Vec<Option<PausedRun>> = runs.into_iter().map(|(_, p)| Some(p)).collect();
-        paused.resize_with(self.opts.seeds, || None);
-        let mut advanced = Vec::with_capacity(self.opts.seeds);
-        for (i, from) in paused.into_iter().enumerate() {
-            let seeds = (self.opts.seed.wrapping_add(i as u64), self.opts.data_seed.wrapping_add(i as u64));
-            match super::caught(|| self.advance_any(&e.checkpoint, progress, seeds, from, rung)) {
+        let seeds: Vec<(u64, u64, Option<PausedRun>)> = if runs.is_empty() {
+            (0..self.opts.seeds as u64).map(|i| (self.opts.seed.wrapping_add(i), self.opts.data_seed.wrapping_add(i), None)).collect()
+        } else {
+            runs.into_iter().map(|(r, p)| (r.seed, r.data_seed, Some(p))).collect()
+        };
+        let (mut advanced, mut failures) = (Vec::with_capacity(seeds.len()), Vec::new());
+        for (seed, data_seed, from) in seeds {
+            match super::caught(|| self.advance_any(&e.checkpoint, progress, (seed, data_seed), from, rung)) {
                 Ok(run) => advanced.push(run),
                 Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(err) if super::seed_failure(&err) => failures.push((seed, data_seed, err)),
                 Err(err) => {
-                    e.diverged = matches!(err, Error::Diverged { .. });
-                    progress.println(&format!("error: checkpoint {} failed: {}", e.checkpoint.name, one_line(&err)));
-                    e.runs = Err(one_line(&err));
+                    e.runs = Err(self.fail(e, err, progress));
                     return Ok(());
                 }
             }
         }
-        e.runs = Ok(advanced);
+        let (runs, paused): (Vec<Run>, Vec<PausedRun>) = advanced.into_iter().unzip();
+        match super::seeds_outcome(runs, failures, progress, &e.checkpoint.name) {
+            Ok((runs, records)) => {
+                e.seed_failures.extend(records);
+                e.runs = Ok(runs.into_iter().zip(paused).collect());
+            }
+            Err(err) => e.runs = Err(self.fail(e, err, progress)),
+        }
         e.peak_rss_bytes = e.peak_rss_bytes.max(super::memory::peak_bytes());
         Ok(())
+    }
+
+    /// Records why a checkpoint failed; its message.
+    fn fail(&self, e: &mut Entrant, err: Error, progress: &Progress) -> String {
+        e.diverged = matches!(err, Error::Diverged { .. });
+        progress.println(&format!("error: checkpoint {} failed: {}", e.checkpoint.name, one_line(&err)));
+        one_line(&err)
     }
 
     /// Advances one seed's run of either kind.
@@ -169,18 +188,25 @@ impl Scan<'_> {
         Ok((single_index::budget(&cfg, &self.single_index_settings(self.opts.seed, self.opts.data_seed)), 1))
     }
 
-    /// Scores the live checkpoints on their curves up to `rung` and stops the losers.
-    fn judge(&self, field: &mut [Entrant], rung: usize, rung_index: usize) {
-        let live: Vec<usize> = (0..field.len()).filter(|&i| field[i].is_live()).collect();
-        let summaries: Vec<Option<Vec<RunSummary>>> = live
+    /// Forecasts every live checkpoint from its curves up to `rung` and stops those whose
+    /// whole interval is beyond the leader's (`score::race`).
+    fn judge(&self, field: &mut [Entrant], rung: usize, rung_index: usize, budget: usize) {
+        let live: Vec<usize> = (0..field.len()).filter(|&i| field[i].runs.as_ref().is_ok_and(|r| !r.is_empty()) && field[i].stopped.is_none()).collect();
+        let runs = |i: usize| field[i].runs.as_ref().map(Vec::as_slice).unwrap_or_default();
+        let cost = step_cost(live.iter().flat_map(|&i| runs(i)).map(|(r, _)| r));
+        let entrants: Vec<race::Entrant> = live
             .iter()
-            .map(|&i| field[i].runs.as_ref().ok().map(|runs| runs.iter().map(|(r, _)| super::assemble::summary(r)).collect()))
+            .map(|&i| race::Entrant {
+                name: &field[i].checkpoint.name,
+                seeds: runs(i).iter().map(|(r, _)| score::metrics::eval_points(&r.outcome.curve)).collect(),
+                step_s: cost.get(&shape(&runs(i)[0].0)).copied().unwrap_or(0.0),
+                finished: runs(i).iter().all(|(_, p)| p.finished()),
+            })
             .collect();
         let spec = self.opts.target.unwrap_or_else(|| super::assemble::series_target(&self.results));
-        let Some((_, scores)) = score::score(&summaries, spec) else { return };
-        for (&i, verdict) in live.iter().zip(race::decide(&scores, rung, self.opts.hours_label())) {
-            let finished = field[i].runs.as_ref().is_ok_and(|runs| runs.iter().all(|(_, p)| p.finished()));
-            if let (Verdict::Stop(reason), false) = (verdict, finished) {
+        let verdicts = race::decide(&entrants, spec, rung, budget, self.opts.hours_label());
+        for (&i, verdict) in live.iter().zip(verdicts) {
+            if let Verdict::Stop(reason) = verdict {
                 field[i].stopped = Some(Stopped { at_step: rung, rung: rung_index, reason });
             }
         }
@@ -198,6 +224,19 @@ impl Scan<'_> {
         self.results = self.results_of(field);
         reports.update(&self.report(status))
     }
+}
+
+/// The median seconds per update of each shape (as the scorer prices a step).
+fn step_cost<'a>(runs: impl Iterator<Item = &'a Run>) -> std::collections::BTreeMap<String, f64> {
+    let mut groups: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for r in runs {
+        groups.entry(shape(r)).or_default().push(r.outcome.median_step_s);
+    }
+    groups.into_iter().map(|(k, v)| (k, crate::train::median(&v))).collect()
+}
+
+fn shape(r: &Run) -> String {
+    super::assemble::summary(r, true).shape_key
 }
 
 pub(super) fn is_simulated(c: &CheckpointRef) -> bool {

@@ -9,7 +9,7 @@ use std::path::Path;
 use super::{Run, Scan};
 use crate::discover::CheckpointRef;
 use crate::error::{Error, Result};
-use crate::report::{CheckpointReport, Report};
+use crate::report::{CheckpointReport, Report, SeedFailure};
 use crate::train::{CurvePoint, Outcome};
 
 /// Settings that do not change a measurement.
@@ -41,10 +41,10 @@ impl Scan<'_> {
         Ok(())
     }
 
-    /// The previous runs of `c`, when its files have not changed.
-    pub(super) fn reusable(&self, c: &CheckpointRef, fingerprint: Option<&str>) -> Option<Vec<Run>> {
+    /// The previous runs of `c` and its seeds that failed, when its files have not changed.
+    pub(super) fn reusable(&self, c: &CheckpointRef, fingerprint: Option<&str>) -> Option<(Vec<Run>, Vec<SeedFailure>)> {
         let prev = self.previous.get(&c.name)?;
-        (fingerprint.is_some() && prev.fingerprint.as_deref() == fingerprint).then(|| runs_of(prev, self.opts.seed, self.opts.data_seed))
+        (fingerprint.is_some() && prev.fingerprint.as_deref() == fingerprint).then(|| (runs_of(prev, self.opts.seed, self.opts.data_seed), prev.seed_failures.clone()))
     }
 }
 

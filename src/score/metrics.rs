@@ -1,6 +1,7 @@
 //! The metrics of one fine-tuning run, each defined once here (README.md, "How scores are
 //! computed", repeats the definitions). Pure functions of a loss curve and a step cost.
 
+use super::curve_fit;
 use crate::train::CurvePoint;
 
 /// The eval points of a curve as (step, eval loss).
@@ -55,72 +56,26 @@ pub fn loss_drop_per_hour(points: &[(f64, f64)], step_s: f64) -> Option<f64> {
     (hours > 0.0).then(|| (first.1 - last.1) / hours)
 }
 
-/// The form fitted to a curve's tail to extrapolate past the budget.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fit {
-    /// loss = a * step^(-b)
-    PowerLaw { a: f64, b: f64 },
-    /// loss = a * exp(-b * step)
-    Exponential { a: f64, b: f64 },
+/// Steps to the target of one run, with a 95% interval (zero-width when measured).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepsTo {
+    pub steps: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// Forecast by the curve model, not measured.
+    pub extrapolated: bool,
 }
 
-impl Fit {
-    pub fn loss(&self, step: f64) -> f64 {
-        match *self {
-            Fit::PowerLaw { a, b } => a * step.powf(-b),
-            Fit::Exponential { a, b } => a * (-b * step).exp(),
-        }
-    }
-
-    /// The step at which the fitted curve reaches `target` (None if it never does).
-    pub fn steps_to(&self, target: f64) -> Option<f64> {
-        let s = match *self {
-            Fit::PowerLaw { a, b } => (a / target).powf(1.0 / b),
-            Fit::Exponential { a, b } => (a / target).ln() / b,
-        };
-        (s.is_finite() && s > 0.0).then_some(s)
-    }
-}
-
-/// Fits a power law and an exponential to the last half of the eval points (at least three,
-/// steps > 0, losses > 0) by least squares in log space, and keeps the one with the smaller
-/// squared error in loss space. Only decreasing fits are returned.
-pub fn fit_tail(points: &[(f64, f64)]) -> Option<Fit> {
-    let usable: Vec<(f64, f64)> = points.iter().copied().filter(|&(s, l)| s > 0.0 && l > 0.0).collect();
-    let tail = &usable[usable.len() / 2..];
-    if tail.len() < 3 {
-        return None;
-    }
-    let log_loss: Vec<f64> = tail.iter().map(|p| p.1.ln()).collect();
-    let power = line(&tail.iter().map(|p| p.0.ln()).collect::<Vec<_>>(), &log_loss).map(|(c, m)| Fit::PowerLaw { a: c.exp(), b: -m });
-    let expo = line(&tail.iter().map(|p| p.0).collect::<Vec<_>>(), &log_loss).map(|(c, m)| Fit::Exponential { a: c.exp(), b: -m });
-    let sse = |f: &Fit| tail.iter().map(|&(s, l)| (f.loss(s) - l).powi(2)).sum::<f64>();
-    [power, expo]
-        .into_iter()
-        .flatten()
-        .filter(|f| matches!(f, Fit::PowerLaw { b, .. } | Fit::Exponential { b, .. } if *b > 0.0))
-        .min_by(|x, y| sse(x).total_cmp(&sse(y)))
-}
-
-/// Least-squares line y = c + m x; None when x does not vary.
-fn line(x: &[f64], y: &[f64]) -> Option<(f64, f64)> {
-    let n = x.len() as f64;
-    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-    let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
-    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
-    (sxx > 0.0).then(|| (my - sxy / sxx * mx, sxy / sxx))
-}
-
-/// Steps to `target`: measured when the curve reaches it, else extrapolated from the tail
-/// fit (flagged), else None.
-pub fn steps_to_target(points: &[(f64, f64)], target: f64) -> Option<(f64, bool)> {
+/// Steps to `target`: measured when the curve reaches it; else forecast by the curve model
+/// (`curve_fit`, flagged) when the fitted curve gets there within [`curve_fit::CAP`] times the
+/// run's budget (its last eval step), never earlier than that step; else None.
+pub fn steps_to_target(points: &[(f64, f64)], target: f64) -> Option<StepsTo> {
     if let Some(s) = steps_to(points, target) {
-        return Some((s, false));
+        return Some(StepsTo { steps: s, lo: s, hi: s, extrapolated: false });
     }
-    let last = points.last()?.0;
-    let s = fit_tail(points)?.steps_to(target)?;
-    (s > last).then_some((s, true))
+    let budget = points.last()?.0;
+    let f = curve_fit::forecast(points)?.steps_to(target, curve_fit::CAP * budget)?;
+    Some(StepsTo { steps: f.value.max(budget), lo: f.lo.max(budget), hi: f.hi.max(budget), extrapolated: true })
 }
 
 #[cfg(test)]
@@ -161,24 +116,24 @@ mod tests {
     }
 
     #[test]
-    fn extrapolation_recovers_an_exponential_and_a_power_law() {
+    fn a_missed_target_is_forecast_with_an_interval() {
         let expo: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64 * 10.0, 2.0 * (-0.01 * i as f64 * 10.0).exp())).collect();
-        let (s, extrapolated) = steps_to_target(&expo, 0.2).unwrap();
-        assert!(extrapolated);
-        assert!((s - 100.0 * 10f64.ln()).abs() < 1e-6, "{s}");
-        assert!(matches!(fit_tail(&expo), Some(Fit::Exponential { .. })));
-
-        let power: Vec<(f64, f64)> = (1..=10).map(|i| (i as f64 * 10.0, 5.0 * (i as f64 * 10.0).powf(-0.5))).collect();
-        let (s, _) = steps_to_target(&power, 0.25).unwrap();
-        assert!((s - 400.0).abs() < 1e-6, "{s}");
-        assert!(matches!(fit_tail(&power), Some(Fit::PowerLaw { .. })));
+        let s = steps_to_target(&expo, 0.2).unwrap();
+        assert!(s.extrapolated);
+        assert!((s.steps - 100.0 * 10f64.ln()).abs() < 1e-3, "{s:?}");
+        assert!(s.lo <= s.steps && s.steps <= s.hi);
+        let measured = steps_to_target(&expo, 1.0).unwrap();
+        assert_eq!((measured.extrapolated, measured.lo, measured.hi), (false, measured.steps, measured.steps));
     }
 
     #[test]
-    fn a_flat_or_rising_tail_is_not_extrapolated() {
+    fn a_flat_rising_or_levelling_tail_is_not_extrapolated() {
         let flat = pts(&[(0.0, 3.0), (10.0, 2.0), (20.0, 2.1), (30.0, 2.2), (40.0, 2.3)]);
         assert_eq!(steps_to_target(&flat, 1.0), None);
-        let measured = steps_to_target(&flat, 2.5).unwrap();
-        assert!(!measured.1);
+        assert!(!steps_to_target(&flat, 2.5).unwrap().extrapolated);
+        // a curve that levels off at 2.0 never reaches 1.9; the old tail fit without an
+        // asymptote (a power law in the step) would have promised it
+        let levelling: Vec<(f64, f64)> = (0..=6).map(|i| (i as f64 * 10.0, 2.0 + (i as f64 * 10.0 + 1.0).powf(-0.5))).collect();
+        assert_eq!(steps_to_target(&levelling, 1.9), None);
     }
 }

@@ -1,31 +1,39 @@
-//! Racing (`--strategy race`): successive halving over eval rungs.
+//! Racing (`--strategy race`): stop a snapshot early only when its forecast for the full
+//! budget is worse than the leader's beyond its interval.
 //!
-//! Every live checkpoint trains to the next rung; there the scorer ranks them on their curves
-//! so far (the same target rule, measured to the rung), and only the best third (rounded
-//! down, at least one, as in Hyperband) go on, plus
-//! any whose confidence interval overlaps the leader's: a checkpoint is never stopped while
-//! the seeds cannot tell it from the best. The last rung is the full budget, so survivors are
-//! measured exactly as `--strategy full` measures them. This module decides; it does not
-//! train or write anything.
+//! Successive halving on the loss so far assumes that curves do not cross, and the effect this
+//! tool measures is curves that cross: a strongly pre-trained snapshot may start higher on the
+//! task, or sit on a plateau, and then overtake. So at each rung every live checkpoint's curve
+//! so far is fitted with the curve model (`curve_fit`), which forecasts its time to the target
+//! at the full budget with a 95% interval, and a checkpoint is stopped only when the whole of
+//! that interval lies beyond the leader's. A checkpoint that cannot be forecast yet is never
+//! stopped: fewer than [`JUDGE_POINTS`] eval points, or still in its search phase (its fitted
+//! curve has fallen by less than 2% of where it started, or by less than a tenth of the fall
+//! the fit forecasts). The target at a rung is the scan's target rule applied to the forecasts: a
+//! given loss as it is, the median final loss as the median of the runs' forecast losses at
+//! the full budget, a drop target from their forecast drops. The last rung is the full
+//! budget, so a survivor is measured exactly as `--strategy full` measures it. This module
+//! decides; it does not train or write anything.
 
-use super::Score;
+use super::curve_fit::{self, Interval};
+use super::{metrics, Estimate, TargetSpec};
+use crate::train::median;
 
-/// Each rung keeps the best floor(n / ETA) of n checkpoints, at least one (Hyperband's usual
-/// reduction factor).
-pub const ETA: usize = 3;
+/// Eval points (step 0 included) a curve needs before it is judged: the curve model's three
+/// parameters and two residuals.
+pub const JUDGE_POINTS: usize = 5;
 
-/// Rungs per race, the last being the full budget: budget/9, budget/3, budget.
-const RUNGS: u32 = 3;
-
-/// The update counts at which a race compares checkpoints: `steps / ETA^k` for k = 2, 1, 0,
-/// each rounded up to an eval step (a multiple of `eval_every`), without repeats. With
-/// evaluation only at the end (`eval_every` 0) there is one rung: the race is a full scan.
+/// The update counts at which a race compares checkpoints: budget/9, budget/3 and 2 budget/3,
+/// each rounded up to an eval step (a multiple of `eval_every`) and moved no earlier than the
+/// step where a curve has [`JUDGE_POINTS`] eval points, without repeats; then the budget.
+/// With evaluation only at the end (`eval_every` 0) there is one rung: the race is a full scan.
 pub fn rungs(steps: usize, eval_every: usize) -> Vec<usize> {
     let mut out = Vec::new();
     if eval_every > 0 {
-        for k in (1..RUNGS).rev() {
-            let raw = steps.div_ceil(ETA.pow(k));
-            let rung = raw.div_ceil(eval_every) * eval_every;
+        let earliest = (JUDGE_POINTS - 1) * eval_every;
+        for (num, den) in [(1, 9), (1, 3), (2, 3)] {
+            let rung = (steps * num).div_ceil(den).div_ceil(eval_every) * eval_every;
+            let rung = rung.max(earliest);
             if rung < steps && out.last().is_none_or(|&last| rung > last) {
                 out.push(rung);
             }
@@ -35,7 +43,17 @@ pub fn rungs(steps: usize, eval_every: usize) -> Vec<usize> {
     out
 }
 
-/// What happens to one live checkpoint after a rung.
+/// One live checkpoint at a rung: every seed's eval points so far, and the cost of a step.
+pub struct Entrant<'a> {
+    pub name: &'a str,
+    pub seeds: Vec<Vec<(f64, f64)>>,
+    /// Seconds per update of its shape.
+    pub step_s: f64,
+    /// Nothing is left to run (a simulated run that has converged): never stopped.
+    pub finished: bool,
+}
+
+/// What a rung says of one live checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Continue,
@@ -43,80 +61,181 @@ pub enum Verdict {
     Stop(String),
 }
 
-/// The verdicts for the live checkpoints' scores at a rung (scored among themselves; None for
-/// one without a score, which cannot be judged and so continues).
-pub fn decide(scores: &[Option<Score>], rung: usize, hours_unit: &str) -> Vec<Verdict> {
-    let live = scores.iter().filter(|s| s.is_some()).count();
-    let keep = (live / ETA).max(1);
-    let leader = scores.iter().flatten().find(|s| s.rank == 1);
-    scores
-        .iter()
-        .map(|s| match s {
-            Some(s) if s.rank > keep && !s.tied_with_best => Verdict::Stop(reason(s, leader, rung, live, keep, hours_unit)),
+/// The forecast of one checkpoint: steps to its target at the full budget (+inf: never), or
+/// why it cannot be judged yet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outlook {
+    Unjudged(&'static str),
+    Steps(Estimate),
+}
+
+/// The verdicts for the live checkpoints at `rung` of a race over `budget` updates.
+pub fn decide(entrants: &[Entrant], spec: TargetSpec, rung: usize, budget: usize, hours_unit: &str) -> Vec<Verdict> {
+    let targets = targets_at_rung(entrants, spec, budget as f64);
+    let outlooks: Vec<Outlook> = entrants.iter().zip(&targets).map(|(e, &t)| outlook(&e.seeds, t, budget as f64)).collect();
+    let hours = |i: usize| match &outlooks[i] {
+        Outlook::Steps(s) => Some(s.scaled(entrants[i].step_s / 3600.0)),
+        Outlook::Unjudged(_) => None,
+    };
+    let leader = (0..entrants.len()).filter_map(|i| Some((i, hours(i)?))).filter(|(_, h)| h.mean.is_finite()).min_by(|a, b| a.1.mean.total_cmp(&b.1.mean));
+    let Some((lead, lead_h)) = leader else { return vec![Verdict::Continue; entrants.len()] };
+    (0..entrants.len())
+        .map(|i| match hours(i) {
+            Some(h) if i != lead && !entrants[i].finished && h.lo > lead_h.hi => {
+                let says = |h: &Estimate| describe(h, hours_unit);
+                Verdict::Stop(format!(
+                    "at step {rung} its forecast time to eval loss {:.4} at the full budget is {}, all of it beyond the leader's {} ({})",
+                    targets[i], says(&h), says(&lead_h), entrants[lead].name
+                ))
+            }
             _ => Verdict::Continue,
         })
         .collect()
 }
 
-/// "rank 4 of 6 at step 10 (keeping the best 2): 0.0031 device-hours to eval loss 3.2101 against the leader's 0.0012".
-fn reason(s: &Score, leader: Option<&Score>, rung: usize, live: usize, keep: usize, hours_unit: &str) -> String {
-    let hours = |s: &Score| match &s.device_hours_to_target {
-        Some(h) => format!("{:.3e} {hours_unit}{}", h.mean, if s.extrapolated { " (extrapolated)" } else { "" }),
-        None => "never".to_string(),
-    };
-    let versus = leader.map(|l| format!(" against the leader's {}", hours(l))).unwrap_or_default();
-    format!("rank {} of {live} at step {rung} (keeping the best {keep}): {} to eval loss {:.4}{versus}", s.rank, hours(s), s.target_loss)
+/// "1.2e-4 [1.0e-4, 1.5e-4] device-hours", "never", or "at least 3.0e-4 device-hours".
+fn describe(h: &Estimate, unit: &str) -> String {
+    match (h.mean.is_finite(), h.lo.is_finite()) {
+        (true, _) => format!("{:.3e} [{:.3e}, {:.3e}] {unit}", h.mean, h.lo, h.hi),
+        (false, true) => format!("never within {}x the budget (at least {:.3e} {unit})", curve_fit::CAP, h.lo),
+        (false, false) => format!("never within {}x the budget", curve_fit::CAP),
+    }
+}
+
+/// Steps to `target` at the full budget over the seeds' curves so far: measured where a curve
+/// got there (exact, as the ranking takes it: with one seed a measured step has no interval),
+/// else forecast; unjudged while any seed cannot be forecast.
+pub fn outlook(seeds: &[Vec<(f64, f64)>], target: f64, budget: f64) -> Outlook {
+    let cap = curve_fit::CAP * budget;
+    let mut per = Vec::with_capacity(seeds.len());
+    for points in seeds {
+        if let Some(s) = metrics::steps_to(points, target) {
+            per.push((s, s, s));
+            continue;
+        }
+        let Some(f) = trusted_forecast(points) else { return Outlook::Unjudged(why_unjudged(points)) };
+        per.push(match f.steps_to(target, f64::INFINITY) {
+            Some(Interval { value, lo, hi }) if value <= cap => (value, lo, if hi >= cap { f64::INFINITY } else { hi }),
+            Some(Interval { lo, .. }) => (f64::INFINITY, lo, f64::INFINITY),
+            None => (f64::INFINITY, f64::INFINITY, f64::INFINITY),
+        });
+    }
+    Estimate::of_intervals(&per).map_or(Outlook::Unjudged("no run"), Outlook::Steps)
+}
+
+/// The curve's forecast, when the curve has left its search phase and has enough points.
+fn trusted_forecast(points: &[(f64, f64)]) -> Option<curve_fit::Forecast> {
+    if points.len() < JUDGE_POINTS {
+        return None;
+    }
+    let f = curve_fit::forecast(points)?;
+    let (start, now) = (f.fit.loss(f.fit.from_step), f.fit.loss(points[points.len() - 1].0));
+    let fallen = start - now;
+    (fallen >= 0.02 * start.abs() && fallen >= 0.1 * (start - f.fit.c)).then_some(f)
+}
+
+fn why_unjudged(points: &[(f64, f64)]) -> &'static str {
+    if points.len() < JUDGE_POINTS { "too few eval points" } else { "still in its search phase" }
+}
+
+/// Each checkpoint's target at this rung: the scan's rule applied to the forecast curves.
+fn targets_at_rung(entrants: &[Entrant], spec: TargetSpec, budget: f64) -> Vec<f64> {
+    let finals = |e: &Entrant| e.seeds.iter().filter_map(|p| forecast_final(p, budget)).collect::<Vec<f64>>();
+    match spec {
+        TargetSpec::Loss(x) => vec![x; entrants.len()],
+        TargetSpec::MedianFinal => vec![median(&entrants.iter().flat_map(finals).collect::<Vec<_>>()); entrants.len()],
+        TargetSpec::Drop(f) => {
+            let initial = |e: &Entrant| Estimate::of(&e.seeds.iter().filter_map(|p| p.first().map(|x| x.1)).collect::<Vec<_>>()).map_or(f64::NAN, |x| x.mean);
+            let drop = entrants.iter().filter_map(|e| Estimate::of(&finals(e)).map(|fin| initial(e) - fin.mean)).fold(0.0, f64::max);
+            entrants.iter().map(|e| initial(e) - f * drop).collect()
+        }
+    }
+}
+
+/// The eval loss a curve is forecast to have at the end of the budget (its last point when it
+/// is there, or when it cannot be forecast).
+fn forecast_final(points: &[(f64, f64)], budget: f64) -> Option<f64> {
+    let &(step, loss) = points.last()?;
+    if step >= budget {
+        return Some(loss);
+    }
+    Some(curve_fit::forecast(points).map_or(loss, |f| f.fit.loss(budget)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::Estimate;
 
     #[test]
-    fn rungs_are_thirds_of_the_budget_on_eval_steps() {
-        assert_eq!(rungs(60, 10), [10, 20, 60]);
-        assert_eq!(rungs(90, 10), [10, 30, 90]);
-        assert_eq!(rungs(100, 5), [15, 35, 100]);
-        assert_eq!(rungs(20, 10), [10, 20]);
-        assert_eq!(rungs(10, 10), [10]);
+    fn rungs_wait_for_enough_points() {
+        assert_eq!(rungs(60, 10), [40, 60]);
+        assert_eq!(rungs(90, 10), [40, 60, 90]);
+        assert_eq!(rungs(120, 10), [40, 80, 120]);
+        assert_eq!(rungs(18, 2), [8, 12, 18]);
+        assert_eq!(rungs(900, 1), [100, 300, 600, 900]);
+        assert_eq!(rungs(40, 10), [40]);
         assert_eq!(rungs(60, 0), [60]);
     }
 
-    fn score(rank: usize, hours: f64, tied: bool) -> Option<Score> {
-        let e = Estimate { mean: hours, lo: hours, hi: hours, n: 1 };
-        Some(Score {
-            target_loss: 2.0,
-            steps_to_target: Some(e),
-            extrapolated: false,
-            device_hours_to_target: Some(e),
-            convergence_per_device_hour: Some(1.0 / hours),
-            initial_eval_loss: None,
-            final_eval_loss: None,
-            mean_eval_loss: None,
-            search_phase_steps: None,
-            loss_drop_per_device_hour: None,
-            rank,
-            tied_with_best: tied,
-        })
+    /// Eval points every 10 steps up to `upto`, with a fixed ripple of +-1% (measured curves
+    /// are never exact; an exact curve would give a zero-width forecast).
+    fn curve(f: impl Fn(f64) -> f64, upto: usize) -> Vec<(f64, f64)> {
+        const RIPPLE: [f64; 5] = [0.0, 0.01, -0.01, 0.005, -0.005];
+        (0..=upto).step_by(10).enumerate().map(|(i, s)| (s as f64, f(s as f64) * (1.0 + RIPPLE[i % 5]))).collect()
     }
 
+    fn entrant<'a>(name: &'a str, f: impl Fn(f64) -> f64, upto: usize) -> Entrant<'a> {
+        Entrant { name, seeds: vec![curve(f, upto)], step_s: 1.0, finished: false }
+    }
+
+    /// Curves that cross: `late` starts higher (10.1 against 7.2) and is still behind at the
+    /// rung, but falls faster and reaches the target 6.0 first (near step 65), while `early`
+    /// levels off at 6.0 and `flat` at 6.6. Successive halving on the loss so far would stop
+    /// `late`; the forecast keeps it and stops the two that will not get there.
     #[test]
-    fn always_keeps_the_leader() {
-        let v = decide(&[score(2, 2.0, false), score(1, 1.0, false)], 10, "device-hours");
+    fn a_curve_that_will_overtake_is_not_stopped() {
+        let early = |s: f64| 6.0 + 1.2 * (s + 1.0).powf(-0.3);
+        let late = |s: f64| 5.0 + 5.1 * (-s / 40.0).exp();
+        let flat = |s: f64| 6.6 + 0.6 * (s + 1.0).powf(-0.5);
+        assert!(late(40.0) > early(40.0) && late(40.0) > flat(40.0), "late is still behind at the rung");
+        let field = [entrant("early", early, 40), entrant("late", late, 40), entrant("flat", flat, 40)];
+        let v = decide(&field, TargetSpec::Loss(6.0), 40, 120, "device-hours");
         assert_eq!(v[1], Verdict::Continue);
-        assert!(matches!(v[0], Verdict::Stop(_)));
+        for i in [0, 2] {
+            let Verdict::Stop(why) = &v[i] else { panic!("{} does not reach 6.0: {v:?}", field[i].name) };
+            assert!(why.contains("at step 40") && why.contains("(late)"), "{why}");
+        }
     }
 
     #[test]
-    fn keeps_the_best_third_and_every_tie() {
-        let scores = [score(3, 3.0, false), score(1, 1.0, false), None, score(2, 2.0, false), score(5, 5.0, true), score(4, 4.0, false)];
-        let v = decide(&scores, 10, "device-hours");
-        let kept: Vec<bool> = v.iter().map(|v| *v == Verdict::Continue).collect();
-        // 5 scored: keep floor(5/3) = 1 (rank 1), the tie, and the unscored one
-        assert_eq!(kept, [false, true, true, false, true, false]);
-        let Verdict::Stop(why) = &v[0] else { unreachable!() };
-        assert!(why.starts_with("rank 3 of 5 at step 10 (keeping the best 1): 3.000e0 device-hours"), "{why}");
-        assert!(why.ends_with("against the leader's 1.000e0 device-hours"), "{why}");
+    fn a_run_on_its_plateau_or_with_few_points_is_never_stopped() {
+        let fast = |s: f64| 1.0 + 3.0 * (-s / 10.0).exp();
+        let plateau = |_s: f64| 4.0;
+        let v = decide(&[entrant("fast", fast, 40), entrant("plateau", plateau, 40)], TargetSpec::Loss(2.0), 40, 120, "device-hours");
+        assert_eq!(v, [Verdict::Continue, Verdict::Continue]);
+        assert_eq!(outlook(&[curve(plateau, 40)], 2.0, 120.0), Outlook::Unjudged("still in its search phase"));
+        assert_eq!(outlook(&[curve(fast, 30)], 0.5, 120.0), Outlook::Unjudged("too few eval points"));
+    }
+
+    #[test]
+    fn overlapping_forecasts_continue_and_finished_runs_are_never_stopped() {
+        let a = |s: f64| 2.0 + 3.0 * (-s / 40.0).exp();
+        let b = |s: f64| 2.0 + 3.0 * (-s / 41.0).exp();
+        let slow = |s: f64| 2.0 + 3.0 * (-s / 400.0).exp();
+        let v = decide(&[entrant("a", a, 40), entrant("b", b, 40)], TargetSpec::Loss(2.5), 40, 120, "device-hours");
+        assert_eq!(v, [Verdict::Continue, Verdict::Continue], "nearly equal curves are not told apart");
+        let v = decide(&[entrant("a", a, 40), entrant("slow", slow, 40)], TargetSpec::Loss(2.5), 40, 120, "device-hours");
+        assert!(matches!(v[1], Verdict::Stop(_)), "{v:?}");
+        let mut done = entrant("slow", slow, 40);
+        done.finished = true;
+        assert_eq!(decide(&[entrant("a", a, 40), done], TargetSpec::Loss(2.5), 40, 120, "device-hours")[1], Verdict::Continue);
+    }
+
+    #[test]
+    fn the_default_target_at_a_rung_is_the_median_forecast_final_loss() {
+        let field = [entrant("a", |s: f64| 2.0 + 3.0 * (-s / 20.0).exp(), 40), entrant("b", |s: f64| 3.0 + 3.0 * (-s / 20.0).exp(), 40)];
+        let t = targets_at_rung(&field, TargetSpec::MedianFinal, 120.0);
+        let expected = (2.0 + 3.0 * (-6.0f64).exp() + 3.0 + 3.0 * (-6.0f64).exp()) / 2.0;
+        assert!((t[0] - expected).abs() < 0.05 && t[0] == t[1], "{t:?} vs {expected}");
     }
 }

@@ -33,9 +33,37 @@ impl Estimate {
         Some(Estimate { mean, lo: mean - half, hi: mean + half, n })
     }
 
+    /// The mean over seeds of values that carry intervals of their own (a forecast's
+    /// (value, lo, hi)): the spread over seeds (Student's t) and the values' own half-widths
+    /// (root of the sum of squares over n) join in quadrature, each side apart. A value of
+    /// +inf (never) makes the mean and its upper bound +inf; the lower bound is then the
+    /// seeds' lower bounds' own, +inf once one of them is.
+    pub fn of_intervals(xs: &[(f64, f64, f64)]) -> Option<Estimate> {
+        let seeds = Estimate::of(&xs.iter().map(|x| x.0).collect::<Vec<_>>())?;
+        if !seeds.mean.is_finite() {
+            let lo = Estimate::of(&xs.iter().map(|x| x.1).collect::<Vec<_>>())?;
+            let lo = if lo.mean.is_finite() { lo.lo } else { f64::INFINITY };
+            return Some(Estimate { mean: f64::INFINITY, lo, hi: f64::INFINITY, n: seeds.n });
+        }
+        let n = xs.len() as f64;
+        let own = |side: &dyn Fn(&(f64, f64, f64)) -> f64| xs.iter().map(|x| side(x).powi(2)).sum::<f64>().sqrt() / n;
+        let (own_lo, own_hi) = (own(&|x| x.0 - x.1), own(&|x| x.2 - x.0));
+        Some(Estimate { lo: seeds.mean - (seeds.mean - seeds.lo).hypot(own_lo), hi: seeds.mean + (seeds.hi - seeds.mean).hypot(own_hi), ..seeds })
+    }
+
     /// The interval cut at `min` (a mean of non-negative values has a non-negative bound).
     pub fn at_least(self, min: f64) -> Estimate {
         Estimate { lo: self.lo.max(min), ..self }
+    }
+
+    /// Every bound multiplied by `k` (> 0): steps to hours.
+    pub fn scaled(self, k: f64) -> Estimate {
+        Estimate { mean: self.mean * k, lo: self.lo * k, hi: self.hi * k, n: self.n }
+    }
+
+    /// It has an interval of some width (several seeds, or a forecast's own uncertainty).
+    pub fn has_interval(&self) -> bool {
+        self.lo < self.hi
     }
 
     /// Whether the two intervals share a point (then neither is significantly better).
@@ -56,6 +84,19 @@ mod tests {
         assert!((e.hi - 2.0 - 4.303 / 3f64.sqrt()).abs() < 1e-12);
         assert_eq!(Estimate::of(&[5.0]).unwrap().lo, 5.0);
         assert!(Estimate::of(&[]).is_none());
+    }
+
+    #[test]
+    fn intervals_of_their_own_widen_the_mean() {
+        // two seeds at 10 and 12 (t half-width 12.706 * 1 / 1 = 12.706), each +-3 of its own:
+        // own half-width sqrt(9 + 9) / 2 = 2.121
+        let e = Estimate::of_intervals(&[(10.0, 7.0, 13.0), (12.0, 9.0, 15.0)]).unwrap();
+        let half = 12.706f64.hypot(18f64.sqrt() / 2.0);
+        assert!((e.mean - 11.0).abs() < 1e-12 && (e.hi - 11.0 - half).abs() < 1e-9 && (11.0 - e.lo - half).abs() < 1e-9, "{e:?}");
+        // measured values (zero-width) give the plain t-interval
+        assert_eq!(Estimate::of_intervals(&[(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0)]), Estimate::of(&[1.0, 2.0, 3.0]));
+        let never = Estimate::of_intervals(&[(10.0, 8.0, 12.0), (f64::INFINITY, 20.0, f64::INFINITY)]).unwrap();
+        assert!(never.mean.is_infinite() && never.hi.is_infinite() && never.lo.is_finite());
     }
 
     #[test]

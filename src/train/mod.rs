@@ -93,7 +93,7 @@ impl Batch {
     /// Tokens that carry loss: every labelled token but each block's first (nothing predicts it).
     pub fn loss_tokens(&self) -> candle_core::Result<f64> {
         let t = self.labels.dim(1)?;
-        Ok(self.labels.narrow(1, 1, t - 1)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        self.labels.narrow(1, 1, t - 1)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
     }
 }
 

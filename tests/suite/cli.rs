@@ -235,37 +235,64 @@ fn resume_notices_a_changed_tokenizer_or_task() {
     assert!(stderr.contains("settings differ") && stderr.contains("input_fingerprints"), "{stderr}");
 }
 
-/// Racing on the committed series: the same winner as a full scan for at most 40% of its
-/// updates; the winner's curve is the full scan's to the last bit (paused runs continue
-/// exactly); stopped checkpoints rank last and say when and why.
+/// Racing on a committed series whose curves cross (tests/fixtures/series_crossing, on the
+/// upper-cased task: checkpoint-800 starts above checkpoint-400 and ends below it). The race
+/// names the full scan's winner for a stated fraction of the updates, the winner's curve is
+/// the full scan's to the last bit (paused runs continue exactly), stopped checkpoints rank
+/// last and say when and why, and the default target comes from the runs that finished.
+/// With a given target, every finisher has the full scan's steps to target and order, and
+/// its hours are its steps at the report's cost per step.
 #[test]
-fn race_finds_the_full_scans_winner_for_a_fraction_of_the_steps() {
-    let run = |strategy: &str| {
-        let flags = ["--json", "-", "--steps", "18", "--lr", "1e-2", "--strategy", strategy];
-        let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &flags).output().unwrap();
+fn race_on_crossing_curves_finds_the_full_scans_winner() {
+    let run = |strategy: &str, extra: &[&str]| {
+        let flags = [&["--json", "-", "--steps", "60", "--eval-every", "10", "--lr", "3e-3", "--eval-blocks", "8", "--batch-size", "8", "--strategy", strategy][..], extra].concat();
+        let out = scan(&fixtures().join("series_crossing"), &fixtures().join("task_upper.jsonl"), &flags).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         super::util::assert_valid_report(&r);
         r
     };
-    let (full, race) = (run("full"), run("race"));
+    let by_name = |r: &serde_json::Value, name: &str| r["checkpoints"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    let evals = |c: &serde_json::Value| c["curve"].as_array().unwrap().iter().filter_map(|p| p["eval_loss"].as_f64()).collect::<Vec<_>>();
+    let (full, race) = (run("full", &[]), run("race", &[]));
+    let (early, late) = (evals(&by_name(&full, "checkpoint-400")), evals(&by_name(&full, "checkpoint-800")));
+    assert!(late[0] > early[0] && late.last() < early.last(), "the curves cross: {early:?} {late:?}");
+    assert_eq!(full["ranking"][0], "checkpoint-800");
     assert_eq!(race["ranking"][0], full["ranking"][0]);
-    assert_eq!(race["race"]["rungs"], serde_json::json!([2, 6, 18]));
+    assert_eq!(race["race"]["rungs"], serde_json::json!([40, 60]));
     let (spent, budget) = (race["race"]["steps_trained"].as_u64().unwrap(), race["race"]["steps_full_budget"].as_u64().unwrap());
-    assert_eq!(budget, 4 * 18);
-    assert!(spent * 10 <= budget * 4, "{spent} of {budget} updates");
-    let by_name = |r: &serde_json::Value, name: &serde_json::Value| r["checkpoints"].as_array().unwrap().iter().find(|c| &c["name"] == name).unwrap().clone();
+    assert_eq!(budget, 4 * 60);
+    assert!(spent < budget, "the race saves nothing: {spent} of {budget} updates");
+    eprintln!("race on the crossing series: {spent} of {budget} updates ({:.0}% saved)", 100.0 * (1.0 - spent as f64 / budget as f64));
+    let winner = race["ranking"][0].as_str().unwrap();
     let losses = |c: &serde_json::Value| c["curve"].as_array().unwrap().iter().map(|p| (p["step"].clone(), p["train_loss"].clone(), p["eval_loss"].clone())).collect::<Vec<_>>();
-    let winner = &race["ranking"][0];
     assert_eq!(losses(&by_name(&race, winner)), losses(&by_name(&full, winner)));
     let stopped: Vec<serde_json::Value> = race["checkpoints"].as_array().unwrap().iter().filter(|c| c["status"] == "stopped").cloned().collect();
-    assert!(!stopped.is_empty());
+    let finishers = race["checkpoints"].as_array().unwrap().len() - stopped.len();
     for c in &stopped {
-        let at = c["stopped"]["at_step"].as_u64().unwrap();
-        assert!(at == 2 || at == 6, "{c}");
-        assert_eq!(c["curve"].as_array().unwrap().last().unwrap()["step"], at);
-        assert!(c["stopped"]["reason"].as_str().unwrap().contains(&format!("at step {at}")));
-        assert!(c["rank"].as_u64().unwrap() as usize > race["checkpoints"].as_array().unwrap().len() - stopped.len());
+        assert_eq!(c["stopped"]["at_step"], 40);
+        assert_eq!(c["curve"].as_array().unwrap().last().unwrap()["step"], 40);
+        assert!(c["stopped"]["reason"].as_str().unwrap().contains("at step 40") && c["stopped"]["reason"].as_str().unwrap().contains(winner), "{c}");
+        assert!(c["rank"].as_u64().unwrap() as usize > finishers);
+    }
+    let set_by: Vec<&str> = race["target"]["set_by"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(set_by.len(), finishers, "only runs that finished set the default target");
+    assert!(set_by.iter().all(|n| by_name(&race, n)["status"] == "ok"));
+
+    let (full, race) = (run("full", &["--target-loss", "3.45"]), run("race", &["--target-loss", "3.45"]));
+    let finished: Vec<&serde_json::Value> = race["checkpoints"].as_array().unwrap().iter().filter(|c| c["status"] == "ok").collect();
+    assert!(!finished.is_empty());
+    let order = |r: &serde_json::Value| r["ranking"].as_array().unwrap().iter().filter(|n| finished.iter().any(|c| &c["name"] == *n)).cloned().collect::<Vec<_>>();
+    assert_eq!(order(&race), order(&full));
+    // one shape: every step costs the median step time of all its runs, stopped ones included
+    let mut step_s: Vec<f64> = race["checkpoints"].as_array().unwrap().iter().map(|c| c["median_step_s"].as_f64().unwrap()).collect();
+    step_s.sort_by(f64::total_cmp);
+    let cost = (step_s[1] + step_s[2]) / 2.0;
+    for c in finished {
+        let f = by_name(&full, c["name"].as_str().unwrap());
+        assert_eq!(c["steps_to_target"], f["steps_to_target"], "{}", c["name"]);
+        let (steps, hours) = (c["steps_to_target"].as_f64().unwrap(), c["device_hours_to_target"].as_f64().unwrap());
+        assert!((hours - steps * cost / 3600.0).abs() <= 1e-9 * hours.max(1e-12), "{c}");
     }
 }
 

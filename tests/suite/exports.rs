@@ -53,7 +53,7 @@ fn report() -> Report {
         device: DeviceInfo { kind: "cpu".into(), name: "Test CPU".into(), threads: 2, workers: 1 },
         hours_unit: "device-hours".into(),
         target_loss: Some(3.5),
-        target: Some(TargetInfo { kind: "loss".into(), value: 3.5 }),
+        target: Some(TargetInfo { kind: "loss".into(), value: 3.5, set_by: Vec::new() }),
         price_per_device_hour: None,
         checkpoints: vec![ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)), extrapolated(), ok("step2500", 2500, 3, 3.7, 3.65, None), failed],
         ranking: vec!["step1000".into(), "step2000".into(), "step2500".into()],
@@ -135,7 +135,7 @@ fn raced() -> Report {
     r.checkpoints.truncate(3);
     r.checkpoints[2].status = "stopped".into();
     r.checkpoints[2].stopped = Some(StoppedInfo { at_step: 10, rung: 1, reason: "rank 3 of 3 at step 10 (keeping the best 1)".into() });
-    r.race = Some(RaceInfo { eta: 3, rungs: vec![10, 20, 60], steps_trained: 100, steps_full_budget: 180 });
+    r.race = Some(RaceInfo { rungs: vec![40, 60], steps_trained: 100, steps_full_budget: 180 });
     r
 }
 

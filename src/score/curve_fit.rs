@@ -1,0 +1,297 @@
+//! The learning-curve model: eval loss(s) = c + a g_b(s), a curve that falls towards an
+//! asymptote c >= 0, fitted to one run's eval points, with a 95% interval for what it
+//! forecasts. It exists because a run that has not reached the target within its budget may
+//! still reach it later, or never: a model without an asymptote (the loss falling forever as
+//! a power of the step) always promises the target eventually, however high its curve levels
+//! off. Pure functions of the points: no I/O, and nothing here ranks or decides.
+//!
+//! Two families, the better of which (least squared error in loss) is kept:
+//! - power law: g_b(s) = (s + 1)^-b;
+//! - exponential: g_b(s) = exp(-b (s - s0) / S), s0 and S the first step and the span of the
+//!   fitted points.
+//!
+//! The fit minimises the squared *relative* error, sum ((fit - loss) / loss)^2: for a language
+//! model's losses (a few nats, falling by tens of percent) that is nearly plain least squares,
+//! and a curve falling by orders of magnitude (the single-index model's, towards 1e-6) is fitted
+//! along its whole length instead of at its start alone. For a fixed b the model is linear in
+//! (c, a), solved exactly under c >= 0 and a >= 0; b is found on a logarithmic grid and refined
+//! by golden-section search. The fit uses the points from where the curve starts to fall (the
+//! end of its search phase, `metrics`) onwards, at least [`MIN_POINTS`]. The interval comes
+//! from a residual bootstrap: the fitted curve times one plus resampled relative residuals
+//! (scaled by sqrt(n / (n - 3)) for the three fitted parameters), refitted [`REPLICATES`]
+//! times with a fixed seed, so the same points always give the same interval.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::metrics;
+
+/// Fewest eval points a curve is fitted to: three parameters and one residual.
+pub const MIN_POINTS: usize = 4;
+
+/// A forecast step beyond this multiple of the run's budget (its last eval step) counts as
+/// never: the model is not trusted that far.
+pub const CAP: f64 = 10.0;
+
+/// Bootstrap replicates behind every interval.
+pub const REPLICATES: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Power,
+    Exponential,
+}
+
+/// A fitted curve: loss(s) = c + a g_b(s).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CurveFit {
+    pub family: Family,
+    /// The asymptote: the loss the curve levels off at.
+    pub c: f64,
+    pub a: f64,
+    pub b: f64,
+    /// First step of the fitted points (s0).
+    pub from_step: f64,
+    /// Span of the fitted points in steps (S; the exponential's unit of time).
+    pub span: f64,
+    /// Root mean square relative residual, (fit - loss) / loss, over the fitted points.
+    pub rmse: f64,
+}
+
+impl CurveFit {
+    /// g_b(s): 1 at the start, falling to 0.
+    fn g(family: Family, b: f64, (from_step, span): (f64, f64), s: f64) -> f64 {
+        match family {
+            Family::Power => (s + 1.0).powf(-b),
+            Family::Exponential => (-b * (s - from_step) / span).exp(),
+        }
+    }
+
+    pub fn loss(&self, step: f64) -> f64 {
+        self.c + self.a * Self::g(self.family, self.b, (self.from_step, self.span), step)
+    }
+
+    /// The first step at which the curve is at or below `target` (0 when it starts there);
+    /// None when it levels off above it.
+    pub fn steps_to(&self, target: f64) -> Option<f64> {
+        if target < self.c || (target == self.c && self.a > 0.0) {
+            return None;
+        }
+        if self.a <= 0.0 {
+            return Some(0.0);
+        }
+        let ratio = (target - self.c) / self.a; // g(s) = ratio
+        let s = match self.family {
+            Family::Power => ratio.powf(-1.0 / self.b) - 1.0,
+            Family::Exponential => self.from_step - ratio.ln() * self.span / self.b,
+        };
+        Some(s.max(0.0)).filter(|s| s.is_finite())
+    }
+}
+
+/// A fit and its bootstrap replicates: what a run's curve forecasts, with an interval.
+#[derive(Debug, Clone)]
+pub struct Forecast {
+    pub fit: CurveFit,
+    replicates: Vec<CurveFit>,
+}
+
+/// A forecast value with its 95% interval (2.5th and 97.5th percentiles over replicates).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    pub value: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Forecast {
+    /// Steps to `target`, each replicate's counted as never beyond `cap_step`; None when the
+    /// fitted curve itself does not get there by `cap_step`. An upper bound beyond the cap is
+    /// cut at the cap.
+    pub fn steps_to(&self, target: f64, cap_step: f64) -> Option<Interval> {
+        let within = |f: &CurveFit| f.steps_to(target).filter(|&s| s <= cap_step);
+        let value = within(&self.fit)?;
+        let mut draws: Vec<f64> = self.replicates.iter().map(|f| within(f).unwrap_or(f64::INFINITY)).collect();
+        let (lo, hi) = percentiles(&mut draws);
+        Some(Interval { value, lo: lo.min(value), hi: hi.min(cap_step).max(value) })
+    }
+
+    /// The eval loss at `step`.
+    pub fn loss_at(&self, step: f64) -> Interval {
+        let value = self.fit.loss(step);
+        let mut draws: Vec<f64> = self.replicates.iter().map(|f| f.loss(step)).collect();
+        let (lo, hi) = percentiles(&mut draws);
+        Interval { value, lo: lo.min(value), hi: hi.max(value) }
+    }
+}
+
+/// The 2.5th and 97.5th percentiles (nearest rank) of `draws`; +inf sorts last.
+fn percentiles(draws: &mut [f64]) -> (f64, f64) {
+    draws.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| draws[((q * draws.len() as f64).ceil() as usize).clamp(1, draws.len()) - 1];
+    if draws.is_empty() { (f64::NAN, f64::NAN) } else { (at(0.025), at(0.975)) }
+}
+
+/// The fit of `points` ((step, eval loss), in step order) with its bootstrap; None with fewer
+/// than [`MIN_POINTS`] points or when no decreasing curve fits.
+pub fn forecast(points: &[(f64, f64)]) -> Option<Forecast> {
+    let window = window(points)?;
+    let fit = [Family::Power, Family::Exponential].into_iter().filter_map(|f| fit_family(window, f)).min_by(|x, y| x.rmse.total_cmp(&y.rmse))?;
+    Some(Forecast { fit, replicates: bootstrap(window, &fit) })
+}
+
+/// The points from the end of the search phase on (the eval point at or before it), or the
+/// last [`MIN_POINTS`] when that leaves fewer.
+fn window(points: &[(f64, f64)]) -> Option<&[(f64, f64)]> {
+    if points.len() < MIN_POINTS {
+        return None;
+    }
+    let search_end = metrics::search_phase_steps(points).unwrap_or(0.0);
+    let start = points.iter().rposition(|p| p.0 <= search_end).unwrap_or(0);
+    Some(&points[start.min(points.len() - MIN_POINTS)..])
+}
+
+/// Residual bootstrap replicates of `fit` on `points`, refitted in the same family.
+fn bootstrap(points: &[(f64, f64)], fit: &CurveFit) -> Vec<CurveFit> {
+    let n = points.len();
+    let inflate = (n as f64 / (n - 3).max(1) as f64).sqrt();
+    let residuals: Vec<f64> = points.iter().map(|&(s, l)| inflate * (l / fit.loss(s) - 1.0)).collect();
+    let mut rng = crate::rng::stream(0, crate::rng::Stream::Bootstrap, 0);
+    let mut sample = points.to_vec();
+    (0..REPLICATES)
+        .filter_map(|_| {
+            for (p, &(s, _)) in sample.iter_mut().zip(points) {
+                *p = (s, fit.loss(s) * (1.0 + residuals[rng.random_range(0..n)]));
+            }
+            fit_family(&sample, fit.family)
+        })
+        .collect()
+}
+
+/// The least-squares fit of one family: b on a log grid, then golden-section refinement.
+fn fit_family(points: &[(f64, f64)], family: Family) -> Option<CurveFit> {
+    let (from_step, last) = (points.first()?.0, points.last()?.0);
+    let span = (last - from_step).max(1.0);
+    let (lo, hi) = match family {
+        Family::Power => (1e-3f64, 10.0f64),
+        Family::Exponential => (1e-2f64, 100.0f64),
+    };
+    let sse = |log_b: f64| linear_fit(points, family, log_b.exp(), (from_step, span)).2;
+    const GRID: usize = 48;
+    let grid: Vec<f64> = (0..GRID).map(|i| lo.ln() + (hi.ln() - lo.ln()) * i as f64 / (GRID - 1) as f64).collect();
+    let best = (0..GRID).min_by(|&i, &j| sse(grid[i]).total_cmp(&sse(grid[j])))?;
+    let log_b = golden_min(&sse, grid[best.saturating_sub(1)], grid[(best + 1).min(GRID - 1)]);
+    let b = log_b.exp();
+    let (c, a, err) = linear_fit(points, family, b, (from_step, span));
+    (err.is_finite()).then(|| CurveFit { family, c, a, b, from_step, span, rmse: (err / points.len() as f64).sqrt() })
+}
+
+/// The minimum of `f` on [lo, hi] by golden-section search (f unimodal there).
+fn golden_min(f: &dyn Fn(f64) -> f64, mut lo: f64, mut hi: f64) -> f64 {
+    let r = (5f64.sqrt() - 1.0) / 2.0;
+    for _ in 0..40 {
+        let (x1, x2) = (hi - r * (hi - lo), lo + r * (hi - lo));
+        if f(x1) <= f(x2) { hi = x2 } else { lo = x1 }
+    }
+    (lo + hi) / 2.0
+}
+
+/// For a fixed b: (c, a, squared relative error) of the weighted least-squares line
+/// loss = c + a g (weights 1 / loss^2), with c >= 0 and a >= 0 (a curve that does not rise).
+fn linear_fit(points: &[(f64, f64)], family: Family, b: f64, at: (f64, f64)) -> (f64, f64, f64) {
+    let g: Vec<f64> = points.iter().map(|p| CurveFit::g(family, b, at, p.0)).collect();
+    let y: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let w: Vec<f64> = y.iter().map(|v| 1.0 / v.abs().max(1e-300).powi(2)).collect();
+    let sum = |f: &dyn Fn(usize) -> f64| (0..y.len()).map(f).sum::<f64>();
+    let total = sum(&|i| w[i]);
+    let (mg, my) = (sum(&|i| w[i] * g[i]) / total, sum(&|i| w[i] * y[i]) / total);
+    let sgg = sum(&|i| w[i] * (g[i] - mg).powi(2));
+    let sgy = sum(&|i| w[i] * (g[i] - mg) * (y[i] - my));
+    let (mut c, mut a) = if sgg > 0.0 { (my - sgy / sgg * mg, sgy / sgg) } else { (my, 0.0) };
+    if a < 0.0 {
+        (c, a) = (my, 0.0); // flat: the best non-rising curve
+    }
+    if c < 0.0 {
+        let (gy, gg) = (sum(&|i| w[i] * g[i] * y[i]), sum(&|i| w[i] * g[i] * g[i]));
+        (c, a) = (0.0, if gg > 0.0 { (gy / gg).max(0.0) } else { 0.0 });
+    }
+    (c, a, sum(&|i| w[i] * (c + a * g[i] - y[i]).powi(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn curve(f: impl Fn(f64) -> f64, steps: impl Iterator<Item = usize>) -> Vec<(f64, f64)> {
+        steps.map(|s| (s as f64, f(s as f64))).collect()
+    }
+
+    #[test]
+    fn recovers_a_power_law_with_an_asymptote() {
+        let points = curve(|s| 2.0 + 3.0 * (s + 1.0).powf(-0.7), (0..=60).step_by(10));
+        let f = forecast(&points).unwrap();
+        assert_eq!(f.fit.family, Family::Power);
+        assert!((f.fit.c - 2.0).abs() < 1e-4 && (f.fit.a - 3.0).abs() < 1e-4 && (f.fit.b - 0.7).abs() < 1e-4, "{:?}", f.fit);
+        let exact = (3.0f64 / 0.1).powf(1.0 / 0.7) - 1.0; // 2.1 = 2 + 3 (s+1)^-0.7
+        let s = f.steps_to(2.1, 1e9).unwrap();
+        assert!((s.value - exact).abs() < 1e-2 * exact && s.lo <= s.value && s.value <= s.hi, "{s:?} vs {exact}");
+    }
+
+    #[test]
+    fn recovers_an_exponential_with_an_asymptote() {
+        let points = curve(|s| 1.0 + 2.0 * (-0.05 * s).exp(), (0..=60).step_by(5));
+        let f = forecast(&points).unwrap();
+        assert_eq!(f.fit.family, Family::Exponential);
+        assert!((f.fit.c - 1.0).abs() < 1e-4, "{:?}", f.fit);
+        assert!((f.loss_at(200.0).value - (1.0 + 2.0 * (-10.0f64).exp())).abs() < 1e-4);
+    }
+
+    /// Curves that level off above the target never reach it, however long they run; one
+    /// that would reach it only far beyond the budget does not either.
+    #[test]
+    fn a_curve_that_plateaus_above_the_target_never_reaches_it() {
+        let plateau = curve(|s| 2.0 + 1.0 * (s + 1.0).powf(-0.5), (0..=60).step_by(10));
+        let f = forecast(&plateau).unwrap();
+        assert!(f.fit.c > 1.9, "{:?}", f.fit);
+        assert_eq!(f.steps_to(1.5, CAP * 60.0), None);
+        let flat_exp = curve(|s| 3.0 + 0.5 * (-0.1 * s).exp(), (0..=60).step_by(10));
+        assert_eq!(forecast(&flat_exp).unwrap().steps_to(2.9, CAP * 60.0), None);
+        // 1.6 + (s+1)^-0.5 reaches 1.65 at s = 399: within ten budgets of 60, but not 1.61 (s = 9999)
+        let slow = curve(|s| 1.6 + (s + 1.0).powf(-0.5), (0..=60).step_by(10));
+        let f = forecast(&slow).unwrap();
+        assert!((f.steps_to(1.65, CAP * 60.0).unwrap().value - 399.0).abs() < 2.0);
+        assert_eq!(f.steps_to(1.61, CAP * 60.0), None);
+    }
+
+    /// A loss falling by orders of magnitude (the single-index model's, towards 1e-6) is fitted
+    /// in relative error, so its tail sets the forecast as much as its start.
+    #[test]
+    fn a_curve_falling_by_decades_forecasts_a_tiny_target() {
+        let points = curve(|s| 0.1 * (-0.01 * s).exp(), (0..=400).step_by(20));
+        let exact = (0.1f64 / 1e-6).ln() / 0.01; // 1151.3
+        let s = forecast(&points).unwrap().steps_to(1e-6, 4000.0).unwrap();
+        assert!((s.value - exact).abs() < 1e-3 * exact, "{s:?} vs {exact}");
+    }
+
+    #[test]
+    fn noisy_points_give_an_interval_around_the_truth() {
+        let noise = [0.03, -0.02, 0.025, -0.03, 0.01, -0.015, 0.02, -0.01, 0.0, 0.015, -0.02, 0.01, -0.005];
+        let points: Vec<(f64, f64)> = (0..13).map(|i| (i as f64 * 5.0, 2.0 + 3.0 * (i as f64 * 5.0 + 1.0).powf(-0.6) + noise[i])).collect();
+        let f = forecast(&points).unwrap();
+        let at = f.loss_at(600.0);
+        let truth = 2.0 + 3.0 * 601f64.powf(-0.6);
+        assert!(at.lo < at.value && at.value < at.hi, "{at:?}");
+        assert!(at.lo <= truth && truth <= at.hi, "{at:?} vs {truth}");
+        assert_eq!(forecast(&points).unwrap().loss_at(600.0), at, "a fixed seed: the same interval");
+    }
+
+    #[test]
+    fn too_few_points_or_a_rising_curve_give_no_forecast() {
+        assert!(forecast(&[(0.0, 3.0), (10.0, 2.0), (20.0, 1.5)]).is_none());
+        let rising = curve(|s| 1.0 + 0.01 * s, (0..=60).step_by(10));
+        let f = forecast(&rising).unwrap();
+        assert_eq!(f.fit.a, 0.0, "the best non-rising curve is flat: {:?}", f.fit);
+        assert_eq!(f.steps_to(0.5, 600.0), None);
+    }
+}
