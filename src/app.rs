@@ -32,7 +32,7 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
         eprintln!("partition {part}: {} checkpoint(s) of the series; join the parts' reports with `plasticity merge`", found.checkpoints.len());
     }
     let report = match &opts.sweep {
-        Some(sweep) => crate::runner::run_sweep(opts, sweep, &found.checkpoints, &reports)?,
+        Some(sweep) => crate::runner::run_sweep(opts, sweep, &found.checkpoints, &reports, previous.zip(opts.resume.as_deref()))?,
         None => {
             let mut scan = Scan::new(opts, &found.checkpoints)?;
             if let (Some(prev), Some(path)) = (previous, &opts.resume) {
@@ -42,7 +42,7 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
         }
     };
     reports.finish(&report)?;
-    if let (Some(dir), true) = (&opts.save_adapters, opts.save_best) {
+    if let (Some(dir), true, "complete") = (&opts.save_adapters, opts.save_best, report.status.as_str()) {
         keep_best_adapter(dir, &report)?;
     }
     print_text(&table::render(&report), reports.uses_stdout());
@@ -61,7 +61,14 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
 /// --save-best: once the scan is complete, only the winner's adapter stays in `dir` (an
 /// interrupted scan keeps every adapter it saved: the winner is not known yet).
 fn keep_best_adapter(dir: &std::path::Path, report: &Report) -> Result<()> {
-    let Some(best) = report.ranking.first().filter(|_| report.status == "complete") else { return Ok(()) };
+    if report.sweep.is_some() {
+        match crate::runner::keep_best_sweep_adapter(dir, report)? {
+            Some(best) => eprintln!("adapter of the best (rank, rate) and checkpoint: {}", best.display()),
+            None => eprintln!("warning: --save-best: no variant's winner has a saved adapter in {}; every adapter is kept", dir.display()),
+        }
+        return Ok(());
+    }
+    let Some(best) = report.ranking.first() else { return Ok(()) };
     if !dir.join(best).is_dir() {
         // e.g. the winner was reused from a resumed report whose scan saved no adapter
         eprintln!("warning: --save-best: the winner {best} has no saved adapter in {}; every adapter is kept", dir.display());
@@ -161,9 +168,10 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
     Ok(exit_code(&report))
 }
 
-/// scan's own defaults, on the simulated folder.
+/// scan's own defaults on the simulated folder, with three seeds: the headline's verdict is
+/// then backed by 95% intervals.
 fn demo_scan_args(dir: &std::path::Path, json: Option<&str>) -> Result<ScanArgs> {
-    let mut argv = vec!["scan".to_string(), dir.display().to_string()];
+    let mut argv = vec!["scan".to_string(), dir.display().to_string(), "--seeds".into(), "3".into()];
     if let Some(j) = json {
         argv.extend(["--json".to_string(), j.to_string()]);
     }

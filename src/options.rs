@@ -136,8 +136,8 @@ fn sweep(args: &ScanArgs, rank: usize, lr: f64) -> Result<Option<Sweep>> {
     if args.strategy == Strategy::Race {
         return refuse("--strategy race (each variant would race separately)");
     }
-    if args.resume.is_some() || args.partition.is_some() || args.save_adapters.is_some() {
-        return refuse("--resume, --partition or --save-adapters yet");
+    if args.partition.is_some() {
+        return refuse("--partition yet (each part would sweep its own snapshots against its own target)");
     }
     if args.target_drop.is_some() {
         return refuse("--target-drop (each variant's drop would be its own; give --target-loss or none)");
@@ -212,7 +212,7 @@ impl ScanOptions {
             resume: args.resume.clone(),
             strategy: strategy(args.strategy, args.resume.is_some())?,
             partition: partition(args.partition.as_deref(), args.strategy, &|k| std::env::var(k).ok())?,
-            fail_if_last_slower: args.fail_if_last_slower.map(|x| finite_positive("--fail-if-last-slower", x)).transpose()?,
+            fail_if_last_slower: args.fail_if_last_slower.map(|x| at_least_one("--fail-if-last-slower", x)).transpose()?,
             threads,
             exports: exports(&args.export)?,
             step_summary: !args.export.no_step_summary,
@@ -485,6 +485,15 @@ fn train_settings(args: &TrainArgs) -> Result<TrainSpec> {
 fn at_least(flag: &'static str, value: usize, min: usize) -> Result<usize> {
     if value < min {
         return Err(Error::flag(flag, format!("{value} is less than {min}")));
+    }
+    Ok(value)
+}
+
+/// A ratio of times that must be at least 1 (the most pre-trained snapshot can never be faster
+/// than the best one).
+fn at_least_one(flag: &'static str, value: f64) -> Result<f64> {
+    if !(value.is_finite() && value >= 1.0) {
+        return Err(Error::flag(flag, format!("{value} must be a ratio of at least 1")));
     }
     Ok(value)
 }

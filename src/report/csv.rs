@@ -6,9 +6,9 @@ use crate::error::Result;
 
 pub struct Csv;
 
-const COLUMNS: [&str; 27] = [
+const COLUMNS: [&str; 28] = [
     "rank", "tied_with_best", "name", "path", "step", "status", "error", "target_loss", "initial_eval_loss", "final_eval_loss",
-    "steps_to_target", "steps_to_target_lo", "steps_to_target_hi", "extrapolated", "device_hours_to_target",
+    "steps_to_target", "steps_to_target_lo", "steps_to_target_hi", "extrapolated", "at_target_before_training", "device_hours_to_target",
     "device_hours_to_target_lo", "device_hours_to_target_hi", "convergence_per_device_hour", "cost_to_target",
     "mean_eval_loss", "search_phase_steps", "loss_drop_per_device_hour", "tokens_per_s", "median_step_s", "pretrain_loss",
     "flops_per_s", "peak_rss_bytes",
@@ -56,6 +56,7 @@ fn cells(c: &CheckpointReport) -> Vec<String> {
         ci("steps_to_target", 0),
         ci("steps_to_target", 1),
         if ok { c.extrapolated.to_string() } else { String::new() },
+        if ok { c.at_target_before_training.to_string() } else { String::new() },
         num(c.device_hours_to_target),
         ci("device_hours_to_target", 0),
         ci("device_hours_to_target", 1),

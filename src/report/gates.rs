@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::headline::Pair;
 use super::{CheckpointReport, Report};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -17,30 +18,59 @@ pub struct Gate {
 }
 
 /// `--fail-if-last-slower X`: the most pre-trained snapshot may need at most X times the
-/// winner's device-hours to target. A last snapshot that fails or never reaches the target
-/// fails the gate.
+/// device-hours to target of the best snapshot to fine-tune (the pair the headline compares,
+/// `headline::Pair`). It fails when the ratio of their mean hours exceeds X and, with several
+/// seeds, only when that holds beyond seed noise: the low end of the most pre-trained
+/// snapshot's 95% interval exceeds X times the high end of the best one's. (So a failed gate
+/// and a headline saying "not significantly faster" never meet: X >= 1, and a significant
+/// excess over X times the best is a significant excess over the best.) A most pre-trained
+/// snapshot that failed, was stopped by a race, or does not reach the target fails the gate.
 pub fn last_slower(report: &Report, threshold: f64) -> Gate {
-    let ok: Vec<&CheckpointReport> = report.checkpoints.iter().filter(|c| c.measured()).collect();
-    let best = ok.iter().find(|c| c.rank == Some(1));
-    let last = report.checkpoints.iter().max_by_key(|c| c.step);
-    let value = match (best, last) {
-        (Some(b), Some(l)) if b.name == l.name => Some(1.0),
-        (Some(b), Some(l)) => ratio(b.device_hours_to_target, l.device_hours_to_target),
-        _ => None,
-    };
-    let passed = value.is_some_and(|v| v <= threshold);
+    let Pair { best, last } = Pair::of(report);
     let last_name = last.map_or("-", |c| c.name.as_str());
-    let message = match value {
-        Some(v) => format!("the most pre-trained snapshot ({last_name}) needs {v:.2}x the winner's time to target (limit {threshold})"),
-        None => format!("the most pre-trained snapshot ({last_name}) does not reach the target"),
+    let (value, passed, message) = match (best, last) {
+        (_, Some(l)) if l.at_target_before_training => (Some(0.0), true, format!("the most pre-trained snapshot ({last_name}) is at the target before fine-tuning")),
+        (Some(b), Some(l)) if b.name == l.name => (Some(1.0), true, format!("the most pre-trained snapshot ({last_name}) is the best to fine-tune")),
+        (Some(b), Some(l)) => judge(b, l, threshold),
+        _ => (None, false, format!("the most pre-trained snapshot ({last_name}) has no time to target to compare")),
     };
     Gate { name: "fail-if-last-slower".into(), threshold, value, passed, message }
 }
 
-fn ratio(best: Option<f64>, last: Option<f64>) -> Option<f64> {
-    match (best?, last?) {
-        (b, l) if b > 0.0 => Some(l / b),
-        (_, 0.0) => Some(1.0),
-        _ => Some(f64::INFINITY),
+/// (ratio of mean hours, passed, message) of the most pre-trained snapshot `l` against the best `b`.
+fn judge(b: &CheckpointReport, l: &CheckpointReport, x: f64) -> (Option<f64>, bool, String) {
+    let name = &l.name;
+    if !l.measured() {
+        return (None, false, format!("the most pre-trained snapshot ({name}) {}", l.status));
     }
+    if let Some(stop) = &l.stopped {
+        return (None, false, format!("the most pre-trained snapshot ({name}) was stopped by the race at rung {}: its forecast lay beyond the leader's", stop.rung));
+    }
+    let (Some(bh), Some(lh)) = (b.device_hours_to_target, l.device_hours_to_target) else {
+        return (None, false, format!("the most pre-trained snapshot ({name}) does not reach the target"));
+    };
+    let ratio = if bh > 0.0 { lh / bh } else if lh == 0.0 { 1.0 } else { f64::INFINITY };
+    let forecast = if l.extrapolated { " (its time is a forecast)" } else { "" };
+    let said = format!("the most pre-trained snapshot ({name}) needs {ratio:.2}x the time to target of the best one ({}){forecast} (limit {x})", b.name);
+    if ratio <= x {
+        return (Some(ratio), true, said);
+    }
+    match evidence_beyond(b, l, x) {
+        Some(true) => (Some(ratio), false, format!("{said}, beyond the limit at 95% over their seeds")),
+        Some(false) => (Some(ratio), true, format!("{said}, but over their seeds not beyond the limit at 95% (the intervals allow it)")),
+        None => (Some(ratio), false, format!("{said}; with one seed this is not tested against seed noise")),
+    }
+}
+
+/// With intervals: whether the low end of `l`'s hours exceeds `x` times the high end of `b`'s.
+/// None when neither has an interval (one seed, measured).
+fn evidence_beyond(b: &CheckpointReport, l: &CheckpointReport, x: f64) -> Option<bool> {
+    let key = "device_hours_to_target";
+    let (bi, li) = (b.ci95.get(key), l.ci95.get(key));
+    if bi.is_none() && li.is_none() && (b.seeds_ok < 2 || l.seeds_ok < 2) {
+        return None;
+    }
+    let b_hi = bi.map_or(b.device_hours_to_target?, |i| i[1]);
+    let l_lo = li.map_or(l.device_hours_to_target?, |i| i[0]);
+    Some(l_lo > x * b_hi)
 }

@@ -20,8 +20,8 @@ pub fn render(report: &Report) -> String {
     if !notes.is_empty() {
         out.push_str(&format!("\n{}\n", notes.join("; ")));
     }
-    if let Some(best) = report.ranking.first() {
-        out.push_str(&format!("\n**Best checkpoint to fine-tune: `{best}`.** {}\n", headline::headline(report)));
+    if let Some((best, backing)) = headline::best_verdict(report) {
+        out.push_str(&format!("\n**Best checkpoint to fine-tune: `{best}`**{backing}. {}\n", headline::headline(report)));
     }
     if let Some(theory) = theory_table(report) {
         out.push_str(&format!("\n{THEORY_CAPTION}\n\n{}", pipes(&theory)));

@@ -69,7 +69,7 @@ pub struct Report {
 
 /// A sweep over LoRA ranks and learning rates. The report's own ranking and checkpoints are
 /// the main variant's (the first rank and the first rate).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepInfo {
     pub ranks: Vec<usize>,
     pub lrs: Vec<f64>,
@@ -81,7 +81,9 @@ pub struct SweepInfo {
     pub variants: Vec<SweepVariant>,
     /// Per snapshot, in step order.
     pub checkpoints: Vec<SweepCheckpoint>,
-    /// The winner differs between ranks (at the main rate) / between rates (at the main rank).
+    /// The winner differs between ranks (at the main rate) / between rates (at the main rank)
+    /// beyond seed noise: some variant's winner is significantly slower, at another variant's
+    /// settings, than that variant's winner (95% intervals apart).
     pub winner_changes_with_rank: bool,
     pub winner_changes_with_lr: bool,
     /// The findings in plain words.
@@ -89,13 +91,18 @@ pub struct SweepInfo {
 }
 
 /// One (rank, lr) of a sweep.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepVariant {
     pub rank: usize,
     pub lr: f64,
     pub status: String,
     pub ranking: Vec<String>,
     pub checkpoints: Vec<SweepPoint>,
+    /// Every checkpoint as this variant measured it (curves of every seed, timings,
+    /// fingerprints), so `--resume` can reuse it; empty for the main variant, whose are the
+    /// report's own `checkpoints`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<CheckpointReport>,
 }
 
 /// One snapshot at one (rank, lr).
@@ -108,6 +115,9 @@ pub struct SweepPoint {
     pub reached: bool,
     pub steps_to_target: Option<f64>,
     pub device_hours_to_target: Option<f64>,
+    /// Its 95% interval (several seeds, or a forecast).
+    #[serde(default)]
+    pub device_hours_ci95: Option<[f64; 2]>,
     pub final_eval_loss: Option<f64>,
     /// [step, eval loss] of the first seed's run.
     pub eval_curve: Vec<[f64; 2]>,
@@ -124,6 +134,10 @@ pub struct SweepCheckpoint {
     /// The rate with the fewest device-hours to target (else the lowest final eval loss), at
     /// the main rank.
     pub best_lr: Option<f64>,
+    /// The other rates whose device-hours interval overlaps the best rate's: not significantly
+    /// slower (with one seed a measured time has no interval, so none is).
+    #[serde(default)]
+    pub best_lr_tied_with: Vec<f64>,
     /// Device-hours to target at each rate (as `lrs`), at the main rank.
     pub hours_by_lr: Vec<Option<f64>>,
 }
@@ -135,9 +149,15 @@ pub struct TaskDistance {
     pub source: String,
     /// Least-squares slope of the gap against the step, per 1,000 steps.
     pub gap_slope_per_1k_steps: f64,
+    /// Its 95% confidence interval (Student's t, n - 2 degrees of freedom); null with two snapshots.
+    #[serde(default)]
+    pub slope_ci95: Option<[f64; 2]>,
     pub first_gap: f64,
     pub last_gap: f64,
-    /// The gap grows with the step: later snapshots drift away from the task.
+    /// "widens" or "narrows" when the interval excludes zero, else "no clear trend".
+    #[serde(default)]
+    pub trend: String,
+    /// trend is "widens".
     pub widening: bool,
     pub summary: String,
 }

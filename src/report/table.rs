@@ -10,8 +10,8 @@ pub fn render(report: &Report) -> String {
     for note in footnotes(report) {
         out.push_str(&format!("{note}\n"));
     }
-    if let Some(best) = report.ranking.first() {
-        out.push_str(&format!("best checkpoint to fine-tune: {best}\n"));
+    if let Some(line) = super::headline::best_line(report) {
+        out.push_str(&format!("{line}\n"));
     }
     if let Some(theory) = theory_table(report) {
         out.push_str(&format!("\n{THEORY_CAPTION}\n{}", grid(&theory)));
@@ -55,7 +55,8 @@ pub fn sweep_tables(report: &Report) -> Vec<(String, Table)> {
         let mut rows: Vec<Vec<String>> = s.checkpoints.iter().map(|c| {
             let mut row = vec![c.name.clone()];
             row.extend(c.hours_by_lr.iter().map(hours));
-            row.push(c.best_lr.map_or("-".into(), |l| format!("{l:e}")));
+            let tied: String = c.best_lr_tied_with.iter().map(|l| format!(" ={l:e}")).collect();
+            row.push(c.best_lr.map_or("-".into(), |l| format!("{l:e}{tied}")));
             row
         }).collect();
         let mut last = vec!["winner".to_string()];
@@ -83,6 +84,11 @@ pub fn summary_line(report: &Report) -> String {
         (Some(t), _) if t.kind == "drop" => format!("target: each checkpoint's eval loss drops by {}", loss(Some(t.value))),
         (_, Some(t)) => format!("target eval loss {}", loss(Some(t))),
         _ => return "no target (no checkpoint finished)".into(),
+    };
+    let measured = report.checkpoints.iter().filter(|c| c.measured()).count();
+    let target = match &report.target {
+        Some(t) if t.kind == "median_final" && t.set_by.len() < measured => format!("{target} (the median final loss of the runs that finished: {})", t.set_by.join(", ")),
+        _ => target,
     };
     format!("{target}; time in {} on {} ({} threads)", report.hours_unit, report.device.name, report.device.threads)
 }
@@ -131,7 +137,8 @@ fn row(c: &CheckpointReport, priced: bool, pretrain: bool) -> Vec<String> {
     }
     let interval = |key: &str, p: usize| c.ci95.get(key).map_or(String::new(), |[lo, hi]| format!(" [{lo:.p$}, {hi:.p$}]"));
     let approx = if c.extrapolated { "~" } else { "" };
-    let steps = c.steps_to_target.map_or("not reached".into(), |s| format!("{approx}{s:.1}{}", interval("steps_to_target", 1)));
+    let zero_shot = if c.at_target_before_training { " †" } else { "" };
+    let steps = c.steps_to_target.map_or("not reached".into(), |s| format!("{approx}{s:.1}{}{zero_shot}", interval("steps_to_target", 1)));
     let hours = |h: f64| if h == 0.0 { "0".to_string() } else { format!("{approx}{h:.3e}") };
     let mut cells = vec![
         c.rank.map_or("-".into(), |r| match (&c.stopped, c.tied_with_best) {
@@ -161,7 +168,10 @@ fn row(c: &CheckpointReport, priced: bool, pretrain: bool) -> Vec<String> {
 pub fn footnotes(report: &Report) -> Vec<String> {
     let mut notes = Vec::new();
     if report.checkpoints.iter().any(|c| c.extrapolated) {
-        notes.push("~ extrapolated from a power-law or exponential fit to the curve's tail (the target was not reached within the budget)".into());
+        notes.push("~ a forecast: the target was not reached within the budget, and the curve model (power law or exponential with an asymptote) extends the curve; [low, high] is its 95% interval".into());
+    }
+    if report.checkpoints.iter().any(|c| c.at_target_before_training) {
+        notes.push("† at the target before fine-tuning (eval loss at step 0 at or below it): its zero time measures no adaptation".into());
     }
     if report.checkpoints.iter().any(|c| c.tied_with_best) {
         notes.push("= tied with the best: their 95% confidence intervals of time to target overlap".into());

@@ -8,6 +8,7 @@ use super::{CheckpointResult, Run, Scan};
 use crate::model::single_index;
 use crate::options::ScanOptions;
 use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, RaceInfo, Report, SeedFailure, SeedRun, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION};
+use crate::score::stats::Slope;
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, Target, TargetSpec};
 
 /// What a report needs besides the results: how to score them and what to say about the run.
@@ -213,28 +214,38 @@ fn zero_shot(c: &CheckpointReport) -> Option<f64> {
     c.initial_eval_loss.or_else(|| score::metrics::initial_eval_loss(&c.curve))
 }
 
-/// The gap's trend over the snapshots that have one (at least two steps apart).
+/// The gap's trend over the snapshots that have one (at least two steps apart), stated only
+/// when its slope's 95% interval excludes zero (three snapshots or more). None for a simulated
+/// series, whose task is its pre-training objective: its gap is zero by construction.
 fn task_distance(checkpoints: &[CheckpointReport]) -> Option<TaskDistance> {
+    if checkpoints.iter().any(|c| c.single_index.is_some()) {
+        return None;
+    }
     // one source for every point: the sample's losses when the scan measured them
     let sample = checkpoints.iter().any(|c| c.pretrain_sample_loss.is_some());
     let gap = |c: &CheckpointReport| Some(zero_shot(c)? - if sample { c.pretrain_sample_loss? } else { c.pretrain_loss? });
     let points: Vec<(f64, f64)> = checkpoints.iter().filter_map(|c| Some((c.step as f64, gap(c)?))).collect();
-    let (first, last) = (*points.first()?, *points.last()?);
-    if points.len() < 2 || last.0 <= first.0 {
-        return None;
-    }
-    let n = points.len() as f64;
-    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
-    let slope = 1000.0 * sxy / sxx;
+    let fit = Slope::fit(&points)?;
+    let (first, last) = (points[0], points[points.len() - 1]);
+    let ci = fit.ci95.map(|(lo, hi)| [1000.0 * lo, 1000.0 * hi]);
+    let trend = match fit.sign() {
+        1 => "widens",
+        -1 => "narrows",
+        _ => "no clear trend",
+    };
+    let slope = match ci {
+        Some([lo, hi]) => format!("{:+.4} per 1,000 steps, 95% interval [{lo:+.4}, {hi:+.4}]", 1000.0 * fit.slope),
+        None => format!("{:+.4} per 1,000 steps", 1000.0 * fit.slope),
+    };
+    let verdict = match (trend, fit.n) {
+        ("widens", _) => "it widens: the later the snapshot, the further the task is from its pre-training data".to_string(),
+        ("narrows", _) => "it narrows: the later the snapshot, the closer the task is to its pre-training data".to_string(),
+        (_, 2) => "two snapshots cannot show a trend".to_string(),
+        _ => "no clear trend: the slope's interval holds zero".to_string(),
+    };
+    let summary = format!("the task gap (zero-shot task loss minus pre-training loss) goes from {:.4} at step {} to {:.4} at step {} ({slope}); {verdict}", first.1, first.0, last.1, last.0);
     let source = if sample { "pretrain_sample" } else { "trainer_state" };
-    let verdict = if slope > 0.0 { "widens: later snapshots drift away from the task as they specialise" } else { "narrows: later snapshots come closer to the task" };
-    let summary = format!(
-        "the task gap (zero-shot task loss minus pre-training loss) goes from {:.4} at step {} to {:.4} at step {} ({slope:+.4} per 1,000 steps); it {verdict}",
-        first.1, first.0, last.1, last.0
-    );
-    Some(TaskDistance { source: source.into(), gap_slope_per_1k_steps: slope, first_gap: first.1, last_gap: last.1, widening: slope > 0.0, summary })
+    Some(TaskDistance { source: source.into(), gap_slope_per_1k_steps: 1000.0 * fit.slope, slope_ci95: ci, first_gap: first.1, last_gap: last.1, trend: trend.into(), widening: trend == "widens", summary })
 }
 
 /// The longest pre-training log of the series (the latest snapshot's holds the others) and

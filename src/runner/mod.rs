@@ -35,7 +35,7 @@ mod workers;
 
 pub use memory::keep_freed_memory;
 pub use merge::merge;
-pub use sweep::run as run_sweep;
+pub use sweep::{keep_best_adapter as keep_best_sweep_adapter, run as run_sweep};
 
 /// What fine-tuning the checkpoint in `dir` needs resident, from the safetensors headers and
 /// config.json alone: (f32 weights, one step's activations) in bytes.

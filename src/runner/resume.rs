@@ -37,8 +37,13 @@ impl Scan<'_> {
         if !changed.is_empty() {
             return Err(Error::input(path, format!("settings differ from this scan: {}", changed.join(", "))));
         }
-        self.previous = previous.checkpoints.into_iter().filter(|c| c.status == "ok").map(|c| (c.name.clone(), c)).collect();
+        self.reuse(previous.checkpoints);
         Ok(())
+    }
+
+    /// Offers `checkpoints` (measured with these very settings) for reuse by name.
+    pub fn reuse(&mut self, checkpoints: Vec<CheckpointReport>) {
+        self.previous = checkpoints.into_iter().filter(|c| c.status == "ok").map(|c| (c.name.clone(), c)).collect();
     }
 
     /// The previous runs of `c` and its seeds that failed, when its files have not changed.

@@ -16,6 +16,50 @@ const T975: [f64; 30] = [
     2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 ];
 
+/// t(0.975, dof): 1.96 beyond the table.
+pub fn t975(dof: usize) -> f64 {
+    dof.checked_sub(1).and_then(|i| T975.get(i)).copied().unwrap_or(1.96)
+}
+
+/// A least-squares slope with its 95% confidence interval (Student's t, n - 2 degrees of
+/// freedom; none with two points).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slope {
+    pub slope: f64,
+    /// None with fewer than three points.
+    pub ci95: Option<(f64, f64)>,
+    pub n: usize,
+}
+
+impl Slope {
+    /// y = c + slope x through `points`; None with fewer than two or when x does not vary.
+    pub fn fit(points: &[(f64, f64)]) -> Option<Slope> {
+        let n = points.len();
+        let nf = n as f64;
+        let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / nf, points.iter().map(|p| p.1).sum::<f64>() / nf);
+        let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        if n < 2 || sxx <= 0.0 {
+            return None;
+        }
+        let slope = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+        let sse: f64 = points.iter().map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2)).sum();
+        let ci95 = (n > 2).then(|| {
+            let half = t975(n - 2) * (sse / (nf - 2.0) / sxx).sqrt();
+            (slope - half, slope + half)
+        });
+        Some(Slope { slope, ci95, n })
+    }
+
+    /// The interval lies wholly above (1) or below (-1) zero; 0 when it holds zero or is unknown.
+    pub fn sign(&self) -> i8 {
+        match self.ci95 {
+            Some((lo, _)) if lo > 0.0 => 1,
+            Some((_, hi)) if hi < 0.0 => -1,
+            _ => 0,
+        }
+    }
+}
+
 impl Estimate {
     /// mean +- t(0.975, n-1) * sd / sqrt(n); a single value has a zero-width interval.
     pub fn of(xs: &[f64]) -> Option<Estimate> {
@@ -28,7 +72,7 @@ impl Estimate {
             return Some(Estimate { mean, lo: mean, hi: mean, n });
         }
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-        let t = T975.get(n - 2).copied().unwrap_or(1.96);
+        let t = t975(n - 1);
         let half = t * (var / n as f64).sqrt();
         Some(Estimate { mean, lo: mean - half, hi: mean + half, n })
     }
@@ -97,6 +141,23 @@ mod tests {
         assert_eq!(Estimate::of_intervals(&[(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0)]), Estimate::of(&[1.0, 2.0, 3.0]));
         let never = Estimate::of_intervals(&[(10.0, 8.0, 12.0), (f64::INFINITY, 20.0, f64::INFINITY)]).unwrap();
         assert!(never.mean.is_infinite() && never.hi.is_infinite() && never.lo.is_finite());
+    }
+
+    #[test]
+    fn a_slope_is_significant_only_when_its_interval_excludes_zero() {
+        // y = 2x + noise: se = sqrt(SSE / (n - 2) / Sxx)
+        let pts = [(0.0, 0.1), (1.0, 1.9), (2.0, 4.2), (3.0, 5.8)];
+        let s = Slope::fit(&pts).unwrap();
+        let (lo, hi) = s.ci95.unwrap();
+        let sse: f64 = pts.iter().map(|p| (p.1 - (0.09 + 1.94 * p.0)).powi(2)).sum();
+        let half = 4.303 * (sse / 2.0 / 5.0).sqrt();
+        assert!((s.slope - 1.94).abs() < 1e-12 && (hi - lo - 2.0 * half).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.sign(), 1);
+        let flat = Slope::fit(&[(0.0, 1.0), (1.0, 1.2), (2.0, 0.9), (3.0, 1.1)]).unwrap();
+        assert_eq!(flat.sign(), 0, "{flat:?}");
+        let two = Slope::fit(&[(0.0, 1.0), (1.0, 3.0)]).unwrap();
+        assert_eq!((two.slope, two.ci95, two.sign()), (2.0, None, 0));
+        assert!(Slope::fit(&[(1.0, 1.0), (1.0, 2.0)]).is_none());
     }
 
     #[test]

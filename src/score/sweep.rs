@@ -1,6 +1,6 @@
 //! What a rank and learning-rate sweep concludes, from each variant's curves and scores: the
-//! smallest rank that reaches the target, the best rate, and whether the winner changes. Pure
-//! functions, no I/O.
+//! smallest rank that reaches the target and the best rate. (Whether the winner changes is
+//! judged on the variants' reports, in `runner::sweep`.) Pure functions, no I/O.
 
 use super::metrics;
 
@@ -16,27 +16,12 @@ pub fn reaches(curve: &[[f64; 2]], target: f64) -> bool {
     metrics::steps_to(&points, target).is_some()
 }
 
-/// The rate with the fewest device-hours to target; when none reaches it, the one with the
-/// lowest final eval loss. Entries are (rate, hours to target, final eval loss).
+/// The rate with the fewest device-hours to target, equal hours broken by the lower final eval
+/// loss (as the ranking breaks them); when none reaches the target, the one with the lowest
+/// final eval loss. Entries are (rate, hours to target, final eval loss).
 pub fn best_lr(entries: &[(f64, Option<f64>, Option<f64>)]) -> Option<f64> {
-    let fastest = entries.iter().filter_map(|&(lr, h, _)| Some((lr, h?))).min_by(|a, b| a.1.total_cmp(&b.1));
-    fastest.or_else(|| entries.iter().filter_map(|&(lr, _, l)| Some((lr, l?))).min_by(|a, b| a.1.total_cmp(&b.1))).map(|(lr, _)| lr)
-}
-
-/// "the winner is X at every rank (4, 8)" or "the winner changes with the rank: r=4: X, r=8: Y".
-pub fn winner_sentence(what: &str, label: &str, winners: &[(String, Option<String>)]) -> (bool, String) {
-    let named: Vec<&str> = winners.iter().filter_map(|(_, w)| w.as_deref()).collect();
-    let changes = named.windows(2).any(|w| w[0] != w[1]);
-    let values: Vec<&str> = winners.iter().map(|(v, _)| v.as_str()).collect();
-    let sentence = match (changes, named.first()) {
-        (_, None) => format!("{what}: no variant ranked a snapshot"),
-        (false, Some(w)) => format!("{what}: the winner is {w} at every {label} ({})", values.join(", ")),
-        (true, _) => {
-            let each: Vec<String> = winners.iter().map(|(v, w)| format!("{v}: {}", w.as_deref().unwrap_or("-"))).collect();
-            format!("{what}: the winner changes with the {label} ({})", each.join(", "))
-        }
-    };
-    (changes, sentence)
+    let key = |&(_, h, l): &(f64, Option<f64>, Option<f64>)| (h.unwrap_or(f64::INFINITY), l.unwrap_or(f64::INFINITY));
+    entries.iter().filter(|e| e.1.is_some() || e.2.is_some()).min_by(|a, b| key(a).0.total_cmp(&key(b).0).then(key(a).1.total_cmp(&key(b).1))).map(|e| e.0)
 }
 
 #[cfg(test)]
@@ -64,14 +49,7 @@ mod tests {
         assert_eq!(best_lr(&[(1e-4, None, Some(2.0)), (3e-4, Some(0.2), Some(1.5)), (1e-3, Some(0.1), Some(1.7))]), Some(1e-3));
         assert_eq!(best_lr(&[(1e-4, None, Some(2.0)), (3e-4, None, Some(1.5))]), Some(3e-4));
         assert_eq!(best_lr(&[]), None);
-    }
-
-    #[test]
-    fn winner_sentences() {
-        let same = [("r=4".to_string(), Some("a".to_string())), ("r=8".to_string(), Some("a".to_string()))];
-        assert_eq!(winner_sentence("rank", "rank", &same), (false, "rank: the winner is a at every rank (r=4, r=8)".to_string()));
-        let diff = [("r=4".to_string(), Some("a".to_string())), ("r=8".to_string(), Some("b".to_string()))];
-        let (changes, s) = winner_sentence("rank", "rank", &diff);
-        assert!(changes && s.contains("changes") && s.contains("r=8: b"), "{s}");
+        // equal hours (both at the target from the start): the lower final loss
+        assert_eq!(best_lr(&[(1e-2, Some(0.0), Some(4.5)), (3e-3, Some(0.0), Some(4.4))]), Some(3e-3));
     }
 }

@@ -379,8 +379,14 @@ fn task_distance_from_trainer_state_and_from_a_pretraining_sample() {
         let (mx, my) = (gaps.iter().map(|g| g.0).sum::<f64>() / n, gaps.iter().map(|g| g.1).sum::<f64>() / n);
         let want = 1000.0 * gaps.iter().map(|g| (g.0 - mx) * (g.1 - my)).sum::<f64>() / gaps.iter().map(|g| (g.0 - mx).powi(2)).sum::<f64>();
         assert!((slope - want).abs() < 1e-9 * want.abs().max(1.0));
-        assert_eq!(d["widening"], slope > 0.0);
-        assert!(d["summary"].as_str().unwrap().contains(if slope > 0.0 { "widens" } else { "narrows" }));
+        // a verdict only when the slope's 95% interval (t with n - 2 = 2 degrees of freedom) excludes zero
+        let sse: f64 = gaps.iter().map(|g| (g.1 - my - want / 1000.0 * (g.0 - mx)).powi(2)).sum();
+        let half = 1000.0 * 4.303 * (sse / (n - 2.0) / gaps.iter().map(|g| (g.0 - mx).powi(2)).sum::<f64>()).sqrt();
+        let ci = [d["slope_ci95"][0].as_f64().unwrap(), d["slope_ci95"][1].as_f64().unwrap()];
+        assert!((ci[0] - (want - half)).abs() < 1e-9 && (ci[1] - (want + half)).abs() < 1e-9, "{ci:?} vs {want} +- {half}");
+        let trend = if want - half > 0.0 { "widens" } else if want + half < 0.0 { "narrows" } else { "no clear trend" };
+        assert_eq!((d["trend"].as_str().unwrap(), d["widening"].as_bool().unwrap()), (trend, trend == "widens"));
+        assert!(d["summary"].as_str().unwrap().contains(trend), "{d}");
     };
     check(&run(&[]), "pretrain_loss", "trainer_state");
     let with_sample = run(&["--pretrain-sample", sample.to_str().unwrap()]);
