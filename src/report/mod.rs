@@ -26,7 +26,7 @@ use crate::options::Output;
 use crate::train::CurvePoint;
 
 /// Bumped whenever a field changes meaning or disappears.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -196,6 +196,17 @@ impl Report {
     }
 }
 
+/// A complete report with no checkpoints, for unit tests to fill in.
+#[cfg(test)]
+pub(crate) fn blank_report() -> Report {
+    serde_json::from_value(serde_json::json!({
+        "schema_version": SCHEMA_VERSION, "tool": {"name": "plasticity", "version": "0"}, "status": "complete",
+        "settings": {}, "device": {"kind": "cpu", "name": "cpu", "threads": 1}, "hours_unit": "device-hours",
+        "target_loss": null, "target": null, "checkpoints": [], "ranking": []
+    }))
+    .expect("a blank report parses")
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Pretraining {
     /// First logged step within 10% of the total pre-training loss drop from the end.
@@ -288,6 +299,11 @@ pub struct CheckpointReport {
     pub initial_eval_loss: Option<f64>,
     pub final_eval_loss: Option<f64>,
     pub median_step_s: Option<f64>,
+    /// Seconds per update its device-hours are priced at: the median step time of every run of
+    /// its shape (architecture and size) in the report, so timing noise between identical
+    /// models cannot reorder them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_cost_s: Option<f64>,
     pub tokens_per_s: Option<f64>,
     /// Achieved FLOP/s: tokens/s x FLOPs per token (4N + attention; see LoadedModel::flops_per_token).
     #[serde(default)]

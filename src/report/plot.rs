@@ -91,7 +91,7 @@ fn series(report: &Report) -> Vec<Series> {
     ok.iter()
         .enumerate()
         .map(|(i, c)| {
-            let step_h = c.median_step_s.unwrap_or(0.0) / 3600.0;
+            let step_h = c.step_cost_s.or(c.median_step_s).unwrap_or(0.0) / 3600.0; // as the ranking prices a step
             let points: Vec<(f64, f64)> = c.curve.iter().filter_map(|p| Some((p.step as f64, p.eval_loss?))).collect();
             let rank = c.rank.map_or("-".into(), |r| format!("#{r}{}", if c.tied_with_best { "=" } else { "" }));
             let plateau = if c.after_plateau_onset == Some(true) { ", after pre-training plateau" } else { "" };
@@ -113,7 +113,7 @@ fn draw<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report) -> std:
     let root = root.titled(&title, ("sans-serif", 24)).map_err(err)?;
     let panels = root.split_evenly((1, 2));
     let all = series(report);
-    let hours = format!("{} (median step time x steps)", report.hours_unit);
+    let hours = format!("{} (steps x the median step time of the shape)", report.hours_unit);
     let target = report.target.as_ref().filter(|t| t.kind != "drop").map(|t| t.value);
     panel(&panels[0], target, &all, |s| &s.by_step, "optimizer steps").map_err(err)?;
     panel(&panels[1], target, &all, |s| &s.by_hours, &hours).map_err(err)?;
@@ -211,4 +211,27 @@ fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 14))
         .draw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::CurvePoint;
+
+    /// The hours axis prices a step as the ranking does (the shape's shared step time), not at
+    /// each checkpoint's own median.
+    #[test]
+    fn the_hours_axis_prices_steps_as_the_ranking_does() {
+        let c = CheckpointReport {
+            name: "a".into(),
+            status: "ok".into(),
+            curve: vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(3.0), elapsed_s: 0.0 }, CurvePoint { step: 3600, train_loss: None, eval_loss: Some(2.0), elapsed_s: 1.0 }],
+            median_step_s: Some(2.0),
+            step_cost_s: Some(1.0),
+            ..Default::default()
+        };
+        let mut report = crate::report::blank_report();
+        report.checkpoints = vec![c];
+        assert_eq!(series(&report)[0].by_hours, vec![(0.0, 3.0), (1.0, 2.0)]);
+    }
 }

@@ -191,6 +191,7 @@ fn fill_score(out: &mut CheckpointReport, s: &Score, price: Option<f64>) {
     out.rank = Some(s.rank);
     out.tied_with_best = s.tied_with_best;
     out.at_target_before_training = s.at_target_before_training;
+    out.step_cost_s = Some(s.step_cost_s);
     let intervals = [
         ("steps_to_target", &s.steps_to_target),
         ("device_hours_to_target", &s.device_hours_to_target),

@@ -118,5 +118,5 @@ fn mixed_devices(parts: &[(PathBuf, Report)]) -> Option<String> {
     let mut names: Vec<&str> = parts.iter().map(|(_, r)| r.device.name.as_str()).collect();
     names.sort();
     names.dedup();
-    (names.len() > 1).then(|| format!("the parts ran on different devices ({}): each checkpoint's hours are measured on its own", names.join("; ")))
+    (names.len() > 1).then(|| format!("the parts ran on different devices ({}): a step of each shape is priced at the median step time of that shape's runs across all parts, so device-hours mix the devices' speeds", names.join("; ")))
 }

@@ -268,12 +268,7 @@ mod tests {
                 c
             })
             .collect();
-        let mut r: Report = serde_json::from_value(serde_json::json!({
-            "schema_version": crate::report::SCHEMA_VERSION, "tool": {"name": "plasticity", "version": "0"}, "status": "complete",
-            "settings": {}, "device": {"kind": "cpu", "name": "cpu", "threads": 1}, "hours_unit": "device-hours",
-            "target_loss": 3.0, "target": null, "checkpoints": [], "ranking": []
-        }))
-        .unwrap();
+        let mut r = crate::report::blank_report();
         r.ranking = entries.iter().map(|e| e.0.to_string()).collect();
         r.checkpoints = checkpoints;
         r

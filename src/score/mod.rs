@@ -68,6 +68,9 @@ pub struct Score {
     pub stopped: bool,
     /// The last eval step of its curves: the budget, or where a race stopped it.
     pub last_step: f64,
+    /// Seconds per update its hours are priced at: the median step time of every run of its
+    /// shape (architecture and size) in the scan.
+    pub step_cost_s: f64,
     pub rank: usize,
     /// The confidence interval of its device-hours overlaps the winner's.
     pub tied_with_best: bool,
@@ -164,6 +167,7 @@ fn score_one(runs: &[RunSummary], target: &Target, cost: &BTreeMap<String, f64>)
         at_target_before_training: initial.is_some_and(|i| i.mean <= target_loss),
         stopped: runs.iter().any(|r| !r.finished),
         last_step: points.iter().filter_map(|p| p.last().map(|x| x.0)).fold(0.0, f64::max),
+        step_cost_s: step_s,
         rank: 0,
         tied_with_best: false,
     }

@@ -16,7 +16,7 @@ fn scan_of_the_committed_series_ranks_every_checkpoint() {
 
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     super::util::assert_valid_report(&r);
-    assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["schema_version"], 2);
     assert_eq!(r["tool"]["name"], "plasticity");
     assert_eq!(r["status"], "complete");
     assert_eq!(r["hours_unit"], "device-hours");
@@ -25,11 +25,26 @@ fn scan_of_the_committed_series_ranks_every_checkpoint() {
     assert!(r["target_loss"].as_f64().unwrap() > 0.0);
     let names: Vec<&str> = r["checkpoints"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["checkpoint-30", "checkpoint-60", "checkpoint-90", "checkpoint-120"]);
-    let mut ranking: Vec<&str> = r["ranking"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    ranking.sort();
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(ranking, sorted);
+    // the ranking recomputed from the curves: the target is the median final eval loss; steps
+    // to it are interpolated between eval points (three per curve: too few to forecast, so a
+    // curve that misses it is not reached); reached before not reached, then fewer steps (one
+    // shape, so steps order hours), then the lower final loss
+    let evals = |c: &serde_json::Value| c["curve"].as_array().unwrap().iter().filter_map(|p| Some((p["step"].as_f64().unwrap(), p["eval_loss"].as_f64()?))).collect::<Vec<_>>();
+    let mut finals: Vec<f64> = r["checkpoints"].as_array().unwrap().iter().map(|c| evals(c).last().unwrap().1).collect();
+    finals.sort_by(f64::total_cmp);
+    let target = (finals[1] + finals[2]) / 2.0;
+    assert_eq!(r["target_loss"].as_f64(), Some(target));
+    let steps_to = |e: &[(f64, f64)]| e.iter().position(|p| p.1 <= target).map(|i| if i == 0 { e[0].0 } else { e[i - 1].0 + (e[i].0 - e[i - 1].0) * (e[i - 1].1 - target) / (e[i - 1].1 - e[i].1) });
+    let mut expected: Vec<(bool, f64, f64, &str)> = r["checkpoints"].as_array().unwrap().iter().map(|c| {
+        let e = evals(c);
+        let steps = steps_to(&e);
+        assert_eq!(c["steps_to_target"].as_f64(), steps, "{}", c["name"]);
+        assert_eq!(c["at_target_before_training"].as_bool(), Some(e[0].1 <= target), "{}", c["name"]);
+        (steps.is_none(), steps.unwrap_or(0.0), e.last().unwrap().1, c["name"].as_str().unwrap())
+    }).collect();
+    expected.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.total_cmp(&b.2)));
+    let ranking: Vec<&str> = r["ranking"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(ranking, expected.iter().map(|e| e.3).collect::<Vec<_>>());
     let onset = r["pretraining"]["plateau_onset_step"].as_f64().expect("the Trainer log has a plateau");
     assert!(r["pretraining"]["loss_curve"].as_array().unwrap().len() >= 10);
     for c in r["checkpoints"].as_array().unwrap() {
@@ -131,9 +146,13 @@ fn seeds_give_confidence_intervals_and_every_run() {
         let runs = c["runs"].as_array().unwrap();
         assert_eq!(runs.len(), 2);
         assert_ne!(runs[0]["curve"], runs[1]["curve"], "both seeds gave the same curve");
+        // mean +- t(0.975, 1) sd / sqrt(2) of the two runs' final eval losses, computed here
+        let finals: Vec<f64> = runs.iter().map(|run| run["curve"].as_array().unwrap().iter().rev().find_map(|p| p["eval_loss"].as_f64()).unwrap()).collect();
+        let mean = (finals[0] + finals[1]) / 2.0;
+        let half = 12.706 * ((finals[0] - mean).powi(2) + (finals[1] - mean).powi(2)).sqrt() / 2f64.sqrt();
+        assert!((c["final_eval_loss"].as_f64().unwrap() - mean).abs() < 1e-12);
         let [lo, hi] = [c["ci95"]["final_eval_loss"][0].as_f64().unwrap(), c["ci95"]["final_eval_loss"][1].as_f64().unwrap()];
-        let mean = c["final_eval_loss"].as_f64().unwrap();
-        assert!(lo <= mean && mean <= hi);
+        assert!((lo - (mean - half)).abs() < 1e-9 && (hi - (mean + half)).abs() < 1e-9, "[{lo}, {hi}] vs {mean} +- {half}");
         if let Some(h) = c["device_hours_to_target"].as_f64() {
             assert!((c["cost_to_target"].as_f64().unwrap() - 3.0 * h).abs() < 1e-12);
         }

@@ -46,7 +46,7 @@ fn report() -> Report {
         ..Default::default()
     };
     Report {
-        schema_version: 1,
+        schema_version: plasticity::report::SCHEMA_VERSION,
         tool: Tool { name: "plasticity".into(), version: "0.1.0".into() },
         status: "complete".into(),
         settings: serde_json::json!({"dir": "runs"}),
