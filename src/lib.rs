@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod discover;
+pub mod dropout;
 pub mod error;
 pub mod interrupt;
 pub mod linalg;

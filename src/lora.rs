@@ -8,14 +8,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
 use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 
+use crate::dropout::{Dropout, DropoutState};
 use crate::error::{CandleContext, Error, Result};
 
 /// Which modules get an adapter (PEFT's `target_modules`).
@@ -89,6 +87,9 @@ pub struct LoraCtx {
     targets: Vec<String>,
     init: AdapterInit,
     peft: Option<HashMap<String, Tensor>>,
+    /// The model's dropout switch and generator, shared by every site.
+    dropout_state: DropoutState,
+    /// The adapters' input dropout (`lora_dropout`).
     dropout: Option<Dropout>,
     adapters: Vec<Adapter>,
     seen_modules: BTreeSet<String>,
@@ -106,8 +107,9 @@ impl LoraCtx {
             AdapterInit::Peft(dir) => Some(read_peft_adapter(dir)?),
             AdapterInit::Seeded(_) | AdapterInit::WeightGradient => None,
         };
-        let dropout = (spec.dropout > 0.0).then(|| Dropout::new(spec.dropout, seed));
-        Ok(LoraCtx { spec: spec.clone(), targets, init: init.clone(), peft, dropout, adapters: vec![], seen_modules: BTreeSet::new() })
+        let dropout_state = DropoutState::new(seed);
+        let dropout = dropout_state.site(spec.dropout);
+        Ok(LoraCtx { spec: spec.clone(), targets, init: init.clone(), peft, dropout_state, dropout, adapters: vec![], seen_modules: BTreeSet::new() })
     }
 
     /// PEFT's matching: `target == module` or `module` ends with `.target`.
@@ -175,14 +177,15 @@ impl LoraCtx {
         Ok(self.adapters)
     }
 
-    /// Switches dropout on (training) or off (evaluation).
-    pub fn training_flag(&self) -> Option<Arc<AtomicBool>> {
-        self.dropout.as_ref().map(|d| d.training.clone())
+    /// A base-model dropout site with probability `p` (None for 0), sharing the adapters'
+    /// switch and generator.
+    pub fn dropout_site(&self, p: f64) -> Option<Dropout> {
+        self.dropout_state.site(p)
     }
 
-    /// The dropout generator all adapters share, for pausing and resuming a fine-tune.
-    pub fn dropout_rng(&self) -> Option<Arc<Mutex<ChaCha8Rng>>> {
-        self.dropout.as_ref().map(|d| d.rng.clone())
+    /// The switch and generator every dropout site of the model shares.
+    pub fn dropout_state(&self) -> DropoutState {
+        self.dropout_state.clone()
     }
 }
 
@@ -271,31 +274,6 @@ fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// Inverted dropout on the adapter input, with its own seeded generator.
-#[derive(Clone)]
-struct Dropout {
-    p: f64,
-    rng: Arc<Mutex<ChaCha8Rng>>,
-    training: Arc<AtomicBool>,
-}
-
-impl Dropout {
-    fn new(p: f64, seed: u64) -> Self {
-        Dropout { p, rng: Arc::new(Mutex::new(crate::rng::stream(seed, crate::rng::Stream::Dropout, 0))), training: Arc::new(AtomicBool::new(true)) }
-    }
-
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if !self.training.load(Ordering::Relaxed) {
-            return Ok(x.clone());
-        }
-        let keep = 1.0 / (1.0 - self.p);
-        let n = x.elem_count();
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < self.p { 0.0 } else { keep as f32 }).collect();
-        x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
-    }
-}
-
 /// A linear layer with a frozen weight, an optional frozen bias and an optional adapter.
 pub struct Linear {
     /// The weight as (in, out), whatever its layout: `W.t()` for nn.Linear, `W` for Conv1D.
@@ -333,6 +311,17 @@ impl Linear {
             None => None,
         };
         x.contiguous()?.apply_op3(&self.wt, &residual.contiguous()?, FrozenLinearResidual { bias })
+    }
+}
+
+impl Linear {
+    /// `residual + dropout(forward(x))`: a block's output projection with transformers'
+    /// residual dropout; the fused [`Self::forward_residual`] whenever nothing is dropped.
+    pub fn forward_residual_dropped(&self, x: &Tensor, residual: &Tensor, dropout: Option<&Dropout>) -> candle_core::Result<Tensor> {
+        match dropout {
+            Some(d) if d.active() => residual + d.apply(&self.forward(x)?)?,
+            _ => self.forward_residual(x, residual),
+        }
     }
 }
 

@@ -111,11 +111,13 @@ fn gpt_neox(s: Shape) -> Spec {
     (config, t)
 }
 
+/// Dropouts 0, as the other architectures' configs have them: without the keys GPT2Config
+/// (and plasticity) would drop 10% at three places, and a benchmark would time the masks.
 fn gpt2(s: Shape) -> Spec {
     let config = serde_json::json!({
         "model_type": "gpt2", "vocab_size": s.vocab, "n_embd": s.hidden, "n_layer": s.layers, "n_head": s.heads,
         "n_positions": s.positions, "n_inner": s.intermediate, "activation_function": "gelu_new", "eos_token_id": 0,
-        "tie_word_embeddings": true, "torch_dtype": "float32"
+        "tie_word_embeddings": true, "torch_dtype": "float32", "attn_pdrop": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0
     });
     let (h, i) = (s.hidden, s.intermediate);
     let mut t = vec![

@@ -1,15 +1,19 @@
 //! GPT-2, as transformers' `modeling_gpt2.py`: learned positions, pre-norm LayerNorm blocks,
 //! `Conv1D` projections whose weights are stored (in, out), `c_attn` holding q|k|v in blocks,
-//! the tanh GELU, and an output head tied to the token embeddings.
+//! the tanh GELU, an output head tied to the token embeddings, and while training the three
+//! dropouts of its config (0.1 each by default, as GPT2Config has them): `embd_pdrop` on the
+//! embeddings, `attn_pdrop` on the attention probabilities, `resid_pdrop` on the attention's
+//! and the MLP's output projections.
 
 use std::path::Path;
 
 use candle_core::Tensor;
 use serde::Deserialize;
 
-use super::{attention, causal_mask, divides, eos_of, parse_config, positive};
+use super::{attention, causal_mask, divides, dropout_p, eos_of, parse_config, positive};
 use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts};
 use crate::checkpoint::weights::Weights;
+use crate::dropout::Dropout;
 use crate::error::{Error, Result};
 use crate::lora::{AdapterInit, Linear, LoraCtx, LoraSpec};
 
@@ -27,6 +31,9 @@ pub struct RawConfig {
     pub scale_attn_by_inverse_layer_idx: Option<bool>,
     pub reorder_and_upcast_attn: Option<bool>,
     pub tie_word_embeddings: Option<bool>,
+    pub attn_pdrop: Option<f64>,
+    pub resid_pdrop: Option<f64>,
+    pub embd_pdrop: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +49,9 @@ pub struct Config {
     pub scale_attn_weights: bool,
     pub scale_attn_by_inverse_layer_idx: bool,
     pub tie_word_embeddings: bool,
+    pub attn_pdrop: f64,
+    pub resid_pdrop: f64,
+    pub embd_pdrop: f64,
 }
 
 impl RawConfig {
@@ -61,11 +71,19 @@ impl RawConfig {
             scale_attn_weights: self.scale_attn_weights.unwrap_or(true),
             scale_attn_by_inverse_layer_idx: self.scale_attn_by_inverse_layer_idx.unwrap_or(false),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(true),
+            attn_pdrop: dropout_p(dir, "attn_pdrop", self.attn_pdrop, 0.1)?,
+            resid_pdrop: dropout_p(dir, "resid_pdrop", self.resid_pdrop, 0.1)?,
+            embd_pdrop: dropout_p(dir, "embd_pdrop", self.embd_pdrop, 0.1)?,
         })
     }
 }
 
 impl Config {
+    /// The dropouts by their config names, for the report.
+    pub fn dropouts(&self) -> std::collections::BTreeMap<String, f64> {
+        [("attn_pdrop", self.attn_pdrop), ("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
     pub fn n_params(&self) -> usize {
         let (h, i, v) = (self.n_embd, self.n_inner, self.vocab_size);
         let layer = 4 * h * h + 2 * h * i + 9 * h + i;
@@ -87,6 +105,8 @@ struct Attention {
     c_proj: Linear,
     heads: usize,
     scale: f64,
+    attn_dropout: Option<Dropout>,
+    resid_dropout: Option<Dropout>,
 }
 
 impl Attention {
@@ -102,6 +122,8 @@ impl Attention {
             c_proj: conv1d(&w.pp("c_proj"), &format!("{module}.c_proj"), h, h, ctx)?,
             heads: cfg.n_head,
             scale,
+            attn_dropout: ctx.dropout_site(cfg.attn_pdrop),
+            resid_dropout: ctx.dropout_site(cfg.resid_pdrop),
         })
     }
 
@@ -112,8 +134,8 @@ impl Attention {
         let qkv = self.c_attn.forward(x)?; // (b, t, 3h) = [q | k | v]
         let qkv = qkv.reshape((b, t, 3, self.heads, hd))?;
         let split = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2); // (b, nh, t, hd), a view
-        let y = attention(&split(0)?, &split(1)?, &split(2)?, self.scale, mask)?; // (b, t, h)
-        self.c_proj.forward_residual(&y, residual)
+        let y = attention(&split(0)?, &split(1)?, &split(2)?, self.scale, mask, self.attn_dropout.as_ref())?; // (b, t, h)
+        self.c_proj.forward_residual_dropped(&y, residual, self.resid_dropout.as_ref())
     }
 }
 
@@ -121,6 +143,7 @@ struct Mlp {
     c_fc: Linear,
     c_proj: Linear,
     act: Activation,
+    dropout: Option<Dropout>,
 }
 
 impl Mlp {
@@ -129,12 +152,13 @@ impl Mlp {
             c_fc: conv1d(&w.pp("c_fc"), &format!("{module}.c_fc"), cfg.n_embd, cfg.n_inner, ctx)?,
             c_proj: conv1d(&w.pp("c_proj"), &format!("{module}.c_proj"), cfg.n_inner, cfg.n_embd, ctx)?,
             act: cfg.act,
+            dropout: ctx.dropout_site(cfg.resid_pdrop),
         })
     }
 
     /// residual + mlp(x).
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        self.c_proj.forward_residual(&self.act.apply(&self.c_fc.forward(x)?)?, residual)
+        self.c_proj.forward_residual_dropped(&self.act.apply(&self.c_fc.forward(x)?)?, residual, self.dropout.as_ref())
     }
 }
 
@@ -165,6 +189,7 @@ impl Block {
 pub struct Model {
     wte: Embedding,
     wpe: Tensor,
+    drop: Option<Dropout>,
     h: Vec<Block>,
     ln_f: Norm,
     lm_head_t: Tensor,
@@ -185,7 +210,8 @@ impl Model {
         } else {
             w.get("lm_head.weight", &[cfg.vocab_size, cfg.n_embd])?.t()?
         };
-        Ok(Model { wte: Embedding { table }, wpe, h, ln_f: Norm::layer(&m.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?, lm_head_t })
+        let drop = ctx.dropout_site(cfg.embd_pdrop);
+        Ok(Model { wte: Embedding { table }, wpe, drop, h, ln_f: Norm::layer(&m.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?, lm_head_t })
     }
 }
 
@@ -197,7 +223,7 @@ impl CausalLm for Model {
         }
         let mask = causal_mask(t, None, ids.device())?;
         let pos = self.wpe.narrow(0, 0, t)?; // (t, h)
-        let mut x = self.wte.forward(ids)?.broadcast_add(&pos)?; // (b, t, h)
+        let mut x = crate::dropout::apply(self.drop.as_ref(), self.wte.forward(ids)?.broadcast_add(&pos)?)?; // (b, t, h)
         for block in &self.h {
             x = block.forward(&x, &mask)?;
         }
@@ -230,6 +256,7 @@ pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec,
         hidden: cfg.n_embd,
         eos_token_id: eos_of(config),
         max_positions: Some(cfg.n_positions),
+        base_dropout: cfg.dropouts(),
     };
     super::finish(Box::new(model), ctx, parts)
 }

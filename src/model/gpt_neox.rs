@@ -7,9 +7,10 @@ use std::path::Path;
 use candle_core::{Tensor, D};
 use serde::Deserialize;
 
-use super::{attention, causal_mask, divides, eos_of, linear, parse_config, positive, rope_settings};
+use super::{attention, causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive, rope_settings};
 use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts, Rope, RopeParameters};
 use crate::checkpoint::weights::Weights;
+use crate::dropout::Dropout;
 use crate::error::Result;
 use crate::lora::{AdapterInit, Linear, LoraCtx, LoraSpec};
 
@@ -34,6 +35,8 @@ pub struct RawConfig {
     pub attention_bias: Option<bool>,
     pub tie_word_embeddings: Option<bool>,
     pub max_position_embeddings: Option<usize>,
+    pub attention_dropout: Option<f64>,
+    pub hidden_dropout: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +55,10 @@ pub struct Config {
     pub use_parallel_residual: bool,
     pub attention_bias: bool,
     pub tie_word_embeddings: bool,
+    /// On the attention probabilities while training.
+    pub attention_dropout: f64,
+    /// On the embeddings and on the attention's and the MLP's outputs while training.
+    pub hidden_dropout: f64,
 }
 
 impl RawConfig {
@@ -77,11 +84,18 @@ impl RawConfig {
             use_parallel_residual: self.use_parallel_residual.unwrap_or(true),
             attention_bias: self.attention_bias.unwrap_or(true),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            attention_dropout: dropout_p(dir, "attention_dropout", self.attention_dropout, 0.0)?,
+            hidden_dropout: dropout_p(dir, "hidden_dropout", self.hidden_dropout, 0.0)?,
         })
     }
 }
 
 impl Config {
+    /// The dropouts by their config names, for the report.
+    pub fn dropouts(&self) -> std::collections::BTreeMap<String, f64> {
+        [("attention_dropout", self.attention_dropout), ("hidden_dropout", self.hidden_dropout)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
     pub fn n_params(&self) -> usize {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let attn_bias = if self.attention_bias { 4 * h } else { 0 };
@@ -97,6 +111,8 @@ struct Attention {
     heads: usize,
     head_size: usize,
     rope: Rope,
+    attention_dropout: Option<Dropout>,
+    post_attention_dropout: Option<Dropout>,
 }
 
 impl Attention {
@@ -109,11 +125,13 @@ impl Attention {
             heads: cfg.num_attention_heads,
             head_size: cfg.head_size,
             rope: Rope::new(cfg.rotary_ndims, &cfg.rope),
+            attention_dropout: ctx.dropout_site(cfg.attention_dropout),
+            post_attention_dropout: ctx.dropout_site(cfg.hidden_dropout),
         })
     }
 
-    /// residual + attention(x).
-    /// `residual + attn(x)`, or attn(x) alone without a residual.
+    /// `residual + attn(x)`, or attn(x) alone without a residual; attn(x) passes the
+    /// post-attention dropout.
     fn forward(&self, x: &Tensor, mask: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hs = self.head_size;
@@ -122,10 +140,11 @@ impl Attention {
         let q = self.rope.apply(&qkv.narrow(D::Minus1, 0, hs)?)?; // (b, h, t, hs)
         let k = self.rope.apply(&qkv.narrow(D::Minus1, hs, hs)?)?;
         let v = qkv.narrow(D::Minus1, 2 * hs, hs)?;
-        let y = attention(&q, &k, &v, 1.0 / (hs as f64).sqrt(), mask)?; // (b, t, hidden)
+        let y = attention(&q, &k, &v, 1.0 / (hs as f64).sqrt(), mask, self.attention_dropout.as_ref())?; // (b, t, hidden)
+        let dropout = self.post_attention_dropout.as_ref();
         match residual {
-            Some(r) => self.dense.forward_residual(&y, r),
-            None => self.dense.forward(&y),
+            Some(r) => self.dense.forward_residual_dropped(&y, r, dropout),
+            None => crate::dropout::apply(dropout, self.dense.forward(&y)?),
         }
     }
 }
@@ -134,6 +153,7 @@ struct Mlp {
     dense_h_to_4h: Linear,
     dense_4h_to_h: Linear,
     act: Activation,
+    post_mlp_dropout: Option<Dropout>,
 }
 
 impl Mlp {
@@ -143,12 +163,13 @@ impl Mlp {
             dense_h_to_4h: linear(&w.pp("dense_h_to_4h"), &w.path("dense_h_to_4h"), h, i, true, ctx)?,
             dense_4h_to_h: linear(&w.pp("dense_4h_to_h"), &w.path("dense_4h_to_h"), i, h, true, ctx)?,
             act: cfg.act,
+            post_mlp_dropout: ctx.dropout_site(cfg.hidden_dropout),
         })
     }
 
-    /// residual + mlp(x).
+    /// residual + mlp(x), mlp(x) through the post-MLP dropout.
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        self.dense_4h_to_h.forward_residual(&self.act.apply(&self.dense_h_to_4h.forward(x)?)?, residual)
+        self.dense_4h_to_h.forward_residual_dropped(&self.act.apply(&self.dense_h_to_4h.forward(x)?)?, residual, self.post_mlp_dropout.as_ref())
     }
 }
 
@@ -193,6 +214,7 @@ impl Layer {
 
 pub struct Model {
     embed_in: Embedding,
+    emb_dropout: Option<Dropout>,
     layers: Vec<Layer>,
     final_layer_norm: Norm,
     embed_out_t: Tensor,
@@ -208,6 +230,7 @@ impl Model {
         let embed_out_t = if cfg.tie_word_embeddings { table.t()? } else { w.get("embed_out.weight", &[cfg.vocab_size, cfg.hidden_size])?.t()? };
         Ok(Model {
             embed_in: Embedding { table },
+            emb_dropout: ctx.dropout_site(cfg.hidden_dropout),
             layers,
             final_layer_norm: Norm::layer(&m.pp("final_layer_norm"), cfg.hidden_size, cfg.layer_norm_eps)?,
             embed_out_t,
@@ -219,7 +242,7 @@ impl CausalLm for Model {
     fn hidden_states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let mask = causal_mask(t, None, ids.device())?;
-        let mut x = self.embed_in.forward(ids)?; // (b, t, hidden)
+        let mut x = crate::dropout::apply(self.emb_dropout.as_ref(), self.embed_in.forward(ids)?)?; // (b, t, hidden)
         for layer in &self.layers {
             x = layer.forward(&x, &mask)?;
         }
@@ -248,6 +271,7 @@ pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec,
         hidden: cfg.hidden_size,
         eos_token_id: eos_of(config),
         max_positions: raw.max_position_embeddings,
+        base_dropout: cfg.dropouts(),
     };
     super::finish(Box::new(model), ctx, parts)
 }

@@ -7,9 +7,10 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::Deserialize;
 
-use super::{attention, causal_mask, divides, eos_of, linear, parse_config, positive, rope_settings};
+use super::{attention, causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive, rope_settings};
 use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts, Rope, RopeParameters};
 use crate::checkpoint::weights::Weights;
+use crate::dropout::Dropout;
 use crate::error::{Error, Result};
 use crate::lora::{AdapterInit, Linear, LoraCtx, LoraSpec};
 
@@ -35,6 +36,7 @@ pub struct RawConfig {
     pub sliding_window: Option<usize>,
     pub use_sliding_window: Option<bool>,
     pub max_position_embeddings: Option<usize>,
+    pub attention_dropout: Option<f64>,
 }
 
 /// The checked settings the model is built from.
@@ -57,6 +59,8 @@ pub struct Config {
     pub mlp_bias: bool,
     pub tie_word_embeddings: bool,
     pub sliding_window: Option<usize>,
+    /// On the attention probabilities while training (Llama, Mistral and Qwen2 have no other dropout).
+    pub attention_dropout: f64,
 }
 
 impl RawConfig {
@@ -91,6 +95,7 @@ impl RawConfig {
             mlp_bias: self.mlp_bias.unwrap_or(false),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             sliding_window: self.window(dir)?,
+            attention_dropout: dropout_p(dir, "attention_dropout", self.attention_dropout, 0.0)?,
         })
     }
 
@@ -128,6 +133,7 @@ struct Attention {
     kv_heads: usize,
     head_dim: usize,
     rope: Rope,
+    attention_dropout: Option<Dropout>,
 }
 
 impl Attention {
@@ -144,6 +150,7 @@ impl Attention {
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
             rope: Rope::new(d, &cfg.rope),
+            attention_dropout: ctx.dropout_site(cfg.attention_dropout),
         })
     }
 
@@ -154,7 +161,7 @@ impl Attention {
         let q = self.rope.apply(&split(self.q_proj.forward(x)?, self.heads)?)?;
         let k = self.rope.apply(&split(self.k_proj.forward(x)?, self.kv_heads)?)?;
         let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
-        let y = attention(&q, &k, &v, 1.0 / (self.head_dim as f64).sqrt(), mask)?; // (b, t, h*d)
+        let y = attention(&q, &k, &v, 1.0 / (self.head_dim as f64).sqrt(), mask, self.attention_dropout.as_ref())?; // (b, t, h*d)
         self.o_proj.forward_residual(&y, residual)
     }
 }
@@ -269,6 +276,7 @@ pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec,
         hidden: cfg.hidden_size,
         eos_token_id: eos_of(config),
         max_positions: raw.max_position_embeddings,
+        base_dropout: [("attention_dropout".to_string(), cfg.attention_dropout)].into(),
     };
     super::finish(Box::new(model), ctx, parts)
 }

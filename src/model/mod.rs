@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::Deserialize;
 
 use crate::checkpoint::weights::{WeightStore, Weights};
+use crate::dropout::Dropout;
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, AdapterInit, Linear, LoraCtx, LoraSpec};
 
@@ -54,16 +55,16 @@ pub struct LoadedModel {
     matmul_params: usize,
     layers: usize,
     hidden: usize,
-    dropout_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-    dropout_rng: Option<std::sync::Arc<std::sync::Mutex<rand_chacha::ChaCha8Rng>>>,
+    /// The dropout probabilities its config.json sets, by their transformers names, applied
+    /// while training (empty when the architecture has none).
+    pub base_dropout: std::collections::BTreeMap<String, f64>,
+    dropout: crate::dropout::DropoutState,
 }
 
 impl LoadedModel {
-    /// Dropout on (training) or off (evaluation); a no-op without dropout.
+    /// Dropout on (training) or off (evaluation).
     pub fn set_training(&self, on: bool) {
-        if let Some(flag) = &self.dropout_flag {
-            flag.store(on, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.dropout.set_training(on);
     }
 
     /// FLOPs of one training token with blocks of `seq_len`: 2N forward and 2N for dL/dx
@@ -73,16 +74,14 @@ impl LoadedModel {
         4.0 * self.matmul_params as f64 + 12.0 * (self.layers * seq_len * self.hidden) as f64
     }
 
-    /// The state of the dropout generator (None without dropout).
-    pub fn dropout_state(&self) -> Option<rand_chacha::ChaCha8Rng> {
-        self.dropout_rng.as_ref().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    /// The state of the dropout generator.
+    pub fn dropout_state(&self) -> rand_chacha::ChaCha8Rng {
+        self.dropout.rng()
     }
 
     /// Puts the dropout generator back in a state [`Self::dropout_state`] returned.
-    pub fn set_dropout_state(&self, state: Option<rand_chacha::ChaCha8Rng>) {
-        if let (Some(rng), Some(state)) = (&self.dropout_rng, state) {
-            *rng.lock().unwrap_or_else(|e| e.into_inner()) = state;
-        }
+    pub fn set_dropout_state(&self, state: rand_chacha::ChaCha8Rng) {
+        self.dropout.set_rng(state);
     }
 
     pub fn trainable_params(&self) -> usize {
@@ -168,11 +167,12 @@ pub(crate) struct Parts {
     pub hidden: usize,
     pub eos_token_id: Option<u32>,
     pub max_positions: Option<usize>,
+    /// The config's dropout probabilities, by their transformers names.
+    pub base_dropout: std::collections::BTreeMap<String, f64>,
 }
 
 pub(crate) fn finish(model: Box<dyn CausalLm>, ctx: LoraCtx, parts: Parts) -> Result<LoadedModel> {
-    let dropout_flag = ctx.training_flag();
-    let dropout_rng = ctx.dropout_rng();
+    let dropout = ctx.dropout_state();
     let adapters = ctx.finish()?;
     Ok(LoadedModel {
         model,
@@ -185,8 +185,8 @@ pub(crate) fn finish(model: Box<dyn CausalLm>, ctx: LoraCtx, parts: Parts) -> Re
         matmul_params: parts.matmul_params,
         layers: parts.layers,
         hidden: parts.hidden,
-        dropout_flag,
-        dropout_rng,
+        base_dropout: parts.base_dropout,
+        dropout,
     })
 }
 
@@ -197,6 +197,16 @@ pub(crate) fn eos_of(config: &serde_json::Value) -> Option<u32> {
         serde_json::Value::Array(items) => items.first()?.as_u64().map(|n| n as u32),
         _ => None,
     }
+}
+
+/// A dropout probability from the config (`default` when absent, as transformers' config
+/// class defaults it), which must lie in [0, 1).
+pub(crate) fn dropout_p(dir: &Path, field: &str, value: Option<f64>, default: f64) -> Result<f64> {
+    let p = value.unwrap_or(default);
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::input(dir.join("config.json"), format!("{field} = {p} is not a dropout probability in [0, 1)")));
+    }
+    Ok(p)
 }
 
 /// A config value that must be positive, with a message naming the field.
@@ -370,9 +380,11 @@ pub fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> candle_c
     Tensor::from_vec(mask, (t, t), device)
 }
 
-/// softmax(q k^T * scale + mask) v for q (b, h, t, d) and k, v (b, kv, t, d), kv dividing h.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) -> candle_core::Result<Tensor> {
-    if sdpa::applies(q) {
+/// softmax(q k^T * scale + mask) v for q (b, h, t, d) and k, v (b, kv, t, d), kv dividing h,
+/// with `dropout` on the attention probabilities while training (transformers' eager
+/// attention). The fused kernel applies when nothing is dropped.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor, dropout: Option<&Dropout>) -> candle_core::Result<Tensor> {
+    if sdpa::applies(q) && !crate::dropout::active(dropout) {
         return sdpa::fused_attention(q, k, v, scale, mask);
     }
     let (b, h, t, d) = q.dims4()?;
@@ -388,6 +400,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) 
     };
     let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
     let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(q.dtype())?;
+    let probs = crate::dropout::apply(dropout, probs)?;
     let out = probs.matmul(&v)?; // (b, h, t, d)
     out.transpose(1, 2)?.reshape((b, t, h * d)) // (b, t, h*d)
 }

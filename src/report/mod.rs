@@ -284,6 +284,10 @@ pub struct CheckpointReport {
     pub model_type: Option<String>,
     pub params: Option<usize>,
     pub trainable_params: Option<usize>,
+    /// The dropouts its config.json sets (transformers' names and defaults), applied while
+    /// fine-tuning as transformers' Trainer applies them, never in evaluation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub base_dropout: BTreeMap<String, f64>,
     /// Pre-training loss logged in trainer_state.json, when there is one.
     pub pretrain_loss: Option<f64>,
     /// The loss on --pretrain-sample before fine-tuning.

@@ -166,6 +166,7 @@ fn fill_runs(out: &mut CheckpointReport, runs: &[Run], failures: &[SeedFailure])
     out.tokens_per_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.tokens_per_s()).collect::<Vec<_>>()));
     out.flops_per_s = out.tokens_per_s.map(|t| t * first.flops_per_token);
     out.single_index = first.single_index.clone();
+    out.base_dropout = first.base_dropout.clone();
     out.seeds = runs.len() + failures.len();
     out.seeds_ok = runs.len();
     out.seed_failures = failures.to_vec();

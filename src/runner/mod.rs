@@ -63,6 +63,8 @@ pub struct Run {
     pub outcome: Outcome,
     /// The paper's measurements, for single-index checkpoints.
     pub single_index: Option<single_index::Metrics>,
+    /// The base model's dropouts applied while training, by their config names.
+    pub base_dropout: std::collections::BTreeMap<String, f64>,
 }
 
 /// One checkpoint's result: its runs (one per seed), or why there are none.
@@ -245,7 +247,7 @@ impl<'a> Scan<'a> {
         }
         let (params, trainable_params, flops_per_token) = (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));
         let outcome = paused.outcome(&o.train);
-        let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None };
+        let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None, base_dropout: model.base_dropout.clone() };
         Ok((run, paused))
     }
 
@@ -288,7 +290,7 @@ impl<'a> Scan<'a> {
         let paused = single_index::run_until(dir, &cfg, &self.single_index_settings(seed, data_seed), from, until)?;
         // Per sample: three projections forward (X w*, X w, X omega) and X^T r backward.
         let flops_per_token = 8.0 * cfg.dim as f64;
-        let run = Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome: paused.outcome(), single_index: Some(paused.metrics.clone()) };
+        let run = Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome: paused.outcome(), single_index: Some(paused.metrics.clone()), base_dropout: Default::default() };
         Ok((run, paused))
     }
 

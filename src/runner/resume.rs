@@ -77,6 +77,7 @@ pub(super) fn runs_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> Vec<Ru
             },
             outcome: Outcome { curve: curve.clone(), step_seconds: Vec::new(), median_step_s, tokens_per_step },
             single_index: c.single_index.clone(),
+            base_dropout: c.base_dropout.clone(),
         })
         .collect()
 }

@@ -263,7 +263,7 @@ pub struct Paused {
 struct TrainState {
     adapters: Vec<Tensor>,
     optimizer: optim::AdamState,
-    dropout: Option<rand_chacha::ChaCha8Rng>,
+    dropout: rand_chacha::ChaCha8Rng,
     updates: usize,
 }
 

@@ -1,5 +1,6 @@
 mod bf16;
 mod build;
+mod dropout;
 mod cli;
 mod engine;
 mod errors;
