@@ -133,6 +133,28 @@ fn percentiles(draws: &mut [f64]) -> (f64, f64) {
     if draws.is_empty() { (f64::NAN, f64::NAN) } else { (at(0.025), at(0.975)) }
 }
 
+/// Steps to the target of one run, with a 95% interval (zero-width when measured).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepsTo {
+    pub steps: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// Forecast by the curve model, not measured.
+    pub extrapolated: bool,
+}
+
+/// Steps to `target`: measured when the curve reaches it; else forecast by the curve model
+/// (flagged) when the fitted curve gets there within [`CAP`] times the
+/// run's budget (its last eval step), never earlier than that step; else None.
+pub fn steps_to_target(points: &[(f64, f64)], target: f64) -> Option<StepsTo> {
+    if let Some(s) = metrics::steps_to(points, target) {
+        return Some(StepsTo { steps: s, lo: s, hi: s, extrapolated: false });
+    }
+    let budget = points.last()?.0;
+    let f = forecast(points)?.steps_to(target, CAP * budget)?;
+    Some(StepsTo { steps: f.value.max(budget), lo: f.lo.max(budget), hi: f.hi.max(budget), extrapolated: true })
+}
+
 /// The fit of `points` ((step, eval loss), in step order) with its bootstrap; None with fewer
 /// than [`MIN_POINTS`] points or when no decreasing curve fits.
 pub fn forecast(points: &[(f64, f64)]) -> Option<Forecast> {
@@ -293,5 +315,27 @@ mod tests {
         let f = forecast(&rising).unwrap();
         assert_eq!(f.fit.a, 0.0, "the best non-rising curve is flat: {:?}", f.fit);
         assert_eq!(f.steps_to(0.5, 600.0), None);
+    }
+
+    #[test]
+    fn a_missed_target_is_forecast_with_an_interval() {
+        let expo: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64 * 10.0, 2.0 * (-0.01 * i as f64 * 10.0).exp())).collect();
+        let s = steps_to_target(&expo, 0.2).unwrap();
+        assert!(s.extrapolated);
+        assert!((s.steps - 100.0 * 10f64.ln()).abs() < 1e-3, "{s:?}");
+        assert!(s.lo <= s.steps && s.steps <= s.hi);
+        let measured = steps_to_target(&expo, 1.0).unwrap();
+        assert_eq!((measured.extrapolated, measured.lo, measured.hi), (false, measured.steps, measured.steps));
+    }
+
+    #[test]
+    fn a_flat_rising_or_levelling_tail_is_not_extrapolated() {
+        let flat = [(0.0, 3.0), (10.0, 2.0), (20.0, 2.1), (30.0, 2.2), (40.0, 2.3)];
+        assert_eq!(steps_to_target(&flat, 1.0), None);
+        assert!(!steps_to_target(&flat, 2.5).unwrap().extrapolated);
+        // a curve that levels off at 2.0 never reaches 1.9; the old tail fit without an
+        // asymptote (a power law in the step) would have promised it
+        let levelling: Vec<(f64, f64)> = (0..=6).map(|i| (i as f64 * 10.0, 2.0 + (i as f64 * 10.0 + 1.0).powf(-0.5))).collect();
+        assert_eq!(steps_to_target(&levelling, 1.9), None);
     }
 }

@@ -1,7 +1,6 @@
 //! The metrics of one fine-tuning run, each defined once here (README.md, "How scores are
 //! computed", repeats the definitions). Pure functions of a loss curve and a step cost.
 
-use super::curve_fit;
 use crate::train::CurvePoint;
 
 /// The eval points of a curve as (step, eval loss).
@@ -56,28 +55,6 @@ pub fn loss_drop_per_hour(points: &[(f64, f64)], step_s: f64) -> Option<f64> {
     (hours > 0.0).then(|| (first.1 - last.1) / hours)
 }
 
-/// Steps to the target of one run, with a 95% interval (zero-width when measured).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepsTo {
-    pub steps: f64,
-    pub lo: f64,
-    pub hi: f64,
-    /// Forecast by the curve model, not measured.
-    pub extrapolated: bool,
-}
-
-/// Steps to `target`: measured when the curve reaches it; else forecast by the curve model
-/// (`curve_fit`, flagged) when the fitted curve gets there within [`curve_fit::CAP`] times the
-/// run's budget (its last eval step), never earlier than that step; else None.
-pub fn steps_to_target(points: &[(f64, f64)], target: f64) -> Option<StepsTo> {
-    if let Some(s) = steps_to(points, target) {
-        return Some(StepsTo { steps: s, lo: s, hi: s, extrapolated: false });
-    }
-    let budget = points.last()?.0;
-    let f = curve_fit::forecast(points)?.steps_to(target, curve_fit::CAP * budget)?;
-    Some(StepsTo { steps: f.value.max(budget), lo: f.lo.max(budget), hi: f.hi.max(budget), extrapolated: true })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,27 +90,5 @@ mod tests {
         let p = pts(&[(0.0, 4.0), (100.0, 3.0)]);
         // 100 steps of 36 s = 1 hour
         assert!((loss_drop_per_hour(&p, 36.0).unwrap() - 1.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn a_missed_target_is_forecast_with_an_interval() {
-        let expo: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64 * 10.0, 2.0 * (-0.01 * i as f64 * 10.0).exp())).collect();
-        let s = steps_to_target(&expo, 0.2).unwrap();
-        assert!(s.extrapolated);
-        assert!((s.steps - 100.0 * 10f64.ln()).abs() < 1e-3, "{s:?}");
-        assert!(s.lo <= s.steps && s.steps <= s.hi);
-        let measured = steps_to_target(&expo, 1.0).unwrap();
-        assert_eq!((measured.extrapolated, measured.lo, measured.hi), (false, measured.steps, measured.steps));
-    }
-
-    #[test]
-    fn a_flat_rising_or_levelling_tail_is_not_extrapolated() {
-        let flat = pts(&[(0.0, 3.0), (10.0, 2.0), (20.0, 2.1), (30.0, 2.2), (40.0, 2.3)]);
-        assert_eq!(steps_to_target(&flat, 1.0), None);
-        assert!(!steps_to_target(&flat, 2.5).unwrap().extrapolated);
-        // a curve that levels off at 2.0 never reaches 1.9; the old tail fit without an
-        // asymptote (a power law in the step) would have promised it
-        let levelling: Vec<(f64, f64)> = (0..=6).map(|i| (i as f64 * 10.0, 2.0 + (i as f64 * 10.0 + 1.0).powf(-0.5))).collect();
-        assert_eq!(steps_to_target(&levelling, 1.9), None);
     }
 }

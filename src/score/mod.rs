@@ -177,7 +177,7 @@ fn score_one(runs: &[RunSummary], target: &Target, cost: &BTreeMap<String, f64>)
 /// gets there; the interval joins the spread over seeds and each forecast's own
 /// ([`Estimate::of_intervals`]).
 fn steps_to_target(points: &[Vec<(f64, f64)>], target: f64) -> Option<(Estimate, bool)> {
-    let per: Vec<metrics::StepsTo> = points.iter().map(|p| metrics::steps_to_target(p, target)).collect::<Option<_>>()?;
+    let per: Vec<curve_fit::StepsTo> = points.iter().map(|p| curve_fit::steps_to_target(p, target)).collect::<Option<_>>()?;
     let e = Estimate::of_intervals(&per.iter().map(|s| (s.steps, s.lo, s.hi)).collect::<Vec<_>>())?;
     Some((e.at_least(0.0), per.iter().any(|s| s.extrapolated)))
 }
