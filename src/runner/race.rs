@@ -193,13 +193,15 @@ impl Scan<'_> {
     fn judge(&self, field: &mut [Entrant], rung: usize, rung_index: usize, budget: usize) {
         let live: Vec<usize> = (0..field.len()).filter(|&i| field[i].runs.as_ref().is_ok_and(|r| !r.is_empty()) && field[i].stopped.is_none()).collect();
         let runs = |i: usize| field[i].runs.as_ref().map(Vec::as_slice).unwrap_or_default();
-        let cost = step_cost(live.iter().flat_map(|&i| runs(i)).map(|(r, _)| r));
+        let summaries: Vec<Vec<score::RunSummary>> = live.iter().map(|&i| runs(i).iter().map(|(r, _)| super::assemble::summary(r, false)).collect()).collect();
+        let cost = score::step_cost_by_shape(summaries.iter().flatten()); // priced as the ranking prices a step
         let entrants: Vec<race::Entrant> = live
             .iter()
-            .map(|&i| race::Entrant {
+            .zip(&summaries)
+            .map(|(&i, s)| race::Entrant {
                 name: &field[i].checkpoint.name,
-                seeds: runs(i).iter().map(|(r, _)| score::metrics::eval_points(&r.outcome.curve)).collect(),
-                step_s: cost.get(&shape(&runs(i)[0].0)).copied().unwrap_or(0.0),
+                seeds: s.iter().map(|r| score::metrics::eval_points(&r.curve)).collect(),
+                step_s: cost.get(&s[0].shape_key).copied().unwrap_or(0.0),
                 finished: runs(i).iter().all(|(_, p)| p.finished()),
             })
             .collect();
@@ -224,19 +226,6 @@ impl Scan<'_> {
         self.results = self.results_of(field);
         reports.update(&self.report(status))
     }
-}
-
-/// The median seconds per update of each shape (as the scorer prices a step).
-fn step_cost<'a>(runs: impl Iterator<Item = &'a Run>) -> std::collections::BTreeMap<String, f64> {
-    let mut groups: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-    for r in runs {
-        groups.entry(shape(r)).or_default().push(r.outcome.median_step_s);
-    }
-    groups.into_iter().map(|(k, v)| (k, crate::train::median(&v))).collect()
-}
-
-fn shape(r: &Run) -> String {
-    super::assemble::summary(r, true).shape_key
 }
 
 pub(super) fn is_simulated(c: &CheckpointRef) -> bool {

@@ -91,7 +91,7 @@ pub struct Target {
 /// when no run can set the target (no run finished).
 pub fn score(checkpoints: &[Option<Vec<RunSummary>>], spec: TargetSpec) -> Option<(Target, Vec<Option<Score>>)> {
     let target = resolve(checkpoints, spec)?;
-    let cost = step_cost_by_shape(checkpoints);
+    let cost = step_cost_by_shape(checkpoints.iter().flatten().flatten());
     let mut scores: Vec<Option<Score>> = checkpoints
         .iter()
         .map(|runs| runs.as_ref().filter(|r| !r.is_empty()).map(|runs| score_one(runs, &target, &cost)))
@@ -207,10 +207,10 @@ fn rank(scores: &mut [Option<Score>]) {
     }
 }
 
-/// The median step time of each group of identically shaped checkpoints, over all seeds.
-fn step_cost_by_shape(checkpoints: &[Option<Vec<RunSummary>>]) -> BTreeMap<String, f64> {
+/// The median step time of each group of identically shaped runs: what a step costs.
+pub fn step_cost_by_shape<'a>(runs: impl Iterator<Item = &'a RunSummary>) -> BTreeMap<String, f64> {
     let mut groups: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for r in checkpoints.iter().flatten().flatten() {
+    for r in runs {
         groups.entry(r.shape_key.clone()).or_default().push(r.median_step_s);
     }
     groups.into_iter().map(|(k, v)| (k, median(&v))).collect()
