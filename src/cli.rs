@@ -237,8 +237,9 @@ pub struct ScanArgs {
     #[arg(long, value_enum, default_value_t = Strategy::Full)]
     pub strategy: Strategy,
 
-    /// Exit 1 when the most pre-trained snapshot needs more than X times the winner's
-    /// device-hours to target (or never reaches it).
+    /// Exit 1 when the most pre-trained snapshot needs more than X (>= 1) times the
+    /// device-hours to target of the best snapshot to fine-tune (or never reaches the target);
+    /// with several seeds only when that holds at 95%.
     #[arg(long, allow_hyphen_values = true, value_name = "X")]
     pub fail_if_last_slower: Option<f64>,
 
