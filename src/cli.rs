@@ -225,6 +225,12 @@ pub struct ScanArgs {
     #[arg(long, allow_hyphen_values = true, value_name = "F")]
     pub target_drop: Option<f64>,
 
+    /// The fine-tune you will run, which the ranking answers for: N updates, N-tokens (K, M, G
+    /// allowed: 20M-tokens), Nh device-hours, or N-epochs of the task's training blocks. Beyond
+    /// --steps each snapshot's curve is forecast to it, with 95% intervals [default: 3-epochs].
+    #[arg(long, value_name = "N|N-tokens|Nh|N-epochs")]
+    pub budget: Option<String>,
+
     /// Fine-tune each checkpoint N times (seeds --seed..--seed+N-1, likewise --data-seed) and
     /// report means with 95% confidence intervals.
     #[arg(long, allow_hyphen_values = true, default_value_t = 1, value_name = "N")]

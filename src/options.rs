@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 
 use crate::cli::{ExportArgs, LoraArgs, ProbeArgs, ScanArgs, SeriesArgs, Strategy, TrainArgs};
 use crate::report::Format;
+use crate::score::budget::{Budget, DEFAULT_BUDGET};
 use crate::score::TargetSpec;
 use crate::model::single_index::Variant;
 use crate::simulate::{Amounts, SimulateSpec};
@@ -90,6 +91,37 @@ pub struct ScanOptions {
     pub save_best: bool,
     /// --ranks / --lrs.
     pub sweep: Option<Sweep>,
+    /// --budget: the fine-tune the ranking answers for.
+    pub budget: Budget,
+}
+
+/// `--budget`: N (updates), N-tokens with an optional K, M or G, Nh, or N-epochs; positive,
+/// and in updates no shorter than the probe (`steps`).
+pub fn budget(value: Option<&str>, steps: usize) -> Result<Budget> {
+    let Some(v) = value.map(str::trim) else { return Ok(DEFAULT_BUDGET) };
+    let bad = || Error::flag("--budget", format!("{v:?} is not N (updates), N-tokens, Nh or N-epochs with N positive"));
+    let number = |s: &str| s.parse::<f64>().ok().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(bad);
+    let parsed = if let Some(t) = v.strip_suffix("-tokens") {
+        let (digits, scale) = match t.chars().last() {
+            Some('K' | 'k') => (&t[..t.len() - 1], 1e3),
+            Some('M' | 'm') => (&t[..t.len() - 1], 1e6),
+            Some('G' | 'g') => (&t[..t.len() - 1], 1e9),
+            _ => (t, 1.0),
+        };
+        Budget::Tokens(number(digits)? * scale)
+    } else if let Some(h) = v.strip_suffix('h') {
+        Budget::Hours(number(h)?)
+    } else if let Some(e) = v.strip_suffix("-epochs") {
+        Budget::Epochs(number(e)?)
+    } else {
+        Budget::Updates(v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(bad)?)
+    };
+    if let Budget::Updates(n) = parsed {
+        if n < steps {
+            return Err(Error::flag("--budget", format!("{n} updates is shorter than the probe (--steps {steps}): give --steps {n} to measure it")));
+        }
+    }
+    Ok(parsed)
 }
 
 /// A grid of LoRA ranks and learning rates; the first of each is the main scan.
@@ -182,6 +214,7 @@ impl ScanOptions {
         let price_per_hour = args.price_per_gpu_hour.map(|p| finite_positive("--price-per-gpu-hour", p)).transpose()?;
         let (lora, init) = lora_settings(&args.lora, args.train.seed)?;
         let train = train_settings(&args.train)?;
+        let budget = budget(args.budget.as_deref(), train.steps)?;
         let sweep = sweep(&args, lora.rank, train.optimizer.lr)?;
         if args.save_best && args.partition.is_some() {
             return Err(Error::flag("--save-best", "cannot be combined with --partition: a part does not know the series' winner (save every adapter, then keep `plasticity select`'s)"));
@@ -224,6 +257,7 @@ impl ScanOptions {
             sweep,
             pretrain_sample: args.pretrain_sample,
             save_best: args.save_best,
+            budget,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod json;
 pub mod junit;
 pub mod markdown;
 pub mod plot;
+pub mod standing;
 pub mod table;
 pub mod warnings;
 
@@ -65,6 +66,63 @@ pub struct Report {
     /// With --ranks / --lrs: every variant's ranking and what changes with rank and rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepInfo>,
+    /// The fine-tune the ranking answers for (`--budget`); absent for a simulated series,
+    /// which runs its own budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetInfo>,
+    /// The probe's own ranking, when `ranking` is the forecast one for a longer budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measured_ranking: Vec<String>,
+}
+
+/// The fine-tune the ranking answers for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BudgetInfo {
+    /// As asked: "750 updates", "3 epochs" (the default), "20000000 tokens", "2 device-hours".
+    pub asked: String,
+    /// The probe's length in updates (--steps).
+    pub probe_steps: usize,
+    /// The budget in updates (the largest over the checkpoints when it depends on their
+    /// tokenizer or shape).
+    pub steps: usize,
+    /// The budget is longer than the probe: `ranking` and every checkpoint's `forecast` come
+    /// from the curve model.
+    pub forecast: bool,
+    /// The target at the budget.
+    pub target: Option<TargetInfo>,
+    /// The leader and the runner-up at the budget are told apart at 95% (null: fewer than two
+    /// ranked).
+    pub settled: Option<bool>,
+    /// When they are not: about how many more probe updates would separate them (a rough
+    /// estimate: intervals taken to narrow with the log of how far the forecast reaches).
+    pub more_updates_to_settle: Option<usize>,
+}
+
+/// A checkpoint at the budget: forecast by the curve model beyond the probe, measured within it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ForecastReport {
+    pub budget_steps: usize,
+    /// The loss at the budget is forecast by the curve model (the budget lies beyond the probe).
+    pub forecast: bool,
+    /// The steps to target are forecast (the probe did not get there).
+    #[serde(default)]
+    pub steps_forecast: bool,
+    /// Why no forecast could be made (then the values are null).
+    pub no_forecast: Option<String>,
+    pub eval_loss: Option<f64>,
+    pub eval_loss_ci95: Option<[f64; 2]>,
+    pub target_loss: Option<f64>,
+    /// Within the budget (null: not within it).
+    pub steps_to_target: Option<f64>,
+    pub steps_to_target_ci95: Option<[f64; 2]>,
+    pub device_hours_to_target: Option<f64>,
+    pub device_hours_to_target_ci95: Option<[f64; 2]>,
+    pub rank: Option<usize>,
+    pub tied_with_best: bool,
+    /// [step, eval loss] of the forecast curve from the end of the probe to the budget (mean
+    /// over seeds; empty when nothing is forecast).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curve: Vec<[f64; 2]>,
 }
 
 /// A sweep over LoRA ranks and learning rates. The report's own ranking and checkpoints are
@@ -303,6 +361,12 @@ pub struct CheckpointReport {
     pub initial_eval_loss: Option<f64>,
     pub final_eval_loss: Option<f64>,
     pub median_step_s: Option<f64>,
+    /// Training tokens per update (batch x accumulation x block length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_update: Option<usize>,
+    /// Tokens in the task's training blocks under its tokenizer: one epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_tokens: Option<usize>,
     /// Seconds per update its device-hours are priced at: the median step time of every run of
     /// its shape (architecture and size) in the report, so timing noise between identical
     /// models cannot reorder them.
@@ -356,6 +420,9 @@ pub struct CheckpointReport {
     /// Every seed's run, with two seeds or more.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runs: Vec<SeedRun>,
+    /// At the budget, when the report ranks for one (`budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastReport>,
     /// Single-index checkpoints: mu, initial_loss, escape_step, steps_to_tiny_loss, tau,
     /// predicted_escape_step, m0.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]

@@ -78,8 +78,24 @@ pub struct Table {
 
 pub const THEORY_CAPTION: &str = "single-index model (escape: first step with |m| >= 0.5; prediction from the linearised dynamics)";
 
-/// "target eval loss ...; time in device-hours on CPU (n threads)".
+/// "target eval loss ...; time in device-hours on CPU (n threads)", led by the budget the
+/// ranking answers for when it is longer than the probe.
 pub fn summary_line(report: &Report) -> String {
+    let probe = probe_line(report);
+    match report.budget.as_ref().filter(|b| b.forecast) {
+        Some(b) => {
+            let target = b.target.as_ref().map_or(String::new(), |t| match t.kind.as_str() {
+                "drop" => format!("; target: each checkpoint's eval loss drops by {} by then", loss(Some(t.value))),
+                _ => format!("; target eval loss {} at the budget", loss(Some(t.value))),
+            });
+            format!("ranked for a fine-tune of {} updates ({}), forecast from {}-update probes{target}\nprobe: {probe}", b.steps, b.asked, b.probe_steps)
+        }
+        None => probe,
+    }
+}
+
+/// The probe's target and the device the hours are measured on.
+fn probe_line(report: &Report) -> String {
     let target = match (&report.target, report.target_loss) {
         (Some(t), _) if t.kind == "drop" => format!("target: each checkpoint's eval loss drops by {}", loss(Some(t.value))),
         (_, Some(t)) => format!("target eval loss {}", loss(Some(t))),
@@ -93,8 +109,58 @@ pub fn summary_line(report: &Report) -> String {
     format!("{target}; time in {} on {} ({} threads)", report.hours_unit, report.device.name, report.device.threads)
 }
 
-/// One row per checkpoint, in step order.
+/// One row per checkpoint, in step order: at the budget when it is longer than the probe.
 pub fn ranking_table(report: &Report) -> Table {
+    if report.ranks_for_budget() {
+        return budget_table(report);
+    }
+    probe_table(report)
+}
+
+/// The budget's ranking: forecast values marked `~` with their 95% intervals, and the probe's
+/// own final loss and rank beside them.
+fn budget_table(report: &Report) -> Table {
+    let b = report.budget.as_ref().map_or((0, 0), |b| (b.probe_steps, b.steps));
+    let hours = &report.hours_unit;
+    let header: Vec<String> = ["rank".into(), "checkpoint".into(), "step".into(), "eval@0".into(), format!("eval@{}", b.0), format!("eval@{}", b.1), "steps→target".into(), format!("{hours}→target"), "probe rank".into(), "tokens/s".into()].to_vec();
+    let rows = report.checkpoints.iter().map(budget_row).collect();
+    Table { header, rows }
+}
+
+fn budget_row(c: &CheckpointReport) -> Vec<String> {
+    let Some(f) = c.forecast.as_ref().filter(|_| c.measured()) else {
+        let why = c.error.clone().unwrap_or_default();
+        return vec!["-".into(), c.name.clone(), c.step.to_string(), format!("{}: {why}", c.status)];
+    };
+    let with = |forecast: bool, v: Option<f64>, ci: Option<[f64; 2]>, fmt: &dyn Fn(f64) -> String| match v {
+        Some(v) => format!("{}{}{}", if forecast { "~" } else { "" }, fmt(v), ci.map_or(String::new(), |[lo, hi]| format!(" [{}, {}]", fmt(lo), fmt(hi)))),
+        None => "-".into(),
+    };
+    let eval = match &f.no_forecast {
+        Some(why) => format!("no forecast: {why}"),
+        None => with(f.forecast, f.eval_loss, f.eval_loss_ci95, &|v| loss(Some(v))),
+    };
+    let steps = match f.steps_to_target {
+        None if f.no_forecast.is_none() => "not within the budget".into(),
+        _ => with(f.steps_forecast, f.steps_to_target, f.steps_to_target_ci95, &|v| format!("{v:.0}")),
+    };
+    let rank = f.rank.map_or("-".into(), |r| format!("{r}{}", if f.tied_with_best { "=" } else { "" }));
+    vec![
+        rank,
+        c.name.clone(),
+        c.step.to_string(),
+        loss(c.initial_eval_loss),
+        loss(c.final_eval_loss),
+        eval,
+        steps,
+        with(f.steps_forecast, f.device_hours_to_target, None, &|v| format!("{v:.3e}")),
+        c.rank.map_or("-".into(), |r| r.to_string()),
+        c.tokens_per_s.map_or("-".into(), |t| format!("{t:.0}")),
+    ]
+}
+
+/// The probe's ranking, one row per checkpoint in step order.
+fn probe_table(report: &Report) -> Table {
     let hours = &report.hours_unit;
     let mut header: Vec<String> = ["rank", "checkpoint", "step", "eval@0", "final eval", "steps→target", &format!("{hours}→target"), "tokens/s"].iter().map(|s| s.to_string()).collect();
     let priced = report.price_per_device_hour.is_some();
@@ -167,6 +233,24 @@ fn row(c: &CheckpointReport, priced: bool, pretrain: bool) -> Vec<String> {
 /// Notes under the ranking: extrapolation and ties, when they occur.
 pub fn footnotes(report: &Report) -> Vec<String> {
     let mut notes = Vec::new();
+    if let Some(b) = report.budget.as_ref().filter(|b| b.forecast) {
+        notes.push(format!(
+            "~ a forecast to the {}-update budget by the curve model (a power law, or an exponential, with an asymptote, fitted to each probe's eval points); [low, high] is its 95% interval; ranked by the eval loss at the budget; probe rank: the ranking after the {}-update probe itself",
+            b.steps, b.probe_steps
+        ));
+        if report.checkpoints.iter().any(|c| c.forecast.as_ref().is_some_and(|f| f.tied_with_best)) {
+            notes.push("= tied with the best: their 95% intervals of the eval loss at the budget overlap".into());
+        }
+        return notes.into_iter().chain(context_notes(report)).collect();
+    }
+    notes.extend(probe_notes(report));
+    notes.extend(context_notes(report));
+    notes
+}
+
+/// The probe's marks: forecast times, zero-shot winners, ties.
+fn probe_notes(report: &Report) -> Vec<String> {
+    let mut notes = Vec::new();
     if report.checkpoints.iter().any(|c| c.extrapolated) {
         notes.push("~ a forecast: the target was not reached within the budget, and the curve model (power law or exponential with an asymptote) extends the curve; [low, high] is its 95% interval".into());
     }
@@ -176,6 +260,12 @@ pub fn footnotes(report: &Report) -> Vec<String> {
     if report.checkpoints.iter().any(|c| c.tied_with_best) {
         notes.push("= tied with the best: their 95% confidence intervals of time to target overlap".into());
     }
+    notes
+}
+
+/// What the scan was and what surrounds the ranking: race, pre-training plateau, seeds, task distance.
+fn context_notes(report: &Report) -> Vec<String> {
+    let mut notes = Vec::new();
     if let Some(race) = &report.race {
         let stopped = report.checkpoints.iter().filter(|c| c.stopped.is_some()).count();
         let share = 100.0 * race.steps_trained as f64 / race.steps_full_budget.max(1) as f64;

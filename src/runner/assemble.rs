@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use super::{CheckpointResult, Run, Scan};
 use crate::model::single_index;
 use crate::options::ScanOptions;
-use crate::report::{gates, CheckpointReport, DeviceInfo, Pretraining, RaceInfo, Report, SeedFailure, SeedRun, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION};
+use crate::report::{gates, BudgetInfo, CheckpointReport, DeviceInfo, ForecastReport, Pretraining, RaceInfo, Report, SeedFailure, SeedRun, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION};
+use crate::score::budget::Budget;
 use crate::score::stats::Slope;
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, Target, TargetSpec};
 
@@ -20,6 +21,9 @@ pub(super) struct Context {
     pub device: DeviceInfo,
     pub hours_unit: String,
     pub race: Option<RaceInfo>,
+    /// The fine-tune the ranking answers for, and the probe's length in updates.
+    pub budget: Option<Budget>,
+    pub probe_steps: usize,
 }
 
 impl Scan<'_> {
@@ -38,6 +42,8 @@ impl Scan<'_> {
             device: device_info(self.opts),
             hours_unit: self.opts.hours_label().into(),
             race: self.race_info(),
+            budget: Some(self.opts.budget),
+            probe_steps: self.opts.train.steps,
         }
     }
 
@@ -55,9 +61,64 @@ impl Scan<'_> {
 /// Without a target flag: the median final loss, or 1e-6 (the paper's tiny loss) for a
 /// simulated series, which converges exactly.
 pub(super) fn series_target(results: &[CheckpointResult]) -> TargetSpec {
+    if all_simulated(results) { TargetSpec::Loss(single_index::TINY_LOSS) } else { TargetSpec::MedianFinal }
+}
+
+/// Every run is of the single-index model (which runs its own budget to convergence).
+fn all_simulated(results: &[CheckpointResult]) -> bool {
     let runs: Vec<&Run> = results.iter().filter_map(|r| r.runs.as_ref().ok()).flatten().collect();
-    let all_simulated = !runs.is_empty() && runs.iter().all(|r| r.single_index.is_some());
-    if all_simulated { TargetSpec::Loss(single_index::TINY_LOSS) } else { TargetSpec::MedianFinal }
+    !runs.is_empty() && runs.iter().all(|r| r.single_index.is_some())
+}
+
+/// Ranks for `budget`: every checkpoint's standing at it (`score::budget`), and when it is
+/// longer than the probe, the report's ranking becomes the forecast one (the probe's is kept).
+fn rank_for_budget(report: &mut Report, summaries: &[Option<Vec<RunSummary>>], results: &[CheckpointResult], budget: Budget, probe: usize, spec: TargetSpec) {
+    let scored = score::budget::score(summaries, budget, probe, spec);
+    let steps = scored.as_ref().and_then(|(_, s)| s.iter().flatten().map(|b| b.steps).max()).unwrap_or(probe);
+    let mut info = BudgetInfo { asked: budget.to_string(), probe_steps: probe, steps, forecast: steps > probe, target: None, settled: None, more_updates_to_settle: None };
+    if let (Some((target, scores)), true) = (scored, info.forecast) {
+        info.target = Some(target_info(&target, results));
+        for (c, s) in report.checkpoints.iter_mut().zip(&scores) {
+            c.forecast = s.as_ref().map(forecast_report);
+        }
+        let mut ranked: Vec<(usize, &String)> = report.checkpoints.iter().filter_map(|c| Some((c.forecast.as_ref()?.rank?, &c.name))).collect();
+        ranked.sort();
+        report.measured_ranking = std::mem::replace(&mut report.ranking, ranked.into_iter().map(|(_, n)| n.clone()).collect());
+        (info.settled, info.more_updates_to_settle) = settled(&scores, probe, steps);
+    }
+    report.budget = Some(info);
+}
+
+/// Whether the leader and the runner-up at the budget are told apart, and if not, about how
+/// many more probe updates would do it.
+fn settled(scores: &[Option<score::budget::BudgetScore>], probe: usize, steps: usize) -> (Option<bool>, Option<usize>) {
+    let at = |rank: usize| scores.iter().flatten().find(|s| s.rank == rank);
+    let (Some(first), Some(second)) = (at(1), at(2)) else { return (None, None) };
+    let more = match (first.eval_loss, second.eval_loss) {
+        (Some(a), Some(b)) if second.tied_with_best => score::budget::updates_to_settle(&a, &b, probe, steps),
+        _ => None,
+    };
+    (Some(!second.tied_with_best), more)
+}
+
+fn forecast_report(s: &score::budget::BudgetScore) -> ForecastReport {
+    let ci = |e: &Option<Estimate>| e.filter(|e| e.n > 1 || e.has_interval()).map(|e| [e.lo, e.hi]);
+    ForecastReport {
+        budget_steps: s.steps,
+        forecast: s.forecast,
+        steps_forecast: s.steps_forecast,
+        no_forecast: s.no_forecast.map(String::from),
+        eval_loss: s.eval_loss.map(|e| e.mean),
+        eval_loss_ci95: ci(&s.eval_loss),
+        target_loss: Some(s.target_loss).filter(|t| t.is_finite()),
+        steps_to_target: s.steps_to_target.map(|e| e.mean),
+        steps_to_target_ci95: ci(&s.steps_to_target),
+        device_hours_to_target: s.device_hours_to_target.map(|e| e.mean),
+        device_hours_to_target_ci95: ci(&s.device_hours_to_target),
+        rank: Some(s.rank),
+        tied_with_best: s.tied_with_best,
+        curve: s.curve.iter().map(|&(step, loss)| [step, loss]).collect(),
+    }
 }
 
 /// The report of `results`, scored together (a scan's results so far, or merged partitions).
@@ -92,7 +153,12 @@ pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str
         sweep: None,
         pretraining,
         race: ctx.race.clone(),
+        budget: None,
+        measured_ranking: Vec::new(),
     };
+    if let Some(budget) = ctx.budget.filter(|_| !all_simulated(results)) {
+        rank_for_budget(&mut report, &summaries, results, budget, ctx.probe_steps, spec);
+    }
     report.task_distance = task_distance(&report.checkpoints);
     if let Some(x) = ctx.fail_if_last_slower {
         report.gates.push(gates::last_slower(&report, x));
@@ -107,6 +173,8 @@ pub(super) fn summary(run: &Run, finished: bool) -> RunSummary {
         median_step_s: run.outcome.median_step_s,
         shape_key: format!("{}:{}:{}", run.model_type, run.params, run.trainable_params),
         finished,
+        tokens_per_update: run.outcome.tokens_per_step,
+        train_tokens: run.train_tokens,
     }
 }
 
@@ -167,6 +235,8 @@ fn fill_runs(out: &mut CheckpointReport, runs: &[Run], failures: &[SeedFailure])
     out.flops_per_s = out.tokens_per_s.map(|t| t * first.flops_per_token);
     out.single_index = first.single_index.clone();
     out.base_dropout = first.base_dropout.clone();
+    out.tokens_per_update = Some(first.outcome.tokens_per_step);
+    out.train_tokens = Some(first.train_tokens).filter(|&t| t > 0);
     out.seeds = runs.len() + failures.len();
     out.seeds_ok = runs.len();
     out.seed_failures = failures.to_vec();
@@ -290,6 +360,7 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "pretrain_sample": o.pretrain_sample,
         "sweep": o.sweep,
         "devices": o.devices.iter().map(super::workers::device_label).collect::<Vec<_>>(),
+        "budget": o.budget,
         "input_fingerprints": input_fingerprints(o),
     })
 }

@@ -34,6 +34,8 @@ pub fn merge(parts: Vec<(PathBuf, Report)>) -> Result<(Report, Vec<String>)> {
         device: first.device.clone(),
         hours_unit: first.hours_unit.clone(),
         race: None,
+        budget: serde_json::from_value(settings["budget"].clone()).ok(),
+        probe_steps: settings["train"]["steps"].as_u64().unwrap_or(0) as usize,
         settings,
     };
     let results = results_of(&parts)?;

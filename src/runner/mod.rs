@@ -65,6 +65,9 @@ pub struct Run {
     pub single_index: Option<single_index::Metrics>,
     /// The base model's dropouts applied while training, by their config names.
     pub base_dropout: std::collections::BTreeMap<String, f64>,
+    /// Tokens in the task's training blocks under this checkpoint's tokenizer (0 for a
+    /// simulated checkpoint): what an epoch is.
+    pub train_tokens: usize,
 }
 
 /// One checkpoint's result: its runs (one per seed), or why there are none.
@@ -247,7 +250,8 @@ impl<'a> Scan<'a> {
         }
         let (params, trainable_params, flops_per_token) = (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));
         let outcome = paused.outcome(&o.train);
-        let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None, base_dropout: model.base_dropout.clone() };
+        let train_tokens = blocks.train.len() * blocks.seq_len;
+        let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None, base_dropout: model.base_dropout.clone(), train_tokens };
         Ok((run, paused))
     }
 
@@ -290,7 +294,7 @@ impl<'a> Scan<'a> {
         let paused = single_index::run_until(dir, &cfg, &self.single_index_settings(seed, data_seed), from, until)?;
         // Per sample: three projections forward (X w*, X w, X omega) and X^T r backward.
         let flops_per_token = 8.0 * cfg.dim as f64;
-        let run = Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome: paused.outcome(), single_index: Some(paused.metrics.clone()), base_dropout: Default::default() };
+        let run = Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome: paused.outcome(), single_index: Some(paused.metrics.clone()), base_dropout: Default::default(), train_tokens: 0 };
         Ok((run, paused))
     }
 

@@ -57,7 +57,7 @@ impl Scan<'_> {
 /// Runs rebuilt from a report entry: one per seed (from `runs[]`, or the single curve).
 pub(super) fn runs_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> Vec<Run> {
     let median = c.median_step_s.unwrap_or(0.0);
-    let tokens_per_step = (c.tokens_per_s.unwrap_or(0.0) * median).round() as usize;
+    let tokens_per_step = c.tokens_per_update.unwrap_or_else(|| (c.tokens_per_s.unwrap_or(0.0) * median).round() as usize);
     let seeds: Vec<(u64, u64, f64, &Vec<CurvePoint>)> = if c.runs.is_empty() {
         vec![(seed, data_seed, median, &c.curve)]
     } else {
@@ -78,6 +78,7 @@ pub(super) fn runs_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> Vec<Ru
             outcome: Outcome { curve: curve.clone(), step_seconds: Vec::new(), median_step_s, tokens_per_step },
             single_index: c.single_index.clone(),
             base_dropout: c.base_dropout.clone(),
+            train_tokens: c.train_tokens.unwrap_or(0),
         })
         .collect()
 }

@@ -55,6 +55,7 @@ pub fn run(opts: &ScanOptions, sweep: &Sweep, checkpoints: &[CheckpointRef], rep
 fn variant_options(opts: &ScanOptions, v: (usize, f64), target: Option<TargetSpec>) -> ScanOptions {
     let mut o = opts.variant(v);
     o.target = target;
+    o.budget = crate::score::budget::Budget::Updates(o.train.steps); // variants compare on the probe itself
     o.save_adapters = opts.save_adapters.as_ref().map(|dir| dir.join(variant_folder(v)));
     o.save_best = false;
     o
@@ -171,9 +172,9 @@ fn point(c: &CheckpointReport, target: Option<f64>) -> SweepPoint {
 /// it changes when some variant's winner is significantly slower, at another variant's
 /// settings, than that variant's own winner (95% intervals apart). Otherwise differing winners
 /// are said to be within seed noise, or that one seed cannot tell.
-fn winner_verdict(what: &str, label: &str, variants: &[(String, &Report)]) -> (bool, String) {
+fn winner_verdict<'a>(what: &str, label: &str, variants: &[(String, &'a Report)]) -> (bool, String) {
     let winner = |r: &Report| r.ranking.first().cloned();
-    let find = |r: &'_ Report, name: &str| r.checkpoints.iter().find(|c| c.name == name).cloned();
+    let find = |r: &'a Report, name: &str| r.checkpoints.iter().find(|c| c.name == name).map(|c| r.standing(c));
     let mut differ = false;
     let mut significant = false;
     let mut one_seed = false;
@@ -229,9 +230,9 @@ fn per_checkpoint(name: &str, sweep: &Sweep, done: &Done, variants: &[SweepVaria
 
 /// The other rates at which `name` is not significantly slower than at its best rate.
 fn tied_rates(name: &str, best: f64, rank: usize, lrs: &[f64], done: &Done) -> Vec<f64> {
-    let at = |lr: f64| done.iter().find(|(v, _)| *v == (rank, lr)).and_then(|(_, r)| r.checkpoints.iter().find(|c| c.name == name));
-    let Some(fastest) = at(best).filter(|c| c.device_hours_to_target.is_some()) else { return Vec::new() };
-    lrs.iter().copied().filter(|&l| l != best).filter(|&l| at(l).is_some_and(|c| c.device_hours_to_target.is_some() && evidence(fastest, c) == Evidence::NotSignificant)).collect()
+    let at = |lr: f64| done.iter().find(|(v, _)| *v == (rank, lr)).and_then(|(_, r)| r.checkpoints.iter().find(|c| c.name == name).map(|c| r.standing(c)));
+    let Some(fastest) = at(best).filter(|s| s.hours.is_some()) else { return Vec::new() };
+    lrs.iter().copied().filter(|&l| l != best).filter(|&l| at(l).is_some_and(|s| s.hours.is_some() && evidence(&fastest, &s) == Evidence::NotSignificant)).collect()
 }
 
 fn smallest_rank_line(checkpoints: &[SweepCheckpoint]) -> String {

@@ -5,10 +5,10 @@
 //! a power of the step) always promises the target eventually, however high its curve levels
 //! off. Pure functions of the points: no I/O, and nothing here ranks or decides.
 //!
-//! Two families, the better of which (least squared error in loss) is kept:
-//! - power law: g_b(s) = (s + 1)^-b;
+//! Two families:
+//! - power law: g_b(s) = (s + 1)^-b, the form fine-tuning curves follow;
 //! - exponential: g_b(s) = exp(-b (s - s0) / S), s0 and S the first step and the span of the
-//!   fitted points.
+//!   fitted points, kept only when it fits ten times better (the single-index model's curves).
 //!
 //! The fit minimises the squared *relative* error, sum ((fit - loss) / loss)^2: for a language
 //! model's losses (a few nats, falling by tens of percent) that is nearly plain least squares,
@@ -19,7 +19,8 @@
 //! end of its search phase, `metrics`) onwards, at least [`MIN_POINTS`]. The interval comes
 //! from a residual bootstrap: the fitted curve times one plus resampled relative residuals
 //! (scaled by sqrt(n / (n - 3)) for the three fitted parameters), refitted [`REPLICATES`]
-//! times with a fixed seed, so the same points always give the same interval.
+//! times with a fixed seed, so the same points always give the same interval; each side of the
+//! percentile interval is then widened by t(0.975, n - 3) / 1.96 for the n fitted points.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,9 @@ pub const REPLICATES: usize = 200;
 pub enum Family {
     Power,
     Exponential,
+    /// loss = c - a ln(s + 1): no asymptote, so never the forecast itself; an alternative
+    /// that keeps the interval open to a curve still falling as fine-tuning curves often do.
+    LogLinear,
 }
 
 /// A fitted curve: loss(s) = c + a g_b(s).
@@ -65,6 +69,7 @@ impl CurveFit {
         match family {
             Family::Power => (s + 1.0).powf(-b),
             Family::Exponential => (-b * (s - from_step) / span).exp(),
+            Family::LogLinear => -(s + 1.0).ln(),
         }
     }
 
@@ -75,7 +80,7 @@ impl CurveFit {
     /// The first step at which the curve is at or below `target` (0 when it starts there);
     /// None when it levels off above it.
     pub fn steps_to(&self, target: f64) -> Option<f64> {
-        if target < self.c || (target == self.c && self.a > 0.0) {
+        if self.family != Family::LogLinear && (target < self.c || (target == self.c && self.a > 0.0)) {
             return None;
         }
         if self.a <= 0.0 {
@@ -85,6 +90,7 @@ impl CurveFit {
         let s = match self.family {
             Family::Power => ratio.powf(-1.0 / self.b) - 1.0,
             Family::Exponential => self.from_step - ratio.ln() * self.span / self.b,
+            Family::LogLinear => (-ratio).exp() - 1.0,
         };
         Some(s.max(0.0)).filter(|s| s.is_finite())
     }
@@ -95,6 +101,17 @@ impl CurveFit {
 pub struct Forecast {
     pub fit: CurveFit,
     replicates: Vec<CurveFit>,
+    /// The percentile half-widths are multiplied by t(0.975, n - 3) / 1.96: with few points
+    /// the bootstrap's normal-like spread understates what three fitted parameters leave unknown.
+    widen: f64,
+    /// Other curves that fit the points nearly as well ([`PLAUSIBLE`]): the interval reaches
+    /// their forecasts too, since a few points cannot tell which form the rest of the curve takes.
+    alternatives: Vec<CurveFit>,
+    /// The forecast's own error within the probe, per unit of ln(step + 1) it reached: the
+    /// curve refitted without its last eval point misses that point by so much ([`backtest`]).
+    /// The interval is at least +- this times ln((step + 1) / (last step + 1)).
+    drift: f64,
+    last_step: f64,
 }
 
 /// A forecast value with its 95% interval (2.5th and 97.5th percentiles over replicates).
@@ -113,16 +130,31 @@ impl Forecast {
         let within = |f: &CurveFit| f.steps_to(target).filter(|&s| s <= cap_step);
         let value = within(&self.fit)?;
         let mut draws: Vec<f64> = self.replicates.iter().map(|f| within(f).unwrap_or(f64::INFINITY)).collect();
-        let (lo, hi) = percentiles(&mut draws);
-        Some(Interval { value, lo: lo.min(value), hi: hi.min(cap_step).max(value) })
+        let (lo, hi) = self.widened(value, percentiles(&mut draws));
+        let (lo, hi) = self.alternatives.iter().map(|f| within(f).unwrap_or(f64::INFINITY)).fold((lo, hi), |(l, h), v| (l.min(v), h.max(v)));
+        // the curve shifted by the backtest's error at that step reaches the target sooner or later
+        let drifted = |sign: f64| self.fit.steps_to(target - sign * self.drift_at(value)).filter(|&s| s <= cap_step).unwrap_or(f64::INFINITY);
+        Some(Interval { value, lo: lo.min(drifted(1.0)).max(0.0), hi: hi.max(drifted(-1.0)).min(cap_step) })
+    }
+
+    /// How far the backtest's error grows by `step`.
+    fn drift_at(&self, step: f64) -> f64 {
+        self.drift * ((step + 1.0) / (self.last_step + 1.0)).ln().max(0.0)
     }
 
     /// The eval loss at `step`.
     pub fn loss_at(&self, step: f64) -> Interval {
         let value = self.fit.loss(step);
         let mut draws: Vec<f64> = self.replicates.iter().map(|f| f.loss(step)).collect();
-        let (lo, hi) = percentiles(&mut draws);
-        Interval { value, lo: lo.min(value), hi: hi.max(value) }
+        let (lo, hi) = self.widened(value, percentiles(&mut draws));
+        let (lo, hi) = self.alternatives.iter().map(|f| f.loss(step)).fold((lo, hi), |(l, h), v| (l.min(v), h.max(v)));
+        let drift = self.drift_at(step);
+        Interval { value, lo: lo.min(value - drift), hi: hi.max(value + drift) }
+    }
+
+    /// The percentile interval around `value`, each side widened (and never excluding `value`).
+    fn widened(&self, value: f64, (lo, hi): (f64, f64)) -> (f64, f64) {
+        (value - (value - lo).max(0.0) * self.widen, value + (hi - value).max(0.0) * self.widen)
     }
 }
 
@@ -131,6 +163,24 @@ fn percentiles(draws: &mut [f64]) -> (f64, f64) {
     draws.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| draws[((q * draws.len() as f64).ceil() as usize).clamp(1, draws.len()) - 1];
     if draws.is_empty() { (f64::NAN, f64::NAN) } else { (at(0.025), at(0.975)) }
+}
+
+/// Eval points (step 0 included) a curve needs before its forecast is trusted: the model's
+/// three parameters and two residuals.
+pub const TRUSTED_POINTS: usize = 5;
+
+/// The forecast of a curve that can be trusted to extrapolate to `horizon`: at least
+/// [`TRUSTED_POINTS`] eval points, and past its search phase: its fitted curve has fallen by
+/// at least 2% of where the fit starts and by a tenth of the whole fall it forecasts to the
+/// horizon. A curve still on its plateau says nothing about when it will leave it. Err: why not.
+pub fn trusted(points: &[(f64, f64)], horizon: f64) -> std::result::Result<Forecast, &'static str> {
+    if points.len() < TRUSTED_POINTS {
+        return Err("too few eval points");
+    }
+    let f = forecast(points).ok_or("no falling curve fits")?;
+    let (start, now) = (f.fit.loss(f.fit.from_step), f.fit.loss(points[points.len() - 1].0));
+    let fallen = start - now;
+    if fallen >= 0.02 * start.abs() && fallen >= 0.1 * (start - f.fit.loss(horizon)) { Ok(f) } else { Err("still in its search phase") }
 }
 
 /// Steps to the target of one run, with a 95% interval (zero-width when measured).
@@ -159,9 +209,44 @@ pub fn steps_to_target(points: &[(f64, f64)], target: f64) -> Option<StepsTo> {
 /// than [`MIN_POINTS`] points or when no decreasing curve fits.
 pub fn forecast(points: &[(f64, f64)]) -> Option<Forecast> {
     let window = window(points)?;
-    let fit = [Family::Power, Family::Exponential].into_iter().filter_map(|f| fit_family(window, f)).min_by(|x, y| x.rmse.total_cmp(&y.rmse))?;
-    Some(Forecast { fit, replicates: bootstrap(window, &fit) })
+    let (power, expo) = (fit_family(window, Family::Power, true), fit_family(window, Family::Exponential, true));
+    let fit = match (power, expo) {
+        (Some(p), Some(e)) if e.rmse.powi(2) * EXPONENTIAL_EDGE < p.rmse.powi(2) => e,
+        (Some(p), _) => p,
+        (None, e) => e?,
+    };
+    let widen = super::stats::t975(window.len().saturating_sub(3).max(1)) / 1.96;
+    let candidates = [power, expo, fit_family(window, Family::Power, false), fit_family(window, Family::LogLinear, true)];
+    let alternatives = candidates.into_iter().flatten().filter(|f| *f != fit && f.rmse.powi(2) <= PLAUSIBLE * fit.rmse.powi(2)).collect();
+    let last_step = window[window.len() - 1].0;
+    Some(Forecast { fit, replicates: bootstrap(window, &fit), widen, alternatives, drift: backtest(window, fit.family), last_step })
 }
+
+/// The forecast's error within the probe, per unit of ln(step + 1): the curve refitted (same
+/// family) without its last one or two points misses the last point by so much, divided by
+/// how far that forecast reached; the larger of the two. 0 with too few points to leave any out.
+fn backtest(window: &[(f64, f64)], family: Family) -> f64 {
+    let n = window.len();
+    let (to, truth) = window[n - 1];
+    (1..=2)
+        .filter(|&k| n >= MIN_POINTS + k)
+        .filter_map(|k| {
+            let early = fit_family(&window[..n - k], family, true)?;
+            let reach = ((to + 1.0) / (window[n - k - 1].0 + 1.0)).ln();
+            (reach > 0.0).then(|| (early.loss(to) - truth).abs() / reach)
+        })
+        .fold(0.0, f64::max)
+}
+
+/// An alternative curve whose squared error is within this factor of the chosen one's fits
+/// the points about as well (within a factor 2 in RMS).
+const PLAUSIBLE: f64 = 10.0;
+
+/// How much better (in squared error) the exponential must fit than the power law to be kept:
+/// fine-tuning curves follow power laws, and an exponential that fits a few noisy points
+/// slightly better levels off too soon; the single-index model's curves, falling by decades,
+/// are exponential by orders of magnitude.
+const EXPONENTIAL_EDGE: f64 = 10.0;
 
 /// The points from the end of the search phase on (the eval point at or before it), or the
 /// last [`MIN_POINTS`] when that leaves fewer.
@@ -186,26 +271,28 @@ fn bootstrap(points: &[(f64, f64)], fit: &CurveFit) -> Vec<CurveFit> {
             for (p, &(s, _)) in sample.iter_mut().zip(points) {
                 *p = (s, fit.loss(s) * (1.0 + residuals[rng.random_range(0..n)]));
             }
-            fit_family(&sample, fit.family)
+            fit_family(&sample, fit.family, true)
         })
         .collect()
 }
 
-/// The least-squares fit of one family: b on a log grid, then golden-section refinement.
-fn fit_family(points: &[(f64, f64)], family: Family) -> Option<CurveFit> {
+/// The least-squares fit of one family (with a free asymptote c >= 0, or c = 0: the pure power
+/// law of scaling laws): b on a log grid, then golden-section refinement.
+fn fit_family(points: &[(f64, f64)], family: Family, free_c: bool) -> Option<CurveFit> {
     let (from_step, last) = (points.first()?.0, points.last()?.0);
     let span = (last - from_step).max(1.0);
     let (lo, hi) = match family {
         Family::Power => (1e-3f64, 10.0f64),
         Family::Exponential => (1e-2f64, 100.0f64),
+        Family::LogLinear => (1.0, 1.0), // no b
     };
-    let sse = |log_b: f64| linear_fit(points, family, log_b.exp(), (from_step, span)).2;
+    let sse = |log_b: f64| linear_fit(points, family, log_b.exp(), (from_step, span), free_c).2;
     const GRID: usize = 48;
     let grid: Vec<f64> = (0..GRID).map(|i| lo.ln() + (hi.ln() - lo.ln()) * i as f64 / (GRID - 1) as f64).collect();
     let best = (0..GRID).min_by(|&i, &j| sse(grid[i]).total_cmp(&sse(grid[j])))?;
     let log_b = golden_min(&sse, grid[best.saturating_sub(1)], grid[(best + 1).min(GRID - 1)]);
     let b = log_b.exp();
-    let (c, a, err) = linear_fit(points, family, b, (from_step, span));
+    let (c, a, err) = linear_fit(points, family, b, (from_step, span), free_c);
     (err.is_finite()).then(|| CurveFit { family, c, a, b, from_step, span, rmse: (err / points.len() as f64).sqrt() })
 }
 
@@ -221,7 +308,7 @@ fn golden_min(f: &dyn Fn(f64) -> f64, mut lo: f64, mut hi: f64) -> f64 {
 
 /// For a fixed b: (c, a, squared relative error) of the weighted least-squares line
 /// loss = c + a g (weights 1 / loss^2), with c >= 0 and a >= 0 (a curve that does not rise).
-fn linear_fit(points: &[(f64, f64)], family: Family, b: f64, at: (f64, f64)) -> (f64, f64, f64) {
+fn linear_fit(points: &[(f64, f64)], family: Family, b: f64, at: (f64, f64), free_c: bool) -> (f64, f64, f64) {
     let g: Vec<f64> = points.iter().map(|p| CurveFit::g(family, b, at, p.0)).collect();
     let y: Vec<f64> = points.iter().map(|p| p.1).collect();
     let w: Vec<f64> = y.iter().map(|v| 1.0 / v.abs().max(1e-300).powi(2)).collect();
@@ -234,7 +321,7 @@ fn linear_fit(points: &[(f64, f64)], family: Family, b: f64, at: (f64, f64)) -> 
     if a < 0.0 {
         (c, a) = (my, 0.0); // flat: the best non-rising curve
     }
-    if c < 0.0 {
+    if c < 0.0 || !free_c {
         let (gy, gg) = (sum(&|i| w[i] * g[i] * y[i]), sum(&|i| w[i] * g[i] * g[i]));
         (c, a) = (0.0, if gg > 0.0 { (gy / gg).max(0.0) } else { 0.0 });
     }

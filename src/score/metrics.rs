@@ -27,6 +27,17 @@ pub fn steps_to(points: &[(f64, f64)], target: f64) -> Option<f64> {
     Some(s0 + (s1 - s0) * (l0 - target) / (l0 - l1))
 }
 
+/// The eval loss at `step`, linearly interpolated between the eval points around it (None
+/// outside the curve).
+pub fn loss_at(points: &[(f64, f64)], step: f64) -> Option<f64> {
+    let after = points.iter().position(|p| p.0 >= step)?;
+    if after == 0 || points[after].0 == step {
+        return (points[after].0 == step).then_some(points[after].1);
+    }
+    let ((s0, l0), (s1, l1)) = (points[after - 1], points[after]);
+    Some(l0 + (l1 - l0) * (step - s0) / (s1 - s0))
+}
+
 /// Search-phase length: steps until the eval loss has fallen by 10% of its total drop
 /// (initial minus lowest), the plateau arXiv 2602.02855 predicts for strong pre-training.
 /// None when the loss never falls.
@@ -69,6 +80,12 @@ mod tests {
         assert_eq!(steps_to(&p, 2.5), Some(15.0));
         assert_eq!(steps_to(&p, 4.5), Some(0.0));
         assert_eq!(steps_to(&p, 1.0), None);
+    }
+
+    #[test]
+    fn loss_at_interpolates_within_the_curve() {
+        let p = pts(&[(0.0, 4.0), (10.0, 3.0), (20.0, 2.0)]);
+        assert_eq!((loss_at(&p, 15.0), loss_at(&p, 20.0), loss_at(&p, 0.0), loss_at(&p, 25.0)), (Some(2.5), Some(2.0), Some(4.0), None));
     }
 
     #[test]

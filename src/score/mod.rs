@@ -9,6 +9,7 @@
 //! every one that ran the whole budget. A checkpoint whose interval overlaps the winner's is
 //! reported as tied with it.
 
+pub mod budget;
 pub mod curve_fit;
 pub mod metrics;
 pub mod pretrain;
@@ -32,6 +33,10 @@ pub struct RunSummary {
     pub shape_key: String,
     /// It ran the whole budget (a race did not stop it): only such runs set a default target.
     pub finished: bool,
+    /// Training tokens per update.
+    pub tokens_per_update: usize,
+    /// Tokens in the task's training blocks (0: no task of blocks, a simulated run).
+    pub train_tokens: usize,
 }
 
 /// How the target eval loss is chosen.
@@ -222,7 +227,7 @@ mod tests {
 
     fn run(evals: &[(usize, f64)], step_s: f64) -> RunSummary {
         let curve = evals.iter().map(|&(step, l)| CurvePoint { step, train_loss: None, eval_loss: Some(l), elapsed_s: 0.0 }).collect();
-        RunSummary { curve, median_step_s: step_s, shape_key: "m".into(), finished: true }
+        RunSummary { curve, median_step_s: step_s, shape_key: "m".into(), finished: true, tokens_per_update: 1, train_tokens: 0 }
     }
 
     fn ranks(scores: &[Option<Score>]) -> Vec<usize> {

@@ -62,6 +62,8 @@ fn report() -> Report {
         pretraining: None,
         task_distance: None,
         sweep: None,
+        budget: None,
+        measured_ranking: Vec::new(),
     }
 }
 
