@@ -90,7 +90,10 @@ pub fn summary_line(report: &Report) -> String {
             });
             format!("ranked for a fine-tune of {} updates ({}), forecast from {}-update probes{target}\nprobe: {probe}", b.steps, b.asked, b.probe_steps)
         }
-        None => probe,
+        None => match report.budget.as_ref().and_then(|b| Some((b, b.no_forecast.as_ref()?))) {
+            Some((b, why)) => format!("a fine-tune of {} updates ({}) cannot be forecast from {}-update probes ({why}); ranked on the probe\n{probe}", b.steps, b.asked, b.probe_steps),
+            None => probe,
+        },
     }
 }
 

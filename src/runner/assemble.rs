@@ -73,10 +73,14 @@ fn all_simulated(results: &[CheckpointResult]) -> bool {
 /// Ranks for `budget`: every checkpoint's standing at it (`score::budget`), and when it is
 /// longer than the probe, the report's ranking becomes the forecast one (the probe's is kept).
 fn rank_for_budget(report: &mut Report, summaries: &[Option<Vec<RunSummary>>], results: &[CheckpointResult], budget: Budget, probe: usize, spec: TargetSpec) {
-    let scored = score::budget::score(summaries, budget, probe, spec);
-    let steps = scored.as_ref().and_then(|(_, s)| s.iter().flatten().map(|b| b.steps).max()).unwrap_or(probe);
-    let mut info = BudgetInfo { asked: budget.to_string(), probe_steps: probe, steps, forecast: steps > probe, target: None, settled: None, more_updates_to_settle: None };
-    if let (Some((target, scores)), true) = (scored, info.forecast) {
+    let (target, scores) = score::budget::score(summaries, budget, probe, spec);
+    let steps = scores.iter().flatten().map(|b| b.steps).max().unwrap_or(probe);
+    let mut info = BudgetInfo { asked: budget.to_string(), probe_steps: probe, steps, forecast: false, target: None, settled: None, more_updates_to_settle: None, no_forecast: None };
+    if steps > probe && target.is_none() {
+        info.no_forecast = report.checkpoints.iter().zip(&scores).find_map(|(c, s)| Some(format!("{}: {}", c.name, s.as_ref()?.no_forecast?)));
+    }
+    if let (Some(target), true) = (target, steps > probe) {
+        info.forecast = true;
         info.target = Some(target_info(&target, results));
         for (c, s) in report.checkpoints.iter_mut().zip(&scores) {
             c.forecast = s.as_ref().map(forecast_report);

@@ -93,20 +93,25 @@ pub fn updates(budget: Budget, run: &RunSummary, step_s: f64, probe: usize) -> u
     (n.ceil().min(usize::MAX as f64) as usize).max(probe)
 }
 
-/// Every checkpoint's standing at the budget, ranked; None when no run can be forecast.
+/// Every checkpoint's standing at the budget, ranked, with the target at the budget. The target
+/// is None when some run has no loss there (its curve cannot be forecast): a snapshot that
+/// cannot be placed at the budget cannot be ranked there against the rest, and ranking it last
+/// would be a verdict the data does not give; the scan then ranks on the probe and says why.
 /// `probe` is the scan's length in updates.
-pub fn score(checkpoints: &[Option<Vec<RunSummary>>], budget: Budget, probe: usize, spec: TargetSpec) -> Option<(Target, Vec<Option<BudgetScore>>)> {
+pub fn score(checkpoints: &[Option<Vec<RunSummary>>], budget: Budget, probe: usize, spec: TargetSpec) -> (Option<Target>, Vec<Option<BudgetScore>>) {
     let cost = step_cost_by_shape(checkpoints.iter().flatten().flatten());
     let step_s = |r: &RunSummary| cost.get(&r.shape_key).copied().unwrap_or(0.0);
     let runs: Vec<Option<Vec<RunAtBudget>>> = checkpoints.iter().map(|c| c.as_ref().map(|runs| runs.iter().map(|r| at_budget(r, updates(budget, r, step_s(r), probe))).collect())).collect();
-    let target = resolve(&runs, spec)?;
+    let all_placed = runs.iter().flatten().flatten().all(|r| r.loss.is_some());
+    let target = resolve(&runs, spec).filter(|_| all_placed);
+    let no_target = Target { spec, value: f64::NAN, set_by: Vec::new() };
     let mut scores: Vec<Option<BudgetScore>> = checkpoints
         .iter()
         .zip(&runs)
-        .map(|(c, at)| Some(score_one(at.as_ref()?, &target, step_s(c.as_ref()?.first()?))))
+        .map(|(c, at)| Some(score_one(at.as_ref()?, target.as_ref().unwrap_or(&no_target), step_s(c.as_ref()?.first()?))))
         .collect();
     rank(&mut scores);
-    Some((target, scores))
+    (target, scores)
 }
 
 /// A run's loss at the budget: measured when the probe got there, else forecast when the
@@ -263,7 +268,8 @@ mod tests {
         let late = |s: f64| 4.8 + 5.0 * (s + 1.0).powf(-0.3);
         assert!(early(60.0) < late(60.0) && late(750.0) < early(750.0));
         let checkpoints = [Some(vec![run(early, 60)]), Some(vec![run(late, 60)])];
-        let (target, s) = score(&checkpoints, Budget::Updates(750), 60, TargetSpec::MedianFinal).unwrap();
+        let (target, s) = score(&checkpoints, Budget::Updates(750), 60, TargetSpec::MedianFinal);
+        let target = target.unwrap();
         let (e, l) = (s[0].as_ref().unwrap(), s[1].as_ref().unwrap());
         assert_eq!((l.rank, e.rank), (1, 2), "{l:?}\n{e:?}");
         assert!(l.forecast && e.forecast && l.steps_forecast);
@@ -276,14 +282,15 @@ mod tests {
     }
 
     #[test]
-    fn a_budget_within_the_probe_is_measured_and_a_plateau_cannot_be_forecast() {
+    fn a_budget_within_the_probe_is_measured_and_a_plateau_cannot_be_forecast_nor_ranked() {
         let falling = |s: f64| 2.0 + 3.0 * (-s / 30.0).exp();
-        let (_, s) = score(&[Some(vec![run(falling, 60)])], Budget::Updates(60), 60, TargetSpec::Loss(2.5)).unwrap();
+        let (_, s) = score(&[Some(vec![run(falling, 60)])], Budget::Updates(60), 60, TargetSpec::Loss(2.5));
         let m = s[0].as_ref().unwrap();
         assert!(!m.forecast && m.eval_loss.unwrap().mean == run(falling, 60).curve.last().unwrap().eval_loss.unwrap());
-        let (_, s) = score(&[Some(vec![run(falling, 60)]), Some(vec![run(|_| 4.0, 60)])], Budget::Updates(600), 60, TargetSpec::Loss(2.5)).unwrap();
+        let (target, s) = score(&[Some(vec![run(falling, 60)]), Some(vec![run(|_| 4.0, 60)])], Budget::Updates(600), 60, TargetSpec::Loss(2.5));
         let plateau = s[1].as_ref().unwrap();
-        assert_eq!((plateau.no_forecast, plateau.rank, plateau.eval_loss), (Some("still in its search phase"), 2, None));
+        assert_eq!((plateau.no_forecast, plateau.eval_loss), (Some("still in its search phase"), None));
+        assert!(target.is_none(), "one snapshot that cannot be placed at the budget: no ranking there");
     }
 
     #[test]

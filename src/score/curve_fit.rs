@@ -8,7 +8,8 @@
 //! Two families:
 //! - power law: g_b(s) = (s + 1)^-b, the form fine-tuning curves follow;
 //! - exponential: g_b(s) = exp(-b (s - s0) / S), s0 and S the first step and the span of the
-//!   fitted points, kept only when it fits ten times better (the single-index model's curves).
+//!   fitted points, kept only when the fitted points fall by a decade or more and it fits ten
+//!   times better (the single-index model's curves).
 //!
 //! The fit minimises the squared *relative* error, sum ((fit - loss) / loss)^2: for a language
 //! model's losses (a few nats, falling by tens of percent) that is nearly plain least squares,
@@ -130,10 +131,16 @@ impl Forecast {
         let within = |f: &CurveFit| f.steps_to(target).filter(|&s| s <= cap_step);
         let value = within(&self.fit)?;
         let mut draws: Vec<f64> = self.replicates.iter().map(|f| within(f).unwrap_or(f64::INFINITY)).collect();
-        let (lo, hi) = self.widened(value, percentiles(&mut draws));
+        // steps are widened on a log scale: their spread is skewed, and stretching it linearly
+        // would put the lower end at step 0 for any far target
+        let ln = |x: f64| (x + 1.0).ln();
+        let (pl, ph) = percentiles(&mut draws);
+        let (lo, hi) = self.widened(ln(value), (ln(pl), ln(ph)));
+        let (lo, hi) = (lo.exp() - 1.0, hi.exp() - 1.0);
         let (lo, hi) = self.alternatives.iter().map(|f| within(f).unwrap_or(f64::INFINITY)).fold((lo, hi), |(l, h), v| (l.min(v), h.max(v)));
-        // the curve shifted by the backtest's error at that step reaches the target sooner or later
-        let drifted = |sign: f64| self.fit.steps_to(target - sign * self.drift_at(value)).filter(|&s| s <= cap_step).unwrap_or(f64::INFINITY);
+        // the curve shifted down (up) by the backtest's error at that step reaches the target
+        // sooner (later)
+        let drifted = |by: f64| self.fit.steps_to(target + by * self.drift_at(value)).filter(|&s| s <= cap_step).unwrap_or(f64::INFINITY);
         Some(Interval { value, lo: lo.min(drifted(1.0)).max(0.0), hi: hi.max(drifted(-1.0)).min(cap_step) })
     }
 
@@ -170,17 +177,43 @@ fn percentiles(draws: &mut [f64]) -> (f64, f64) {
 pub const TRUSTED_POINTS: usize = 5;
 
 /// The forecast of a curve that can be trusted to extrapolate to `horizon`: at least
-/// [`TRUSTED_POINTS`] eval points, and past its search phase: its fitted curve has fallen by
-/// at least 2% of where the fit starts and by a tenth of the whole fall it forecasts to the
-/// horizon. A curve still on its plateau says nothing about when it will leave it. Err: why not.
+/// [`TRUSTED_POINTS`] eval points; past its search phase (its fitted curve has fallen by at
+/// least 2% of where the fit starts and by a tenth of the whole fall it forecasts to the
+/// horizon: a curve still on its plateau says nothing about when it will leave it); and bent
+/// (over the second half of the steps since its search phase it fell at most [`BENT`] times
+/// as fast as over the first: a curve still falling at its first pace shows nothing of where
+/// it levels off).
+/// Err: why not.
 pub fn trusted(points: &[(f64, f64)], horizon: f64) -> std::result::Result<Forecast, &'static str> {
     if points.len() < TRUSTED_POINTS {
         return Err("too few eval points");
+    }
+    let (first, last) = (points[0].1, points[points.len() - 1].1);
+    if first - last < 0.02 * first.abs() {
+        return Err("still in its search phase");
+    }
+    if !bent(window(points).unwrap_or(points)) {
+        return Err("its fall has not slowed yet: the probe is too short to show how the curve bends");
     }
     let f = forecast(points).ok_or("no falling curve fits")?;
     let (start, now) = (f.fit.loss(f.fit.from_step), f.fit.loss(points[points.len() - 1].0));
     let fallen = start - now;
     if fallen >= 0.02 * start.abs() && fallen >= 0.1 * (start - f.fit.loss(horizon)) { Ok(f) } else { Err("still in its search phase") }
+}
+
+/// How much slower the second half of a probe must fall than the first for its curve to count
+/// as bent.
+pub const BENT: f64 = 2.0 / 3.0;
+
+/// The loss fell over the first half of the steps, and over the second half at most [`BENT`]
+/// times as fast.
+fn bent(points: &[(f64, f64)]) -> bool {
+    let (first, last) = (points[0], points[points.len() - 1]);
+    let middle = first.0 + (last.0 - first.0) / 2.0;
+    let mid = points[points.iter().map(|p| (p.0 - middle).abs()).enumerate().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(0, |(i, _)| i)];
+    let rate = |a: (f64, f64), b: (f64, f64)| if b.0 > a.0 { (a.1 - b.1) / (b.0 - a.0) } else { 0.0 };
+    let (early, late) = (rate(first, mid), rate(mid, last));
+    early > 0.0 && late <= BENT * early
 }
 
 /// Steps to the target of one run, with a 95% interval (zero-width when measured).
@@ -201,7 +234,7 @@ pub fn steps_to_target(points: &[(f64, f64)], target: f64) -> Option<StepsTo> {
         return Some(StepsTo { steps: s, lo: s, hi: s, extrapolated: false });
     }
     let budget = points.last()?.0;
-    let f = forecast(points)?.steps_to(target, CAP * budget)?;
+    let f = trusted(points, CAP * budget).ok()?.steps_to(target, CAP * budget)?;
     Some(StepsTo { steps: f.value.max(budget), lo: f.lo.max(budget), hi: f.hi.max(budget), extrapolated: true })
 }
 
@@ -209,14 +242,16 @@ pub fn steps_to_target(points: &[(f64, f64)], target: f64) -> Option<StepsTo> {
 /// than [`MIN_POINTS`] points or when no decreasing curve fits.
 pub fn forecast(points: &[(f64, f64)]) -> Option<Forecast> {
     let window = window(points)?;
-    let (power, expo) = (fit_family(window, Family::Power, true), fit_family(window, Family::Exponential, true));
+    let n = window.len();
+    let decades = window[0].1 >= DECADE * window[n - 1].1;
+    let (power, expo) = (parsimonious(window, Family::Power), parsimonious(window, Family::Exponential).filter(|_| decades));
     let fit = match (power, expo) {
         (Some(p), Some(e)) if e.rmse.powi(2) * EXPONENTIAL_EDGE < p.rmse.powi(2) => e,
         (Some(p), _) => p,
         (None, e) => e?,
     };
-    let widen = super::stats::t975(window.len().saturating_sub(3).max(1)) / 1.96;
-    let candidates = [power, expo, fit_family(window, Family::Power, false), fit_family(window, Family::LogLinear, true)];
+    let widen = super::stats::t975(n.saturating_sub(3).max(1)) / 1.96;
+    let candidates = [power, expo, fit_family(window, Family::LogLinear, true)];
     let alternatives = candidates.into_iter().flatten().filter(|f| *f != fit && f.rmse.powi(2) <= PLAUSIBLE * fit.rmse.powi(2)).collect();
     let last_step = window[window.len() - 1].0;
     Some(Forecast { fit, replicates: bootstrap(window, &fit), widen, alternatives, drift: backtest(window, fit.family), last_step })
@@ -240,7 +275,20 @@ fn backtest(window: &[(f64, f64)], family: Family) -> f64 {
 
 /// An alternative curve whose squared error is within this factor of the chosen one's fits
 /// the points about as well (within a factor 2 in RMS).
-const PLAUSIBLE: f64 = 10.0;
+const PLAUSIBLE: f64 = 4.0;
+
+/// A family's fit with its asymptote at 0 unless a free asymptote fits significantly better
+/// (an F-test of the nested models at 95%: the extra parameter must earn its place). A free
+/// asymptote a few noisy points happen to favour would level the curve off at a loss it never
+/// approached.
+fn parsimonious(points: &[(f64, f64)], family: Family) -> Option<CurveFit> {
+    let (free, zero) = (fit_family(points, family, true), fit_family(points, family, false));
+    let (Some(f), Some(z)) = (free, zero) else { return free.or(zero) };
+    let dof = points.len().saturating_sub(3).max(1);
+    let (sse_free, sse_zero) = (f.rmse.powi(2), z.rmse.powi(2));
+    let f_stat = if sse_free > 0.0 { (sse_zero - sse_free) / (sse_free / dof as f64) } else { f64::INFINITY };
+    Some(if f_stat > super::stats::t975(dof).powi(2) { f } else { z })
+}
 
 /// How much better (in squared error) the exponential must fit than the power law to be kept:
 /// fine-tuning curves follow power laws, and an exponential that fits a few noisy points
@@ -248,15 +296,32 @@ const PLAUSIBLE: f64 = 10.0;
 /// are exponential by orders of magnitude.
 const EXPONENTIAL_EDGE: f64 = 10.0;
 
-/// The points from the end of the search phase on (the eval point at or before it), or the
+/// The exponential is a candidate (chosen or alternative) only for a fitted window whose loss
+/// falls by at least this factor: a curve falling towards zero by decades, as the single-index
+/// model's do. A language model's fine-tuning curve falls by tens of percent, first fast (the
+/// adapter finds the task) and then slowly; over a probe an exponential fits its fast part
+/// better than a power law does and then levels off far too soon: on the committed long runs
+/// (tests/fixtures/expected/long_runs) it orders the snapshots wrongly at three epochs where
+/// the power law orders them rightly.
+const DECADE: f64 = 10.0;
+
+/// The points from where the loss first falls at [`STEEP`] of its fastest pace relative to
+/// itself, at or after the end of the search phase (the eval point at or before it), or the
 /// last [`MIN_POINTS`] when that leaves fewer.
+const STEEP: f64 = 0.8;
+
 fn window(points: &[(f64, f64)]) -> Option<&[(f64, f64)]> {
     if points.len() < MIN_POINTS {
         return None;
     }
     let search_end = metrics::search_phase_steps(points).unwrap_or(0.0);
-    let start = points.iter().rposition(|p| p.0 <= search_end).unwrap_or(0);
-    Some(&points[start.min(points.len() - MIN_POINTS)..])
+    let after_search = points.iter().rposition(|p| p.0 <= search_end).unwrap_or(0);
+    // where the loss falls fastest relative to itself: the start for a learning curve (its
+    // fall slows from the first update), past the inflection for one that escapes a plateau
+    let rate = |i: usize| (points[i].1.max(1e-300) / points[i + 1].1.max(1e-300)).ln() / (points[i + 1].0 - points[i].0).max(1e-300);
+    let fastest = (after_search..points.len() - 1).map(rate).fold(f64::NEG_INFINITY, f64::max);
+    let steep = (after_search..points.len() - 1).find(|&i| rate(i) >= STEEP * fastest).unwrap_or(after_search);
+    Some(&points[steep.min(points.len() - MIN_POINTS)..])
 }
 
 /// Residual bootstrap replicates of `fit` on `points`, refitted in the same family.
@@ -349,11 +414,16 @@ mod tests {
 
     #[test]
     fn recovers_an_exponential_with_an_asymptote() {
-        let points = curve(|s| 1.0 + 2.0 * (-0.05 * s).exp(), (0..=60).step_by(5));
+        // falling by more than a decade (2.01 to 0.11), as the single-index model's curves do
+        let points = curve(|s| 0.01 + 2.0 * (-0.05 * s).exp(), (0..=60).step_by(5));
         let f = forecast(&points).unwrap();
         assert_eq!(f.fit.family, Family::Exponential);
-        assert!((f.fit.c - 1.0).abs() < 1e-4, "{:?}", f.fit);
-        assert!((f.loss_at(200.0).value - (1.0 + 2.0 * (-10.0f64).exp())).abs() < 1e-4);
+        assert!((f.fit.c - 0.01).abs() < 1e-6, "{:?}", f.fit);
+        assert!((f.loss_at(200.0).value - (0.01 + 2.0 * (-10.0f64).exp())).abs() < 1e-6);
+        // the same shape falling by tens of percent, as a fine-tuning curve does, is fitted with
+        // the power law: an exponential fitted to a probe levels off too soon
+        let shallow = curve(|s| 1.0 + 2.0 * (-0.05 * s).exp(), (0..=60).step_by(5));
+        assert_eq!(forecast(&shallow).unwrap().fit.family, Family::Power);
     }
 
     /// Curves that level off above the target never reach it, however long they run; one
@@ -364,8 +434,8 @@ mod tests {
         let f = forecast(&plateau).unwrap();
         assert!(f.fit.c > 1.9, "{:?}", f.fit);
         assert_eq!(f.steps_to(1.5, CAP * 60.0), None);
-        let flat_exp = curve(|s| 3.0 + 0.5 * (-0.1 * s).exp(), (0..=60).step_by(10));
-        assert_eq!(forecast(&flat_exp).unwrap().steps_to(2.9, CAP * 60.0), None);
+        let flat_exp = curve(|s| 0.05 + 1.0 * (-0.1 * s).exp(), (0..=60).step_by(10));
+        assert_eq!(forecast(&flat_exp).unwrap().steps_to(0.045, CAP * 60.0), None);
         // 1.6 + (s+1)^-0.5 reaches 1.65 at s = 399: within ten budgets of 60, but not 1.61 (s = 9999)
         let slow = curve(|s| 1.6 + (s + 1.0).powf(-0.5), (0..=60).step_by(10));
         let f = forecast(&slow).unwrap();
@@ -400,16 +470,16 @@ mod tests {
         assert!(forecast(&[(0.0, 3.0), (10.0, 2.0), (20.0, 1.5)]).is_none());
         let rising = curve(|s| 1.0 + 0.01 * s, (0..=60).step_by(10));
         let f = forecast(&rising).unwrap();
-        assert_eq!(f.fit.a, 0.0, "the best non-rising curve is flat: {:?}", f.fit);
+        assert!(f.fit.loss(600.0) > 0.99 * f.fit.loss(0.0), "the best non-rising curve is (nearly) flat: {:?}", f.fit);
         assert_eq!(f.steps_to(0.5, 600.0), None);
     }
 
     #[test]
     fn a_missed_target_is_forecast_with_an_interval() {
-        let expo: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64 * 10.0, 2.0 * (-0.01 * i as f64 * 10.0).exp())).collect();
-        let s = steps_to_target(&expo, 0.2).unwrap();
+        let expo: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64 * 10.0, 2.0 * (-0.03 * i as f64 * 10.0).exp())).collect();
+        let s = steps_to_target(&expo, 0.02).unwrap();
         assert!(s.extrapolated);
-        assert!((s.steps - 100.0 * 10f64.ln()).abs() < 1e-3, "{s:?}");
+        assert!((s.steps - 100f64.ln() / 0.03).abs() < 1e-2, "{s:?}");
         assert!(s.lo <= s.steps && s.steps <= s.hi);
         let measured = steps_to_target(&expo, 1.0).unwrap();
         assert_eq!((measured.extrapolated, measured.lo, measured.hi), (false, measured.steps, measured.steps));

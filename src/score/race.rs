@@ -6,8 +6,10 @@
 //! task, or sit on a plateau, and then overtake. So at each rung every live checkpoint's curve
 //! so far is fitted with the curve model (`curve_fit`), which forecasts its time to the target
 //! at the full budget with a 95% interval, and a checkpoint is stopped only when the whole of
-//! that interval lies beyond the leader's. A checkpoint that cannot be forecast yet is never
-//! stopped: too few eval points, or still in its search phase (`curve_fit::trusted`). The target at a rung is the scan's target rule applied to the forecasts: a
+//! that interval lies beyond the leader's. A checkpoint that cannot be forecast yet (too few
+//! eval points, still in its search phase, or not yet bent: `curve_fit::trusted`) is judged
+//! only by what is certain: with a given target loss that it has not reached, it gets there
+//! after the rung if ever, and it stops when the leader got there before. The target at a rung is the scan's target rule applied to the forecasts: a
 //! given loss as it is, the median final loss as the median of the runs' forecast losses at
 //! the full budget, a drop target from their forecast drops. The last rung is the full
 //! budget, so a survivor is measured exactly as `--strategy full` measures it. This module
@@ -68,7 +70,8 @@ pub enum Outlook {
 /// The verdicts for the live checkpoints at `rung` of a race over `budget` updates.
 pub fn decide(entrants: &[Entrant], spec: TargetSpec, rung: usize, budget: usize, hours_unit: &str) -> Vec<Verdict> {
     let targets = targets_at_rung(entrants, spec, budget as f64);
-    let outlooks: Vec<Outlook> = entrants.iter().zip(&targets).map(|(e, &t)| outlook(&e.seeds, t, budget as f64)).collect();
+    let given = matches!(spec, TargetSpec::Loss(_));
+    let outlooks: Vec<Outlook> = entrants.iter().zip(&targets).map(|(e, &t)| outlook(&e.seeds, t, budget as f64, given)).collect();
     let hours = |i: usize| match &outlooks[i] {
         Outlook::Steps(s) => Some(s.scaled(entrants[i].step_s / 3600.0)),
         Outlook::Unjudged(_) => None,
@@ -100,8 +103,10 @@ fn describe(h: &Estimate, unit: &str) -> String {
 
 /// Steps to `target` at the full budget over the seeds' curves so far: measured where a curve
 /// got there (exact, as the ranking takes it: with one seed a measured step has no interval),
-/// else forecast; unjudged while any seed cannot be forecast.
-pub fn outlook(seeds: &[Vec<(f64, f64)>], target: f64, budget: f64) -> Outlook {
+/// else forecast. A seed that cannot be forecast leaves the checkpoint unjudged, unless the
+/// target is a given loss (`given`): then what is certain is that it gets there after its last
+/// step, if ever ([last step, never)).
+pub fn outlook(seeds: &[Vec<(f64, f64)>], target: f64, budget: f64, given: bool) -> Outlook {
     let cap = curve_fit::CAP * budget;
     let mut per = Vec::with_capacity(seeds.len());
     for points in seeds {
@@ -111,11 +116,16 @@ pub fn outlook(seeds: &[Vec<(f64, f64)>], target: f64, budget: f64) -> Outlook {
         }
         let f = match curve_fit::trusted(points, budget) {
             Ok(f) => f,
+            Err(_) if given => {
+                per.push((f64::INFINITY, points.last().map_or(0.0, |p| p.0), f64::INFINITY));
+                continue;
+            }
             Err(why) => return Outlook::Unjudged(why),
         };
+        let last = points.last().map_or(0.0, |p| p.0); // not reached by then: certain
         per.push(match f.steps_to(target, f64::INFINITY) {
-            Some(Interval { value, lo, hi }) if value <= cap => (value, lo, if hi >= cap { f64::INFINITY } else { hi }),
-            Some(Interval { lo, .. }) => (f64::INFINITY, lo, f64::INFINITY),
+            Some(Interval { value, lo, hi }) if value <= cap => (value.max(last), lo.max(last), if hi >= cap { f64::INFINITY } else { hi.max(last) }),
+            Some(Interval { lo, .. }) => (f64::INFINITY, lo.max(last), f64::INFINITY),
             None => (f64::INFINITY, f64::INFINITY, f64::INFINITY),
         });
     }
@@ -174,14 +184,14 @@ mod tests {
         Entrant { name, seeds: vec![curve(f, upto)], step_s: 1.0, finished: false }
     }
 
-    /// Curves that cross: `late` starts higher (10.1 against 7.2) and is still behind at the
-    /// rung, but falls faster and reaches the target 6.0 first (near step 65), while `early`
+    /// Curves that cross: `late` starts higher (14 against 7.2) and is still behind at the
+    /// rung, but falls faster and reaches the target 6.0 first (near step 104), while `early`
     /// levels off at 6.3 and `flat` at 6.6. Successive halving on the loss so far would stop
     /// `late`; the forecast keeps it and stops `flat`.
     #[test]
     fn a_curve_that_will_overtake_is_not_stopped() {
         let early = |s: f64| 6.3 + 0.9 * (s + 1.0).powf(-0.3);
-        let late = |s: f64| 5.0 + 5.1 * (-s / 40.0).exp();
+        let late = |s: f64| 3.0 + 11.0 * (s + 1.0).powf(-0.28);
         let flat = |s: f64| 6.6 + 0.6 * (s + 1.0).powf(-0.5);
         assert!(late(40.0) > early(40.0) && late(40.0) > flat(40.0), "late is still behind at the rung");
         let field = [entrant("early", early, 40), entrant("late", late, 40), entrant("flat", flat, 40)];
@@ -189,39 +199,49 @@ mod tests {
         assert_eq!(v[1], Verdict::Continue);
         let Verdict::Stop(why) = &v[2] else { panic!("flat does not reach 6.0: {v:?}") };
         assert!(why.contains("at step 40") && why.contains("(late)"), "{why}");
-        // five noisy points of early's slow fall cannot rule out a late arrival: it is kept
+        // five noisy points of early's slow fall cannot rule out an arrival within late's
+        // interval: it is kept
         assert_eq!(v[0], Verdict::Continue);
     }
 
+    /// A run on its plateau cannot be forecast: with the default target (estimated from the
+    /// forecasts) it is never stopped; with a given target it is stopped only on a certainty:
+    /// the leader got there before the rung, and it has not.
     #[test]
-    fn a_run_on_its_plateau_or_with_few_points_is_never_stopped() {
+    fn a_run_that_cannot_be_forecast_is_judged_only_by_what_is_certain() {
         let fast = |s: f64| 1.0 + 3.0 * (-s / 10.0).exp();
         let plateau = |_s: f64| 4.0;
-        let v = decide(&[entrant("fast", fast, 40), entrant("plateau", plateau, 40)], TargetSpec::Loss(2.0), 40, 120, "device-hours");
-        assert_eq!(v, [Verdict::Continue, Verdict::Continue]);
-        assert_eq!(outlook(&[curve(plateau, 40)], 2.0, 120.0), Outlook::Unjudged("still in its search phase"));
-        assert_eq!(outlook(&[curve(fast, 30)], 0.5, 120.0), Outlook::Unjudged("too few eval points"));
+        let field = || [entrant("fast", fast, 40), entrant("plateau", plateau, 40)];
+        assert_eq!(decide(&field(), TargetSpec::MedianFinal, 40, 120, "device-hours"), [Verdict::Continue, Verdict::Continue]);
+        let v = decide(&field(), TargetSpec::Loss(2.0), 40, 120, "device-hours");
+        let Verdict::Stop(why) = &v[1] else { panic!("{v:?}") };
+        assert!(why.contains("at least 1.111e-2 device-hours"), "not before step 40: {why}");
+        // a target the leader has not reached either: nothing is certain
+        assert_eq!(decide(&field(), TargetSpec::Loss(1.02), 40, 120, "device-hours")[1], Verdict::Continue);
+        assert_eq!(outlook(&[curve(plateau, 40)], 2.0, 120.0, false), Outlook::Unjudged("still in its search phase"));
+        assert_eq!(outlook(&[curve(fast, 30)], 0.5, 120.0, false), Outlook::Unjudged("too few eval points"));
     }
 
     #[test]
     fn overlapping_forecasts_continue_and_finished_runs_are_never_stopped() {
-        let a = |s: f64| 2.0 + 3.0 * (-s / 40.0).exp();
-        let b = |s: f64| 2.0 + 3.0 * (-s / 41.0).exp();
-        let slow = |s: f64| 2.0 + 3.0 * (-s / 400.0).exp();
-        let v = decide(&[entrant("a", a, 40), entrant("b", b, 40)], TargetSpec::Loss(2.5), 40, 120, "device-hours");
+        let a = |s: f64| 2.0 + 3.0 * (-s / 15.0).exp();
+        let b = |s: f64| 2.0 + 3.0 * (-s / 15.5).exp();
+        let high = |s: f64| 2.3 + 2.7 * (-s / 15.0).exp(); // levels off above the target
+        let v = decide(&[entrant("a", a, 40), entrant("b", b, 40)], TargetSpec::Loss(2.1), 40, 120, "device-hours");
         assert_eq!(v, [Verdict::Continue, Verdict::Continue], "nearly equal curves are not told apart");
-        let v = decide(&[entrant("a", a, 40), entrant("slow", slow, 40)], TargetSpec::Loss(2.5), 40, 120, "device-hours");
+        let v = decide(&[entrant("a", a, 40), entrant("high", high, 40)], TargetSpec::Loss(2.2), 40, 120, "device-hours");
         assert!(matches!(v[1], Verdict::Stop(_)), "{v:?}");
-        let mut done = entrant("slow", slow, 40);
+        let mut done = entrant("high", high, 40);
         done.finished = true;
-        assert_eq!(decide(&[entrant("a", a, 40), done], TargetSpec::Loss(2.5), 40, 120, "device-hours")[1], Verdict::Continue);
+        assert_eq!(decide(&[entrant("a", a, 40), done], TargetSpec::Loss(2.2), 40, 120, "device-hours")[1], Verdict::Continue);
     }
 
     #[test]
     fn the_default_target_at_a_rung_is_the_median_forecast_final_loss() {
-        let field = [entrant("a", |s: f64| 2.0 + 3.0 * (-s / 20.0).exp(), 40), entrant("b", |s: f64| 3.0 + 3.0 * (-s / 20.0).exp(), 40)];
+        let (a, b) = (|s: f64| 2.0 + 3.0 * (s + 1.0).powf(-0.5), |s: f64| 3.0 + 3.0 * (s + 1.0).powf(-0.5));
+        let field = [entrant("a", a, 40), entrant("b", b, 40)];
         let t = targets_at_rung(&field, TargetSpec::MedianFinal, 120.0);
-        let expected = (2.0 + 3.0 * (-6.0f64).exp() + 3.0 + 3.0 * (-6.0f64).exp()) / 2.0;
+        let expected = (a(120.0) + b(120.0)) / 2.0;
         assert!((t[0] - expected).abs() < 0.05 && t[0] == t[1], "{t:?} vs {expected}");
     }
 }
