@@ -6,6 +6,7 @@ mod engine;
 mod errors;
 mod export;
 mod exports;
+mod forecast;
 mod folders;
 mod parity;
 mod partition;
