@@ -254,19 +254,20 @@ pub fn forecast(points: &[(f64, f64)]) -> Option<Forecast> {
     let candidates = [power, expo, fit_family(window, Family::LogLinear, true)];
     let alternatives = candidates.into_iter().flatten().filter(|f| *f != fit && f.rmse.powi(2) <= PLAUSIBLE * fit.rmse.powi(2)).collect();
     let last_step = window[window.len() - 1].0;
-    Some(Forecast { fit, replicates: bootstrap(window, &fit), widen, alternatives, drift: backtest(window, fit.family), last_step })
+    Some(Forecast { fit, replicates: bootstrap(window, &fit), widen, alternatives, drift: backtest(window, &fit), last_step })
 }
 
 /// The forecast's error within the probe, per unit of ln(step + 1): the curve refitted (same
-/// family) without its last one or two points misses the last point by so much, divided by
-/// how far that forecast reached; the larger of the two. 0 with too few points to leave any out.
-fn backtest(window: &[(f64, f64)], family: Family) -> f64 {
+/// model) without its last one or two points misses the last point by so much, divided by
+/// how far that forecast reached; the larger of the two. 0 with too few points to leave any
+/// out.
+fn backtest(window: &[(f64, f64)], fit: &CurveFit) -> f64 {
     let n = window.len();
     let (to, truth) = window[n - 1];
     (1..=2)
         .filter(|&k| n >= MIN_POINTS + k)
         .filter_map(|k| {
-            let early = fit_family(&window[..n - k], family, true)?;
+            let early = fit_family(&window[..n - k], fit.family, fit.c > 0.0)?;
             let reach = ((to + 1.0) / (window[n - k - 1].0 + 1.0)).ln();
             (reach > 0.0).then(|| (early.loss(to) - truth).abs() / reach)
         })
@@ -324,7 +325,8 @@ fn window(points: &[(f64, f64)]) -> Option<&[(f64, f64)]> {
     Some(&points[steep.min(points.len() - MIN_POINTS)..])
 }
 
-/// Residual bootstrap replicates of `fit` on `points`, refitted in the same family.
+/// Residual bootstrap replicates of `fit` on `points`, refitted as the same model (family, and
+/// asymptote free or at 0).
 fn bootstrap(points: &[(f64, f64)], fit: &CurveFit) -> Vec<CurveFit> {
     let n = points.len();
     let inflate = (n as f64 / (n - 3).max(1) as f64).sqrt();
@@ -336,7 +338,7 @@ fn bootstrap(points: &[(f64, f64)], fit: &CurveFit) -> Vec<CurveFit> {
             for (p, &(s, _)) in sample.iter_mut().zip(points) {
                 *p = (s, fit.loss(s) * (1.0 + residuals[rng.random_range(0..n)]));
             }
-            fit_family(&sample, fit.family, true)
+            fit_family(&sample, fit.family, fit.c > 0.0)
         })
         .collect()
 }

@@ -199,9 +199,10 @@ mod tests {
         assert_eq!(v[1], Verdict::Continue);
         let Verdict::Stop(why) = &v[2] else { panic!("flat does not reach 6.0: {v:?}") };
         assert!(why.contains("at step 40") && why.contains("(late)"), "{why}");
-        // five noisy points of early's slow fall cannot rule out an arrival within late's
-        // interval: it is kept
-        assert_eq!(v[0], Verdict::Continue);
+        // early levels off at 6.3 too; whether five noisy points of its slow fall rule out an
+        // arrival within late's interval depends on the ripple: it may be kept, and if stopped,
+        // then for late
+        assert!(matches!(&v[0], Verdict::Continue) || matches!(&v[0], Verdict::Stop(why) if why.contains("(late)")), "{v:?}");
     }
 
     /// A run on its plateau cannot be forecast: with the default target (estimated from the
