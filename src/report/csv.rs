@@ -1,5 +1,8 @@
 //! The CSV export (`--csv FILE`): one row per checkpoint with raw, unrounded values, for
-//! spreadsheets and scripts. Empty cells mean "not measured" or "not reached".
+//! spreadsheets and scripts. Empty cells mean "not measured" or "not reached". When the scan
+//! ranks for a budget beyond the probe, `budget_*` columns follow: the rank for the budget and
+//! the values at it, with `budget_forecast` / `budget_steps_forecast` saying which are forecast
+//! by the curve model rather than measured; `rank` stays the probe's own.
 
 use super::{CheckpointReport, Exporter, Report};
 use crate::error::Result;
@@ -13,18 +16,30 @@ const COLUMNS: [&str; 28] = [
     "mean_eval_loss", "search_phase_steps", "loss_drop_per_device_hour", "tokens_per_s", "median_step_s", "pretrain_loss",
     "flops_per_s", "peak_rss_bytes",
 ];
+const BUDGET: [&str; 15] = [
+    "budget_steps", "budget_rank", "budget_tied_with_best", "budget_forecast", "budget_eval_loss", "budget_eval_loss_lo",
+    "budget_eval_loss_hi", "budget_target_loss", "budget_steps_to_target", "budget_steps_to_target_lo", "budget_steps_to_target_hi",
+    "budget_steps_forecast", "budget_device_hours_to_target", "budget_device_hours_to_target_lo", "budget_device_hours_to_target_hi",
+];
 const SINGLE_INDEX: [&str; 6] = ["mu", "initial_loss", "escape_step", "steps_to_tiny_loss", "tau", "predicted_escape_step"];
 
 impl Exporter for Csv {
     fn render(&self, report: &Report) -> Result<Vec<u8>> {
         let with_theory = report.checkpoints.iter().any(|c| c.single_index.is_some());
+        let with_budget = report.budget.as_ref().is_some_and(|b| b.forecast);
         let mut header: Vec<&str> = COLUMNS.to_vec();
+        if with_budget {
+            header.extend(BUDGET);
+        }
         if with_theory {
             header.extend(SINGLE_INDEX);
         }
         let mut out = header.join(",") + "\n";
         for c in &report.checkpoints {
             let mut cells = cells(c);
+            if with_budget {
+                cells.extend(budget_cells(c));
+            }
             if with_theory {
                 cells.extend(theory_cells(c));
             }
@@ -70,6 +85,28 @@ fn cells(c: &CheckpointReport) -> Vec<String> {
         num(c.pretrain_loss),
         num(c.flops_per_s),
         num(c.peak_rss_bytes),
+    ]
+}
+
+fn budget_cells(c: &CheckpointReport) -> Vec<String> {
+    let Some(f) = &c.forecast else { return vec![String::new(); BUDGET.len()] };
+    let ci = |b: &Option<[f64; 2]>, i: usize| num(b.map(|b| b[i]));
+    vec![
+        f.budget_steps.to_string(),
+        num(f.rank),
+        f.tied_with_best.to_string(),
+        f.forecast.to_string(),
+        num(f.eval_loss),
+        ci(&f.eval_loss_ci95, 0),
+        ci(&f.eval_loss_ci95, 1),
+        num(f.target_loss),
+        num(f.steps_to_target),
+        ci(&f.steps_to_target_ci95, 0),
+        ci(&f.steps_to_target_ci95, 1),
+        f.steps_forecast.to_string(),
+        num(f.device_hours_to_target),
+        ci(&f.device_hours_to_target_ci95, 0),
+        ci(&f.device_hours_to_target_ci95, 1),
     ]
 }
 

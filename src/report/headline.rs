@@ -73,8 +73,12 @@ fn misses_for_sure(s: &Standing) -> bool {
 /// "best checkpoint to fine-tune: X", with what backs it.
 pub fn best_line(report: &Report) -> Option<String> {
     let (name, backing) = best_verdict(report)?;
-    let budget = report.budget.as_ref().filter(|b| b.forecast).map(|b| format!(" for {} updates", b.steps)).unwrap_or_default();
-    Some(format!("best checkpoint to fine-tune{budget}: {name}{backing}"))
+    Some(format!("best checkpoint to fine-tune{}: {name}{backing}", for_budget(report)))
+}
+
+/// " for N updates" when the ranking is for a forecast budget; else empty.
+pub fn for_budget(report: &Report) -> String {
+    report.budget.as_ref().filter(|b| b.forecast).map(|b| format!(" for {} updates", b.steps)).unwrap_or_default()
 }
 
 /// The first-ranked checkpoint and what backs its place, as " (...)".
@@ -124,7 +128,7 @@ pub fn headline(report: &Report) -> String {
 
 /// When ranking for a budget: whether the forecast leader is the probe's, and whether the
 /// forecast is settled.
-fn budget_sentence(report: &Report) -> Option<String> {
+pub fn budget_sentence(report: &Report) -> Option<String> {
     let b = report.budget.as_ref().filter(|b| b.forecast)?;
     let (probe_leader, leader) = (report.measured_ranking.first()?, report.ranking.first()?);
     let lead = if probe_leader == leader {

@@ -96,8 +96,9 @@ pub struct BudgetInfo {
     /// When they are not: about how many more probe updates would separate them (a rough
     /// estimate: intervals taken to narrow with the log of how far the forecast reaches).
     pub more_updates_to_settle: Option<usize>,
-    /// The budget is longer than the probe but no snapshot's curve can be forecast to it: why
-    /// (then `ranking` is the probe's).
+    /// The budget is longer than the probe but some snapshot's curve cannot be forecast to it:
+    /// which and why, "checkpoint-800: its fall has not slowed yet: ..." (then `ranking` is the
+    /// probe's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_forecast: Option<String>,
 }

@@ -1,8 +1,10 @@
 //! The plot (`--plot FILE.svg|FILE.png`): every snapshot's eval-loss curve against steps and
 //! against device-hours, the target line, and the ranking in the legend. Colours run from
 //! light (least pre-trained) to dark (most pre-trained), so a reader sees at a glance whether
-//! more pre-training means slower adaptation. With a rank or learning-rate sweep, one panel per
-//! variant (eval loss against steps). The font is embedded: no system fonts needed.
+//! more pre-training means slower adaptation. When the scan ranks for a budget beyond the probe,
+//! each curve continues dashed to the budget: the forecast, never drawn as a measurement. With
+//! a rank or learning-rate sweep, one panel per variant (eval loss against steps). The font is
+//! embedded: no system fonts needed.
 
 use std::path::Path;
 
@@ -54,7 +56,7 @@ fn draw_sweep<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report, s
     for (area, v) in panels.iter().zip(&sweep.variants) {
         let caption = format!("r={}, lr={:e}: best {}", v.rank, v.lr, v.ranking.first().map_or("-", |s| s.as_str()));
         let area = area.titled(&caption, ("sans-serif", 18)).map_err(err)?;
-        panel(&area, sweep.target_loss, &variant_series(report, v), |s| &s.by_step, "optimizer steps").map_err(err)?;
+        panel(&area, sweep.target_loss, &variant_series(report, v), Series::steps, "optimizer steps").map_err(err)?;
     }
     root.present().map_err(err)
 }
@@ -72,17 +74,37 @@ fn variant_series(report: &Report, v: &SweepVariant) -> Vec<Series> {
                 color: ViridisRGB::get_color(0.85 - 0.8 * i as f64 / (n - 1.0)),
                 by_step: p.eval_curve.iter().map(|q| (q[0], q[1])).collect(),
                 by_hours: Vec::new(),
+                forecast_by_step: Vec::new(),
+                forecast_by_hours: Vec::new(),
             }
         })
         .collect()
 }
 
-/// One curve: legend label, colour, and (x, loss) points for each panel.
+/// One curve: legend label, colour, and (x, loss) points for each panel, measured and forecast.
 struct Series {
     label: String,
     color: RGBColor,
     by_step: Vec<(f64, f64)>,
     by_hours: Vec<(f64, f64)>,
+    forecast_by_step: Vec<(f64, f64)>,
+    forecast_by_hours: Vec<(f64, f64)>,
+}
+
+/// (x, loss) points.
+type Points = [(f64, f64)];
+
+/// Which of a series' point sets a panel draws: (measured, forecast).
+type Pick = fn(&Series) -> (&Points, &Points);
+
+impl Series {
+    fn steps(&self) -> (&Points, &Points) {
+        (&self.by_step, &self.forecast_by_step)
+    }
+
+    fn hours(&self) -> (&Points, &Points) {
+        (&self.by_hours, &self.forecast_by_hours)
+    }
 }
 
 fn series(report: &Report) -> Vec<Series> {
@@ -93,14 +115,20 @@ fn series(report: &Report) -> Vec<Series> {
         .map(|(i, c)| {
             let step_h = c.step_cost_s.or(c.median_step_s).unwrap_or(0.0) / 3600.0; // as the ranking prices a step
             let points: Vec<(f64, f64)> = c.curve.iter().filter_map(|p| Some((p.step as f64, p.eval_loss?))).collect();
-            let rank = c.rank.map_or("-".into(), |r| format!("#{r}{}", if c.tied_with_best { "=" } else { "" }));
+            // the rank the report leads with: for the budget when forecast
+            let (rank, tied) = c.forecast.as_ref().map_or((c.rank, c.tied_with_best), |f| (f.rank, f.tied_with_best));
+            let rank = rank.map_or("-".into(), |r| format!("#{r}{}", if tied { "=" } else { "" }));
             let plateau = if c.after_plateau_onset == Some(true) { ", after pre-training plateau" } else { "" };
             let shade = 0.85 - 0.8 * i as f64 / (n - 1.0);
+            let forecast: Vec<(f64, f64)> = c.forecast.as_ref().map_or(Vec::new(), |f| f.curve.iter().map(|p| (p[0], p[1])).collect());
+            let hours = |pts: &[(f64, f64)]| pts.iter().map(|&(s, l)| (s * step_h, l)).collect();
             Series {
                 label: format!("{rank} {} (step {}{plateau})", c.name, c.step),
                 color: ViridisRGB::get_color(shade),
-                by_hours: points.iter().map(|&(s, l)| (s * step_h, l)).collect(),
+                by_hours: hours(&points),
                 by_step: points,
+                forecast_by_hours: hours(&forecast),
+                forecast_by_step: forecast,
             }
         })
         .collect()
@@ -109,20 +137,26 @@ fn series(report: &Report) -> Vec<Series> {
 fn draw<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report) -> std::result::Result<(), String> {
     let err = |e: DrawingAreaErrorKind<B::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
-    let title = format!("plasticity: LoRA fine-tuning of each snapshot (best: {})", report.ranking.first().map_or("-", |s| s.as_str()));
+    let best = report.ranking.first().map_or("-", |s| s.as_str());
+    let title = match report.budget.as_ref().filter(|b| b.forecast) {
+        Some(b) => format!("plasticity: LoRA fine-tuning of each snapshot, dashed: forecast to {} updates (best for that budget: {best})", b.steps),
+        None => format!("plasticity: LoRA fine-tuning of each snapshot (best: {best})"),
+    };
     let root = root.titled(&title, ("sans-serif", 24)).map_err(err)?;
     let panels = root.split_evenly((1, 2));
     let all = series(report);
     let hours = format!("{} (steps x the median step time of the shape)", report.hours_unit);
-    let target = report.target.as_ref().filter(|t| t.kind != "drop").map(|t| t.value);
-    panel(&panels[0], target, &all, |s| &s.by_step, "optimizer steps").map_err(err)?;
-    panel(&panels[1], target, &all, |s| &s.by_hours, &hours).map_err(err)?;
+    // the target the ranking uses: at the budget when forecast
+    let at_budget = report.budget.as_ref().filter(|b| b.forecast).and_then(|b| b.target.as_ref());
+    let target = at_budget.or(report.target.as_ref()).filter(|t| t.kind != "drop").map(|t| t.value);
+    panel(&panels[0], target, &all, Series::steps, "optimizer steps").map_err(err)?;
+    panel(&panels[1], target, &all, Series::hours, &hours).map_err(err)?;
     root.present().map_err(err)
 }
 
 /// Loss ranges over more than two decades are drawn on a log axis.
 fn loss_range(all: &[Series], target: Option<f64>) -> (f64, f64, bool) {
-    let losses = all.iter().flat_map(|s| s.by_step.iter().map(|p| p.1)).chain(target).filter(|l| l.is_finite());
+    let losses = all.iter().flat_map(|s| s.by_step.iter().chain(&s.forecast_by_step).map(|p| p.1)).chain(target).filter(|l| l.is_finite());
     let (lo, hi) = losses.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| (a.min(l), b.max(l)));
     if !lo.is_finite() {
         return (0.0, 1.0, false);
@@ -138,10 +172,10 @@ fn panel<B: DrawingBackend>(
     area: &DrawingArea<B, Shift>,
     target: Option<f64>,
     all: &[Series],
-    points: impl Fn(&Series) -> &Vec<(f64, f64)>,
+    points: Pick,
     x_label: &str,
 ) -> std::result::Result<(), DrawingAreaErrorKind<B::ErrorType>> {
-    let xs = || all.iter().flat_map(|s| points(s).iter().map(|p| p.0));
+    let xs = || all.iter().flat_map(|s| points(s).0.iter().chain(points(s).1).map(|p| p.0));
     let x_max = xs().fold(0.0, f64::max).max(1e-12);
     let x_min = xs().filter(|&x| x > 0.0).fold(f64::INFINITY, f64::min);
     // Runs that stop after very different numbers of steps are read on a log axis from step 1.
@@ -161,7 +195,7 @@ fn panel<B: DrawingBackend>(
         ($x:expr, $y:expr) => {{
             let mut chart = builder.build_cartesian_2d($x, $y)?;
             chart.configure_mesh().x_desc(&x_desc).y_desc(y_desc).x_label_formatter(&fmt_x).y_label_formatter(&fmt_y).label_style(("sans-serif", 15)).draw()?;
-            curves(&mut chart, all, &points, target, (if log_x { x_min } else { 0.0 }, x_max))?;
+            curves(&mut chart, all, points, target, (if log_x { x_min } else { 0.0 }, x_max))?;
             legend(&mut chart, if log_y { SeriesLabelPosition::LowerLeft } else { SeriesLabelPosition::UpperRight })
         }};
     }
@@ -176,7 +210,7 @@ fn panel<B: DrawingBackend>(
 fn curves<'a, DB: DrawingBackend + 'a, X: Ranged<ValueType = f64>, Y: Ranged<ValueType = f64>>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     all: &[Series],
-    points: &impl Fn(&Series) -> &Vec<(f64, f64)>,
+    points: Pick,
     target: Option<f64>,
     (x_min, x_max): (f64, f64),
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
@@ -190,10 +224,13 @@ fn curves<'a, DB: DrawingBackend + 'a, X: Ranged<ValueType = f64>, Y: Ranged<Val
     }
     for s in all {
         let style = s.color.stroke_width(3);
-        let visible = points(s).iter().copied().filter(|p| p.0 >= x_min);
+        let (measured, forecast) = points(s);
+        let visible = measured.iter().copied().filter(|p| p.0 >= x_min);
         chart.draw_series(LineSeries::new(visible, style))?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        let dashed = forecast.iter().copied().filter(|p| p.0 >= x_min);
+        chart.draw_series(DashedLineSeries::new(dashed, 8, 6, s.color.stroke_width(2)))?;
     }
     Ok(())
 }
@@ -233,5 +270,10 @@ mod tests {
         let mut report = crate::report::blank_report();
         report.checkpoints = vec![c];
         assert_eq!(series(&report)[0].by_hours, vec![(0.0, 3.0), (1.0, 2.0)]);
+        assert!(series(&report)[0].forecast_by_step.is_empty(), "nothing forecast: nothing dashed");
+        report.checkpoints[0].forecast = Some(crate::report::ForecastReport { curve: vec![[3600.0, 2.0], [7200.0, 1.5]], rank: Some(1), ..Default::default() });
+        let s = &series(&report)[0];
+        assert_eq!((s.forecast_by_step.clone(), s.forecast_by_hours.clone()), (vec![(3600.0, 2.0), (7200.0, 1.5)], vec![(1.0, 2.0), (2.0, 1.5)]));
+        assert!(s.label.starts_with("#1 a"), "{}", s.label);
     }
 }

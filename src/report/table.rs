@@ -13,6 +13,9 @@ pub fn render(report: &Report) -> String {
     if let Some(line) = super::headline::best_line(report) {
         out.push_str(&format!("{line}\n"));
     }
+    if let Some(line) = super::headline::budget_sentence(report) {
+        out.push_str(&format!("{line}\n"));
+    }
     if let Some(theory) = theory_table(report) {
         out.push_str(&format!("\n{THEORY_CAPTION}\n{}", grid(&theory)));
     }
@@ -238,7 +241,7 @@ pub fn footnotes(report: &Report) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(b) = report.budget.as_ref().filter(|b| b.forecast) {
         notes.push(format!(
-            "~ a forecast to the {}-update budget by the curve model (a power law, or an exponential, with an asymptote, fitted to each probe's eval points); [low, high] is its 95% interval; ranked by the eval loss at the budget; probe rank: the ranking after the {}-update probe itself",
+            "~ a forecast to the {}-update budget by the curve model (a power law with an asymptote, or an exponential where a curve falls by decades, fitted to each probe's eval points); [low, high] is its 95% interval; ranked by the eval loss at the budget; probe rank: the ranking after the {}-update probe itself",
             b.steps, b.probe_steps
         ));
         if report.checkpoints.iter().any(|c| c.forecast.as_ref().is_some_and(|f| f.tied_with_best)) {

@@ -3,7 +3,7 @@
 //! `report` and `select` commands on a real scan.
 
 use plasticity::model::single_index::Metrics;
-use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, CheckpointReport, DeviceInfo, Exporter, RaceInfo, Report, StoppedInfo, TargetInfo, Tool};
+use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, BudgetInfo, CheckpointReport, DeviceInfo, Exporter, ForecastReport, RaceInfo, Report, StoppedInfo, TargetInfo, Tool};
 use plasticity::train::CurvePoint;
 
 use super::util::{fixtures, scan, Dir};
@@ -89,6 +89,35 @@ fn simulated() -> Report {
     r
 }
 
+/// Ranked for a budget of 100 updates from the 10-update probe: the forecast reverses it
+/// (step2500, third after the probe, leads at the budget), and the leaders are not told apart.
+fn budgeted() -> Report {
+    let mut r = report();
+    let target = TargetInfo { kind: "median_final".into(), value: 3.3, set_by: vec!["step1000".into(), "step2000".into(), "step2500".into()] };
+    r.budget = Some(BudgetInfo { asked: "3 epochs".into(), probe_steps: 10, steps: 100, forecast: true, target: Some(target), settled: Some(false), more_updates_to_settle: Some(40), no_forecast: None });
+    let at = |rank: usize, loss: f64, steps: Option<f64>, tied: bool| ForecastReport {
+        budget_steps: 100,
+        forecast: true,
+        steps_forecast: steps.is_some_and(|s| s > 10.0),
+        eval_loss: Some(loss),
+        eval_loss_ci95: Some([loss - 0.1, loss + 0.1]),
+        target_loss: Some(3.3),
+        steps_to_target: steps,
+        steps_to_target_ci95: steps.map(|s| [s * 0.8, s * 1.3]),
+        device_hours_to_target: steps.map(|s| s * 0.25 / 3600.0),
+        device_hours_to_target_ci95: steps.map(|s| [s * 0.8 * 0.25 / 3600.0, s * 1.3 * 0.25 / 3600.0]),
+        rank: Some(rank),
+        tied_with_best: tied,
+        curve: vec![[10.0, loss + 0.3], [55.0, loss + 0.1], [100.0, loss]],
+        ..Default::default()
+    };
+    r.checkpoints[0].forecast = Some(at(2, 3.25, Some(60.0), true));
+    r.checkpoints[1].forecast = Some(at(3, 3.4, None, false));
+    r.checkpoints[2].forecast = Some(at(1, 3.2, Some(45.0), false));
+    r.measured_ranking = std::mem::replace(&mut r.ranking, vec!["step2500".into(), "step1000".into(), "step2000".into()]);
+    r
+}
+
 /// Compares with tests/snapshots/NAME, or writes it when UPDATE_SNAPSHOTS is set.
 fn snapshot(name: &str, got: Vec<u8>) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
@@ -101,7 +130,7 @@ fn snapshot(name: &str, got: Vec<u8>) {
 
 #[test]
 fn hand_built_reports_match_the_schema() {
-    for r in [report(), simulated()] {
+    for r in [report(), simulated(), budgeted()] {
         super::util::assert_valid_report(&serde_json::to_value(&r).unwrap());
     }
     let mut drifted = serde_json::to_value(report()).unwrap();
@@ -114,12 +143,14 @@ fn hand_built_reports_match_the_schema() {
 fn markdown_snapshot() {
     snapshot("report.md", Markdown.render(&report()).unwrap());
     snapshot("simulated.md", Markdown.render(&simulated()).unwrap());
+    snapshot("budget.md", Markdown.render(&budgeted()).unwrap());
 }
 
 #[test]
 fn csv_snapshot() {
     snapshot("report.csv", Csv.render(&report()).unwrap());
     snapshot("simulated.csv", Csv.render(&simulated()).unwrap());
+    snapshot("budget.csv", Csv.render(&budgeted()).unwrap());
 }
 
 #[test]

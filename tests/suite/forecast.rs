@@ -9,13 +9,14 @@
 
 use super::util::{fixtures, json, scan};
 
-/// The default scan of a committed series at `lr`, ranked for the default budget.
-fn scan_series(series: &str, lr: &str) -> serde_json::Value {
+/// The default scan of a committed series at `lr`, ranked for the default budget: the report
+/// and what the scan printed.
+fn scan_series(series: &str, lr: &str) -> (serde_json::Value, String) {
     let out = scan(&fixtures().join(series), &fixtures().join("task_upper.jsonl"), &["--json", "-", "--steps", "60", "--eval-every", "10", "--lr", lr, "--eval-blocks", "8", "--batch-size", "8"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     super::util::assert_valid_report(&r);
-    r
+    (r, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Spearman's rank correlation of two orders of the same names.
@@ -35,7 +36,7 @@ fn the_forecast_from_the_probe_names_the_long_runs_winner() {
     let mut forecasts = 0;
     for (series, lr) in [("series_crossing", "3e-3"), ("series_gpt2", "3e-3"), ("series_gpt_neox", "3e-3"), ("series_crossing", "1e-3"), ("series_gpt2", "1e-3"), ("series_gpt_neox", "1e-3")] {
         let long = json(&fixtures().join("expected/long_runs").join(format!("{series}_lr{lr}.json")));
-        let r = scan_series(series, lr);
+        let (r, printed) = scan_series(series, lr);
         let budget = &r["budget"];
         assert_eq!(budget["steps"].as_u64(), long["updates"].as_u64(), "{series}: the default budget is three epochs: {budget}");
         let finals: Vec<(String, f64)> = long["curves"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_array().unwrap().last().unwrap()[1].as_f64().unwrap())).collect();
@@ -63,6 +64,7 @@ fn the_forecast_from_the_probe_names_the_long_runs_winner() {
         assert!(rho >= 0.8, "{series} lr {lr}: Spearman {rho}");
         if (series, lr) == ("series_crossing", "1e-3") {
             assert_eq!(measured[0], "checkpoint-400", "the probe's own ranking is the one the budget reverses");
+            assert!(printed.contains("After the 60-update probe checkpoint-400 leads; by 461 updates checkpoint-800 is forecast to lead."), "{printed}");
         }
     }
     assert!(forecasts >= 5, "{forecasts} of 6 scans forecast");
