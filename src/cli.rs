@@ -231,6 +231,12 @@ pub struct ScanArgs {
     #[arg(long, value_name = "N|N-tokens|Nh|N-epochs")]
     pub budget: Option<String>,
 
+    /// When the leaders' forecasts at the budget overlap after the probe, keep training only
+    /// them (doubling their updates each round, up to the budget) until their 95% intervals
+    /// separate or they reach the budget; the report says what this cost.
+    #[arg(long)]
+    pub until_settled: bool,
+
     /// Fine-tune each checkpoint N times (seeds --seed..--seed+N-1, likewise --data-seed) and
     /// report means with 95% confidence intervals.
     #[arg(long, allow_hyphen_values = true, default_value_t = 1, value_name = "N")]

@@ -93,6 +93,9 @@ pub struct ScanOptions {
     pub sweep: Option<Sweep>,
     /// --budget: the fine-tune the ranking answers for.
     pub budget: Budget,
+    /// --until-settled: continue the leaders' runs beyond the probe until the ranking at the
+    /// budget is settled.
+    pub until_settled: bool,
 }
 
 /// `--budget`: N (updates), N-tokens with an optional K, M or G, Nh, or N-epochs; positive,
@@ -159,6 +162,27 @@ impl ScanOptions {
     }
 }
 
+/// `--until-settled` needs the paused runs of one process on one device, over the whole series.
+fn until_settled(args: &ScanArgs) -> Result<()> {
+    if !args.until_settled {
+        return Ok(());
+    }
+    let refuse = |why: &str| Err(Error::flag("--until-settled", format!("cannot be combined with {why}")));
+    if args.ranks.is_some() || args.lrs.is_some() {
+        return refuse("--ranks or --lrs (a sweep compares its variants at the probe)");
+    }
+    if args.resume.is_some() {
+        return refuse("--resume (a resumed measurement has no paused run to continue)");
+    }
+    if args.partition.is_some() {
+        return refuse("--partition (the leaders are known only over the whole series)");
+    }
+    if args.devices.is_some() {
+        return refuse("--devices (the paused runs continue on one device)");
+    }
+    Ok(())
+}
+
 /// `--ranks` and `--lrs`: each a list of distinct values; None when neither is given.
 fn sweep(args: &ScanArgs, rank: usize, lr: f64) -> Result<Option<Sweep>> {
     if args.ranks.is_none() && args.lrs.is_none() {
@@ -215,6 +239,7 @@ impl ScanOptions {
         let (lora, init) = lora_settings(&args.lora, args.train.seed)?;
         let train = train_settings(&args.train)?;
         let budget = budget(args.budget.as_deref(), train.steps)?;
+        until_settled(&args)?;
         let sweep = sweep(&args, lora.rank, train.optimizer.lr)?;
         if args.save_best && args.partition.is_some() {
             return Err(Error::flag("--save-best", "cannot be combined with --partition: a part does not know the series' winner (save every adapter, then keep `plasticity select`'s)"));
@@ -258,6 +283,7 @@ impl ScanOptions {
             pretrain_sample: args.pretrain_sample,
             save_best: args.save_best,
             budget,
+            until_settled: args.until_settled,
         })
     }
 

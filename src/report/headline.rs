@@ -126,16 +126,25 @@ pub fn headline(report: &Report) -> String {
     sentences.join(" ")
 }
 
-/// When ranking for a budget: whether the forecast leader is the probe's, and whether the
-/// forecast is settled.
+/// The leader's loss at the budget was measured (`--until-settled` ran it there).
+fn leader_measured(report: &Report) -> bool {
+    let leader = report.ranking.first();
+    report.checkpoints.iter().any(|c| Some(&c.name) == leader && c.forecast.as_ref().is_some_and(|f| !f.forecast))
+}
+
+/// When ranking for a budget: whether the leader at the budget is the probe's, whether that
+/// is forecast or measured, and whether the ranking is settled.
 pub fn budget_sentence(report: &Report) -> Option<String> {
     let b = report.budget.as_ref().filter(|b| b.forecast)?;
     let (probe_leader, leader) = (report.measured_ranking.first()?, report.ranking.first()?);
-    let lead = if probe_leader == leader {
+    let mut lead = if probe_leader == leader {
         format!("{leader} leads after the {}-update probe and is forecast to lead at {} updates.", b.probe_steps, b.steps)
     } else {
-        format!("After the {}-update probe {probe_leader} leads; by {} updates {leader} is forecast to lead.", b.probe_steps, b.steps)
+        format!("After the {}-update probe {probe_leader} leads; by {} updates {leader} {}.", b.probe_steps, b.steps, if leader_measured(report) { "leads (measured)" } else { "is forecast to lead" })
     };
+    if leader_measured(report) && probe_leader == leader {
+        lead = format!("{leader} leads after the {}-update probe and at {} updates (measured).", b.probe_steps, b.steps);
+    }
     let settled = match (b.settled, b.more_updates_to_settle) {
         (Some(false), Some(n)) => format!(" Not settled: the leaders' forecast intervals overlap; about {n} more probe updates would separate them (a rough estimate)."),
         (Some(false), None) => " Not settled: the leaders' forecast intervals overlap.".to_string(),

@@ -101,6 +101,24 @@ pub struct BudgetInfo {
     /// probe's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_forecast: Option<String>,
+    /// `--until-settled`: the rounds that continued the leaders beyond the probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle: Option<SettleInfo>,
+}
+
+/// What `--until-settled` did: each round continued the contenders (the leader at the budget
+/// and those tied with it) to `step`; `updates_trained` counts their updates beyond the probe,
+/// every seed included.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SettleInfo {
+    pub rounds: Vec<SettleRound>,
+    pub updates_trained: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SettleRound {
+    pub step: usize,
+    pub contenders: Vec<String>,
 }
 
 /// A checkpoint at the budget: forecast by the curve model beyond the probe, measured within it.
@@ -296,6 +314,9 @@ pub struct SeedRun {
     pub data_seed: u64,
     pub median_step_s: f64,
     pub curve: Vec<CurvePoint>,
+    /// Points measured beyond the probe while settling (`--until-settled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settle_curve: Vec<CurvePoint>,
 }
 
 /// A seed whose fine-tune failed while others of its checkpoint finished.
@@ -428,6 +449,10 @@ pub struct CheckpointReport {
     /// At the budget, when the report ranks for one (`budget`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forecast: Option<ForecastReport>,
+    /// The first seed's points measured beyond the probe while settling the ranking at the
+    /// budget (`--until-settled`); `curve` stays the probe's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settle_curve: Vec<CurvePoint>,
     /// Single-index checkpoints: mu, initial_loss, escape_step, steps_to_tiny_loss, tau,
     /// predicted_escape_step, m0.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]

@@ -114,7 +114,8 @@ fn series(report: &Report) -> Vec<Series> {
         .enumerate()
         .map(|(i, c)| {
             let step_h = c.step_cost_s.or(c.median_step_s).unwrap_or(0.0) / 3600.0; // as the ranking prices a step
-            let points: Vec<(f64, f64)> = c.curve.iter().filter_map(|p| Some((p.step as f64, p.eval_loss?))).collect();
+            // measured: the probe, and where --until-settled continued it
+            let points: Vec<(f64, f64)> = c.curve.iter().chain(&c.settle_curve).filter_map(|p| Some((p.step as f64, p.eval_loss?))).collect();
             // the rank the report leads with: for the budget when forecast
             let (rank, tied) = c.forecast.as_ref().map_or((c.rank, c.tied_with_best), |f| (f.rank, f.tied_with_best));
             let rank = rank.map_or("-".into(), |r| format!("#{r}{}", if tied { "=" } else { "" }));

@@ -91,13 +91,22 @@ pub fn summary_line(report: &Report) -> String {
                 "drop" => format!("; target: each checkpoint's eval loss drops by {} by then", loss(Some(t.value))),
                 _ => format!("; target eval loss {} at the budget", loss(Some(t.value))),
             });
-            format!("ranked for a fine-tune of {} updates ({}), forecast from {}-update probes{target}\nprobe: {probe}", b.steps, b.asked, b.probe_steps)
+            format!("ranked for a fine-tune of {} updates ({}), forecast from {}-update probes{target}{}\nprobe: {probe}", b.steps, b.asked, b.probe_steps, settle_note(b))
         }
         None => match report.budget.as_ref().and_then(|b| Some((b, b.no_forecast.as_ref()?))) {
             Some((b, why)) => format!("a fine-tune of {} updates ({}) cannot be forecast from {}-update probes ({why}); ranked on the probe\n{probe}", b.steps, b.asked, b.probe_steps),
             None => probe,
         },
     }
+}
+
+/// What `--until-settled` trained beyond the probe: "; settling continued checkpoint-400,
+/// checkpoint-800 to 461 updates (3 rounds, 922 updates beyond the probe)".
+fn settle_note(b: &super::BudgetInfo) -> String {
+    let Some(s) = b.settle.as_ref().filter(|s| !s.rounds.is_empty()) else { return String::new() };
+    let last = &s.rounds[s.rounds.len() - 1];
+    let rounds = if s.rounds.len() == 1 { "1 round".to_string() } else { format!("{} rounds", s.rounds.len()) };
+    format!("; settling continued {} to {} updates ({rounds}, {} updates beyond the probe)", last.contenders.join(", "), last.step, s.updates_trained)
 }
 
 /// The probe's target and the device the hours are measured on.

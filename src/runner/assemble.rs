@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{CheckpointResult, Run, Scan};
 use crate::model::single_index;
 use crate::options::ScanOptions;
-use crate::report::{gates, BudgetInfo, CheckpointReport, DeviceInfo, ForecastReport, Pretraining, RaceInfo, Report, SeedFailure, SeedRun, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION};
+use crate::report::{gates, BudgetInfo, SettleInfo, CheckpointReport, DeviceInfo, ForecastReport, Pretraining, RaceInfo, Report, SeedFailure, SeedRun, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION};
 use crate::score::budget::Budget;
 use crate::score::stats::Slope;
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, Target, TargetSpec};
@@ -24,6 +24,8 @@ pub(super) struct Context {
     /// The fine-tune the ranking answers for, and the probe's length in updates.
     pub budget: Option<Budget>,
     pub probe_steps: usize,
+    /// What `--until-settled` did so far.
+    pub settle: Option<SettleInfo>,
 }
 
 impl Scan<'_> {
@@ -44,6 +46,7 @@ impl Scan<'_> {
             race: self.race_info(),
             budget: Some(self.opts.budget),
             probe_steps: self.opts.train.steps,
+            settle: self.settle.clone(),
         }
     }
 
@@ -75,7 +78,7 @@ fn all_simulated(results: &[CheckpointResult]) -> bool {
 fn rank_for_budget(report: &mut Report, summaries: &[Option<Vec<RunSummary>>], results: &[CheckpointResult], budget: Budget, probe: usize, spec: TargetSpec) {
     let (target, scores) = score::budget::score(summaries, budget, probe, spec);
     let steps = scores.iter().flatten().map(|b| b.steps).max().unwrap_or(probe);
-    let mut info = BudgetInfo { asked: budget.to_string(), probe_steps: probe, steps, forecast: false, target: None, settled: None, more_updates_to_settle: None, no_forecast: None };
+    let mut info = BudgetInfo { asked: budget.to_string(), probe_steps: probe, steps, forecast: false, target: None, settled: None, more_updates_to_settle: None, no_forecast: None, settle: None };
     if steps > probe && target.is_none() {
         info.no_forecast = report.checkpoints.iter().zip(&scores).find_map(|(c, s)| Some(format!("{}: {}", c.name, s.as_ref()?.no_forecast?)));
     }
@@ -162,6 +165,9 @@ pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str
     };
     if let Some(budget) = ctx.budget.filter(|_| !all_simulated(results)) {
         rank_for_budget(&mut report, &summaries, results, budget, ctx.probe_steps, spec);
+        if let Some(b) = report.budget.as_mut() {
+            b.settle = ctx.settle.clone();
+        }
     }
     report.task_distance = task_distance(&report.checkpoints);
     if let Some(x) = ctx.fail_if_last_slower {
@@ -179,6 +185,7 @@ pub(super) fn summary(run: &Run, finished: bool) -> RunSummary {
         finished,
         tokens_per_update: run.outcome.tokens_per_step,
         train_tokens: run.train_tokens,
+        beyond: run.settle.clone(),
     }
 }
 
@@ -234,6 +241,7 @@ fn fill_runs(out: &mut CheckpointReport, runs: &[Run], failures: &[SeedFailure])
     out.params = Some(first.params);
     out.trainable_params = Some(first.trainable_params);
     out.curve = first.outcome.curve.clone();
+    out.settle_curve = first.settle.clone();
     out.median_step_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.median_step_s).collect::<Vec<_>>()));
     out.tokens_per_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.tokens_per_s()).collect::<Vec<_>>()));
     out.flops_per_s = out.tokens_per_s.map(|t| t * first.flops_per_token);
@@ -245,7 +253,7 @@ fn fill_runs(out: &mut CheckpointReport, runs: &[Run], failures: &[SeedFailure])
     out.seeds_ok = runs.len();
     out.seed_failures = failures.to_vec();
     if out.seeds > 1 {
-        out.runs = runs.iter().map(|r| SeedRun { seed: r.seed, data_seed: r.data_seed, median_step_s: r.outcome.median_step_s, curve: r.outcome.curve.clone() }).collect();
+        out.runs = runs.iter().map(|r| SeedRun { seed: r.seed, data_seed: r.data_seed, median_step_s: r.outcome.median_step_s, curve: r.outcome.curve.clone(), settle_curve: r.settle.clone() }).collect();
     }
 }
 
@@ -365,6 +373,7 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "sweep": o.sweep,
         "devices": o.devices.iter().map(super::workers::device_label).collect::<Vec<_>>(),
         "budget": o.budget,
+        "until_settled": o.until_settled,
         "input_fingerprints": input_fingerprints(o),
     })
 }

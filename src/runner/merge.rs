@@ -36,6 +36,7 @@ pub fn merge(parts: Vec<(PathBuf, Report)>) -> Result<(Report, Vec<String>)> {
         race: None,
         budget: serde_json::from_value(settings["budget"].clone()).ok(),
         probe_steps: settings["train"]["steps"].as_u64().unwrap_or(0) as usize,
+        settle: None, // --until-settled cannot be partitioned
         settings,
     };
     let results = results_of(&parts)?;

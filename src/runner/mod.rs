@@ -68,6 +68,9 @@ pub struct Run {
     /// Tokens in the task's training blocks under this checkpoint's tokenizer (0 for a
     /// simulated checkpoint): what an epoch is.
     pub train_tokens: usize,
+    /// Curve points measured beyond the probe (`--until-settled`), after `outcome`'s: they
+    /// inform the ranking at the budget only, never the probe's own measures.
+    pub settle: Vec<train::CurvePoint>,
 }
 
 /// One checkpoint's result: its runs (one per seed), or why there are none.
@@ -113,6 +116,8 @@ pub struct Scan<'a> {
     previous: HashMap<String, crate::report::CheckpointReport>,
     /// The rungs, when racing.
     race_rungs: Option<Vec<usize>>,
+    /// What `--until-settled` did so far.
+    settle: Option<crate::report::SettleInfo>,
     /// --pretrain-sample and its documents.
     sample: Option<(PathBuf, Vec<Document>)>,
     /// Its blocks by tokenizer, and each checkpoint's loss on them (by name).
@@ -141,12 +146,12 @@ impl<'a> Scan<'a> {
             eprintln!("warning: --save-adapters: simulated single-index snapshots have no LoRA adapter in PEFT's sense; none is saved for them");
         }
         let sample = opts.pretrain_sample.as_ref().map(|p| Ok::<_, Error>((p.clone(), data::read_task(p)?))).transpose()?;
-        Ok(Scan { opts, task, cache: blocks::Cached::default(), results: Vec::new(), previous: HashMap::new(), race_rungs: None, sample, sample_cache: blocks::Cached::default(), sample_losses: Mutex::default() })
+        Ok(Scan { opts, task, cache: blocks::Cached::default(), results: Vec::new(), previous: HashMap::new(), race_rungs: None, settle: None, sample, sample_cache: blocks::Cached::default(), sample_losses: Mutex::default() })
     }
 
     /// Fine-tunes every checkpoint, rewriting the reports after each one.
     pub fn run(&mut self, checkpoints: &[CheckpointRef], reports: &Reports) -> Result<Report> {
-        if self.opts.strategy == crate::cli::Strategy::Race {
+        if self.opts.strategy == crate::cli::Strategy::Race || self.opts.until_settled {
             return self.race(checkpoints, reports);
         }
         let progress = Progress::new(checkpoints.len(), self.opts.train.steps * self.opts.seeds, self.opts.progress);
@@ -242,16 +247,19 @@ impl<'a> Scan<'a> {
             let loss = self.measure_sample_loss(&c.path, &model)?;
             self.sample_losses.lock().unwrap_or_else(|e| e.into_inner()).insert(c.name.clone(), loss);
         }
-        let order = BatchOrder::new(blocks.train.len(), o.train.batch_size, o.train.steps * o.train.grad_accum, data_seed);
-        let paused = train::fine_tune_until(&model, blocks, &order, &o.train, from, until, &mut |ev| progress.step(ev))?;
-        if let Some(dir) = self.adapter_dir(c, seed).filter(|_| until >= o.train.steps) {
+        // beyond the probe (--until-settled) the run goes on as one of `until` updates would:
+        // the batch order's prefix and the learning rate after warm-up do not depend on its length
+        let spec = train::TrainSpec { steps: until.max(o.train.steps), ..o.train.clone() };
+        let order = BatchOrder::new(blocks.train.len(), spec.batch_size, spec.steps * spec.grad_accum, data_seed);
+        let paused = train::fine_tune_until(&model, blocks, &order, &spec, from, until, &mut |ev| progress.step(ev))?;
+        if let Some(dir) = self.adapter_dir(c, seed).filter(|_| until == o.train.steps) {
             let info = crate::peft_export::ExportInfo { spec: &o.lora, base: &c.path, model_type: &model.model_type };
             crate::peft_export::save(&dir, &model.adapters, &info)?;
         }
         let (params, trainable_params, flops_per_token) = (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));
-        let outcome = paused.outcome(&o.train);
+        let outcome = paused.outcome(&spec);
         let train_tokens = blocks.train.len() * blocks.seq_len;
-        let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None, base_dropout: model.base_dropout.clone(), train_tokens };
+        let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None, base_dropout: model.base_dropout.clone(), train_tokens, settle: Vec::new() };
         Ok((run, paused))
     }
 
@@ -294,7 +302,7 @@ impl<'a> Scan<'a> {
         let paused = single_index::run_until(dir, &cfg, &self.single_index_settings(seed, data_seed), from, until)?;
         // Per sample: three projections forward (X w*, X w, X omega) and X^T r backward.
         let flops_per_token = 8.0 * cfg.dim as f64;
-        let run = Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome: paused.outcome(), single_index: Some(paused.metrics.clone()), base_dropout: Default::default(), train_tokens: 0 };
+        let run = Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome: paused.outcome(), single_index: Some(paused.metrics.clone()), base_dropout: Default::default(), train_tokens: 0, settle: Vec::new() };
         Ok((run, paused))
     }
 

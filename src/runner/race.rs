@@ -3,8 +3,10 @@
 //! and optimizer moments, a few megabytes, never its base weights, so one checkpoint is
 //! resident at a time as in a full scan. Language models and simulated single-index
 //! checkpoints race alike (a series must be one or the other). Reports are rewritten after
-//! every checkpoint's rung. This module orders the work; it must not define the stopping
-//! rule or any score.
+//! every checkpoint's rung. `--until-settled` uses the same paused runs (a full scan is then a
+//! race of one rung): after the probe, while the ranking at the budget is not settled, the
+//! leader and the snapshots tied with it continue. This module orders the work; it must not
+//! define the stopping rule, the settling rule or any score.
 
 use super::{CheckpointResult, Run, Scan, Stopped};
 use crate::discover::CheckpointRef;
@@ -28,6 +30,14 @@ impl PausedRun {
         match self {
             PausedRun::Lm(_) => false,
             PausedRun::Sim(p) => p.converged(),
+        }
+    }
+
+    /// Updates done so far (language models; a simulated run never settles).
+    fn steps_done(&self) -> usize {
+        match self {
+            PausedRun::Lm(p) => p.steps_done(),
+            PausedRun::Sim(_) => usize::MAX,
         }
     }
 }
@@ -88,15 +98,19 @@ impl Scan<'_> {
     /// losers; the last rung is the full budget.
     pub(super) fn race(&mut self, checkpoints: &[CheckpointRef], reports: &Reports) -> Result<Report> {
         let (budget, eval_every) = self.race_budget(checkpoints)?;
-        let rungs = race::rungs(budget, eval_every);
-        self.race_rungs = Some(rungs.clone());
+        let racing = self.opts.strategy == crate::cli::Strategy::Race;
+        let rungs = if racing { race::rungs(budget, eval_every) } else { vec![budget] };
+        if racing {
+            self.race_rungs = Some(rungs.clone());
+        }
         let mut field: Vec<Entrant> = checkpoints.iter().map(Entrant::new).collect();
         let mut done = 0;
         for (k, &rung) in rungs.iter().enumerate() {
             let live: Vec<usize> = (0..field.len()).filter(|&i| field[i].is_live()).collect();
             let progress = Progress::new(live.len(), (rung - done) * self.opts.seeds, self.opts.progress);
             for (j, &i) in live.iter().enumerate() {
-                progress.start_checkpoint(j, &format!("{} (rung {}/{}, step {rung})", field[i].checkpoint.name, k + 1, rungs.len()));
+                let name = &field[i].checkpoint.name;
+                progress.start_checkpoint(j, &if racing { format!("{name} (rung {}/{}, step {rung})", k + 1, rungs.len()) } else { name.clone() });
                 if let Err(Error::Interrupted) = self.run_rung(&mut field[i], rung, &progress) {
                     progress.finish();
                     self.results = self.results_of(&field);
@@ -111,8 +125,48 @@ impl Scan<'_> {
             }
             done = rung;
         }
+        if self.opts.until_settled && self.settle(&mut field, reports)? {
+            return Ok(self.report("interrupted"));
+        }
         self.results = self.results_of(&field);
         Ok(self.report("complete"))
+    }
+
+    /// `--until-settled`: while the ranking at the budget is not settled, the contenders (the
+    /// leader at the budget and the snapshots tied with it) continue every seed from where it
+    /// paused to twice the updates it has (on an eval step, at most the budget); the others
+    /// keep their probe. Stops when the leader is told apart, or no contender has updates
+    /// left. True when interrupted.
+    fn settle(&mut self, field: &mut [Entrant], reports: &Reports) -> Result<bool> {
+        self.settle = Some(crate::report::SettleInfo::default());
+        loop {
+            let report = self.report("running");
+            let Some(budget) = report.budget.as_ref().filter(|b| b.forecast && b.settled == Some(false)).map(|b| b.steps) else { return Ok(false) };
+            let contenders: Vec<usize> = (0..field.len()).filter(|&i| field[i].is_live() && is_contender(&report, &field[i].checkpoint.name) && reached(&field[i]) < budget).collect();
+            let Some(from) = contenders.iter().map(|&i| reached(&field[i])).min() else { return Ok(false) };
+            let next = next_round(from, self.opts.train.eval_every, budget);
+            let progress = Progress::new(contenders.len(), (next - from) * self.opts.seeds, self.opts.progress);
+            for (j, &i) in contenders.iter().enumerate() {
+                let before = reached(&field[i]);
+                progress.start_checkpoint(j, &format!("{} (settling: to step {next} of {budget})", field[i].checkpoint.name));
+                if let Err(Error::Interrupted) = self.run_rung(&mut field[i], next, &progress) {
+                    progress.finish();
+                    self.results = self.results_of(field);
+                    return Ok(true);
+                }
+                split_at_probe(&mut field[i], self.opts.train.steps, self.opts.train.timing_warmup);
+                let seeds = field[i].runs.as_ref().map_or(0, Vec::len);
+                if let Some(s) = self.settle.as_mut() {
+                    s.updates_trained += (next - before) * seeds;
+                }
+                self.publish(field, reports, "running")?;
+            }
+            progress.finish();
+            let names = contenders.iter().map(|&i| field[i].checkpoint.name.clone()).collect();
+            if let Some(s) = self.settle.as_mut() {
+                s.rounds.push(crate::report::SettleRound { step: next, contenders: names });
+            }
+        }
     }
 
     /// Advances every live seed of one checkpoint to `rung`. A seed that diverges or hits a
@@ -225,6 +279,37 @@ impl Scan<'_> {
     fn publish(&mut self, field: &[Entrant], reports: &Reports, status: &str) -> Result<()> {
         self.results = self.results_of(field);
         reports.update(&self.report(status))
+    }
+}
+
+/// The leader at the budget, or tied with it.
+fn is_contender(report: &Report, name: &str) -> bool {
+    report.ranking.first().is_some_and(|first| first == name) || report.checkpoints.iter().any(|c| c.name == name && c.forecast.as_ref().is_some_and(|f| f.tied_with_best))
+}
+
+/// The fewest updates any seed of the entrant has done.
+fn reached(e: &Entrant) -> usize {
+    e.runs.as_ref().ok().and_then(|runs| runs.iter().map(|(_, p)| p.steps_done()).min()).unwrap_or(0)
+}
+
+/// A settling round's end: twice `from`, on an eval step, at most `budget`.
+fn next_round(from: usize, eval_every: usize, budget: usize) -> usize {
+    let doubled = (2 * from).max(from + 1);
+    let on_eval = if eval_every > 0 { doubled.div_ceil(eval_every) * eval_every } else { doubled };
+    on_eval.min(budget)
+}
+
+/// Keeps each run's probe in its outcome (what the probe's scores measure) and moves the
+/// points beyond it to `settle` (what only the ranking at the budget uses).
+fn split_at_probe(e: &mut Entrant, probe: usize, timing_warmup: usize) {
+    let Ok(runs) = e.runs.as_mut() else { return };
+    for (run, _) in runs.iter_mut() {
+        let o = &mut run.outcome;
+        let beyond = o.curve.iter().position(|p| p.step > probe).unwrap_or(o.curve.len());
+        run.settle = o.curve.split_off(beyond);
+        o.step_seconds.truncate(probe);
+        let timed = &o.step_seconds[timing_warmup.min(o.step_seconds.len().saturating_sub(1))..];
+        o.median_step_s = crate::train::median(timed);
     }
 }
 

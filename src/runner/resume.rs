@@ -79,6 +79,7 @@ pub(super) fn runs_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> Vec<Ru
             single_index: c.single_index.clone(),
             base_dropout: c.base_dropout.clone(),
             train_tokens: c.train_tokens.unwrap_or(0),
+            settle: Vec::new(),
         })
         .collect()
 }

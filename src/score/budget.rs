@@ -114,10 +114,10 @@ pub fn score(checkpoints: &[Option<Vec<RunSummary>>], budget: Budget, probe: usi
     (target, scores)
 }
 
-/// A run's loss at the budget: measured when the probe got there, else forecast when the
-/// curve can be trusted.
+/// A run's loss at the budget: measured when the run got there (the probe, and any updates
+/// beyond it while settling), else forecast when the curve can be trusted.
 fn at_budget(run: &RunSummary, steps: usize) -> RunAtBudget {
-    let points = metrics::eval_points(&run.curve);
+    let points = metrics::eval_points(&[run.curve.as_slice(), run.beyond.as_slice()].concat());
     let last = points.last().map_or(0.0, |p| p.0);
     if last >= steps as f64 {
         let loss = metrics::loss_at(&points, steps as f64);
@@ -247,7 +247,7 @@ mod tests {
     fn run(f: impl Fn(f64) -> f64, probe: usize) -> RunSummary {
         const RIPPLE: [f64; 5] = [0.0, 0.004, -0.004, 0.002, -0.002];
         let curve = (0..=probe).step_by(10).enumerate().map(|(i, s)| CurvePoint { step: s, train_loss: None, eval_loss: Some(f(s as f64) * (1.0 + RIPPLE[i % 5])), elapsed_s: 0.0 }).collect();
-        RunSummary { curve, median_step_s: 1.0, shape_key: "m".into(), finished: true, tokens_per_update: 100, train_tokens: 1000 }
+        RunSummary { curve, median_step_s: 1.0, shape_key: "m".into(), finished: true, tokens_per_update: 100, train_tokens: 1000, beyond: Vec::new() }
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct RunSummary {
     pub tokens_per_update: usize,
     /// Tokens in the task's training blocks (0: no task of blocks, a simulated run).
     pub train_tokens: usize,
+    /// Points measured beyond the probe while settling the ranking at the budget (see
+    /// `budget`); the probe's scores ignore them.
+    pub beyond: Vec<CurvePoint>,
 }
 
 /// How the target eval loss is chosen.
@@ -227,7 +230,7 @@ mod tests {
 
     fn run(evals: &[(usize, f64)], step_s: f64) -> RunSummary {
         let curve = evals.iter().map(|&(step, l)| CurvePoint { step, train_loss: None, eval_loss: Some(l), elapsed_s: 0.0 }).collect();
-        RunSummary { curve, median_step_s: step_s, shape_key: "m".into(), finished: true, tokens_per_update: 1, train_tokens: 0 }
+        RunSummary { curve, median_step_s: step_s, shape_key: "m".into(), finished: true, tokens_per_update: 1, train_tokens: 0, beyond: Vec::new() }
     }
 
     fn ranks(scores: &[Option<Score>]) -> Vec<usize> {

@@ -3,7 +3,7 @@
 //! `report` and `select` commands on a real scan.
 
 use plasticity::model::single_index::Metrics;
-use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, BudgetInfo, CheckpointReport, DeviceInfo, Exporter, ForecastReport, RaceInfo, Report, StoppedInfo, TargetInfo, Tool};
+use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, BudgetInfo, CheckpointReport, DeviceInfo, Exporter, ForecastReport, RaceInfo, Report, SettleInfo, SettleRound, StoppedInfo, TargetInfo, Tool};
 use plasticity::train::CurvePoint;
 
 use super::util::{fixtures, scan, Dir};
@@ -90,11 +90,13 @@ fn simulated() -> Report {
 }
 
 /// Ranked for a budget of 100 updates from the 10-update probe: the forecast reverses it
-/// (step2500, third after the probe, leads at the budget), and the leaders are not told apart.
+/// (step2500, third after the probe, leads at the budget), and the leaders are not told apart
+/// after one round of settling.
 fn budgeted() -> Report {
     let mut r = report();
     let target = TargetInfo { kind: "median_final".into(), value: 3.3, set_by: vec!["step1000".into(), "step2000".into(), "step2500".into()] };
-    r.budget = Some(BudgetInfo { asked: "3 epochs".into(), probe_steps: 10, steps: 100, forecast: true, target: Some(target), settled: Some(false), more_updates_to_settle: Some(40), no_forecast: None });
+    let settle = SettleInfo { rounds: vec![SettleRound { step: 20, contenders: vec!["step2500".into(), "step1000".into()] }], updates_trained: 20 };
+    r.budget = Some(BudgetInfo { asked: "3 epochs".into(), probe_steps: 10, steps: 100, forecast: true, target: Some(target), settled: Some(false), more_updates_to_settle: Some(40), no_forecast: None, settle: Some(settle) });
     let at = |rank: usize, loss: f64, steps: Option<f64>, tied: bool| ForecastReport {
         budget_steps: 100,
         forecast: true,

@@ -122,3 +122,57 @@ fn the_single_index_convergence_step_is_forecast_from_the_start_of_the_fall() {
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
     assert!(pairs.windows(2).all(|w| w[0].1 < w[1].1), "forecasts out of the measured order: {pairs:?}");
 }
+
+/// `--until-settled` on the Llama series at lr 1e-3, whose probe leaves the leaders tied at
+/// the budget: only the contenders go on, each continued run is the run an uninterrupted
+/// fine-tune of that length gives (eval losses bit for bit), the probe's measures stay the
+/// probe's, and the report says what the settling cost.
+#[test]
+fn until_settled_continues_only_the_leaders_exactly() {
+    let args = ["--json", "-", "--eval-every", "10", "--lr", "1e-3", "--eval-blocks", "8", "--batch-size", "8"];
+    let run = |extra: &[&str]| {
+        let steps = if extra.contains(&"--steps") { &[][..] } else { &["--steps", "60"][..] };
+        let out = scan(&fixtures().join("series_crossing"), &fixtures().join("task_upper.jsonl"), &[&args[..], steps, extra].concat()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (probe, settled) = (run(&[]), run(&["--until-settled"]));
+    super::util::assert_valid_report(&settled);
+    assert_eq!(probe["budget"]["settled"], false, "the probe alone leaves the leaders tied: {}", probe["budget"]);
+    let settle = &settled["budget"]["settle"];
+    let rounds = settle["rounds"].as_array().unwrap();
+    assert!(!rounds.is_empty() && settle["updates_trained"].as_u64().unwrap() > 0, "{settle}");
+    let last: Vec<&str> = rounds.last().unwrap()["contenders"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(last.contains(&"checkpoint-800") && !last.contains(&"checkpoint-100"), "{last:?}");
+    assert_eq!(settled["ranking"][0], "checkpoint-800", "the long run's winner");
+    assert!(settled["budget"]["settled"] == true || rounds.last().unwrap()["step"] == settled["budget"]["steps"], "{}", settled["budget"]);
+    let by_name = |r: &serde_json::Value, name: &str| r["checkpoints"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    for name in ["checkpoint-100", "checkpoint-200", "checkpoint-400", "checkpoint-800"] {
+        let (p, s) = (by_name(&probe, name), by_name(&settled, name));
+        let evals = |c: &serde_json::Value| c["curve"].as_array().unwrap().iter().map(|x| (x["step"].clone(), x["eval_loss"].clone())).collect::<Vec<_>>();
+        assert_eq!(evals(&s), evals(&p), "{name}: the probe's curve is the probe's");
+        assert_eq!(s["rank"], p["rank"], "{name}: the probe's rank stays the probe's");
+        let continued = s.get("settle_curve").and_then(|c| c.as_array()).map_or(0, Vec::len);
+        assert_eq!(continued > 0, last.contains(&name) || rounds.iter().any(|r| r["contenders"].as_array().unwrap().iter().any(|c| c == name)), "{name}");
+    }
+    // checkpoint-800 trained 120 updates without a pause: the same eval losses
+    let first_round = rounds[0]["step"].as_u64().unwrap();
+    let whole = run(&["--steps", &first_round.to_string(), "--budget", &first_round.to_string()]);
+    let eval_of = |curve: &serde_json::Value, step: u64| curve.as_array().unwrap().iter().find(|p| p["step"] == step).map(|p| p["eval_loss"].clone());
+    let (w, s) = (by_name(&whole, "checkpoint-800"), by_name(&settled, "checkpoint-800"));
+    for step in (70..=first_round).step_by(10) {
+        assert_eq!(eval_of(&s["settle_curve"], step), eval_of(&w["curve"], step), "step {step}");
+    }
+}
+
+#[test]
+fn until_settled_refuses_what_it_cannot_continue() {
+    let series = fixtures().join("series_crossing");
+    let task = fixtures().join("task_upper.jsonl");
+    for extra in [&["--ranks", "4,8"][..], &["--devices", "cpu,cpu"], &["--partition", "1/2"], &["--resume", "r.json"]] {
+        let out = scan(&series, &task, &[&["--until-settled"], extra].concat()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains("--until-settled") && stderr.lines().count() == 1, "{extra:?}: {stderr}");
+    }
+}
