@@ -89,7 +89,7 @@ fn curves_that_have_not_bent_are_not_forecast() {
 /// measured curve where its loss has fallen to a ten-thousandth of where it started, and at
 /// least a decade above 1e-6, and the curve model forecasts the step where it reaches 1e-6,
 /// which the full run measured. Its SGD noise makes the pace of the fall wander by a third from
-/// eval to eval, and one snapshot's tail (m0 = 0.2, cut at 7e-5) slows enough for a floor near
+/// eval to eval, and one snapshot's tail (checkpoint-5, mu = 0.41, cut at 7e-5) slows enough for a floor near
 /// 1e-5 to fit significantly better: that forecast says "not within the horizon" rather than a
 /// wrong step. At most one such; every step given is within a quarter of the truth (the latest
 /// snapshot, cut 1.6 decades above the target at 12000 of 15855 steps, is the farthest: 22%
