@@ -130,8 +130,6 @@ pub struct ForecastReport {
     /// The steps to target are forecast (the probe did not get there).
     #[serde(default)]
     pub steps_forecast: bool,
-    /// Why no forecast could be made (then the values are null).
-    pub no_forecast: Option<String>,
     pub eval_loss: Option<f64>,
     pub eval_loss_ci95: Option<[f64; 2]>,
     pub target_loss: Option<f64>,

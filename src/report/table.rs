@@ -151,12 +151,9 @@ fn budget_row(c: &CheckpointReport) -> Vec<String> {
         Some(v) => format!("{}{}{}", if forecast { "~" } else { "" }, fmt(v), ci.map_or(String::new(), |[lo, hi]| format!(" [{}, {}]", fmt(lo), fmt(hi)))),
         None => "-".into(),
     };
-    let eval = match &f.no_forecast {
-        Some(why) => format!("no forecast: {why}"),
-        None => with(f.forecast, f.eval_loss, f.eval_loss_ci95, &|v| loss(Some(v))),
-    };
+    let eval = with(f.forecast, f.eval_loss, f.eval_loss_ci95, &|v| loss(Some(v)));
     let steps = match f.steps_to_target {
-        None if f.no_forecast.is_none() => "not within the budget".into(),
+        None => "not within the budget".into(),
         _ => with(f.steps_forecast, f.steps_to_target, f.steps_to_target_ci95, &|v| format!("{v:.0}")),
     };
     let rank = f.rank.map_or("-".into(), |r| format!("{r}{}", if f.tied_with_best { "=" } else { "" }));

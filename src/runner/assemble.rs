@@ -114,7 +114,6 @@ fn forecast_report(s: &score::budget::BudgetScore) -> ForecastReport {
         budget_steps: s.steps,
         forecast: s.forecast,
         steps_forecast: s.steps_forecast,
-        no_forecast: s.no_forecast.map(String::from),
         eval_loss: s.eval_loss.map(|e| e.mean),
         eval_loss_ci95: ci(&s.eval_loss),
         target_loss: Some(s.target_loss).filter(|t| t.is_finite()),

@@ -111,7 +111,6 @@ fn budgeted() -> Report {
         rank: Some(rank),
         tied_with_best: tied,
         curve: vec![[10.0, loss + 0.3], [55.0, loss + 0.1], [100.0, loss]],
-        ..Default::default()
     };
     r.checkpoints[0].forecast = Some(at(2, 3.25, Some(60.0), true));
     r.checkpoints[1].forecast = Some(at(3, 3.4, None, false));
