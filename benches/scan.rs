@@ -9,18 +9,27 @@ use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use criterion::{criterion_group, criterion_main, Criterion};
 use plasticity::cli::{Cli, Command};
+use plasticity::discover;
 use plasticity::lora::{AdapterInit, LoraSpec};
 use plasticity::model;
 use plasticity::options::ScanOptions;
 use plasticity::report::Reports;
 use plasticity::runner::Scan;
-use plasticity::discover;
 use plasticity::synth::{write_checkpoint, Shape};
 use plasticity::train::optim::AdamWConfig;
 use plasticity::train::{Batch, TrainSpec, Trainer};
 
 fn spec() -> TrainSpec {
-    TrainSpec { optimizer: AdamWConfig::default(), warmup_steps: 0, max_grad_norm: 1.0, batch_size: 8, grad_accum: 1, steps: 1, eval_every: 0, timing_warmup: 0 }
+    TrainSpec {
+        optimizer: AdamWConfig::default(),
+        warmup_steps: 0,
+        max_grad_norm: 1.0,
+        batch_size: 8,
+        grad_accum: 1,
+        steps: 1,
+        eval_every: 0,
+        timing_warmup: 0,
+    }
 }
 
 fn batch() -> Batch {
@@ -41,7 +50,8 @@ fn time_to_first_step(c: &mut Criterion) {
         let b = batch();
         group.bench_function(name, |bench| {
             bench.iter(|| {
-                let m = model::load(&path, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu).expect("loads");
+                let m =
+                    model::load(&path, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu).expect("loads");
                 Trainer::new(&m, &spec()).expect("trainer").step(std::slice::from_ref(&b)).expect("step");
             })
         });
@@ -55,7 +65,22 @@ fn small_scan(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let out = tempfile::tempdir().expect("temp dir");
     let report = out.path().join("r.json");
-    let args = ["plasticity", "scan", "--quiet", "--steps", "4", "--eval-every", "2", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4", "--json"];
+    let args = [
+        "plasticity",
+        "scan",
+        "--quiet",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--seq-len",
+        "32",
+        "--eval-blocks",
+        "4",
+        "--batch-size",
+        "4",
+        "--json",
+    ];
     let mut group = c.benchmark_group("scan");
     group.sample_size(10);
     for strategy in ["full", "race"] {
@@ -68,7 +93,9 @@ fn small_scan(c: &mut Criterion) {
                 let opts = ScanOptions::from_args(args).expect("options");
                 let found = discover::scan(&opts.dir).expect("series");
                 let reports = Reports::create(&opts.exports).expect("report file");
-                Scan::new(&opts, &found.checkpoints).and_then(|mut s| s.run(&found.checkpoints, &reports)).expect("scan");
+                Scan::new(&opts, &found.checkpoints)
+                    .and_then(|mut s| s.run(&found.checkpoints, &reports))
+                    .expect("scan");
             })
         });
     }

@@ -47,7 +47,8 @@ fn train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("lora_step_b8_t128");
     group.sample_size(20);
     for name in MODELS {
-        let m = model::load(&root.join(name), &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu).expect("fixture model");
+        let m = model::load(&root.join(name), &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu)
+            .expect("fixture model");
         let mut trainer = Trainer::new(&m, &spec()).expect("trainer");
         let b = batch();
         group.bench_function(name, |bench| bench.iter(|| trainer.step(std::slice::from_ref(&b)).expect("step")));
@@ -63,7 +64,8 @@ fn realistic_step(c: &mut Criterion, group_name: &str, shape: Shape) {
     for arch in ["llama", "gpt_neox", "gpt2"] {
         let path = dir.path().join(arch);
         write_checkpoint(&path, arch, shape, 0).expect("random checkpoint");
-        let m = model::load(&path, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu).expect("random checkpoint loads");
+        let m = model::load(&path, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu)
+            .expect("random checkpoint loads");
         let mut trainer = Trainer::new(&m, &spec()).expect("trainer");
         let b = batch();
         group.bench_function(arch, |bench| bench.iter(|| trainer.step(std::slice::from_ref(&b)).expect("step")));

@@ -23,7 +23,8 @@ fn main() -> Res<()> {
     println!("{:<18} {:>9} {:>22} {:>9} {:>8}", "checkpoint", "measured", "forecast [95%]", "error", "covered");
     let (mut forecast, mut measured, mut covered, mut runs) = (Vec::new(), Vec::new(), 0, 0);
     for c in report.checkpoints.iter().filter(|c| c.status == "ok") {
-        let curves: Vec<&Vec<plasticity::train::CurvePoint>> = if c.runs.is_empty() { vec![&c.curve] } else { c.runs.iter().map(|r| &r.curve).collect() };
+        let curves: Vec<&Vec<plasticity::train::CurvePoint>> =
+            if c.runs.is_empty() { vec![&c.curve] } else { c.runs.iter().map(|r| &r.curve).collect() };
         let (mut f_sum, mut m_sum) = (0.0, 0.0);
         for curve in &curves {
             let points = eval_points(curve);
@@ -37,7 +38,15 @@ fn main() -> Res<()> {
                 }
             };
             let inside = at.lo <= truth && truth <= at.hi;
-            println!("{:<18} {truth:>9.4} {:>8.4} [{:.3}, {:.3}] {:>+9.4} {:>8}", c.name, at.value, at.lo, at.hi, at.value - truth, if inside { "yes" } else { "no" });
+            println!(
+                "{:<18} {truth:>9.4} {:>8.4} [{:.3}, {:.3}] {:>+9.4} {:>8}",
+                c.name,
+                at.value,
+                at.lo,
+                at.hi,
+                at.value - truth,
+                if inside { "yes" } else { "no" }
+            );
             (f_sum, m_sum, covered, runs) = (f_sum + at.value, m_sum + truth, covered + inside as usize, runs + 1);
         }
         forecast.push((c.name.clone(), f_sum / curves.len() as f64));
@@ -54,7 +63,8 @@ fn main() -> Res<()> {
     let n = rf.len() as f64;
     let d2: f64 = rf.iter().zip(&rm).map(|(a, b)| (a - b).powi(2)).sum();
     let spearman = 1.0 - 6.0 * d2 / (n * (n * n - 1.0));
-    let winner = |r: &[f64], v: &[(String, f64)]| r.iter().position(|&x| x == 0.0).map(|i| v[i].0.clone()).unwrap_or_default();
+    let winner =
+        |r: &[f64], v: &[(String, f64)]| r.iter().position(|&x| x == 0.0).map(|i| v[i].0.clone()).unwrap_or_default();
     println!("\nintervals covering the measured loss: {covered} of {runs}");
     println!("Spearman (forecast order vs measured order): {spearman:.2}");
     println!("winner: forecast {}, measured {}", winner(&rf, &forecast), winner(&rm, &measured));

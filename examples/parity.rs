@@ -44,7 +44,8 @@ fn forward_errors(name: &str) -> Res<(f64, f64)> {
     let t = ids.len() / 2;
     let logits = m.model.forward(&Tensor::from_vec(ids, (2, t), &dev)?)?.flatten_all()?.to_vec1::<f32>()?;
     let want = floats(&expected["logits"]);
-    let logit_err = logits.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs() / b.abs().max(1.0)).fold(0.0, f64::max);
+    let logit_err =
+        logits.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs() / b.abs().max(1.0)).fold(0.0, f64::max);
     let task = fixtures().join("task.jsonl");
     let tok = TaskTokenizer::open(&fixtures().join("tokenizer.json"))?;
     let stream = data::tokenize(&data::read_task(&task)?, &tok, 0)?;
@@ -71,7 +72,9 @@ fn peft_error(name: &str) -> Res<f64> {
         eval_every: 0,
         timing_warmup: 0,
     };
-    let ids = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu)?["input_ids"].to_dtype(DType::U32)?.to_device(&dev)?;
+    let ids = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu)?["input_ids"]
+        .to_dtype(DType::U32)?
+        .to_device(&dev)?;
     let mut trainer = Trainer::new(&m, &train)?;
     let mut worst: f64 = 0.0;
     for (step, want) in floats(&expected["losses"]).into_iter().enumerate() {
@@ -85,7 +88,16 @@ fn peft_error(name: &str) -> Res<f64> {
 
 fn main() -> Res<()> {
     println!("{:<22} {:>18} {:>18}", "model", "logits max rel err", "eval loss rel err");
-    for name in ["llama_gqa", "llama_tied_bf16", "llama_sharded", "mistral", "qwen2", "gpt_neox_parallel", "gpt_neox_sequential", "gpt2"] {
+    for name in [
+        "llama_gqa",
+        "llama_tied_bf16",
+        "llama_sharded",
+        "mistral",
+        "qwen2",
+        "gpt_neox_parallel",
+        "gpt_neox_sequential",
+        "gpt2",
+    ] {
         let (logits, loss) = forward_errors(name)?;
         println!("{name:<22} {logits:>18.2e} {loss:>18.2e}");
     }

@@ -48,7 +48,10 @@ fn matmul() -> Res<()> {
                 a.matmul(&b)?;
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;
-            println!("{{\"m\": {m}, \"k\": {k}, \"n\": {n}, \"rhs\": \"{label}\", \"gflops\": {:.1}}}", 2.0 * (m * k * n) as f64 / s / 1e9);
+            println!(
+                "{{\"m\": {m}, \"k\": {k}, \"n\": {n}, \"rhs\": \"{label}\", \"gflops\": {:.1}}}",
+                2.0 * (m * k * n) as f64 / s / 1e9
+            );
         }
     }
     Ok(())
@@ -80,7 +83,16 @@ fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
     let start = Instant::now();
     let dev = device()?;
     let model = plasticity::model::load(dir, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &dev)?;
-    let spec = TrainSpec { optimizer: AdamWConfig::default(), warmup_steps: 0, max_grad_norm: 1.0, batch_size: BATCH, grad_accum: 1, steps, eval_every: 0, timing_warmup: warmup };
+    let spec = TrainSpec {
+        optimizer: AdamWConfig::default(),
+        warmup_steps: 0,
+        max_grad_norm: 1.0,
+        batch_size: BATCH,
+        grad_accum: 1,
+        steps,
+        eval_every: 0,
+        timing_warmup: warmup,
+    };
     let mut trainer = Trainer::new(&model, &spec)?;
     let b = batch(&dev)?;
     let load_s = start.elapsed().as_secs_f64();

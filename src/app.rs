@@ -29,10 +29,15 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
     found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
     if let Some(part) = opts.partition {
         found.checkpoints = part.select(found.checkpoints);
-        eprintln!("partition {part}: {} checkpoint(s) of the series; join the parts' reports with `plasticity merge`", found.checkpoints.len());
+        eprintln!(
+            "partition {part}: {} checkpoint(s) of the series; join the parts' reports with `plasticity merge`",
+            found.checkpoints.len()
+        );
     }
     let report = match &opts.sweep {
-        Some(sweep) => crate::runner::run_sweep(opts, sweep, &found.checkpoints, &reports, previous.zip(opts.resume.as_deref()))?,
+        Some(sweep) => {
+            crate::runner::run_sweep(opts, sweep, &found.checkpoints, &reports, previous.zip(opts.resume.as_deref()))?
+        }
         None => {
             let mut scan = Scan::new(opts, &found.checkpoints)?;
             if let (Some(prev), Some(path)) = (previous, &opts.resume) {
@@ -64,21 +69,28 @@ fn keep_best_adapter(dir: &std::path::Path, report: &Report) -> Result<()> {
     if report.sweep.is_some() {
         match crate::runner::keep_best_sweep_adapter(dir, report)? {
             Some(best) => eprintln!("adapter of the best (rank, rate) and checkpoint: {}", best.display()),
-            None => eprintln!("warning: --save-best: no variant's winner has a saved adapter in {}; every adapter is kept", dir.display()),
+            None => eprintln!(
+                "warning: --save-best: no variant's winner has a saved adapter in {}; every adapter is kept",
+                dir.display()
+            ),
         }
         return Ok(());
     }
     let Some(best) = report.ranking.first() else { return Ok(()) };
     if !dir.join(best).is_dir() {
         // e.g. the winner was reused from a resumed report whose scan saved no adapter
-        eprintln!("warning: --save-best: the winner {best} has no saved adapter in {}; every adapter is kept", dir.display());
+        eprintln!(
+            "warning: --save-best: the winner {best} has no saved adapter in {}; every adapter is kept",
+            dir.display()
+        );
         return Ok(());
     }
     for c in report.checkpoints.iter().filter(|c| &c.name != best) {
         let path = dir.join(&c.name);
         if path.exists() {
             crate::peft_export::ensure_adapter_folder(&path)?;
-            std::fs::remove_dir_all(&path).map_err(|e| Error::input(&path, format!("cannot remove a non-winning adapter: {e}")))?;
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| Error::input(&path, format!("cannot remove a non-winning adapter: {e}")))?;
         }
     }
     eprintln!("adapter of the best checkpoint: {}", dir.join(best).display());
@@ -137,7 +149,10 @@ pub fn select(args: SelectArgs) -> Result<i32> {
         return Err(Error::input(&args.report, "the report ranks no checkpoint"));
     }
     for name in report.ranking.iter().take(args.top.max(1)) {
-        let c = report.checkpoints.iter().find(|c| &c.name == name).ok_or_else(|| Error::input(&args.report, format!("ranked checkpoint {name} is not in checkpoints[]")))?;
+        let c =
+            report.checkpoints.iter().find(|c| &c.name == name).ok_or_else(|| {
+                Error::input(&args.report, format!("ranked checkpoint {name} is not in checkpoints[]"))
+            })?;
         print_stdout(&format!("{}\n", c.path));
     }
     Ok(exit::OK)
@@ -147,7 +162,12 @@ pub fn select(args: SelectArgs) -> Result<i32> {
 pub fn simulate(args: SimulateArgs) -> Result<i32> {
     let spec = options::simulate_spec(&args.series, args.out, false)?;
     let dirs = simulate::write_series(&spec)?;
-    print_stdout(&format!("wrote {} snapshots to {} (scan it with: plasticity scan {})\n", dirs.len(), spec.out.display(), spec.out.display()));
+    print_stdout(&format!(
+        "wrote {} snapshots to {} (scan it with: plasticity scan {})\n",
+        dirs.len(),
+        spec.out.display(),
+        spec.out.display()
+    ));
     Ok(exit::OK)
 }
 
@@ -157,10 +177,17 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
         Some(_) => None,
         None => Some(tempfile::tempdir().map_err(|e| Error::Other(format!("cannot create a temporary folder: {e}")))?),
     };
-    let dir: PathBuf = args.dir.clone().unwrap_or_else(|| tmp.as_ref().map(|t| t.path().join("series")).unwrap_or_default());
+    let dir: PathBuf =
+        args.dir.clone().unwrap_or_else(|| tmp.as_ref().map(|t| t.path().join("series")).unwrap_or_default());
     let spec = options::simulate_spec(&args.series, dir.clone(), true)?;
     simulate::write_series(&spec)?;
-    eprintln!("simulated {} snapshots of the single-index model (link {}, d = {}) in {}", count_dirs(&dir), spec.link, spec.dim, dir.display());
+    eprintln!(
+        "simulated {} snapshots of the single-index model (link {}, d = {}) in {}",
+        count_dirs(&dir),
+        spec.link,
+        spec.dim,
+        dir.display()
+    );
     let opts = ScanOptions::from_args(demo_scan_args(&dir, args.json.as_deref())?)?;
     let report = run_scan(&opts)?;
     let stdout_taken = opts.exports.iter().any(|(_, o)| *o == options::Output::Stdout);
@@ -203,7 +230,11 @@ fn append_step_summary(report: &Report) {
         let cut = (0..=512 * 1024).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
         text = format!("{}\n\n(summary cut at 512 KiB; see the full report)\n", &text[..cut]);
     }
-    let appended = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
     if let Err(e) = appended {
         eprintln!("warning: cannot append to $GITHUB_STEP_SUMMARY ({}): {e}", PathBuf::from(path).display());
     }
@@ -217,7 +248,11 @@ fn configure_threads(threads: usize) {
 
 /// Human text goes to stdout, or to stderr when a report already uses stdout.
 fn print_text(text: &str, stdout_taken: bool) {
-    if stdout_taken { eprint!("{text}") } else { print_stdout(text) }
+    if stdout_taken {
+        eprint!("{text}")
+    } else {
+        print_stdout(text)
+    }
 }
 
 /// Writes to stdout; a reader that closed the pipe early (`| head`) is not an error, and

@@ -26,12 +26,18 @@ pub enum Document {
 /// Reads `.txt` (the whole file is one document) or `.jsonl` (`text`, or `prompt` + `completion`).
 pub fn read_task(path: &Path) -> Result<Vec<Document>> {
     let bytes = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read task file: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| Error::input(path, format!("task file is not UTF-8 text (byte {})", e.utf8_error().valid_up_to())))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::input(path, format!("task file is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
+    })?;
     if text.trim().is_empty() {
         return Err(Error::input(path, "task file is empty"));
     }
     let jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
-    if jsonl { parse_jsonl(path, &text) } else { Ok(vec![Document::Text(text)]) }
+    if jsonl {
+        parse_jsonl(path, &text)
+    } else {
+        Ok(vec![Document::Text(text)])
+    }
 }
 
 fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Document>> {
@@ -40,8 +46,8 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Document>> {
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::input(path, format!("line {}: invalid JSON: {e}", i + 1)))?;
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| Error::input(path, format!("line {}: invalid JSON: {e}", i + 1)))?;
         docs.push(document(&value).map_err(|msg| Error::input(path, format!("line {}: {msg}", i + 1)))?);
     }
     if docs.is_empty() {
@@ -51,10 +57,14 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Document>> {
 }
 
 fn document(value: &serde_json::Value) -> std::result::Result<Document, String> {
-    let field = |name: &str| value.get(name).map(|v| v.as_str().map(String::from).ok_or(format!("field {name:?} is not a string")));
+    let field = |name: &str| {
+        value.get(name).map(|v| v.as_str().map(String::from).ok_or(format!("field {name:?} is not a string")))
+    };
     match (field("text"), field("prompt"), field("completion")) {
         (Some(text), _, _) => Ok(Document::Text(text?)),
-        (None, Some(prompt), Some(completion)) => Ok(Document::PromptCompletion { prompt: prompt?, completion: completion? }),
+        (None, Some(prompt), Some(completion)) => {
+            Ok(Document::PromptCompletion { prompt: prompt?, completion: completion? })
+        }
         _ => Err("expected a \"text\" field, or \"prompt\" and \"completion\" fields".into()),
     }
 }
@@ -68,15 +78,20 @@ pub struct TaskTokenizer {
 impl TaskTokenizer {
     pub fn open(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::input(path, "tokenizer not found (pass --tokenizer FILE or put tokenizer.json in the checkpoint)"));
+            return Err(Error::input(
+                path,
+                "tokenizer not found (pass --tokenizer FILE or put tokenizer.json in the checkpoint)",
+            ));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| Error::input(path, format!("invalid tokenizer: {}", crate::error::one_line(&e))))?;
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| Error::input(path, format!("invalid tokenizer: {}", crate::error::one_line(&e))))?;
         Ok(TaskTokenizer { path: path.to_path_buf(), inner })
     }
 
     /// Token ids of `text`, with the tokenizer's own special tokens (as `tokenizer(text)` does).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, true).map_err(|e| Error::input(&self.path, format!("cannot tokenize: {e}")))?;
+        let enc =
+            self.inner.encode(text, true).map_err(|e| Error::input(&self.path, format!("cannot tokenize: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -165,7 +180,10 @@ pub fn sample_blocks(stream: &TokenStream, seq_len: usize, max_blocks: usize, pa
         .map(|(ids, labels)| Block { ids: ids.to_vec(), labels: labels.to_vec() })
         .collect();
     if blocks.is_empty() {
-        return Err(Error::input(path, format!("pre-training sample is too short: {} tokens make no block of {seq_len}", stream.ids.len())));
+        return Err(Error::input(
+            path,
+            format!("pre-training sample is too short: {} tokens make no block of {seq_len}", stream.ids.len()),
+        ));
     }
     Ok(blocks)
 }

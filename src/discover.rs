@@ -24,7 +24,8 @@ pub struct CheckpointRef {
 }
 
 /// Every `step_source` discovery writes.
-pub const STEP_SOURCES: [&str; 4] = ["trainer_state.json", "folder name", "hub revision name", "none (single checkpoint)"];
+pub const STEP_SOURCES: [&str; 4] =
+    ["trainer_state.json", "folder name", "hub revision name", "none (single checkpoint)"];
 
 /// What discovery found: the snapshots ordered by step, and warnings about skipped entries.
 #[derive(Debug, Default)]
@@ -43,10 +44,8 @@ const MARKERS: [&str; 5] = [
 ];
 
 /// Name prefixes that carry a step, tried in order (longest first where one is a prefix of another).
-const STEP_PREFIXES: [&str; 11] = [
-    "checkpoint-", "checkpoint_", "global_step", "step-", "step_", "step", "iter_", "iter-",
-    "iter", "ckpt_", "ckpt-",
-];
+const STEP_PREFIXES: [&str; 11] =
+    ["checkpoint-", "checkpoint_", "global_step", "step-", "step_", "step", "iter_", "iter-", "iter", "ckpt_", "ckpt-"];
 
 /// Lists the snapshots in `dir`, or `dir` itself when it is one checkpoint.
 pub fn scan(dir: &Path) -> Result<Discovery> {
@@ -114,7 +113,9 @@ fn classify(path: &Path, found: &mut Discovery) {
     match fs::metadata(path) {
         // a dangling link, a symlink loop, no permission...
         Err(e) => return found.warnings.push(format!("skipping {}: cannot open: {e}", path.display())),
-        Ok(m) if !m.is_dir() => return found.warnings.push(format!("skipping {}: not a checkpoint folder", path.display())),
+        Ok(m) if !m.is_dir() => {
+            return found.warnings.push(format!("skipping {}: not a checkpoint folder", path.display()))
+        }
         Ok(_) => {}
     }
     if let Err(e) = fs::read_dir(path) {
@@ -216,7 +217,10 @@ fn hub_cache_revisions(repo: &Path, found: &mut Discovery) -> Result<()> {
         };
         let path = repo.join("snapshots").join(&commit);
         if commit.is_empty() || commit.contains(['/', '\\']) || commit.starts_with('.') || !path.is_dir() {
-            found.warnings.push(format!("skipping revision {name}: snapshot {commit:?} is not in {}", repo.join("snapshots").display()));
+            found.warnings.push(format!(
+                "skipping revision {name}: snapshot {commit:?} is not in {}",
+                repo.join("snapshots").display()
+            ));
             continue;
         }
         found.checkpoints.push(CheckpointRef { name, path, step, step_source: "hub revision name" });

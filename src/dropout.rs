@@ -22,7 +22,10 @@ pub struct DropoutState {
 impl DropoutState {
     /// Masks drawn from the dropout stream of `seed`; training is on.
     pub fn new(seed: u64) -> Self {
-        DropoutState { rng: Arc::new(Mutex::new(crate::rng::stream(seed, crate::rng::Stream::Dropout, 0))), training: Arc::new(AtomicBool::new(true)) }
+        DropoutState {
+            rng: Arc::new(Mutex::new(crate::rng::stream(seed, crate::rng::Stream::Dropout, 0))),
+            training: Arc::new(AtomicBool::new(true)),
+        }
     }
 
     /// A site dropping with probability `p`; None when p is 0 (nothing to draw).

@@ -20,8 +20,10 @@ pub fn install() -> Result<()> {
     let flag = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // the second signal exits at once; the first only sets the flag
-        signal_hook::flag::register_conditional_shutdown(signal, exit::INTERRUPTED, flag.clone()).map_err(|e| Error::Other(format!("cannot handle signal {signal}: {e}")))?;
-        signal_hook::flag::register(signal, flag.clone()).map_err(|e| Error::Other(format!("cannot handle signal {signal}: {e}")))?;
+        signal_hook::flag::register_conditional_shutdown(signal, exit::INTERRUPTED, flag.clone())
+            .map_err(|e| Error::Other(format!("cannot handle signal {signal}: {e}")))?;
+        signal_hook::flag::register(signal, flag.clone())
+            .map_err(|e| Error::Other(format!("cannot handle signal {signal}: {e}")))?;
     }
     let _ = REQUESTED.set(flag);
     Ok(())
@@ -34,5 +36,9 @@ pub fn requested() -> bool {
 
 /// `Err(Error::Interrupted)` once a stop was asked for: call between units of work.
 pub fn check() -> Result<()> {
-    if requested() { Err(Error::Interrupted) } else { Ok(()) }
+    if requested() {
+        Err(Error::Interrupted)
+    } else {
+        Ok(())
+    }
 }

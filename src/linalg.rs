@@ -28,7 +28,27 @@ fn gram(m: &[f64], rows: usize, cols: usize) -> (usize, Vec<f64>) {
     // SAFETY: g is n x n (row stride n); the lhs reads m at i*rs + l*cs for i < n, l < k and
     // the rhs (its transpose) at l*cs + j*rs for l < k, j < n, all inside the rows x cols matrix.
     unsafe {
-        gemm::gemm(n, n, k, g.as_mut_ptr(), 1, n as isize, false, m.as_ptr(), cs, rs, m.as_ptr(), rs, cs, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+        gemm::gemm(
+            n,
+            n,
+            k,
+            g.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            m.as_ptr(),
+            cs,
+            rs,
+            m.as_ptr(),
+            rs,
+            cs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
     (n, g)
 }
@@ -67,7 +87,8 @@ fn tridiagonalize(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) {
         a[at(i, l)] = f - g;
         let mut f = 0.0;
         for j in 0..=l {
-            let g: f64 = (0..=j).map(|k| a[at(j, k)] * a[at(i, k)]).sum::<f64>() + (j + 1..=l).map(|k| a[at(k, j)] * a[at(i, k)]).sum::<f64>();
+            let g: f64 = (0..=j).map(|k| a[at(j, k)] * a[at(i, k)]).sum::<f64>()
+                + (j + 1..=l).map(|k| a[at(k, j)] * a[at(i, k)]).sum::<f64>();
             e[j] = g / h;
             f += e[j] * a[at(i, j)];
         }

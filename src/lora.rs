@@ -51,7 +51,11 @@ impl Default for LoraSpec {
 impl LoraSpec {
     /// PEFT's `scaling`: alpha / r, or alpha / sqrt(r) with rsLoRA.
     pub fn scale(&self) -> f64 {
-        if self.rslora { self.alpha / (self.rank as f64).sqrt() } else { self.alpha / self.rank as f64 }
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
     }
 }
 
@@ -97,7 +101,13 @@ pub struct LoraCtx {
 
 impl LoraCtx {
     /// `default_targets` is PEFT's default for the architecture; `all_linear` its linear layers.
-    pub fn new(spec: &LoraSpec, default_targets: &[&str], all_linear: &[&str], init: &AdapterInit, seed: u64) -> Result<Self> {
+    pub fn new(
+        spec: &LoraSpec,
+        default_targets: &[&str],
+        all_linear: &[&str],
+        init: &AdapterInit,
+        seed: u64,
+    ) -> Result<Self> {
         let targets = match &spec.targets {
             Targets::Default => default_targets.iter().map(|s| s.to_string()).collect(),
             Targets::AllLinear => all_linear.iter().map(|s| s.to_string()).collect(),
@@ -109,7 +119,16 @@ impl LoraCtx {
         };
         let dropout_state = DropoutState::new(seed);
         let dropout = dropout_state.site(spec.dropout);
-        Ok(LoraCtx { spec: spec.clone(), targets, init: init.clone(), peft, dropout_state, dropout, adapters: vec![], seen_modules: BTreeSet::new() })
+        Ok(LoraCtx {
+            spec: spec.clone(),
+            targets,
+            init: init.clone(),
+            peft,
+            dropout_state,
+            dropout,
+            adapters: vec![],
+            seen_modules: BTreeSet::new(),
+        })
     }
 
     /// PEFT's matching: `target == module` or `module` ends with `.target`.
@@ -118,14 +137,23 @@ impl LoraCtx {
     }
 
     /// An adapter for `module` (a linear map in -> out) if it is a target, else None.
-    pub fn adapter_for(&mut self, module: &str, in_dim: usize, out_dim: usize, device: &Device) -> Result<Option<Adapter>> {
+    pub fn adapter_for(
+        &mut self,
+        module: &str,
+        in_dim: usize,
+        out_dim: usize,
+        device: &Device,
+    ) -> Result<Option<Adapter>> {
         self.seen_modules.insert(module.to_string());
         if !self.is_target(module) {
             return Ok(None);
         }
         let full = matches!(self.init, AdapterInit::WeightGradient);
         if !full && (self.spec.rank == 0 || self.spec.rank > in_dim.min(out_dim)) {
-            return Err(Error::flag("--rank", format!("rank {} does not fit module {module} ({in_dim} -> {out_dim})", self.spec.rank)));
+            return Err(Error::flag(
+                "--rank",
+                format!("rank {} does not fit module {module} ({in_dim} -> {out_dim})", self.spec.rank),
+            ));
         }
         let (a, b) = self.initial_weights(module, in_dim, out_dim, device)?;
         let adapter = Adapter {
@@ -140,7 +168,13 @@ impl LoraCtx {
         Ok(Some(adapter))
     }
 
-    fn initial_weights(&self, module: &str, in_dim: usize, out_dim: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    fn initial_weights(
+        &self,
+        module: &str,
+        in_dim: usize,
+        out_dim: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let r = self.spec.rank;
         match (&self.init, &self.peft) {
             (AdapterInit::Peft(dir), Some(map)) => {
@@ -156,7 +190,9 @@ impl LoraCtx {
                 let b = Tensor::zeros((out_dim, r), DType::F32, device)?;
                 Ok((a, b))
             }
-            (AdapterInit::WeightGradient, _) => Ok((Tensor::zeros((1, 1), DType::F32, device)?, Tensor::zeros((out_dim, in_dim), DType::F32, device)?)),
+            (AdapterInit::WeightGradient, _) => {
+                Ok((Tensor::zeros((1, 1), DType::F32, device)?, Tensor::zeros((out_dim, in_dim), DType::F32, device)?))
+            }
             (AdapterInit::Peft(dir), None) => Err(Error::input(dir, "adapter not loaded")),
         }
     }
@@ -168,7 +204,10 @@ impl LoraCtx {
             if !hit {
                 let known: BTreeSet<&str> = self.seen_modules.iter().filter_map(|m| m.rsplit('.').next()).collect();
                 let known: Vec<&str> = known.into_iter().collect();
-                return Err(Error::flag("--targets", format!("target module {t:?} is not in the model (linear modules: {})", known.join(", "))));
+                return Err(Error::flag(
+                    "--targets",
+                    format!("target module {t:?} is not in the model (linear modules: {})", known.join(", ")),
+                ));
             }
         }
         if self.adapters.is_empty() {
@@ -189,11 +228,22 @@ impl LoraCtx {
     }
 }
 
-fn peft_tensor(map: &HashMap<String, Tensor>, dir: &Path, module: &str, which: &str, shape: &[usize]) -> Result<Tensor> {
+fn peft_tensor(
+    map: &HashMap<String, Tensor>,
+    dir: &Path,
+    module: &str,
+    which: &str,
+    shape: &[usize],
+) -> Result<Tensor> {
     let key = format!("base_model.model.{module}.{which}.weight");
-    let t = map.get(&key).ok_or_else(|| Error::input(dir.join("adapter_model.safetensors"), format!("tensor {key} is missing")))?;
+    let t = map
+        .get(&key)
+        .ok_or_else(|| Error::input(dir.join("adapter_model.safetensors"), format!("tensor {key} is missing")))?;
     if t.dims() != shape {
-        return Err(Error::input(dir.join("adapter_model.safetensors"), format!("tensor {key} has shape {:?}, expected {shape:?}", t.dims())));
+        return Err(Error::input(
+            dir.join("adapter_model.safetensors"),
+            format!("tensor {key} has shape {:?}, expected {shape:?}", t.dims()),
+        ));
     }
     Ok(t.to_dtype(DType::F32)?)
 }
@@ -238,7 +288,8 @@ impl PeftConfig {
 
     /// PEFT options that would change the computation and that plasticity does not implement.
     fn unsupported(&self) -> Option<&'static str> {
-        let non_empty = |m: &Option<serde_json::Map<String, serde_json::Value>>| m.as_ref().is_some_and(|m| !m.is_empty());
+        let non_empty =
+            |m: &Option<serde_json::Map<String, serde_json::Value>>| m.as_ref().is_some_and(|m| !m.is_empty());
         let set = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
         if self.use_dora {
             Some("use_dora (DoRA)")
@@ -262,10 +313,18 @@ impl PeftConfig {
         }
         let targets = match &self.target_modules {
             serde_json::Value::String(s) if s == "all-linear" => Targets::AllLinear,
-            serde_json::Value::Array(items) => Targets::Names(items.iter().filter_map(|v| v.as_str().map(String::from)).collect()),
+            serde_json::Value::Array(items) => {
+                Targets::Names(items.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            }
             other => return Err(Error::input(path, format!("unsupported target_modules {other}"))),
         };
-        Ok(LoraSpec { rank: self.r, alpha: self.lora_alpha, dropout: self.lora_dropout, rslora: self.use_rslora, targets })
+        Ok(LoraSpec {
+            rank: self.r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            rslora: self.use_rslora,
+            targets,
+        })
     }
 }
 
@@ -302,7 +361,8 @@ impl Linear {
     /// node: the projection's output and the sum's operands are never kept for the backward
     /// pass, which needs neither (two fewer (tokens, hidden) tensors per block).
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let fusable = self.adapter.is_none() && x.device().is_cpu() && x.dtype() == DType::F32 && residual.dtype() == DType::F32;
+        let fusable =
+            self.adapter.is_none() && x.device().is_cpu() && x.dtype() == DType::F32 && residual.dtype() == DType::F32;
         if !fusable || residual.dims().last() != Some(&self.wt.dim(1)?) {
             return residual + self.forward(x)?;
         }
@@ -317,7 +377,12 @@ impl Linear {
 impl Linear {
     /// `residual + dropout(forward(x))`: a block's output projection with transformers'
     /// residual dropout; the fused [`Self::forward_residual`] whenever nothing is dropped.
-    pub fn forward_residual_dropped(&self, x: &Tensor, residual: &Tensor, dropout: Option<&Dropout>) -> candle_core::Result<Tensor> {
+    pub fn forward_residual_dropped(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        dropout: Option<&Dropout>,
+    ) -> candle_core::Result<Tensor> {
         match dropout {
             Some(d) if d.active() => residual + d.apply(&self.forward(x)?)?,
             _ => self.forward_residual(x, residual),
@@ -359,7 +424,12 @@ pub fn frozen_linear(x: &Tensor, wt: &Tensor, bias: Option<&Tensor>) -> candle_c
     let same = x.dtype() == wt.dtype() && bias.is_none_or(|b| b.dtype() == x.dtype());
     match bias {
         None => frozen_matmul(x, wt),
-        Some(b) if x.device().is_cpu() && same && matches!(x.dtype(), DType::F32 | DType::BF16) && b.dims1()? == wt.dim(1)? => {
+        Some(b)
+            if x.device().is_cpu()
+                && same
+                && matches!(x.dtype(), DType::F32 | DType::BF16)
+                && b.dims1()? == wt.dim(1)? =>
+        {
             x.contiguous()?.apply_op3(wt, &b.contiguous()?, FrozenMatmulBias)
         }
         Some(b) => frozen_matmul(x, wt)?.broadcast_add(b),
@@ -374,7 +444,15 @@ impl CustomOp3 for FrozenMatmulBias {
         "frozen-matmul-bias"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         if let CpuStorage::BF16(_) = s1 {
             // bf16: computed in f32 from the bias on, rounded once at the end
             let (y, out) = self.cpu_fwd(&widen(s1), l1, &widen(s2), l2, &widen(s3), l3)?;
@@ -382,7 +460,9 @@ impl CustomOp3 for FrozenMatmulBias {
             return Ok((CpuStorage::BF16(y.iter().map(|&v| half::bf16::from_f32(v)).collect()), out));
         }
         let (m, _, n, out) = FrozenMatmul::dims(l1, l2)?;
-        let (bs, be) = l3.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("frozen matmul needs a contiguous bias".into()))?;
+        let (bs, be) = l3
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen matmul needs a contiguous bias".into()))?;
         let bias = &s3.as_slice::<f32>()?[bs..be];
         if bias.len() != n {
             candle_core::bail!("frozen matmul: bias of {} for {n} outputs", bias.len());
@@ -393,7 +473,14 @@ impl CustomOp3 for FrozenMatmulBias {
     }
 
     /// dL/dx = dL/dy @ wt^T; no gradient for the frozen weight and bias.
-    fn bwd(&self, x: &Tensor, wt: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Ok((Some(input_grad(x, wt, grad)?), None, None))
     }
 }
@@ -417,9 +504,19 @@ impl CustomOp3 for FrozenLinearResidual {
         "frozen-linear-residual"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, _, n, out) = FrozenMatmul::dims(l1, l2)?;
-        let (rs, re) = l3.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("frozen linear: residual not contiguous".into()))?;
+        let (rs, re) = l3
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen linear: residual not contiguous".into()))?;
         if l3.dims() != out.dims() {
             candle_core::bail!("frozen linear: residual {:?} for an output {:?}", l3.dims(), out.dims());
         }
@@ -432,14 +529,28 @@ impl CustomOp3 for FrozenLinearResidual {
     }
 
     /// dL/dx = dL/dy @ wt^T, dL/dresidual = dL/dy; nothing for the frozen weight.
-    fn bwd(&self, x: &Tensor, wt: &Tensor, _residual: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _residual: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Ok((Some(input_grad(x, wt, grad)?), None, Some(grad.clone())))
     }
 }
 
 /// y (m x n, row stride n) += x @ wt for a contiguous x (m, k) and a weight of any strides,
 /// on candle's threads.
-fn accumulate_matmul(y: &mut [f32], (m, n): (usize, usize), s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+fn accumulate_matmul(
+    y: &mut [f32],
+    (m, n): (usize, usize),
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<()> {
     if !l1.is_contiguous() {
         candle_core::bail!("frozen matmul needs a contiguous input");
     }
@@ -454,7 +565,27 @@ fn accumulate_matmul(y: &mut [f32], (m, n): (usize, usize), s1: &CpuStorage, l1:
     // SAFETY: y is m x n (row stride n), x is m x k (row stride k), and the weight's
     // largest index, start + (k-1) rs + (n-1) cs, was checked against its length above.
     unsafe {
-        gemm::gemm(m, n, k, y.as_mut_ptr(), 1, n as isize, true, x.as_ptr(), 1, k as isize, w.as_ptr().add(l2.start_offset()), w_cs as isize, w_rs as isize, 1.0, 1.0, false, false, false, gemm_parallelism());
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr().add(l2.start_offset()),
+            w_cs as isize,
+            w_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(),
+        );
     }
     Ok(())
 }
@@ -509,7 +640,13 @@ impl CustomOp2 for FrozenMatmul {
         "frozen-matmul"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         Self::fwd(s1, l1, s2, l2)
     }
 
@@ -525,7 +662,13 @@ impl CustomOp2 for FrozenMatmul {
     }
 
     /// dL/dx = dL/dy @ wt^T; no gradient for the frozen weight.
-    fn bwd(&self, x: &Tensor, wt: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(input_grad(x, wt, grad)?), None))
     }
 }

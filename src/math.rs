@@ -42,7 +42,12 @@ pub fn fast_phi(x: f32) -> f32 {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * z);
     let poly = -1.265_512_2
-        + t * (1.000_023_7 + t * (0.374_091_96 + t * (0.096_784_18 + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_204 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_204 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let half_erfc = 0.5 * t * fast_exp(-z * z + poly);
     if x >= 0.0 {
         1.0 - half_erfc
@@ -101,7 +106,11 @@ mod tests {
             let x = -100.0 + i as f32 * 0.005;
             assert!((fast_tanh(x) - x.tanh()).abs() <= 3e-7, "tanh({x})");
             let s = 1.0 / (1.0 + (-x).exp());
-            assert!((fast_sigmoid(x) - s).abs() <= 3e-7 * s.max(1e-30) + 1e-37, "sigmoid({x}): {} vs {s}", fast_sigmoid(x));
+            assert!(
+                (fast_sigmoid(x) - s).abs() <= 3e-7 * s.max(1e-30) + 1e-37,
+                "sigmoid({x}): {} vs {s}",
+                fast_sigmoid(x)
+            );
         }
     }
 }

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 
 use crate::cli::{ExportArgs, LoraArgs, ProbeArgs, ScanArgs, SeriesArgs, Strategy, TrainArgs};
+use crate::error::{Error, Result};
+use crate::lora::{AdapterInit, LoraSpec, PeftConfig, Targets};
+use crate::model::single_index::Variant;
 use crate::report::Format;
 use crate::score::budget::{Budget, DEFAULT_BUDGET};
 use crate::score::TargetSpec;
-use crate::model::single_index::Variant;
 use crate::simulate::{Amounts, SimulateSpec};
 use crate::theory::Link;
-use crate::error::{Error, Result};
-use crate::lora::{AdapterInit, LoraSpec, PeftConfig, Targets};
 use crate::train::optim::AdamWConfig;
 use crate::train::TrainSpec;
 
@@ -26,7 +26,11 @@ pub enum Output {
 
 impl Output {
     fn parse(value: &str) -> Output {
-        if value == "-" { Output::Stdout } else { Output::File(PathBuf::from(value)) }
+        if value == "-" {
+            Output::Stdout
+        } else {
+            Output::File(PathBuf::from(value))
+        }
     }
 }
 
@@ -121,7 +125,10 @@ pub fn budget(value: Option<&str>, steps: usize) -> Result<Budget> {
     };
     if let Budget::Updates(n) = parsed {
         if n < steps {
-            return Err(Error::flag("--budget", format!("{n} updates is shorter than the probe (--steps {steps}): give --steps {n} to measure it")));
+            return Err(Error::flag(
+                "--budget",
+                format!("{n} updates is shorter than the probe (--steps {steps}): give --steps {n} to measure it"),
+            ));
         }
     }
     Ok(parsed)
@@ -188,7 +195,12 @@ fn sweep(args: &ScanArgs, rank: usize, lr: f64) -> Result<Option<Sweep>> {
     if args.ranks.is_none() && args.lrs.is_none() {
         return Ok(None);
     }
-    let refuse = |why: &str| Err(Error::flag(if args.ranks.is_some() { "--ranks" } else { "--lrs" }, format!("cannot be combined with {why}")));
+    let refuse = |why: &str| {
+        Err(Error::flag(
+            if args.ranks.is_some() { "--ranks" } else { "--lrs" },
+            format!("cannot be combined with {why}"),
+        ))
+    };
     if args.strategy == Strategy::Race {
         return refuse("--strategy race (each variant would race separately)");
     }
@@ -216,7 +228,8 @@ fn sweep(args: &ScanArgs, rank: usize, lr: f64) -> Result<Option<Sweep>> {
 fn list_of<T: PartialEq + Copy>(flag: &'static str, list: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
     let mut out: Vec<T> = Vec::new();
     for item in list.split(',').map(str::trim) {
-        let v = parse(item).ok_or_else(|| Error::flag(flag, format!("{item:?} in {list:?} is not a positive number")))?;
+        let v =
+            parse(item).ok_or_else(|| Error::flag(flag, format!("{item:?} in {list:?} is not a positive number")))?;
         if out.contains(&v) {
             return Err(Error::flag(flag, format!("{item} is listed twice in {list:?}")));
         }
@@ -270,7 +283,10 @@ impl ScanOptions {
             resume: args.resume.clone(),
             strategy: strategy(args.strategy, args.resume.is_some())?,
             partition: partition(args.partition.as_deref(), args.strategy, &|k| std::env::var(k).ok())?,
-            fail_if_last_slower: args.fail_if_last_slower.map(|x| at_least_one("--fail-if-last-slower", x)).transpose()?,
+            fail_if_last_slower: args
+                .fail_if_last_slower
+                .map(|x| at_least_one("--fail-if-last-slower", x))
+                .transpose()?,
             threads,
             exports: exports(&args.export)?,
             step_summary: !args.export.no_step_summary,
@@ -289,7 +305,11 @@ impl ScanOptions {
 
     /// "device-hours" on a CPU, "GPU-hours" on a GPU.
     pub fn hours_label(&self) -> &'static str {
-        if self.device.is_cpu() { "device-hours" } else { "GPU-hours" }
+        if self.device.is_cpu() {
+            "device-hours"
+        } else {
+            "GPU-hours"
+        }
     }
 }
 
@@ -349,7 +369,10 @@ fn device_for(flag: &'static str, value: &str) -> Result<Device> {
         "cpu" => return Ok(Device::Cpu),
         "auto" => return Ok(auto_device()),
         "cuda" => 0,
-        v => v.strip_prefix("cuda:").and_then(|n| n.parse().ok()).ok_or_else(|| Error::flag(flag, format!("{v:?} is not cpu, cuda, cuda:N or auto")))?,
+        v => v
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::flag(flag, format!("{v:?} is not cpu, cuda, cuda:N or auto")))?,
     };
     cuda_device(ordinal).map_err(|why| Error::flag(flag, format!("{value}: {why}")))
 }
@@ -358,15 +381,24 @@ fn device_for(flag: &'static str, value: &str) -> Result<Device> {
 /// must be a device). Racing advances all snapshots rung by rung, one at a time.
 pub fn device_list(value: &str, strategy: Strategy) -> Result<Vec<Device>> {
     if strategy == Strategy::Race {
-        return Err(Error::flag("--devices", "cannot be combined with --strategy race (a race advances the snapshots in lockstep on one device)"));
+        return Err(Error::flag(
+            "--devices",
+            "cannot be combined with --strategy race (a race advances the snapshots in lockstep on one device)",
+        ));
     }
     let names: Vec<&str> = value.split(',').map(str::trim).collect();
     if names.iter().any(|n| n.is_empty() || *n == "auto") {
-        return Err(Error::flag("--devices", format!("{value:?}: give a list of cpu, cuda or cuda:N, such as cuda:0,cuda:1")));
+        return Err(Error::flag(
+            "--devices",
+            format!("{value:?}: give a list of cpu, cuda or cuda:N, such as cuda:0,cuda:1"),
+        ));
     }
     let devices: Vec<Device> = names.iter().map(|n| device_for("--devices", n)).collect::<Result<_>>()?;
     if devices.iter().any(|d| d.is_cpu()) && devices.iter().any(|d| !d.is_cpu()) {
-        return Err(Error::flag("--devices", format!("{value:?} mixes the CPU and GPUs, whose timings cannot be ranked together")));
+        return Err(Error::flag(
+            "--devices",
+            format!("{value:?} mixes the CPU and GPUs, whose timings cannot be ranked together"),
+        ));
     }
     Ok(devices)
 }
@@ -422,10 +454,17 @@ impl std::fmt::Display for Partition {
 
 /// `--partition K/N`, `auto` (Slurm job arrays) or `auto/N` (Kubernetes Indexed Jobs); `env`
 /// reads the environment.
-pub fn partition(value: Option<&str>, strategy: Strategy, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Partition>> {
+pub fn partition(
+    value: Option<&str>,
+    strategy: Strategy,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Partition>> {
     let Some(value) = value else { return Ok(None) };
     if strategy == Strategy::Race {
-        return Err(Error::flag("--partition", "a race compares all snapshots at each rung, so it cannot be partitioned: use --strategy full"));
+        return Err(Error::flag(
+            "--partition",
+            "a race compares all snapshots at each rung, so it cannot be partitioned: use --strategy full",
+        ));
     }
     let number = |name: &str| -> Result<usize> {
         let v = env(name).ok_or_else(|| Error::flag("--partition", format!("auto: {name} is not set")))?;
@@ -433,7 +472,11 @@ pub fn partition(value: Option<&str>, strategy: Strategy, env: &dyn Fn(&str) -> 
     };
     let (k, n) = match value.split_once('/') {
         None if value == "auto" => {
-            let (id, min, count) = (number("SLURM_ARRAY_TASK_ID")?, env("SLURM_ARRAY_TASK_MIN").map_or(Ok(0), |_| number("SLURM_ARRAY_TASK_MIN"))?, number("SLURM_ARRAY_TASK_COUNT")?);
+            let (id, min, count) = (
+                number("SLURM_ARRAY_TASK_ID")?,
+                env("SLURM_ARRAY_TASK_MIN").map_or(Ok(0), |_| number("SLURM_ARRAY_TASK_MIN"))?,
+                number("SLURM_ARRAY_TASK_COUNT")?,
+            );
             (id.checked_sub(min).map(|i| i + 1), Some(count))
         }
         Some(("auto", n)) => (Some(number("JOB_COMPLETION_INDEX")? + 1), n.parse().ok()),
@@ -449,15 +492,25 @@ pub fn partition(value: Option<&str>, strategy: Strategy, env: &dyn Fn(&str) -> 
 /// `--strategy`; a race cannot yet resume a report (it would need the paused runs' state).
 fn strategy(strategy: Strategy, resume: bool) -> Result<Strategy> {
     if strategy == Strategy::Race && resume {
-        return Err(Error::flag("--strategy", "race cannot be combined with --resume yet: resume with --strategy full, or rerun the race"));
+        return Err(Error::flag(
+            "--strategy",
+            "race cannot be combined with --resume yet: resume with --strategy full, or rerun the race",
+        ));
     }
     Ok(strategy)
 }
 
 /// The report files asked for; only one may go to stdout.
 pub fn exports(args: &ExportArgs) -> Result<Vec<(Format, Output)>> {
-    let all = [(Format::Json, &args.json), (Format::Markdown, &args.markdown), (Format::Csv, &args.csv), (Format::Junit, &args.junit), (Format::Plot, &args.plot)];
-    let list: Vec<(Format, Output)> = all.iter().filter_map(|(f, v)| v.as_deref().map(|v| (*f, Output::parse(v)))).collect();
+    let all = [
+        (Format::Json, &args.json),
+        (Format::Markdown, &args.markdown),
+        (Format::Csv, &args.csv),
+        (Format::Junit, &args.junit),
+        (Format::Plot, &args.plot),
+    ];
+    let list: Vec<(Format, Output)> =
+        all.iter().filter_map(|(f, v)| v.as_deref().map(|v| (*f, Output::parse(v)))).collect();
     if let Some((_, out)) = list.iter().find(|(f, _)| *f == Format::Plot) {
         let ext = match out {
             Output::File(p) => p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase),
@@ -483,28 +536,39 @@ fn lora_settings(args: &LoraArgs, seed: u64) -> Result<(LoraSpec, AdapterInit)> 
         None => (LoraSpec::default(), AdapterInit::Seeded(seed)),
     };
     let from_adapter = args.init_adapter.is_some();
-    let conflict = |flag: &'static str| Error::flag(flag, "cannot be combined with --init-adapter (the adapter's config sets it)");
+    let conflict =
+        |flag: &'static str| Error::flag(flag, "cannot be combined with --init-adapter (the adapter's config sets it)");
     if let Some(r) = args.rank {
-        if from_adapter { return Err(conflict("--rank")); }
+        if from_adapter {
+            return Err(conflict("--rank"));
+        }
         spec.rank = at_least("--rank", r, 1)?;
     }
     if let Some(a) = args.alpha {
-        if from_adapter { return Err(conflict("--alpha")); }
+        if from_adapter {
+            return Err(conflict("--alpha"));
+        }
         spec.alpha = finite_positive("--alpha", a)?;
     }
     if let Some(t) = &args.targets {
-        if from_adapter { return Err(conflict("--targets")); }
+        if from_adapter {
+            return Err(conflict("--targets"));
+        }
         spec.targets = parse_targets(t)?;
     }
     if let Some(p) = args.dropout {
-        if from_adapter { return Err(conflict("--dropout")); }
+        if from_adapter {
+            return Err(conflict("--dropout"));
+        }
         if !(0.0..1.0).contains(&p) {
             return Err(Error::flag("--dropout", format!("{p} is not in [0, 1)")));
         }
         spec.dropout = p;
     }
     if args.rslora {
-        if from_adapter { return Err(conflict("--rslora")); }
+        if from_adapter {
+            return Err(conflict("--rslora"));
+        }
         spec.rslora = true;
     }
     Ok((spec, init))
@@ -531,7 +595,10 @@ fn train_settings(args: &TrainArgs) -> Result<TrainSpec> {
     }
     let steps = at_least("--steps", args.steps.unwrap_or(DEFAULT_STEPS), 1)?;
     Ok(TrainSpec {
-        optimizer: AdamWConfig { lr: finite_positive("--lr", args.lr.unwrap_or(DEFAULT_LR))?, ..AdamWConfig::default() },
+        optimizer: AdamWConfig {
+            lr: finite_positive("--lr", args.lr.unwrap_or(DEFAULT_LR))?,
+            ..AdamWConfig::default()
+        },
         warmup_steps: args.warmup_steps,
         max_grad_norm,
         batch_size: at_least("--batch-size", args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE), 1)?,

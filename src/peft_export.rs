@@ -36,7 +36,8 @@ pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "create the adapter folder", e))?;
     let st = tmp.join("adapter_model.safetensors");
-    let bytes = safetensors::tensor::serialize(&tensors(adapters)?, None).map_err(|e| Error::input(&st, format!("cannot serialise the adapter: {e}")))?;
+    let bytes = safetensors::tensor::serialize(&tensors(adapters)?, None)
+        .map_err(|e| Error::input(&st, format!("cannot serialise the adapter: {e}")))?;
     crate::report::write_atomic(&st, &bytes)?;
     let config = serde_json::to_string_pretty(&config(adapters, info)).map_err(|e| Error::Other(e.to_string()))?;
     crate::report::write_atomic(&tmp.join("adapter_config.json"), format!("{config}\n").as_bytes())?;
@@ -66,7 +67,9 @@ pub fn ensure_adapter_folder(dir: &Path) -> Result<()> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
         match name.strip_prefix("seed-") {
-            Some(n) if is_dir && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => ensure_adapter_folder(&entry.path()).is_ok(),
+            Some(n) if is_dir && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                ensure_adapter_folder(&entry.path()).is_ok()
+            }
             _ => !is_dir && ADAPTER_FILES.contains(&name.as_str()),
         }
     })
@@ -78,7 +81,10 @@ const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetens
 fn ensure_partial_export(dir: &Path) -> Result<()> {
     ensure_only(dir, &|entry| {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let file = name.strip_prefix(".tmp").map(|rest| rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start_matches('.')).unwrap_or(&name);
+        let file = name
+            .strip_prefix(".tmp")
+            .map(|rest| rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start_matches('.'))
+            .unwrap_or(&name);
         entry.file_type().is_ok_and(|t| t.is_file()) && ADAPTER_FILES.contains(&file)
     })
 }

@@ -36,7 +36,11 @@ impl Progress {
     /// A worker started a checkpoint on `device` (--devices).
     pub fn begin_checkpoint(&self, name: &str, device: &str) {
         self.per_checkpoint.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.bar.set_prefix(format!("{name} on {device} ({} of {} done)", self.bar.position() as usize / self.steps.max(1), self.n));
+        self.bar.set_prefix(format!(
+            "{name} on {device} ({} of {} done)",
+            self.bar.position() as usize / self.steps.max(1),
+            self.n
+        ));
     }
 
     /// A worker finished a checkpoint (--devices).

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
 use crate::rng::Stream;
+use candle_core::{Device, Tensor};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
@@ -54,7 +54,10 @@ pub fn write_series(spec: &SimulateSpec) -> Result<Vec<PathBuf>> {
     prepare_out(&spec.out)?;
     let snapshots = snapshots(spec)?;
     let budget = spec.budget.unwrap_or_else(|| default_budget(spec, &snapshots));
-    let (w_star, xi) = (unit_vector(spec.dim, spec.teacher_seed, Stream::Teacher), unit_vector(spec.dim, spec.teacher_seed, Stream::TeacherNoise));
+    let (w_star, xi) = (
+        unit_vector(spec.dim, spec.teacher_seed, Stream::Teacher),
+        unit_vector(spec.dim, spec.teacher_seed, Stream::TeacherNoise),
+    );
     snapshots.iter().map(|s| write_snapshot(spec, s, budget, &w_star, &xi)).collect()
 }
 
@@ -73,11 +76,33 @@ fn snapshots(spec: &SimulateSpec) -> Result<Vec<Snapshot>> {
     let list: Vec<Snapshot> = match &spec.amounts {
         Amounts::Steps { steps, pretrain_lr } => {
             if steps.iter().any(|&p| p > 0) && theory::strength_after(spec.link, 1, *pretrain_lr) == 0.0 {
-                return Err(Error::flag("--steps-list", format!("with the {} link, gradient descent from w = 0 never moves (A(0) = 0): give --strengths", spec.link)));
+                return Err(Error::flag(
+                    "--steps-list",
+                    format!(
+                        "with the {} link, gradient descent from w = 0 never moves (A(0) = 0): give --strengths",
+                        spec.link
+                    ),
+                ));
             }
-            steps.iter().map(|&p| Snapshot { name: format!("checkpoint-{p}"), step: p, mu: theory::strength_after(spec.link, p, *pretrain_lr), pretrain_steps: Some(p) }).collect()
+            steps
+                .iter()
+                .map(|&p| Snapshot {
+                    name: format!("checkpoint-{p}"),
+                    step: p,
+                    mu: theory::strength_after(spec.link, p, *pretrain_lr),
+                    pretrain_steps: Some(p),
+                })
+                .collect()
         }
-        Amounts::Strengths(mus) => mus.iter().map(|&mu| Snapshot { name: format!("mu-{mu:.3}"), step: (mu * 1000.0).round() as u64, mu, pretrain_steps: None }).collect(),
+        Amounts::Strengths(mus) => mus
+            .iter()
+            .map(|&mu| Snapshot {
+                name: format!("mu-{mu:.3}"),
+                step: (mu * 1000.0).round() as u64,
+                mu,
+                pretrain_steps: None,
+            })
+            .collect(),
     };
     let mut steps: Vec<u64> = list.iter().map(|s| s.step).collect();
     steps.sort_unstable();
@@ -125,14 +150,18 @@ fn write_snapshot(spec: &SimulateSpec, s: &Snapshot, budget: usize, w_star: &[f6
         u0: None,
         finetune: FineTune { lr: spec.lr, batch_size: spec.batch_size, steps: budget },
         pretrain_steps: s.pretrain_steps,
-        pretrain_lr: match spec.amounts { Amounts::Steps { pretrain_lr, .. } => Some(pretrain_lr), Amounts::Strengths(_) => None },
+        pretrain_lr: match spec.amounts {
+            Amounts::Steps { pretrain_lr, .. } => Some(pretrain_lr),
+            Amounts::Strengths(_) => None,
+        },
     };
     write_json(&dir.join("config.json"), &serde_json::to_value(&config).map_err(|e| Error::Other(e.to_string()))?)?;
     write_weights(&dir.join("model.safetensors"), &w0, w_star)?;
     let r = w0.iter().zip(w_star).map(|(a, b)| a * b).sum::<f64>();
     let q = w0.iter().map(|a| a * a).sum::<f64>();
     let pretrain_loss = population_loss(spec.link, r, q);
-    let state = serde_json::json!({ "global_step": s.step, "log_history": [{ "step": s.step, "loss": pretrain_loss }] });
+    let state =
+        serde_json::json!({ "global_step": s.step, "log_history": [{ "step": s.step, "loss": pretrain_loss }] });
     write_json(&dir.join("trainer_state.json"), &state)?;
     Ok(dir)
 }

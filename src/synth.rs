@@ -23,9 +23,11 @@ pub struct Shape {
 
 impl Shape {
     /// Pythia-14M: 6 layers, hidden 128, 4 heads, vocab 50304.
-    pub const PYTHIA_14M: Shape = Shape { layers: 6, hidden: 128, heads: 4, intermediate: 512, vocab: 50304, positions: 2048 };
+    pub const PYTHIA_14M: Shape =
+        Shape { layers: 6, hidden: 128, heads: 4, intermediate: 512, vocab: 50304, positions: 2048 };
     /// Pythia-70M: 6 layers, hidden 512, 8 heads, vocab 50304.
-    pub const PYTHIA_70M: Shape = Shape { layers: 6, hidden: 512, heads: 8, intermediate: 2048, vocab: 50304, positions: 2048 };
+    pub const PYTHIA_70M: Shape =
+        Shape { layers: 6, hidden: 512, heads: 8, intermediate: 2048, vocab: 50304, positions: 2048 };
 }
 
 /// Writes a random `model_type` ("llama", "gpt_neox" or "gpt2") checkpoint of `shape` to `dir`.
@@ -71,10 +73,22 @@ fn llama(s: Shape) -> Spec {
         "hidden_act": "silu", "eos_token_id": 0, "torch_dtype": "float32"
     });
     let (h, i) = (s.hidden, s.intermediate);
-    let mut t = vec![("model.embed_tokens.weight".into(), vec![s.vocab, h], Init::Normal), ("model.norm.weight".into(), vec![h], Init::Ones), ("lm_head.weight".into(), vec![s.vocab, h], Init::Normal)];
+    let mut t = vec![
+        ("model.embed_tokens.weight".into(), vec![s.vocab, h], Init::Normal),
+        ("model.norm.weight".into(), vec![h], Init::Ones),
+        ("lm_head.weight".into(), vec![s.vocab, h], Init::Normal),
+    ];
     for l in 0..s.layers {
         let p = format!("model.layers.{l}");
-        for (name, dims) in [("self_attn.q_proj", [h, h]), ("self_attn.k_proj", [h, h]), ("self_attn.v_proj", [h, h]), ("self_attn.o_proj", [h, h]), ("mlp.gate_proj", [i, h]), ("mlp.up_proj", [i, h]), ("mlp.down_proj", [h, i])] {
+        for (name, dims) in [
+            ("self_attn.q_proj", [h, h]),
+            ("self_attn.k_proj", [h, h]),
+            ("self_attn.v_proj", [h, h]),
+            ("self_attn.o_proj", [h, h]),
+            ("mlp.gate_proj", [i, h]),
+            ("mlp.up_proj", [i, h]),
+            ("mlp.down_proj", [h, i]),
+        ] {
             t.push((format!("{p}.{name}.weight"), dims.to_vec(), Init::Normal));
         }
         t.push((format!("{p}.input_layernorm.weight"), vec![h], Init::Ones));
@@ -99,7 +113,12 @@ fn gpt_neox(s: Shape) -> Spec {
     ];
     for l in 0..s.layers {
         let p = format!("gpt_neox.layers.{l}");
-        for (name, out, inp) in [("attention.query_key_value", 3 * h, h), ("attention.dense", h, h), ("mlp.dense_h_to_4h", i, h), ("mlp.dense_4h_to_h", h, i)] {
+        for (name, out, inp) in [
+            ("attention.query_key_value", 3 * h, h),
+            ("attention.dense", h, h),
+            ("mlp.dense_h_to_4h", i, h),
+            ("mlp.dense_4h_to_h", h, i),
+        ] {
             t.push((format!("{p}.{name}.weight"), vec![out, inp], Init::Normal));
             t.push((format!("{p}.{name}.bias"), vec![out], Init::Zeros));
         }
@@ -128,7 +147,9 @@ fn gpt2(s: Shape) -> Spec {
     ];
     for l in 0..s.layers {
         let p = format!("transformer.h.{l}");
-        for (name, inp, out) in [("attn.c_attn", h, 3 * h), ("attn.c_proj", h, h), ("mlp.c_fc", h, i), ("mlp.c_proj", i, h)] {
+        for (name, inp, out) in
+            [("attn.c_attn", h, 3 * h), ("attn.c_proj", h, h), ("mlp.c_fc", h, i), ("mlp.c_proj", i, h)]
+        {
             t.push((format!("{p}.{name}.weight"), vec![inp, out], Init::Normal));
             t.push((format!("{p}.{name}.bias"), vec![out], Init::Zeros));
         }

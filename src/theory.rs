@@ -34,13 +34,25 @@ impl Link {
     pub fn d1(self, z: f64) -> f64 {
         match self {
             Link::Linear => 1.0,
-            Link::Relu => if z > 0.0 { 1.0 } else { 0.0 },
+            Link::Relu => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
             Link::Erf => 2.0 / PI.sqrt() * (-z * z).exp(),
             Link::Sigmoid => {
                 let s = Link::Sigmoid.value(z);
                 s * (1.0 - s)
             }
-            Link::Hermite(k) => if k == 0 { 0.0 } else { k as f64 * hermite(k - 1, z) },
+            Link::Hermite(k) => {
+                if k == 0 {
+                    0.0
+                } else {
+                    k as f64 * hermite(k - 1, z)
+                }
+            }
         }
     }
 
@@ -53,7 +65,13 @@ impl Link {
                 let s = Link::Sigmoid.value(z);
                 s * (1.0 - s) * (1.0 - 2.0 * s)
             }
-            Link::Hermite(k) => if k < 2 { 0.0 } else { (k * (k - 1)) as f64 * hermite(k - 2, z) },
+            Link::Hermite(k) => {
+                if k < 2 {
+                    0.0
+                } else {
+                    (k * (k - 1)) as f64 * hermite(k - 2, z)
+                }
+            }
         }
     }
 
@@ -223,7 +241,11 @@ pub fn lambda_plus(link: Link, mu: f64) -> f64 {
 /// measured in units of the *nominal* learning rate.
 pub fn tau(link: Link, mu: f64) -> f64 {
     let l = lambda_plus(link, mu);
-    if l > 0.0 { 1.0 / l } else { f64::INFINITY }
+    if l > 0.0 {
+        1.0 / l
+    } else {
+        f64::INFINITY
+    }
 }
 
 /// Predicted SGD steps until |m| >= m_thr from |m0|:
@@ -272,7 +294,9 @@ mod tests {
 
     #[test]
     fn erf_matches_known_values() {
-        for (z, want) in [(0.5, 0.5204998778130465), (1.0, 0.8427007929497149), (2.0, 0.9953222650189527), (3.0, 0.9999779095030014)] {
+        for (z, want) in
+            [(0.5, 0.5204998778130465), (1.0, 0.8427007929497149), (2.0, 0.9953222650189527), (3.0, 0.9999779095030014)]
+        {
             assert!((erf(z) - want).abs() < 1e-14, "erf({z})");
             assert!((erf(-z) + want).abs() < 1e-14);
         }

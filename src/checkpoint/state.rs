@@ -22,5 +22,4 @@ impl TrainerState {
         let text = std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
         serde_json::from_str(&text).map_err(|e| Error::input(path, format!("invalid trainer state: {e}")))
     }
-
 }

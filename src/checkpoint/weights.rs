@@ -58,7 +58,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if dir.join("pytorch_model.bin.index.json").is_file() {
         return Err(Error::input(dir, "sharded pytorch_model.bin is not supported; convert it to safetensors (e.g. `model.save_pretrained(dir, safe_serialization=True)`)"));
     }
-    Err(Error::input(dir, "no model weights (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin)"))
+    Err(Error::input(
+        dir,
+        "no model weights (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin)",
+    ))
 }
 
 /// The shard files of a sharded checkpoint, each checked to stay inside the checkpoint folder.
@@ -68,7 +71,8 @@ fn shards_of(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
         weight_map: HashMap<String, String>,
     }
     let text = std::fs::read_to_string(index).map_err(|e| Error::input(index, format!("cannot read: {e}")))?;
-    let parsed: Index = serde_json::from_str(&text).map_err(|e| Error::input(index, format!("invalid shard index: {e}")))?;
+    let parsed: Index =
+        serde_json::from_str(&text).map_err(|e| Error::input(index, format!("invalid shard index: {e}")))?;
     let mut names: Vec<&String> = parsed.weight_map.values().collect();
     names.sort();
     names.dedup();
@@ -85,7 +89,10 @@ fn shard_path(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
     let real = path.canonicalize().map_err(|e| Error::input(index, format!("shard {name:?}: {e}")))?;
     let root = dir.canonicalize().map_err(|e| Error::input(dir, e.to_string()))?;
     if !real.starts_with(&root) && !hub_cache_blobs(&root).is_some_and(|blobs| real.starts_with(blobs)) {
-        return Err(Error::input(index, format!("shard {name:?} points outside the checkpoint folder (to {})", real.display())));
+        return Err(Error::input(
+            index,
+            format!("shard {name:?} points outside the checkpoint folder (to {})", real.display()),
+        ));
     }
     Ok(path)
 }
@@ -205,10 +212,15 @@ impl WeightStore {
         let entry = self.entries.get(name).ok_or_else(|| self.missing(name))?;
         let path = &self.files[entry.file].0;
         if entry.shape != shape {
-            return Err(Error::input(path, format!("tensor {name} has shape {:?}, the config implies {shape:?}", entry.shape)));
+            return Err(Error::input(
+                path,
+                format!("tensor {name} has shape {:?}, the config implies {shape:?}", entry.shape),
+            ));
         }
         self.read(entry, name).map_err(|e| match e {
-            Error::Compute { source, .. } => Error::input(path, format!("tensor {name}: {}", crate::error::one_line(&source))),
+            Error::Compute { source, .. } => {
+                Error::input(path, format!("tensor {name}: {}", crate::error::one_line(&source)))
+            }
             other => other,
         })
     }
@@ -219,7 +231,10 @@ impl WeightStore {
             Source::Loaded(map) => map[name].clone(),
             Source::Mmap(mmap) => {
                 let dtype = candle_dtype(entry.dtype).ok_or_else(|| {
-                    Error::input(path, format!("tensor {name} has dtype {:?}; plasticity reads F32, F16 and BF16", entry.dtype))
+                    Error::input(
+                        path,
+                        format!("tensor {name} has dtype {:?}; plasticity reads F32, F16 and BF16", entry.dtype),
+                    )
                 })?;
                 Tensor::from_raw_buffer(&mmap[entry.start..entry.end], dtype, &entry.shape, &self.device)?
             }
@@ -282,7 +297,11 @@ impl<'a> Weights<'a> {
     }
 
     pub fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {

@@ -19,13 +19,18 @@ fn fused(x: &Tensor) -> bool {
 
 /// Borrowed contiguous f32 data of a CPU tensor argument.
 fn data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("fused op needs contiguous inputs".into()))?;
+    let (start, end) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("fused op needs contiguous inputs".into()))?;
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
 /// Rows of the data, and the length of each.
 fn rows(l: &Layout) -> candle_core::Result<usize> {
-    l.dims().last().copied().filter(|&n| n > 0).ok_or_else(|| candle_core::Error::Msg("fused op on an empty last dimension".into()))
+    l.dims()
+        .last()
+        .copied()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| candle_core::Error::Msg("fused op on an empty last dimension".into()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -80,19 +85,36 @@ impl CustomOp3 for NormOp {
         "fused-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b, n) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?, rows(l1)?);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| with_avx2(|| {
-            let (mean, rstd) = self.stats(row);
-            for (((o, &v), &wi), &bi) in out.iter_mut().zip(row).zip(w).zip(b) {
-                *o = (v - mean) * rstd * wi + bi;
-            }
-        }));
+        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
+            with_avx2(|| {
+                let (mean, rstd) = self.stats(row);
+                for (((o, &v), &wi), &bi) in out.iter_mut().zip(row).zip(w).zip(b) {
+                    *o = (v - mean) * rstd * wi + bi;
+                }
+            })
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dx = x.apply_op3_no_bwd(w, &grad.contiguous()?, &NormGrad(*self))?;
         Ok((Some(dx), None, None))
     }
@@ -107,24 +129,34 @@ impl CustomOp3 for NormGrad {
         "fused-norm-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, dy, n) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?, rows(l1)?);
         let mut dx = vec![0f32; x.len()];
         let nf = n as f32;
-        dx.par_chunks_mut(n).zip(x.par_chunks(n)).zip(dy.par_chunks(n)).for_each(|((out, row), dyr)| with_avx2(|| {
-            let (mean, rstd) = self.0.stats(row);
-            let (mut g_sum, mut gx_sum) = (0f32, 0f32);
-            for ((&v, &d), &wi) in row.iter().zip(dyr).zip(w) {
-                let g = d * wi;
-                g_sum += g;
-                gx_sum += g * (v - mean) * rstd;
-            }
-            let g_mean = if self.0.centered { g_sum / nf } else { 0.0 };
-            let gx_mean = gx_sum / nf;
-            for (((o, &v), &d), &wi) in out.iter_mut().zip(row).zip(dyr).zip(w) {
-                *o = rstd * (d * wi - g_mean - (v - mean) * rstd * gx_mean);
-            }
-        }));
+        dx.par_chunks_mut(n).zip(x.par_chunks(n)).zip(dy.par_chunks(n)).for_each(|((out, row), dyr)| {
+            with_avx2(|| {
+                let (mean, rstd) = self.0.stats(row);
+                let (mut g_sum, mut gx_sum) = (0f32, 0f32);
+                for ((&v, &d), &wi) in row.iter().zip(dyr).zip(w) {
+                    let g = d * wi;
+                    g_sum += g;
+                    gx_sum += g * (v - mean) * rstd;
+                }
+                let g_mean = if self.0.centered { g_sum / nf } else { 0.0 };
+                let gx_mean = gx_sum / nf;
+                for (((o, &v), &d), &wi) in out.iter_mut().zip(row).zip(dyr).zip(w) {
+                    *o = rstd * (d * wi - g_mean - (v - mean) * rstd * gx_mean);
+                }
+            })
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -216,7 +248,9 @@ impl CustomOp1 for ActOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = data(s, l)?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| with_avx2(|| per_act!(self.0, a => o.iter_mut().zip(i).for_each(|(o, &v)| *o = a.eval(v).0))));
+        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| {
+            with_avx2(|| per_act!(self.0, a => o.iter_mut().zip(i).for_each(|(o, &v)| *o = a.eval(v).0)))
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -233,11 +267,19 @@ impl CustomOp2 for ActGrad {
         "fused-activation-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, dy) = (data(s1, l1)?, data(s2, l2)?);
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(4096).zip(x.par_chunks(4096)).zip(dy.par_chunks(4096)).for_each(|((o, i), d)| {
-            with_avx2(|| per_act!(self.0, a => o.iter_mut().zip(i).zip(d).for_each(|((o, &v), &g)| *o = g * a.eval(v).1)));
+            with_avx2(
+                || per_act!(self.0, a => o.iter_mut().zip(i).zip(d).for_each(|((o, &v), &g)| *o = g * a.eval(v).1)),
+            );
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -259,17 +301,31 @@ impl CustomOp2 for GatedOp {
         "fused-gated-activation"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u) = (data(s1, l1)?, data(s2, l2)?);
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| {
-            with_avx2(|| per_act!(self.0, a => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = a.eval(g).0 * u)));
+            with_avx2(
+                || per_act!(self.0, a => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = a.eval(g).0 * u)),
+            );
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
     /// d/dgate = dy * up * act'(gate); d/dup = dy * act(gate).
-    fn bwd(&self, gate: &Tensor, up: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dgate = gate.apply_op3_no_bwd(up, &grad, &GatedGrad { act: self.0, wrt_gate: true })?;
         let dup = gate.apply_op3_no_bwd(up, &grad, &GatedGrad { act: self.0, wrt_gate: false })?;
@@ -288,18 +344,30 @@ impl CustomOp3 for GatedGrad {
         "fused-gated-activation-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u, dy) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
         let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(|((o, g), (u, d))| {
-            let wrt_gate = self.wrt_gate;
-            with_avx2(|| per_act!(self.act, a => {
-                for (((o, &g), &u), &d) in o.iter_mut().zip(g).zip(u).zip(d) {
-                    let (f, df) = a.eval(g);
-                    *o = if wrt_gate { d * u * df } else { d * f };
-                }
-            }));
-        });
+        out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(
+            |((o, g), (u, d))| {
+                let wrt_gate = self.wrt_gate;
+                with_avx2(|| {
+                    per_act!(self.act, a => {
+                        for (((o, &g), &u), &d) in o.iter_mut().zip(g).zip(u).zip(d) {
+                            let (f, df) = a.eval(g);
+                            *o = if wrt_gate { d * u * df } else { d * f };
+                        }
+                    })
+                });
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -312,7 +380,11 @@ impl CustomOp3 for GatedGrad {
 pub fn rotary(x: &Tensor, cos: Vec<f32>, sin: Vec<f32>, rot_dim: usize) -> candle_core::Result<Tensor> {
     let (_b, _h, t, d) = x.dims4()?;
     if rot_dim == 0 || rot_dim % 2 == 1 || rot_dim > d || cos.len() != t * rot_dim || sin.len() != t * rot_dim {
-        candle_core::bail!("rotary: rot_dim {rot_dim} with head size {d}, {} cos and {} sin values for {t} positions", cos.len(), sin.len());
+        candle_core::bail!(
+            "rotary: rot_dim {rot_dim} with head size {d}, {} cos and {} sin values for {t} positions",
+            cos.len(),
+            sin.len()
+        );
     }
     x.contiguous()?.apply_op1(RotaryOp { cos, sin, rot_dim, t, d, inverse: false })
 }
@@ -371,7 +443,8 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let (a, b) =
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / q.abs().max(1.0)).fold(0f32, f32::max);
         assert!(worst <= tol, "max relative difference {worst}");
     }
@@ -393,13 +466,23 @@ mod tests {
         let dev = Device::Cpu;
         let w = Tensor::randn(1f32, 0.5, 24, &dev).unwrap();
         let b = Tensor::randn(0f32, 0.5, 24, &dev).unwrap();
-        same_as_composed(|x| layer_norm(x, &w, &b, 1e-5).unwrap(), |x| candle_nn::ops::layer_norm_slow(x, &w, &b, 1e-5).unwrap());
+        same_as_composed(
+            |x| layer_norm(x, &w, &b, 1e-5).unwrap(),
+            |x| candle_nn::ops::layer_norm_slow(x, &w, &b, 1e-5).unwrap(),
+        );
         same_as_composed(|x| rms_norm(x, &w, 1e-6).unwrap(), |x| candle_nn::ops::rms_norm_slow(x, &w, 1e-6).unwrap());
     }
 
     #[test]
     fn rotary_equals_the_composed_ops() {
-        let rope = crate::model::Rope::new(16, &crate::model::RopeConfig { theta: 10_000.0, partial_rotary_factor: None, scaling: crate::model::RopeScaling::None });
+        let rope = crate::model::Rope::new(
+            16,
+            &crate::model::RopeConfig {
+                theta: 10_000.0,
+                partial_rotary_factor: None,
+                scaling: crate::model::RopeScaling::None,
+            },
+        );
         let heads = |x: &Tensor| x.reshape((3, 1, 5, 24)).unwrap();
         let back = |y: Tensor| y.reshape((3, 5, 24)).unwrap();
         same_as_composed(|x| back(rope.apply(&heads(x)).unwrap()), |x| back(rope.apply_composed(&heads(x)).unwrap()));
@@ -409,7 +492,10 @@ mod tests {
     fn gated_activation_equals_the_composed_ops() {
         let dev = Device::Cpu;
         let up = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 24), &dev).unwrap()).unwrap();
-        same_as_composed(|g| gated(g, up.as_tensor(), Act::Silu).unwrap(), |g| (g.silu().unwrap() * up.as_tensor()).unwrap());
+        same_as_composed(
+            |g| gated(g, up.as_tensor(), Act::Silu).unwrap(),
+            |g| (g.silu().unwrap() * up.as_tensor()).unwrap(),
+        );
         let g = Tensor::randn(0f32, 1.0, (3, 5, 24), &dev).unwrap();
         same_as_composed(|u| gated(&g, u, Act::Silu).unwrap(), |u| (g.silu().unwrap() * u).unwrap());
     }

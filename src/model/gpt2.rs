@@ -81,7 +81,10 @@ impl RawConfig {
 impl Config {
     /// The dropouts by their config names, for the report.
     pub fn dropouts(&self) -> std::collections::BTreeMap<String, f64> {
-        [("attn_pdrop", self.attn_pdrop), ("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        [("attn_pdrop", self.attn_pdrop), ("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 
     pub fn n_params(&self) -> usize {
@@ -211,7 +214,14 @@ impl Model {
             w.get("lm_head.weight", &[cfg.vocab_size, cfg.n_embd])?.t()?
         };
         let drop = ctx.dropout_site(cfg.embd_pdrop);
-        Ok(Model { wte: Embedding { table }, wpe, drop, h, ln_f: Norm::layer(&m.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?, lm_head_t })
+        Ok(Model {
+            wte: Embedding { table },
+            wpe,
+            drop,
+            h,
+            ln_f: Norm::layer(&m.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?,
+            lm_head_t,
+        })
     }
 }
 
@@ -238,7 +248,14 @@ impl CausalLm for Model {
 pub const DEFAULT_TARGETS: [&str; 1] = ["c_attn"];
 pub const ALL_LINEAR: [&str; 3] = ["c_attn", "c_proj", "c_fc"];
 
-pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec, init: &AdapterInit, seed: u64) -> Result<LoadedModel> {
+pub fn load(
+    dir: &Path,
+    config: &serde_json::Value,
+    w: Weights,
+    spec: &LoraSpec,
+    init: &AdapterInit,
+    seed: u64,
+) -> Result<LoadedModel> {
     let raw: RawConfig = parse_config(dir, config)?;
     if raw.reorder_and_upcast_attn.unwrap_or(false) {
         return Err(Error::input(dir.join("config.json"), "reorder_and_upcast_attn is not supported"));
@@ -251,7 +268,9 @@ pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec,
         vocab_size: cfg.vocab_size,
         n_params: cfg.n_params(),
         // Token and position lookups are not matmuls; the tied head is.
-        matmul_params: cfg.n_params() - cfg.n_positions * cfg.n_embd - if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * cfg.n_embd },
+        matmul_params: cfg.n_params()
+            - cfg.n_positions * cfg.n_embd
+            - if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * cfg.n_embd },
         layers: cfg.n_layer,
         hidden: cfg.n_embd,
         eos_token_id: eos_of(config),

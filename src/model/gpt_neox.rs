@@ -93,7 +93,10 @@ impl RawConfig {
 impl Config {
     /// The dropouts by their config names, for the report.
     pub fn dropouts(&self) -> std::collections::BTreeMap<String, f64> {
-        [("attention_dropout", self.attention_dropout), ("hidden_dropout", self.hidden_dropout)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        [("attention_dropout", self.attention_dropout), ("hidden_dropout", self.hidden_dropout)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 
     pub fn n_params(&self) -> usize {
@@ -169,7 +172,11 @@ impl Mlp {
 
     /// residual + mlp(x), mlp(x) through the post-MLP dropout.
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        self.dense_4h_to_h.forward_residual_dropped(&self.act.apply(&self.dense_h_to_4h.forward(x)?)?, residual, self.post_mlp_dropout.as_ref())
+        self.dense_4h_to_h.forward_residual_dropped(
+            &self.act.apply(&self.dense_h_to_4h.forward(x)?)?,
+            residual,
+            self.post_mlp_dropout.as_ref(),
+        )
     }
 }
 
@@ -227,7 +234,11 @@ impl Model {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(cfg, &m.pp("layers").pp(i), ctx))
             .collect::<Result<Vec<_>>>()?;
-        let embed_out_t = if cfg.tie_word_embeddings { table.t()? } else { w.get("embed_out.weight", &[cfg.vocab_size, cfg.hidden_size])?.t()? };
+        let embed_out_t = if cfg.tie_word_embeddings {
+            table.t()?
+        } else {
+            w.get("embed_out.weight", &[cfg.vocab_size, cfg.hidden_size])?.t()?
+        };
         Ok(Model {
             embed_in: Embedding { table },
             emb_dropout: ctx.dropout_site(cfg.hidden_dropout),
@@ -257,7 +268,14 @@ impl CausalLm for Model {
 pub const DEFAULT_TARGETS: [&str; 1] = ["query_key_value"];
 pub const ALL_LINEAR: [&str; 4] = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"];
 
-pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec, init: &AdapterInit, seed: u64) -> Result<LoadedModel> {
+pub fn load(
+    dir: &Path,
+    config: &serde_json::Value,
+    w: Weights,
+    spec: &LoraSpec,
+    init: &AdapterInit,
+    seed: u64,
+) -> Result<LoadedModel> {
     let raw: RawConfig = parse_config(dir, config)?;
     let cfg = raw.resolve(dir)?;
     let mut ctx = LoraCtx::new(spec, &DEFAULT_TARGETS, &ALL_LINEAR, init, seed)?;
@@ -266,7 +284,8 @@ pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec,
         model_type: "gpt_neox".into(),
         vocab_size: cfg.vocab_size,
         n_params: cfg.n_params(),
-        matmul_params: cfg.n_params() - cfg.vocab_size * cfg.hidden_size + if cfg.tie_word_embeddings { cfg.vocab_size * cfg.hidden_size } else { 0 },
+        matmul_params: cfg.n_params() - cfg.vocab_size * cfg.hidden_size
+            + if cfg.tie_word_embeddings { cfg.vocab_size * cfg.hidden_size } else { 0 },
         layers: cfg.num_hidden_layers,
         hidden: cfg.hidden_size,
         eos_token_id: eos_of(config),

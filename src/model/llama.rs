@@ -231,7 +231,11 @@ impl Model {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(cfg, &m.pp("layers").pp(i), ctx))
             .collect::<Result<Vec<_>>>()?;
-        let lm_head_t = if cfg.tie_word_embeddings { table.t()? } else { w.get("lm_head.weight", &[cfg.vocab_size, cfg.hidden_size])?.t()? };
+        let lm_head_t = if cfg.tie_word_embeddings {
+            table.t()?
+        } else {
+            w.get("lm_head.weight", &[cfg.vocab_size, cfg.hidden_size])?.t()?
+        };
         Ok(Model {
             embed_tokens: Embedding { table },
             layers,
@@ -262,7 +266,14 @@ impl CausalLm for Model {
 pub const DEFAULT_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
 pub const ALL_LINEAR: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
-pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec, init: &AdapterInit, seed: u64) -> Result<LoadedModel> {
+pub fn load(
+    dir: &Path,
+    config: &serde_json::Value,
+    w: Weights,
+    spec: &LoraSpec,
+    init: &AdapterInit,
+    seed: u64,
+) -> Result<LoadedModel> {
     let raw: RawConfig = parse_config(dir, config)?;
     let cfg = raw.resolve(dir)?;
     let mut ctx = LoraCtx::new(spec, &DEFAULT_TARGETS, &ALL_LINEAR, init, seed)?;
@@ -271,7 +282,8 @@ pub fn load(dir: &Path, config: &serde_json::Value, w: Weights, spec: &LoraSpec,
         model_type: raw.model_type.clone(),
         vocab_size: cfg.vocab_size,
         n_params: cfg.n_params(),
-        matmul_params: cfg.n_params() - cfg.vocab_size * cfg.hidden_size + if cfg.tie_word_embeddings { cfg.vocab_size * cfg.hidden_size } else { 0 },
+        matmul_params: cfg.n_params() - cfg.vocab_size * cfg.hidden_size
+            + if cfg.tie_word_embeddings { cfg.vocab_size * cfg.hidden_size } else { 0 },
         layers: cfg.num_hidden_layers,
         hidden: cfg.hidden_size,
         eos_token_id: eos_of(config),

@@ -108,7 +108,9 @@ pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize
     let (tokens, t) = ((batch as u64).saturating_mul(seq_len as u64), seq_len as u64);
     // saturating: an absurd config must give a huge estimate (refused), not an overflow
     let mlp = if gated { 3 } else { 2 } * inter.min(u64::MAX / 4);
-    let per_layer = tokens.saturating_mul(hidden.saturating_mul(9).saturating_add(mlp)).saturating_add((batch as u64).saturating_mul(heads).saturating_mul(t).saturating_mul(t));
+    let per_layer = tokens
+        .saturating_mul(hidden.saturating_mul(9).saturating_add(mlp))
+        .saturating_add((batch as u64).saturating_mul(heads).saturating_mul(t).saturating_mul(t));
     let head_chunks = (rayon::current_num_threads() as u64 * 128).saturating_mul(get(&["vocab_size"]));
     layers.saturating_mul(per_layer).saturating_add(head_chunks).saturating_mul(4)
 }
@@ -117,7 +119,8 @@ pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize
 pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::input(&path, format!("cannot read: {e}")))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("invalid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("invalid JSON: {e}")))?;
     if !value.is_object() {
         return Err(Error::input(&path, "expected a JSON object"));
     }
@@ -141,7 +144,14 @@ pub fn load(dir: &Path, spec: &LoraSpec, init: &AdapterInit, seed: u64, device: 
 /// [`load`] with base weights and activations in `dtype`; adapters stay f32 (PEFT's
 /// `autocast_adapter_dtype`), so a bf16 model runs as transformers + PEFT run one loaded with
 /// `torch_dtype=torch.bfloat16`.
-pub fn load_as(dir: &Path, spec: &LoraSpec, init: &AdapterInit, seed: u64, device: &Device, dtype: DType) -> Result<LoadedModel> {
+pub fn load_as(
+    dir: &Path,
+    spec: &LoraSpec,
+    init: &AdapterInit,
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> Result<LoadedModel> {
     let config = read_config(dir)?;
     let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
     let store = WeightStore::open_as(dir, device, dtype)?;
@@ -150,8 +160,13 @@ pub fn load_as(dir: &Path, spec: &LoraSpec, init: &AdapterInit, seed: u64, devic
         "llama" | "mistral" | "qwen2" => llama::load(dir, &config, w, spec, init, seed),
         "gpt_neox" => gpt_neox::load(dir, &config, w, spec, init, seed),
         "gpt2" => gpt2::load(dir, &config, w, spec, init, seed),
-        "" => Err(Error::input(dir.join("config.json"), format!("no model_type (supported: {})", SUPPORTED.join(", ")))),
-        other => Err(Error::input(dir.join("config.json"), format!("unsupported model_type {other:?} (supported: {})", SUPPORTED.join(", ")))),
+        "" => {
+            Err(Error::input(dir.join("config.json"), format!("no model_type (supported: {})", SUPPORTED.join(", "))))
+        }
+        other => Err(Error::input(
+            dir.join("config.json"),
+            format!("unsupported model_type {other:?} (supported: {})", SUPPORTED.join(", ")),
+        )),
     }
 }
 
@@ -204,7 +219,10 @@ pub(crate) fn eos_of(config: &serde_json::Value) -> Option<u32> {
 pub(crate) fn dropout_p(dir: &Path, field: &str, value: Option<f64>, default: f64) -> Result<f64> {
     let p = value.unwrap_or(default);
     if !(0.0..1.0).contains(&p) {
-        return Err(Error::input(dir.join("config.json"), format!("{field} = {p} is not a dropout probability in [0, 1)")));
+        return Err(Error::input(
+            dir.join("config.json"),
+            format!("{field} = {p} is not a dropout probability in [0, 1)"),
+        ));
     }
     Ok(p)
 }
@@ -244,9 +262,16 @@ pub struct RopeParameters {
 pub enum RopeScaling {
     None,
     /// inv_freq / factor.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3: long wavelengths divided by `factor`, short ones kept, the band between blended.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// The resolved rotary settings of a config, whichever transformers version wrote it.
@@ -276,10 +301,16 @@ pub(crate) fn rope_settings(
             factor: need(p.factor, "factor")?,
             low_freq_factor: need(p.low_freq_factor, "low_freq_factor")?,
             high_freq_factor: need(p.high_freq_factor, "high_freq_factor")?,
-            original_max_position_embeddings: need(p.original_max_position_embeddings, "original_max_position_embeddings")?,
+            original_max_position_embeddings: need(
+                p.original_max_position_embeddings,
+                "original_max_position_embeddings",
+            )?,
         },
         other => {
-            return Err(Error::input(dir.join("config.json"), format!("rope type {other:?} is not supported (supported: default, linear, llama3)")))
+            return Err(Error::input(
+                dir.join("config.json"),
+                format!("rope type {other:?} is not supported (supported: default, linear, llama3)"),
+            ))
         }
     };
     let theta = parameters.as_ref().and_then(|p| p.rope_theta).or(top_theta).unwrap_or(default_theta);
@@ -374,7 +405,11 @@ pub fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> candle_c
         .flat_map(|i| (0..t).map(move |j| (i, j)))
         .map(|(i, j)| {
             let visible = j <= i && window.is_none_or(|w| i - j < w);
-            if visible { 0.0 } else { f32::NEG_INFINITY }
+            if visible {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
         })
         .collect();
     Tensor::from_vec(mask, (t, t), device)
@@ -383,7 +418,14 @@ pub fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> candle_c
 /// softmax(q k^T * scale + mask) v for q (b, h, t, d) and k, v (b, kv, t, d), kv dividing h,
 /// with `dropout` on the attention probabilities while training (transformers' eager
 /// attention). The fused kernel applies when nothing is dropped.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor, dropout: Option<&Dropout>) -> candle_core::Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: &Tensor,
+    dropout: Option<&Dropout>,
+) -> candle_core::Result<Tensor> {
     if sdpa::applies(q) && !crate::dropout::active(dropout) {
         return sdpa::fused_attention(q, k, v, scale, mask);
     }
@@ -391,9 +433,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor, 
     let kv = k.dim(1)?;
     let (k, v) = (repeat_kv(&k.contiguous()?, h / kv)?, repeat_kv(&v.contiguous()?, h / kv)?); // (b, h, t, d)
     let scores = q.contiguous()?.matmul(&k.t()?)?; // (b, h, t, t)
-    // in bf16 the scale multiplies in f32 and the product rounds once (candle's bf16 affine
-    // would round the scale itself); the softmax runs in f32 and the probabilities go back to
-    // q's dtype, as transformers' eager attention does
+                                                   // in bf16 the scale multiplies in f32 and the product rounds once (candle's bf16 affine
+                                                   // would round the scale itself); the softmax runs in f32 and the probabilities go back to
+                                                   // q's dtype, as transformers' eager attention does
     let scores = match q.dtype() {
         DType::F32 => (scores * scale)?,
         dt => scores.to_dtype(DType::F32)?.affine(scale, 0.0)?.to_dtype(dt)?,
@@ -541,7 +583,14 @@ impl Norm {
 }
 
 /// nn.Linear (weight stored (out, in)) named `module`, with an adapter when it is a target.
-pub(crate) fn linear(w: &Weights, module: &str, in_dim: usize, out_dim: usize, bias: bool, ctx: &mut LoraCtx) -> Result<Linear> {
+pub(crate) fn linear(
+    w: &Weights,
+    module: &str,
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    ctx: &mut LoraCtx,
+) -> Result<Linear> {
     let weight = w.get("weight", &[out_dim, in_dim])?;
     let b = if bias { Some(w.get("bias", &[out_dim])?) } else { None };
     let adapter = ctx.adapter_for(module, in_dim, out_dim, w.device())?;
@@ -557,7 +606,8 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let hidden = self.table.dim(1)?;
-        self.table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, hidden)) // (b, t, hidden)
+        self.table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, hidden))
+        // (b, t, hidden)
     }
 }
 

@@ -28,7 +28,13 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Te
     let (b, h, t, d) = q.dims4()?;
     let kv = k.dim(1)?;
     if kv == 0 || h % kv != 0 || k.dims4()? != (b, kv, t, d) || v.dims4()? != (b, kv, t, d) || mask.dims2()? != (t, t) {
-        candle_core::bail!("attention: q {:?}, k {:?}, v {:?}, mask {:?} do not fit", q.dims(), k.dims(), v.dims(), mask.dims());
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?}, mask {:?} do not fit",
+            q.dims(),
+            k.dims(),
+            v.dims(),
+            mask.dims()
+        );
     }
     let mask = mask.flatten_all()?.to_vec1::<f32>()?;
     let op = Attention { dims: Dims { b, h, kv, t, d }, scale: scale as f32, mask, probs: Mutex::new(None) };
@@ -69,7 +75,8 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     fn new(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Self> {
-        let stride: [usize; 4] = l.stride().try_into().map_err(|_| candle_core::Error::Msg("attention needs 4-d inputs".into()))?;
+        let stride: [usize; 4] =
+            l.stride().try_into().map_err(|_| candle_core::Error::Msg("attention needs 4-d inputs".into()))?;
         Ok(View { data: s.as_slice::<f32>()?, start: l.start_offset(), stride })
     }
 
@@ -86,7 +93,14 @@ fn lock_err<T>(_: T) -> candle_core::Error {
 impl Attention {
     /// One query head's forward: probabilities into `p` (t, t), output into `out` (rows of
     /// stride h * d, starting at this head's columns).
-    fn head_forward(&self, (q, qs): (&[f32], (usize, usize)), (k, ks): (&[f32], (usize, usize)), (v, vs): (&[f32], (usize, usize)), p: &mut [f32], out: &mut [f32]) {
+    fn head_forward(
+        &self,
+        (q, qs): (&[f32], (usize, usize)),
+        (k, ks): (&[f32], (usize, usize)),
+        (v, vs): (&[f32], (usize, usize)),
+        p: &mut [f32],
+        out: &mut [f32],
+    ) {
         let Dims { h, t, d, .. } = self.dims;
         // scores = q k^T, (t, t): k^T has the strides of k swapped
         gemm_strided(p, (t, 1), q, qs, k, (ks.1, ks.0), (t, d, t), Accumulate::No, 1.0);
@@ -103,29 +117,55 @@ impl CustomOp3 for Attention {
         "fused-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let Dims { b, h, t, d, .. } = self.dims;
         let (q, k, v) = (View::new(s1, l1)?, View::new(s2, l2)?, View::new(s3, l3)?);
         let mut probs = vec![0f32; b * h * t * t];
         let mut out = vec![0f32; b * t * h * d];
         // one task per batch row: its output rows (t, h * d) are contiguous
-        out.par_chunks_mut(t * h * d).zip(probs.par_chunks_mut(h * t * t)).enumerate().for_each(|(bi, (out_b, probs_b))| {
-            for (hi, p) in probs_b.chunks_mut(t * t).enumerate() {
-                let kvi = hi / self.dims.rep();
-                self.head_forward(q.head(bi, hi), k.head(bi, kvi), v.head(bi, kvi), p, &mut out_b[hi * d..]);
-            }
-        });
+        out.par_chunks_mut(t * h * d).zip(probs.par_chunks_mut(h * t * t)).enumerate().for_each(
+            |(bi, (out_b, probs_b))| {
+                for (hi, p) in probs_b.chunks_mut(t * t).enumerate() {
+                    let kvi = hi / self.dims.rep();
+                    self.head_forward(q.head(bi, hi), k.head(bi, kvi), v.head(bi, kvi), p, &mut out_b[hi * d..]);
+                }
+            },
+        );
         *self.probs.lock().map_err(lock_err)? = Some(probs);
         Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let probs = self.probs.lock().map_err(lock_err)?.take().ok_or_else(|| candle_core::Error::Msg("attention: backward without forward".into()))?;
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let probs = self
+            .probs
+            .lock()
+            .map_err(lock_err)?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("attention: backward without forward".into()))?;
         let flat = |x: &Tensor| x.contiguous()?.flatten_all()?.to_vec1::<f32>();
         let (dq, dk, dv) = self.backward(&probs, &flat(q)?, &flat(k)?, &flat(v)?, &flat(grad)?);
         let Dims { b, h, kv, t, d } = self.dims;
         let dev = q.device();
-        Ok((Some(Tensor::from_vec(dq, (b, h, t, d), dev)?), Some(Tensor::from_vec(dk, (b, kv, t, d), dev)?), Some(Tensor::from_vec(dv, (b, kv, t, d), dev)?)))
+        Ok((
+            Some(Tensor::from_vec(dq, (b, h, t, d), dev)?),
+            Some(Tensor::from_vec(dk, (b, kv, t, d), dev)?),
+            Some(Tensor::from_vec(dv, (b, kv, t, d), dev)?),
+        ))
     }
 }
 
@@ -138,30 +178,34 @@ impl Attention {
         let mut dk = vec![0f32; b * kv * t * d];
         let mut dv = vec![0f32; b * kv * t * d];
         let rep = self.dims.rep();
-        dq.par_chunks_mut(rep * t * d).zip(dk.par_chunks_mut(t * d)).zip(dv.par_chunks_mut(t * d)).enumerate().for_each(|(g, ((dq_g, dk_g), dv_g))| {
-            let (bi, kvi) = (g / kv, g % kv);
-            let (kh, vh) = (&k[g * t * d..][..t * d], &v[g * t * d..][..t * d]);
-            let mut ds = vec![0f32; t * t];
-            for (r, dq_h) in dq_g.chunks_mut(t * d).enumerate() {
-                let hi = kvi * rep + r;
-                let p = &probs[(bi * h + hi) * t * t..][..t * t];
-                let qh = &q[(bi * h + hi) * t * d..][..t * d];
-                let doh = &dout[bi * t * h * d + hi * d..];
-                // dv += p^T dout
-                gemm_strided(dv_g, (d, 1), p, (1, t), doh, (h * d, 1), (t, t, d), Accumulate::Yes, 1.0);
-                // dp = dout v^T, then ds = p * (dp - rowsum(dp * p))
-                gemm_strided(&mut ds, (t, 1), doh, (h * d, 1), vh, (1, d), (t, d, t), Accumulate::No, 1.0);
-                with_avx2(|| {
-                    for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                        let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
-                        ds_row.iter_mut().zip(p_row).for_each(|(x, &pi)| *x = pi * (*x - dot));
-                    }
-                });
-                // dq = ds k * scale; dk += ds^T q * scale
-                gemm_strided(dq_h, (d, 1), &ds, (t, 1), kh, (d, 1), (t, t, d), Accumulate::No, self.scale);
-                gemm_strided(dk_g, (d, 1), &ds, (1, t), qh, (d, 1), (t, t, d), Accumulate::Yes, self.scale);
-            }
-        });
+        dq.par_chunks_mut(rep * t * d)
+            .zip(dk.par_chunks_mut(t * d))
+            .zip(dv.par_chunks_mut(t * d))
+            .enumerate()
+            .for_each(|(g, ((dq_g, dk_g), dv_g))| {
+                let (bi, kvi) = (g / kv, g % kv);
+                let (kh, vh) = (&k[g * t * d..][..t * d], &v[g * t * d..][..t * d]);
+                let mut ds = vec![0f32; t * t];
+                for (r, dq_h) in dq_g.chunks_mut(t * d).enumerate() {
+                    let hi = kvi * rep + r;
+                    let p = &probs[(bi * h + hi) * t * t..][..t * t];
+                    let qh = &q[(bi * h + hi) * t * d..][..t * d];
+                    let doh = &dout[bi * t * h * d + hi * d..];
+                    // dv += p^T dout
+                    gemm_strided(dv_g, (d, 1), p, (1, t), doh, (h * d, 1), (t, t, d), Accumulate::Yes, 1.0);
+                    // dp = dout v^T, then ds = p * (dp - rowsum(dp * p))
+                    gemm_strided(&mut ds, (t, 1), doh, (h * d, 1), vh, (1, d), (t, d, t), Accumulate::No, 1.0);
+                    with_avx2(|| {
+                        for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                            let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                            ds_row.iter_mut().zip(p_row).for_each(|(x, &pi)| *x = pi * (*x - dot));
+                        }
+                    });
+                    // dq = ds k * scale; dk += ds^T q * scale
+                    gemm_strided(dq_h, (d, 1), &ds, (t, 1), kh, (d, 1), (t, t, d), Accumulate::No, self.scale);
+                    gemm_strided(dk_g, (d, 1), &ds, (1, t), qh, (d, 1), (t, t, d), Accumulate::Yes, self.scale);
+                }
+            });
         (dq, dk, dv)
     }
 }
@@ -199,15 +243,48 @@ enum Accumulate {
 
 /// dst (m, n) [+]= beta * lhs (m, k) @ rhs (k, n), each given as (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-fn gemm_strided(dst: &mut [f32], (d_rs, d_cs): (usize, usize), lhs: &[f32], (l_rs, l_cs): (usize, usize), rhs: &[f32], (r_rs, r_cs): (usize, usize), (m, k, n): (usize, usize, usize), acc: Accumulate, beta: f32) {
+fn gemm_strided(
+    dst: &mut [f32],
+    (d_rs, d_cs): (usize, usize),
+    lhs: &[f32],
+    (l_rs, l_cs): (usize, usize),
+    rhs: &[f32],
+    (r_rs, r_cs): (usize, usize),
+    (m, k, n): (usize, usize, usize),
+    acc: Accumulate,
+    beta: f32,
+) {
     let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
     assert!(m > 0 && k > 0 && n > 0, "empty matmul");
-    assert!(last(d_rs, d_cs, m, n) < dst.len() && last(l_rs, l_cs, m, k) < lhs.len() && last(r_rs, r_cs, k, n) < rhs.len(), "matmul operand out of bounds");
+    assert!(
+        last(d_rs, d_cs, m, n) < dst.len() && last(l_rs, l_cs, m, k) < lhs.len() && last(r_rs, r_cs, k, n) < rhs.len(),
+        "matmul operand out of bounds"
+    );
     let alpha = if acc == Accumulate::Yes { 1.0 } else { 0.0 };
     // SAFETY: the assert above bounds the largest index gemm forms for each operand from its
     // strides and sizes; dst is borrowed mutably, so it overlaps neither input.
     unsafe {
-        gemm::gemm(m, n, k, dst.as_mut_ptr(), d_cs as isize, d_rs as isize, acc == Accumulate::Yes, lhs.as_ptr(), l_cs as isize, l_rs as isize, rhs.as_ptr(), r_cs as isize, r_rs as isize, alpha, beta, false, false, false, gemm::Parallelism::None);
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            d_cs as isize,
+            d_rs as isize,
+            acc == Accumulate::Yes,
+            lhs.as_ptr(),
+            l_cs as isize,
+            l_rs as isize,
+            rhs.as_ptr(),
+            r_cs as isize,
+            r_rs as isize,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -230,7 +307,8 @@ mod tests {
     }
 
     fn close(a: &Tensor, b: &Tensor) {
-        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let (a, b) =
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / q.abs().max(1.0)).fold(0f32, f32::max);
         assert!(worst < 1e-5, "max relative difference {worst}");
     }
@@ -239,7 +317,9 @@ mod tests {
     fn equals_the_composed_ops_with_grouped_heads() {
         let dev = Device::Cpu;
         let (b, h, kv, t, d) = (2, 4, 2, 7, 8);
-        let var = |shape: (usize, usize, usize, usize)| Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap();
+        let var = |shape: (usize, usize, usize, usize)| {
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap()
+        };
         let (q, k, v) = (var((b, h, t, d)), var((b, kv, t, d)), var((b, kv, t, d)));
         let mask = crate::model::causal_mask(t, Some(4), &dev).unwrap();
         let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
@@ -265,7 +345,8 @@ mod tests {
         let mask = crate::model::causal_mask(t, None, &dev).unwrap();
         let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
         let fused = fused_attention(&q, &k, &v, 0.5, &mask).unwrap();
-        let reference = composed(&q.contiguous().unwrap(), &k.contiguous().unwrap(), &v.contiguous().unwrap(), 0.5, &mask);
+        let reference =
+            composed(&q.contiguous().unwrap(), &k.contiguous().unwrap(), &v.contiguous().unwrap(), 0.5, &mask);
         close(&fused, &reference);
         let ga = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();

@@ -131,9 +131,14 @@ impl Weights {
         let get = |name: &str| -> Result<Vec<f64>> {
             let t = tensors.get(name).ok_or_else(|| Error::input(&path, format!("tensor {name} is missing")))?;
             if t.dims() != [dim] {
-                return Err(Error::input(&path, format!("tensor {name} has shape {:?}, the config implies [{dim}]", t.dims())));
+                return Err(Error::input(
+                    &path,
+                    format!("tensor {name} has shape {:?}, the config implies [{dim}]", t.dims()),
+                ));
             }
-            t.to_dtype(candle_core::DType::F64).and_then(|t| t.to_vec1()).map_err(|e| Error::input(&path, e.to_string()))
+            t.to_dtype(candle_core::DType::F64)
+                .and_then(|t| t.to_vec1())
+                .map_err(|e| Error::input(&path, e.to_string()))
         };
         Ok(Weights { w0: get("w0")?, w_star: get("w_star")? })
     }
@@ -265,12 +270,23 @@ impl Paused {
     }
 
     pub fn outcome(&self) -> Outcome {
-        Outcome { median_step_s: median(&self.step_seconds), curve: self.curve.clone(), step_seconds: self.step_seconds.clone(), tokens_per_step: self.batch }
+        Outcome {
+            median_step_s: median(&self.step_seconds),
+            curve: self.curve.clone(),
+            step_seconds: self.step_seconds.clone(),
+            tokens_per_step: self.batch,
+        }
     }
 }
 
 /// Runs to step `until` (or the budget, or convergence), from the start or from `from`.
-pub fn run_until(dir: &Path, cfg: &Config, settings: &RunSettings, from: Option<Paused>, until: usize) -> Result<Paused> {
+pub fn run_until(
+    dir: &Path,
+    cfg: &Config,
+    settings: &RunSettings,
+    from: Option<Paused>,
+    until: usize,
+) -> Result<Paused> {
     let weights = Weights::read(dir, cfg.dim)?;
     let lr = settings.lr.unwrap_or(cfg.finetune.lr);
     let batch = settings.batch_size.unwrap_or(cfg.finetune.batch_size);
@@ -279,7 +295,15 @@ pub fn run_until(dir: &Path, cfg: &Config, settings: &RunSettings, from: Option<
         Some(p) => p,
         None => start(&weights, cfg, settings, lr, batch),
     };
-    let mut sgd = Sgd { link: cfg.link, w: &weights, u: run.u, omega: std::mem::take(&mut run.omega), lr: lr / cfg.link.lr_divisor(), batch, x: vec![0.0; batch * cfg.dim] };
+    let mut sgd = Sgd {
+        link: cfg.link,
+        w: &weights,
+        u: run.u,
+        omega: std::mem::take(&mut run.omega),
+        lr: lr / cfg.link.lr_divisor(),
+        batch,
+        x: vec![0.0; batch * cfg.dim],
+    };
     let stop = until.min(budget);
     let mut elapsed_s = run.curve.last().map_or(0.0, |p| p.elapsed_s);
     let cheap_loss = cfg.link == Link::Linear;
@@ -323,7 +347,8 @@ pub fn run_until(dir: &Path, cfg: &Config, settings: &RunSettings, from: Option<
 fn start(weights: &Weights, cfg: &Config, settings: &RunSettings, lr: f64, batch: usize) -> Paused {
     let mut init_rng = stream(settings.seed, Stream::SimAdapter, 0);
     let omega = initial_direction(&weights.w_star, cfg.m0, &mut init_rng);
-    let sgd = Sgd { link: cfg.link, w: weights, u: cfg.u0(), omega, lr: lr / cfg.link.lr_divisor(), batch, x: Vec::new() };
+    let sgd =
+        Sgd { link: cfg.link, w: weights, u: cfg.u0(), omega, lr: lr / cfg.link.lr_divisor(), batch, x: Vec::new() };
     let (m0, initial_loss) = (sgd.m(), sgd.population_loss());
     let mut metrics = Metrics { mu: cfg.mu, initial_loss, m0, ..Metrics::default() };
     theory_for(cfg, lr, m0, &mut metrics);
@@ -331,7 +356,16 @@ fn start(weights: &Weights, cfg: &Config, settings: &RunSettings, lr: f64, batch
         metrics.escape_step = Some(0);
     }
     let curve = vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(initial_loss), elapsed_s: 0.0 }];
-    Paused { u: sgd.u, omega: sgd.omega, data_rng: stream(settings.data_seed, Stream::SimData, 0), metrics, curve, step_seconds: Vec::new(), batch, done: false }
+    Paused {
+        u: sgd.u,
+        omega: sgd.omega,
+        data_rng: stream(settings.data_seed, Stream::SimData, 0),
+        metrics,
+        curve,
+        step_seconds: Vec::new(),
+        batch,
+        done: false,
+    }
 }
 
 /// tau(mu) and the predicted escape step, for the aligned variant the theory describes.

@@ -29,14 +29,23 @@ pub struct Against {
 /// Correlates `probes` with the scan report at `path`, matching snapshots by name.
 pub fn against(path: &Path, probes: &[Probe]) -> Result<Against> {
     let report = Report::read(path)?;
-    let pairs: Vec<(&Probe, &CheckpointReport)> = probes.iter().filter(|p| p.status == "ok").filter_map(|p| Some((p, report.checkpoints.iter().find(|c| c.name == p.name && c.status == "ok")?))).collect();
+    let pairs: Vec<(&Probe, &CheckpointReport)> = probes
+        .iter()
+        .filter(|p| p.status == "ok")
+        .filter_map(|p| Some((p, report.checkpoints.iter().find(|c| c.name == p.name && c.status == "ok")?)))
+        .collect();
     if pairs.is_empty() {
         return Err(Error::input(path, "shares no measured snapshot with the probed folder"));
     }
     let reached = pairs.iter().all(|(_, c)| c.convergence_per_device_hour.is_some());
-    let speed: Vec<Option<f64>> = pairs.iter().map(|(_, c)| if reached { c.convergence_per_device_hour } else { c.rank.map(|r| -(r as f64)) }).collect();
+    let speed: Vec<Option<f64>> = pairs
+        .iter()
+        .map(|(_, c)| if reached { c.convergence_per_device_hour } else { c.rank.map(|r| -(r as f64)) })
+        .collect();
     let escape: Vec<Option<f64>> = pairs.iter().map(|(_, c)| c.search_phase_steps.map(|s| -s)).collect();
-    let table = |measured: &[Option<f64>]| -> BTreeMap<String, Option<f64>> { PROBES.iter().map(|&name| (name.to_string(), correlate(&pairs, name, measured))).collect() };
+    let table = |measured: &[Option<f64>]| -> BTreeMap<String, Option<f64>> {
+        PROBES.iter().map(|&name| (name.to_string(), correlate(&pairs, name, measured))).collect()
+    };
     Ok(Against {
         report: path.display().to_string(),
         measured: if reached { "convergence_per_device_hour".into() } else { "-rank".into() },
@@ -47,7 +56,8 @@ pub fn against(path: &Path, probes: &[Probe]) -> Result<Against> {
 }
 
 fn correlate(pairs: &[(&Probe, &CheckpointReport)], probe: &str, measured: &[Option<f64>]) -> Option<f64> {
-    let (x, y): (Vec<f64>, Vec<f64>) = pairs.iter().zip(measured).filter_map(|((p, _), m)| Some((p.value(probe)?, (*m)?))).unzip();
+    let (x, y): (Vec<f64>, Vec<f64>) =
+        pairs.iter().zip(measured).filter_map(|((p, _), m)| Some((p.value(probe)?, (*m)?))).unzip();
     spearman(&x, &y)
 }
 

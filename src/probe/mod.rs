@@ -79,7 +79,8 @@ pub struct ProbeReport {
 }
 
 /// The names of the numeric probes, as in [`Probe`] and in `--against`'s table.
-pub const PROBES: [&str; 8] = ["forecast", "capture", "grad_norm", "spectral_norm", "stable_rank", "effective_rank", "zero_shot_loss", "step"];
+pub const PROBES: [&str; 8] =
+    ["forecast", "capture", "grad_norm", "spectral_norm", "stable_rank", "effective_rank", "zero_shot_loss", "step"];
 
 impl Probe {
     pub fn value(&self, probe: &str) -> Option<f64> {
@@ -103,18 +104,34 @@ pub fn run(o: &ProbeOptions) -> Result<ProbeReport> {
     found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
     let docs = o.task.as_ref().map(|t| Ok::<_, Error>((t.clone(), data::read_task(t)?))).transpose()?;
     let cache = Cached::default();
-    let mut probes: Vec<Probe> = found.checkpoints.iter().map(|c| probe_checkpoint(c, o, docs.as_ref(), &cache)).collect();
+    let mut probes: Vec<Probe> =
+        found.checkpoints.iter().map(|c| probe_checkpoint(c, o, docs.as_ref(), &cache)).collect();
     relative_growth(&mut probes);
     let forecast_ranking = rank_forecasts(&mut probes);
     let against = o.against.as_deref().map(|p| against::against(p, &probes)).transpose()?;
-    Ok(ProbeReport { tool: format!("plasticity {}", env!("CARGO_PKG_VERSION")), rank: o.lora.rank, batches: o.batches, seed: o.seed, probes, forecast_ranking, against })
+    Ok(ProbeReport {
+        tool: format!("plasticity {}", env!("CARGO_PKG_VERSION")),
+        rank: o.lora.rank,
+        batches: o.batches,
+        seed: o.seed,
+        probes,
+        forecast_ranking,
+        against,
+    })
 }
 
-fn probe_checkpoint(c: &CheckpointRef, o: &ProbeOptions, docs: Option<&(std::path::PathBuf, Vec<Document>)>, cache: &Cached<Blocks>) -> Probe {
+fn probe_checkpoint(
+    c: &CheckpointRef,
+    o: &ProbeOptions,
+    docs: Option<&(std::path::PathBuf, Vec<Document>)>,
+    cache: &Cached<Blocks>,
+) -> Probe {
     let started = Instant::now();
     let base = Probe { name: c.name.clone(), path: c.path.display().to_string(), step: c.step, ..Probe::default() };
     let probed = match model::read_config(&c.path) {
-        Ok(cfg) if cfg.get("model_type").and_then(|v| v.as_str()) == Some(single_index::MODEL_TYPE) => probe_single_index(&c.path, &cfg, o, base.clone()),
+        Ok(cfg) if cfg.get("model_type").and_then(|v| v.as_str()) == Some(single_index::MODEL_TYPE) => {
+            probe_single_index(&c.path, &cfg, o, base.clone())
+        }
         Ok(_) => probe_lm(c, o, docs, cache, base.clone()),
         Err(e) => Err(e),
     };
@@ -129,11 +146,19 @@ fn probe_checkpoint(c: &CheckpointRef, o: &ProbeOptions, docs: Option<&(std::pat
 // ---------------------------------------------------------------------------------------
 // Language models
 
-fn probe_lm(c: &CheckpointRef, o: &ProbeOptions, docs: Option<&(std::path::PathBuf, Vec<Document>)>, cache: &Cached<Blocks>, mut p: Probe) -> Result<Probe> {
-    let (task, docs) = docs.ok_or_else(|| Error::flag("--task", format!("{} is a language model: give --task FILE", c.path.display())))?;
+fn probe_lm(
+    c: &CheckpointRef,
+    o: &ProbeOptions,
+    docs: Option<&(std::path::PathBuf, Vec<Document>)>,
+    cache: &Cached<Blocks>,
+    mut p: Probe,
+) -> Result<Probe> {
+    let (task, docs) = docs
+        .ok_or_else(|| Error::flag("--task", format!("{} is a language model: give --task FILE", c.path.display())))?;
     let model = model::load(&c.path, &o.lora, &AdapterInit::WeightGradient, 0, &o.device)?;
     // the blocks `scan` cuts, so the zero-shot loss is the scan's eval loss at step 0
-    let (blocks, tokenizer) = cache.get(&c.path, o.tokenizer.as_deref(), &model, docs, |s| data::blocks(s, o.seq_len, o.eval_blocks, task))?;
+    let (blocks, tokenizer) = cache
+        .get(&c.path, o.tokenizer.as_deref(), &model, docs, |s| data::blocks(s, o.seq_len, o.eval_blocks, task))?;
     crate::runner::check_fits(&blocks, &model, &tokenizer, o.seq_len)?;
     let blocks = &*blocks;
     let batch = o.batch_size.unwrap_or(crate::options::DEFAULT_BATCH_SIZE);
@@ -162,25 +187,36 @@ fn weight_gradients(model: &LoadedModel, blocks: &Blocks, batch: usize, o: &Prob
     let mut sums: Vec<Option<Tensor>> = vec![None; model.adapters.len()];
     for i in 0..o.batches {
         let refs: Vec<&data::Block> = order.batch(i).iter().map(|&j| &blocks.train[j]).collect();
-        let (sum, count) = train::model_loss_sum(model.model.as_ref(), &Batch::from_blocks(&refs, &device)?, true).ctx("probe forward pass")?;
+        let (sum, count) = train::model_loss_sum(model.model.as_ref(), &Batch::from_blocks(&refs, &device)?, true)
+            .ctx("probe forward pass")?;
         let grads = (sum / count.max(1.0)).and_then(|l| l.backward()).ctx("probe backward pass")?;
         for (acc, a) in sums.iter_mut().zip(&model.adapters) {
-            let g = grads.get(a.b.as_tensor()).ok_or_else(|| Error::Other(format!("no gradient reached {}", a.module)))?;
+            let g =
+                grads.get(a.b.as_tensor()).ok_or_else(|| Error::Other(format!("no gradient reached {}", a.module)))?;
             *acc = Some(match acc.take() {
                 None => g.clone(),
                 Some(prev) => (prev + g).ctx("probe gradient sum")?,
             });
         }
     }
-    sums.into_iter().map(|g| g.ok_or_else(|| Error::Other("no probe batch".into())).and_then(|g| (g / o.batches as f64).ctx("probe gradient mean"))).collect()
+    sums.into_iter()
+        .map(|g| {
+            g.ok_or_else(|| Error::Other("no probe batch".into()))
+                .and_then(|g| (g / o.batches as f64).ctx("probe gradient mean"))
+        })
+        .collect()
 }
 
 /// The frozen weight of `module` as stored (GPT-2's Conv1D transposed: same singular values).
 /// Module names are transformers' paths; GPT-2 checkpoints converted from OpenAI's store them
 /// without the `transformer.` prefix, as the loader accepts.
 fn weight_of(store: &WeightStore, module: &str) -> Result<Tensor> {
-    let names = [format!("{module}.weight"), format!("{}.weight", module.strip_prefix("transformer.").unwrap_or(module))];
-    let name = names.iter().find(|n| store.contains(n)).ok_or_else(|| Error::Other(format!("tensor {} is missing", names[0])))?;
+    let names =
+        [format!("{module}.weight"), format!("{}.weight", module.strip_prefix("transformer.").unwrap_or(module))];
+    let name = names
+        .iter()
+        .find(|n| store.contains(n))
+        .ok_or_else(|| Error::Other(format!("tensor {} is missing", names[0])))?;
     let shape = store.shape(name).map(<[usize]>::to_vec).unwrap_or_default();
     store.get(name, &shape)
 }
@@ -243,7 +279,9 @@ fn matrix_stats(s: &[f64]) -> MatrixStats {
 /// Means of the geometry over the matrices, and the gradient probes from (captured, total)
 /// gradient energy.
 fn fill(p: &mut Probe, geometry: &[MatrixStats], (captured, total): (f64, f64)) {
-    let mean = |f: fn(&MatrixStats) -> f64| (!geometry.is_empty()).then(|| geometry.iter().map(f).sum::<f64>() / geometry.len() as f64);
+    let mean = |f: fn(&MatrixStats) -> f64| {
+        (!geometry.is_empty()).then(|| geometry.iter().map(f).sum::<f64>() / geometry.len() as f64)
+    };
     p.status = "ok".into();
     p.matrices = geometry.len();
     p.spectral_norm = mean(|m| m.spectral);
@@ -282,7 +320,11 @@ mod tests {
     #[test]
     fn matrix_stats_of_known_spectra() {
         let m = matrix_stats(&[2.0, 2.0, 0.0]);
-        assert!((m.spectral - 2.0).abs() < 1e-12 && (m.stable_rank - 2.0).abs() < 1e-12 && (m.effective_rank - 2.0).abs() < 1e-12);
+        assert!(
+            (m.spectral - 2.0).abs() < 1e-12
+                && (m.stable_rank - 2.0).abs() < 1e-12
+                && (m.effective_rank - 2.0).abs() < 1e-12
+        );
         let m = matrix_stats(&[3.0]);
         assert!((m.stable_rank - 1.0).abs() < 1e-12 && (m.effective_rank - 1.0).abs() < 1e-12);
         let m = matrix_stats(&[4.0, 1.0]);

@@ -4,7 +4,10 @@ use super::{ProbeReport, PROBES};
 use crate::report::table::{grid, Table};
 
 pub fn render(report: &ProbeReport) -> String {
-    let mut out = format!("probes at rank {} (gradient over {} batch(es)); forecast = sqrt(sum ||G_r||_F^2), higher = faster start\n", report.rank, report.batches);
+    let mut out = format!(
+        "probes at rank {} (gradient over {} batch(es)); forecast = sqrt(sum ||G_r||_F^2), higher = faster start\n",
+        report.rank, report.batches
+    );
     out.push_str(&grid(&probe_table(report)));
     if let Some(best) = report.forecast_ranking.first() {
         out.push_str(&format!("forecast best: {best}\n"));
@@ -25,12 +28,36 @@ fn num(v: Option<f64>) -> String {
 }
 
 fn probe_table(report: &ProbeReport) -> Table {
-    let header = ["forecast rank", "snapshot", "step", "forecast", "capture", "grad norm", "spectral norm (growth)", "stable rank (growth)", "effective rank (growth)", "zero-shot loss"];
+    let header = [
+        "forecast rank",
+        "snapshot",
+        "step",
+        "forecast",
+        "capture",
+        "grad norm",
+        "spectral norm (growth)",
+        "stable rank (growth)",
+        "effective rank (growth)",
+        "zero-shot loss",
+    ];
     let rows = report.probes.iter().map(|p| {
         if p.status != "ok" {
-            return vec!["-".into(), p.name.clone(), p.step.to_string(), format!("failed: {}", p.error.as_deref().unwrap_or("")), String::new(), String::new(), String::new(), String::new(), String::new(), String::new()];
+            return vec![
+                "-".into(),
+                p.name.clone(),
+                p.step.to_string(),
+                format!("failed: {}", p.error.as_deref().unwrap_or("")),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ];
         }
-        let with_growth = |v: Option<f64>, g: Option<f64>| format!("{} ({})", num(v), g.map(|g| format!("{g:.3}x")).unwrap_or_else(|| "-".into()));
+        let with_growth = |v: Option<f64>, g: Option<f64>| {
+            format!("{} ({})", num(v), g.map(|g| format!("{g:.3}x")).unwrap_or_else(|| "-".into()))
+        };
         vec![
             p.forecast_rank.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
             p.name.clone(),

@@ -10,18 +10,54 @@ use crate::error::Result;
 pub struct Csv;
 
 const COLUMNS: [&str; 28] = [
-    "rank", "tied_with_best", "name", "path", "step", "status", "error", "target_loss", "initial_eval_loss", "final_eval_loss",
-    "steps_to_target", "steps_to_target_lo", "steps_to_target_hi", "extrapolated", "at_target_before_training", "device_hours_to_target",
-    "device_hours_to_target_lo", "device_hours_to_target_hi", "convergence_per_device_hour", "cost_to_target",
-    "mean_eval_loss", "search_phase_steps", "loss_drop_per_device_hour", "tokens_per_s", "median_step_s", "pretrain_loss",
-    "flops_per_s", "peak_rss_bytes",
+    "rank",
+    "tied_with_best",
+    "name",
+    "path",
+    "step",
+    "status",
+    "error",
+    "target_loss",
+    "initial_eval_loss",
+    "final_eval_loss",
+    "steps_to_target",
+    "steps_to_target_lo",
+    "steps_to_target_hi",
+    "extrapolated",
+    "at_target_before_training",
+    "device_hours_to_target",
+    "device_hours_to_target_lo",
+    "device_hours_to_target_hi",
+    "convergence_per_device_hour",
+    "cost_to_target",
+    "mean_eval_loss",
+    "search_phase_steps",
+    "loss_drop_per_device_hour",
+    "tokens_per_s",
+    "median_step_s",
+    "pretrain_loss",
+    "flops_per_s",
+    "peak_rss_bytes",
 ];
 const BUDGET: [&str; 15] = [
-    "budget_steps", "budget_rank", "budget_tied_with_best", "budget_forecast", "budget_eval_loss", "budget_eval_loss_lo",
-    "budget_eval_loss_hi", "budget_target_loss", "budget_steps_to_target", "budget_steps_to_target_lo", "budget_steps_to_target_hi",
-    "budget_steps_forecast", "budget_device_hours_to_target", "budget_device_hours_to_target_lo", "budget_device_hours_to_target_hi",
+    "budget_steps",
+    "budget_rank",
+    "budget_tied_with_best",
+    "budget_forecast",
+    "budget_eval_loss",
+    "budget_eval_loss_lo",
+    "budget_eval_loss_hi",
+    "budget_target_loss",
+    "budget_steps_to_target",
+    "budget_steps_to_target_lo",
+    "budget_steps_to_target_hi",
+    "budget_steps_forecast",
+    "budget_device_hours_to_target",
+    "budget_device_hours_to_target_lo",
+    "budget_device_hours_to_target_hi",
 ];
-const SINGLE_INDEX: [&str; 6] = ["mu", "initial_loss", "escape_step", "steps_to_tiny_loss", "tau", "predicted_escape_step"];
+const SINGLE_INDEX: [&str; 6] =
+    ["mu", "initial_loss", "escape_step", "steps_to_tiny_loss", "tau", "predicted_escape_step"];
 
 impl Exporter for Csv {
     fn render(&self, report: &Report) -> Result<Vec<u8>> {
@@ -113,11 +149,22 @@ fn budget_cells(c: &CheckpointReport) -> Vec<String> {
 fn theory_cells(c: &CheckpointReport) -> Vec<String> {
     match &c.single_index {
         None => vec![String::new(); SINGLE_INDEX.len()],
-        Some(m) => vec![num(Some(m.mu)), num(Some(m.initial_loss)), num(m.escape_step), num(m.steps_to_tiny_loss), num(m.tau), num(m.predicted_escape_step)],
+        Some(m) => vec![
+            num(Some(m.mu)),
+            num(Some(m.initial_loss)),
+            num(m.escape_step),
+            num(m.steps_to_tiny_loss),
+            num(m.tau),
+            num(m.predicted_escape_step),
+        ],
     }
 }
 
 /// RFC 4180 quoting: fields with a comma, quote or line break are quoted, quotes doubled.
 fn quote(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }

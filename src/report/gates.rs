@@ -30,8 +30,14 @@ pub fn last_slower(report: &Report, threshold: f64) -> Gate {
     let Pair { best, last } = Pair::of(report);
     let last_name = last.as_ref().map_or("-", |s| s.c.name.as_str());
     let (value, passed, message) = match (&best, &last) {
-        (_, Some(l)) if l.at_target_before_training => (Some(0.0), true, format!("the most pre-trained snapshot ({last_name}) is at the target before fine-tuning")),
-        (Some(b), Some(l)) if b.c.name == l.c.name => (Some(1.0), true, format!("the most pre-trained snapshot ({last_name}) is the best to fine-tune")),
+        (_, Some(l)) if l.at_target_before_training => (
+            Some(0.0),
+            true,
+            format!("the most pre-trained snapshot ({last_name}) is at the target before fine-tuning"),
+        ),
+        (Some(b), Some(l)) if b.c.name == l.c.name => {
+            (Some(1.0), true, format!("the most pre-trained snapshot ({last_name}) is the best to fine-tune"))
+        }
         (Some(b), Some(l)) => judge(b, l, threshold),
         _ => (None, false, format!("the most pre-trained snapshot ({last_name}) has no time to target to compare")),
     };
@@ -51,7 +57,13 @@ fn judge(b: &Standing, l: &Standing, x: f64) -> (Option<f64>, bool, String) {
         let within = if l.for_budget { "within the budget (forecast)" } else { "within the budget" };
         return (None, false, format!("the most pre-trained snapshot ({name}) does not reach the target {within}"));
     };
-    let ratio = if bh > 0.0 { lh / bh } else if lh == 0.0 { 1.0 } else { f64::INFINITY };
+    let ratio = if bh > 0.0 {
+        lh / bh
+    } else if lh == 0.0 {
+        1.0
+    } else {
+        f64::INFINITY
+    };
     let forecast = if l.forecast || b.forecast { " (forecast by the curve model)" } else { "" };
     let said = format!("the most pre-trained snapshot ({name}) needs {ratio:.2}x the time to target of the best one ({}){forecast} (limit {x})", b.c.name);
     if ratio <= x {

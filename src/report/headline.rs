@@ -41,7 +41,13 @@ pub fn evidence(a: &Standing, b: &Standing) -> Evidence {
     let interval = |s: &Standing| s.hours_ci.or_else(|| s.hours.map(|h| [h, h]));
     let several = a.c.seeds_ok > 1 && b.c.seeds_ok > 1;
     match (interval(a), interval(b)) {
-        (Some(x), Some(y)) if several || x[0] < x[1] || y[0] < y[1] => if x[1] < y[0] { Evidence::Significant } else { Evidence::NotSignificant },
+        (Some(x), Some(y)) if several || x[0] < x[1] || y[0] < y[1] => {
+            if x[1] < y[0] {
+                Evidence::Significant
+            } else {
+                Evidence::NotSignificant
+            }
+        }
         (Some(_), None) if misses_for_sure(b) => Evidence::Significant,
         (Some(_), None) if several => Evidence::SomeSeedsMiss,
         _ => Evidence::OneSeed,
@@ -52,7 +58,13 @@ pub fn evidence(a: &Standing, b: &Standing) -> Evidence {
 /// budget, when the report ranks for one): their intervals apart, or overlapping.
 fn rank_evidence(a: &Standing, b: &Standing) -> Evidence {
     match (a.key, b.key) {
-        (Some(x), Some(y)) if x[1] < x[2] || y[1] < y[2] => if x[2] < y[1] { Evidence::Significant } else { Evidence::NotSignificant },
+        (Some(x), Some(y)) if x[1] < x[2] || y[1] < y[2] => {
+            if x[2] < y[1] {
+                Evidence::Significant
+            } else {
+                Evidence::NotSignificant
+            }
+        }
         (Some(_), None) => Evidence::Significant,
         _ => Evidence::OneSeed,
     }
@@ -94,14 +106,25 @@ pub fn best_verdict(report: &Report) -> Option<(String, String)> {
         return Some((first, format!(" (already at the target before fine-tuning{adapting})")));
     }
     let budget = report.ranks_for_budget();
-    let (better, judged) = if budget { ("a significantly lower forecast eval loss at the budget than", rank_evidence as fn(&Standing, &Standing) -> Evidence) } else { ("significantly faster than", evidence as fn(&Standing, &Standing) -> Evidence) };
+    let (better, judged) = if budget {
+        (
+            "a significantly lower forecast eval loss at the budget than",
+            rank_evidence as fn(&Standing, &Standing) -> Evidence,
+        )
+    } else {
+        ("significantly faster than", evidence as fn(&Standing, &Standing) -> Evidence)
+    };
     let backing = match ranked.get(1) {
         None => String::new(),
         Some(second) => match judged(winner, second) {
             Evidence::Significant => format!(" ({better} the runner-up, {}, at 95%)", second.c.name),
             Evidence::NotSignificant => format!(" (tied with {}: their 95% intervals overlap)", second.c.name),
-            Evidence::OneSeed => " (ranked first on one seed, which cannot tell whether it is faster beyond seed noise)".into(),
-            Evidence::SomeSeedsMiss => format!(" (the runner-up, {}, reaches the target in some seeds only)", second.c.name),
+            Evidence::OneSeed => {
+                " (ranked first on one seed, which cannot tell whether it is faster beyond seed noise)".into()
+            }
+            Evidence::SomeSeedsMiss => {
+                format!(" (the runner-up, {}, reaches the target in some seeds only)", second.c.name)
+            }
         },
     };
     Some((first, backing))
@@ -112,10 +135,14 @@ pub fn best_verdict(report: &Report) -> Option<(String, String)> {
 /// whether the forecast reverses the probe and whether it is settled.
 pub fn headline(report: &Report) -> String {
     let mut sentences: Vec<String> = Vec::new();
-    let at_target: Vec<String> = report.ranked().iter().filter(|s| s.at_target_before_training).map(|s| s.c.name.clone()).collect();
+    let at_target: Vec<String> =
+        report.ranked().iter().filter(|s| s.at_target_before_training).map(|s| s.c.name.clone()).collect();
     if !at_target.is_empty() {
         let verb = if at_target.len() == 1 { "is" } else { "are" };
-        sentences.push(format!("{} {verb} at the target without fine-tuning; the ranking of the others measures adaptation.", at_target.join(", ")));
+        sentences.push(format!(
+            "{} {verb} at the target without fine-tuning; the ranking of the others measures adaptation.",
+            at_target.join(", ")
+        ));
     }
     sentences.extend(budget_sentence(report));
     let pair = Pair::of(report);
@@ -138,12 +165,21 @@ pub fn budget_sentence(report: &Report) -> Option<String> {
     let b = report.budget.as_ref().filter(|b| b.forecast)?;
     let (probe_leader, leader) = (report.measured_ranking.first()?, report.ranking.first()?);
     let mut lead = if probe_leader == leader {
-        format!("{leader} leads after the {}-update probe and is forecast to lead at {} updates.", b.probe_steps, b.steps)
+        format!(
+            "{leader} leads after the {}-update probe and is forecast to lead at {} updates.",
+            b.probe_steps, b.steps
+        )
     } else {
-        format!("After the {}-update probe {probe_leader} leads; by {} updates {leader} {}.", b.probe_steps, b.steps, if leader_measured(report) { "leads (measured)" } else { "is forecast to lead" })
+        format!(
+            "After the {}-update probe {probe_leader} leads; by {} updates {leader} {}.",
+            b.probe_steps,
+            b.steps,
+            if leader_measured(report) { "leads (measured)" } else { "is forecast to lead" }
+        )
     };
     if leader_measured(report) && probe_leader == leader {
-        lead = format!("{leader} leads after the {}-update probe and at {} updates (measured).", b.probe_steps, b.steps);
+        lead =
+            format!("{leader} leads after the {}-update probe and at {} updates (measured).", b.probe_steps, b.steps);
     }
     let settled = match (b.settled, b.more_updates_to_settle) {
         (Some(false), Some(n)) => format!(" Not settled: the leaders' forecast intervals overlap; about {n} more probe updates would separate them (a rough estimate)."),
@@ -177,7 +213,10 @@ fn comparison(pair: &Pair) -> String {
     };
     let (l, b) = (describe(last), describe(best));
     if !last.c.measured() {
-        return format!("The most pre-trained snapshot ({l}) {}, so it cannot be compared; the best one to fine-tune is {b}.", last.c.status);
+        return format!(
+            "The most pre-trained snapshot ({l}) {}, so it cannot be compared; the best one to fine-tune is {b}.",
+            last.c.status
+        );
     }
     if best.c.name == last.c.name {
         return format!("The most pre-trained snapshot ({l}) is also the fastest to adapt.");
@@ -224,10 +263,16 @@ fn significance(best: &Standing, last: &Standing, report: &Report) -> Option<Str
         let ranked = report.ranked();
         let second = ranked.get(1)?;
         return Some(match evidence(best, second) {
-            Evidence::Significant => format!("It is significantly faster than the runner-up, {} (95% intervals do not overlap).", second.c.name),
+            Evidence::Significant => format!(
+                "It is significantly faster than the runner-up, {} (95% intervals do not overlap).",
+                second.c.name
+            ),
             Evidence::NotSignificant => format!("It is tied with {}: their 95% intervals overlap.", second.c.name),
             Evidence::OneSeed => ONE_SEED.into(),
-            Evidence::SomeSeedsMiss => format!("Over {} seeds the runner-up, {}, reaches the target in some seeds only.", best.c.seeds_ok, second.c.name),
+            Evidence::SomeSeedsMiss => format!(
+                "Over {} seeds the runner-up, {}, reaches the target in some seeds only.",
+                best.c.seeds_ok, second.c.name
+            ),
         });
     }
     if !last.c.measured() || last.c.stopped.is_some() {
@@ -241,7 +286,8 @@ fn significance(best: &Standing, last: &Standing, report: &Report) -> Option<Str
     })
 }
 
-const ONE_SEED: &str = "With one seed per snapshot the scan cannot tell whether this is beyond seed noise; --seeds 3 gives 95% intervals.";
+const ONE_SEED: &str =
+    "With one seed per snapshot the scan cannot tell whether this is beyond seed noise; --seeds 3 gives 95% intervals.";
 
 /// Whole numbers from 10, one decimal from 2, two below (1.03x, not 1.0x).
 fn round_ratio(r: f64) -> String {

@@ -7,7 +7,8 @@ pub struct Json;
 
 impl Exporter for Json {
     fn render(&self, report: &Report) -> Result<Vec<u8>> {
-        let mut bytes = serde_json::to_vec_pretty(report).map_err(|e| Error::Other(format!("cannot encode report: {e}")))?;
+        let mut bytes =
+            serde_json::to_vec_pretty(report).map_err(|e| Error::Other(format!("cannot encode report: {e}")))?;
         bytes.push(b'\n');
         Ok(bytes)
     }

@@ -9,12 +9,18 @@ pub struct Junit;
 impl Exporter for Junit {
     fn render(&self, report: &Report) -> Result<Vec<u8>> {
         let n = report.checkpoints.len() + report.gates.len();
-        let failures = report.checkpoints.iter().filter(|c| !c.measured()).count() + report.gates.iter().filter(|g| !g.passed).count();
+        let failures = report.checkpoints.iter().filter(|c| !c.measured()).count()
+            + report.gates.iter().filter(|g| !g.passed).count();
         let time: f64 = report.checkpoints.iter().map(training_seconds).sum();
         let dir = report.settings.get("dir").and_then(|d| d.as_str()).unwrap_or("");
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        out.push_str(&format!("<testsuites name=\"plasticity\" tests=\"{n}\" failures=\"{failures}\" time=\"{time:.3}\">\n"));
-        out.push_str(&format!("  <testsuite name=\"{}\" tests=\"{n}\" failures=\"{failures}\" errors=\"0\" time=\"{time:.3}\">\n", esc(&format!("plasticity scan {dir}"))));
+        out.push_str(&format!(
+            "<testsuites name=\"plasticity\" tests=\"{n}\" failures=\"{failures}\" time=\"{time:.3}\">\n"
+        ));
+        out.push_str(&format!(
+            "  <testsuite name=\"{}\" tests=\"{n}\" failures=\"{failures}\" errors=\"0\" time=\"{time:.3}\">\n",
+            esc(&format!("plasticity scan {dir}"))
+        ));
         out.push_str(&properties(report));
         for c in &report.checkpoints {
             out.push_str(&testcase(c));
@@ -35,25 +41,39 @@ fn properties(report: &Report) -> String {
     if let Some(best) = report.ranking.first() {
         props.push(("best", best.clone()));
     }
-    let lines: String = props.iter().map(|(k, v)| format!("      <property name=\"{k}\" value=\"{}\"/>\n", esc(v))).collect();
+    let lines: String =
+        props.iter().map(|(k, v)| format!("      <property name=\"{k}\" value=\"{}\"/>\n", esc(v))).collect();
     format!("    <properties>\n{lines}    </properties>\n")
 }
 
 fn testcase(c: &CheckpointReport) -> String {
-    let head = format!("    <testcase classname=\"plasticity.scan\" name=\"{}\" time=\"{:.3}\"", esc(&c.name), training_seconds(c));
+    let head = format!(
+        "    <testcase classname=\"plasticity.scan\" name=\"{}\" time=\"{:.3}\"",
+        esc(&c.name),
+        training_seconds(c)
+    );
     match (&c.status[..], &c.error) {
         ("ok", _) => {
             let rank = c.rank.map_or("unranked".to_string(), |r| format!("rank {r}"));
-            let steps = c.steps_to_target.map_or("target not reached".to_string(), |s| format!("{s:.1} steps to target"));
+            let steps =
+                c.steps_to_target.map_or("target not reached".to_string(), |s| format!("{s:.1} steps to target"));
             format!("{head}>\n      <system-out>{}</system-out>\n    </testcase>\n", esc(&format!("{rank}; {steps}")))
         }
         ("stopped", _) => {
-            let why = c.stopped.as_ref().map_or(String::new(), |s| format!("stopped by the race at step {}: {}", s.at_step, s.reason));
+            let why = c
+                .stopped
+                .as_ref()
+                .map_or(String::new(), |s| format!("stopped by the race at step {}: {}", s.at_step, s.reason));
             format!("{head}>\n      <skipped message=\"{}\"/>\n    </testcase>\n", esc(&why))
         }
         (status, err) => {
             let msg = err.clone().unwrap_or_default();
-            format!("{head}>\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>\n", esc(status), esc(&msg), esc(&msg))
+            format!(
+                "{head}>\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>\n",
+                esc(status),
+                esc(&msg),
+                esc(&msg)
+            )
         }
     }
 }
@@ -63,7 +83,11 @@ fn gate_case(g: &super::gates::Gate) -> String {
     if g.passed {
         format!("{head}>\n      <system-out>{}</system-out>\n    </testcase>\n", esc(&g.message))
     } else {
-        format!("{head}>\n      <failure type=\"gate\" message=\"{}\">{}</failure>\n    </testcase>\n", esc(&g.message), esc(&g.message))
+        format!(
+            "{head}>\n      <failure type=\"gate\" message=\"{}\">{}</failure>\n    </testcase>\n",
+            esc(&g.message),
+            esc(&g.message)
+        )
     }
 }
 

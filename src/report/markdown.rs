@@ -21,7 +21,11 @@ pub fn render(report: &Report) -> String {
         out.push_str(&format!("\n{}\n", notes.join("; ")));
     }
     if let Some((best, backing)) = headline::best_verdict(report) {
-        out.push_str(&format!("\n**Best checkpoint to fine-tune{}: `{best}`**{backing}. {}\n", headline::for_budget(report), headline::headline(report)));
+        out.push_str(&format!(
+            "\n**Best checkpoint to fine-tune{}: `{best}`**{backing}. {}\n",
+            headline::for_budget(report),
+            headline::headline(report)
+        ));
     }
     if let Some(theory) = theory_table(report) {
         out.push_str(&format!("\n{THEORY_CAPTION}\n\n{}", pipes(&theory)));

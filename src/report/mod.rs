@@ -266,10 +266,14 @@ impl Report {
     /// Reads a JSON report, refusing other schema versions.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read report: {e}")))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(path, format!("invalid JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::input(path, format!("invalid JSON: {e}")))?;
         let version = value.get("schema_version").and_then(|v| v.as_u64());
         if version != Some(SCHEMA_VERSION as u64) {
-            return Err(Error::input(path, format!("not a plasticity report of schema version {SCHEMA_VERSION} (found {version:?})")));
+            return Err(Error::input(
+                path,
+                format!("not a plasticity report of schema version {SCHEMA_VERSION} (found {version:?})"),
+            ));
         }
         serde_json::from_value(value).map_err(|e| Error::input(path, format!("invalid report: {e}")))
     }
@@ -520,7 +524,8 @@ pub struct Reports {
 impl Reports {
     /// Creates every report file now, so an unwritable path fails before training.
     pub fn create(exports: &[(Format, Output)]) -> Result<Self> {
-        let sinks: Vec<Sink> = exports.iter().map(|(f, out)| Sink { output: out.clone(), exporter: f.exporter() }).collect();
+        let sinks: Vec<Sink> =
+            exports.iter().map(|(f, out)| Sink { output: out.clone(), exporter: f.exporter() }).collect();
         for sink in &sinks {
             if let Output::File(path) = &sink.output {
                 touch(path)?;
@@ -546,7 +551,9 @@ impl Reports {
             if let (Output::Stdout, Some(exporter)) = (&sink.output, &sink.exporter) {
                 let bytes = exporter.render(report)?;
                 let mut out = std::io::stdout().lock();
-                out.write_all(&bytes).and_then(|_| out.flush()).map_err(|e| Error::Other(format!("cannot write to stdout: {e}")))?;
+                out.write_all(&bytes)
+                    .and_then(|_| out.flush())
+                    .map_err(|e| Error::Other(format!("cannot write to stdout: {e}")))?;
             }
         }
         Ok(())

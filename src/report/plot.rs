@@ -33,7 +33,11 @@ pub fn render(report: &Report, path: &Path) -> Result<()> {
     drawn.map_err(fail)
 }
 
-fn with_area<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report, sweep: Option<&SweepInfo>) -> std::result::Result<(), String> {
+fn with_area<B: DrawingBackend>(
+    root: DrawingArea<B, Shift>,
+    report: &Report,
+    sweep: Option<&SweepInfo>,
+) -> std::result::Result<(), String> {
     match sweep {
         Some(s) => draw_sweep(root, report, s),
         None => draw(root, report),
@@ -47,10 +51,17 @@ fn grid_shape(n: usize) -> (usize, usize) {
 }
 
 /// One panel per (rank, lr) variant: every snapshot's eval loss against steps.
-fn draw_sweep<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report, sweep: &SweepInfo) -> std::result::Result<(), String> {
+fn draw_sweep<B: DrawingBackend>(
+    root: DrawingArea<B, Shift>,
+    report: &Report,
+    sweep: &SweepInfo,
+) -> std::result::Result<(), String> {
     let err = |e: DrawingAreaErrorKind<B::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
-    let title = format!("plasticity sweep: eval loss per snapshot at each LoRA rank and learning rate (target {})", super::table::loss(sweep.target_loss));
+    let title = format!(
+        "plasticity sweep: eval loss per snapshot at each LoRA rank and learning rate (target {})",
+        super::table::loss(sweep.target_loss)
+    );
     let root = root.titled(&title, ("sans-serif", 24)).map_err(err)?;
     let panels = root.split_evenly(grid_shape(sweep.variants.len()));
     for (area, v) in panels.iter().zip(&sweep.variants) {
@@ -114,14 +125,16 @@ fn series(report: &Report) -> Vec<Series> {
         .enumerate()
         .map(|(i, c)| {
             let step_h = c.step_cost_s.or(c.median_step_s).unwrap_or(0.0) / 3600.0; // as the ranking prices a step
-            // measured: the probe, and where --until-settled continued it
-            let points: Vec<(f64, f64)> = c.curve.iter().chain(&c.settle_curve).filter_map(|p| Some((p.step as f64, p.eval_loss?))).collect();
+                                                                                    // measured: the probe, and where --until-settled continued it
+            let points: Vec<(f64, f64)> =
+                c.curve.iter().chain(&c.settle_curve).filter_map(|p| Some((p.step as f64, p.eval_loss?))).collect();
             // the rank the report leads with: for the budget when forecast
             let (rank, tied) = c.forecast.as_ref().map_or((c.rank, c.tied_with_best), |f| (f.rank, f.tied_with_best));
             let rank = rank.map_or("-".into(), |r| format!("#{r}{}", if tied { "=" } else { "" }));
             let plateau = if c.after_plateau_onset == Some(true) { ", after pre-training plateau" } else { "" };
             let shade = 0.85 - 0.8 * i as f64 / (n - 1.0);
-            let forecast: Vec<(f64, f64)> = c.forecast.as_ref().map_or(Vec::new(), |f| f.curve.iter().map(|p| (p[0], p[1])).collect());
+            let forecast: Vec<(f64, f64)> =
+                c.forecast.as_ref().map_or(Vec::new(), |f| f.curve.iter().map(|p| (p[0], p[1])).collect());
             let hours = |pts: &[(f64, f64)]| pts.iter().map(|&(s, l)| (s * step_h, l)).collect();
             Series {
                 label: format!("{rank} {} (step {}{plateau})", c.name, c.step),
@@ -157,7 +170,11 @@ fn draw<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report) -> std:
 
 /// Loss ranges over more than two decades are drawn on a log axis.
 fn loss_range(all: &[Series], target: Option<f64>) -> (f64, f64, bool) {
-    let losses = all.iter().flat_map(|s| s.by_step.iter().chain(&s.forecast_by_step).map(|p| p.1)).chain(target).filter(|l| l.is_finite());
+    let losses = all
+        .iter()
+        .flat_map(|s| s.by_step.iter().chain(&s.forecast_by_step).map(|p| p.1))
+        .chain(target)
+        .filter(|l| l.is_finite());
     let (lo, hi) = losses.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| (a.min(l), b.max(l)));
     if !lo.is_finite() {
         return (0.0, 1.0, false);
@@ -195,7 +212,14 @@ fn panel<B: DrawingBackend>(
     macro_rules! chart {
         ($x:expr, $y:expr) => {{
             let mut chart = builder.build_cartesian_2d($x, $y)?;
-            chart.configure_mesh().x_desc(&x_desc).y_desc(y_desc).x_label_formatter(&fmt_x).y_label_formatter(&fmt_y).label_style(("sans-serif", 15)).draw()?;
+            chart
+                .configure_mesh()
+                .x_desc(&x_desc)
+                .y_desc(y_desc)
+                .x_label_formatter(&fmt_x)
+                .y_label_formatter(&fmt_y)
+                .label_style(("sans-serif", 15))
+                .draw()?;
             curves(&mut chart, all, points, target, (if log_x { x_min } else { 0.0 }, x_max))?;
             legend(&mut chart, if log_y { SeriesLabelPosition::LowerLeft } else { SeriesLabelPosition::UpperRight })
         }};
@@ -219,7 +243,8 @@ fn curves<'a, DB: DrawingBackend + 'a, X: Ranged<ValueType = f64>, Y: Ranged<Val
         // Dashes evenly spaced on screen, whether the axis is linear or logarithmic.
         let at = |f: f64| if x_min > 0.0 { x_min * (x_max / x_min).powf(f) } else { f * x_max };
         let dashes = (0..40).map(|i| (at(i as f64 / 40.0), at((i as f64 + 0.5) / 40.0)));
-        chart.draw_series(dashes.map(|(a, b)| PathElement::new(vec![(a, t), (b, t)], BLACK.stroke_width(2))))?
+        chart
+            .draw_series(dashes.map(|(a, b)| PathElement::new(vec![(a, t), (b, t)], BLACK.stroke_width(2))))?
             .label(format!("target {}", super::table::loss(Some(t))))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
     }
@@ -227,7 +252,8 @@ fn curves<'a, DB: DrawingBackend + 'a, X: Ranged<ValueType = f64>, Y: Ranged<Val
         let style = s.color.stroke_width(3);
         let (measured, forecast) = points(s);
         let visible = measured.iter().copied().filter(|p| p.0 >= x_min);
-        chart.draw_series(LineSeries::new(visible, style))?
+        chart
+            .draw_series(LineSeries::new(visible, style))?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         let dashed = forecast.iter().copied().filter(|p| p.0 >= x_min);
@@ -263,7 +289,10 @@ mod tests {
         let c = CheckpointReport {
             name: "a".into(),
             status: "ok".into(),
-            curve: vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(3.0), elapsed_s: 0.0 }, CurvePoint { step: 3600, train_loss: None, eval_loss: Some(2.0), elapsed_s: 1.0 }],
+            curve: vec![
+                CurvePoint { step: 0, train_loss: None, eval_loss: Some(3.0), elapsed_s: 0.0 },
+                CurvePoint { step: 3600, train_loss: None, eval_loss: Some(2.0), elapsed_s: 1.0 },
+            ],
             median_step_s: Some(2.0),
             step_cost_s: Some(1.0),
             ..Default::default()
@@ -272,9 +301,16 @@ mod tests {
         report.checkpoints = vec![c];
         assert_eq!(series(&report)[0].by_hours, vec![(0.0, 3.0), (1.0, 2.0)]);
         assert!(series(&report)[0].forecast_by_step.is_empty(), "nothing forecast: nothing dashed");
-        report.checkpoints[0].forecast = Some(crate::report::ForecastReport { curve: vec![[3600.0, 2.0], [7200.0, 1.5]], rank: Some(1), ..Default::default() });
+        report.checkpoints[0].forecast = Some(crate::report::ForecastReport {
+            curve: vec![[3600.0, 2.0], [7200.0, 1.5]],
+            rank: Some(1),
+            ..Default::default()
+        });
         let s = &series(&report)[0];
-        assert_eq!((s.forecast_by_step.clone(), s.forecast_by_hours.clone()), (vec![(3600.0, 2.0), (7200.0, 1.5)], vec![(1.0, 2.0), (2.0, 1.5)]));
+        assert_eq!(
+            (s.forecast_by_step.clone(), s.forecast_by_hours.clone()),
+            (vec![(3600.0, 2.0), (7200.0, 1.5)], vec![(1.0, 2.0), (2.0, 1.5)])
+        );
         assert!(s.label.starts_with("#1 a"), "{}", s.label);
     }
 }

@@ -60,13 +60,19 @@ impl Report {
                 forecast: c.extrapolated,
                 at_target_before_training: c.at_target_before_training,
                 for_budget: false,
-                key: c.device_hours_to_target.map(|h| c.ci95.get("device_hours_to_target").map_or([h, h, h], |[lo, hi]| [h, *lo, *hi])),
+                key: c
+                    .device_hours_to_target
+                    .map(|h| c.ci95.get("device_hours_to_target").map_or([h, h, h], |[lo, hi]| [h, *lo, *hi])),
             },
         }
     }
 
     /// The ranked checkpoints, best first, as standings.
     pub fn ranked(&self) -> Vec<Standing<'_>> {
-        self.ranking.iter().filter_map(|n| self.checkpoints.iter().find(|c| &c.name == n)).map(|c| self.standing(c)).collect()
+        self.ranking
+            .iter()
+            .filter_map(|n| self.checkpoints.iter().find(|c| &c.name == n))
+            .map(|c| self.standing(c))
+            .collect()
     }
 }

@@ -33,42 +33,65 @@ pub fn render(report: &Report) -> String {
 pub fn sweep_tables(report: &Report) -> Vec<(String, Table)> {
     let Some(s) = &report.sweep else { return Vec::new() };
     let mut tables = Vec::new();
-    let winner = |rank: usize, lr: f64| s.variants.iter().find(|v| v.rank == rank && v.lr == lr).and_then(|v| v.ranking.first().cloned()).unwrap_or_else(|| "-".into());
-    let hours = |h: &Option<f64>| h.map_or("not reached".to_string(), |h| if h == 0.0 { "0".into() } else { format!("{h:.3e}") });
+    let winner = |rank: usize, lr: f64| {
+        s.variants
+            .iter()
+            .find(|v| v.rank == rank && v.lr == lr)
+            .and_then(|v| v.ranking.first().cloned())
+            .unwrap_or_else(|| "-".into())
+    };
+    let hours = |h: &Option<f64>| {
+        h.map_or("not reached".to_string(), |h| if h == 0.0 { "0".into() } else { format!("{h:.3e}") })
+    };
     if s.ranks.len() > 1 {
         let mut header = vec!["checkpoint".to_string()];
         header.extend(s.ranks.iter().map(|r| format!("r={r}")));
         header.push("smallest rank".into());
-        let mut rows: Vec<Vec<String>> = s.checkpoints.iter().map(|c| {
-            let mut row = vec![c.name.clone()];
-            row.extend(c.hours_by_rank.iter().map(hours));
-            row.push(c.smallest_rank.map_or("none".into(), |r| r.to_string()));
-            row
-        }).collect();
+        let mut rows: Vec<Vec<String>> = s
+            .checkpoints
+            .iter()
+            .map(|c| {
+                let mut row = vec![c.name.clone()];
+                row.extend(c.hours_by_rank.iter().map(hours));
+                row.push(c.smallest_rank.map_or("none".into(), |r| r.to_string()));
+                row
+            })
+            .collect();
         let mut last = vec!["winner".to_string()];
         last.extend(s.ranks.iter().map(|&r| winner(r, s.main_lr)));
         last.push(String::new());
         rows.push(last);
-        tables.push((format!("rank sweep at lr={:e}: {} to the target {}", s.main_lr, report.hours_unit, loss(s.target_loss)), Table { header, rows }));
+        tables.push((
+            format!("rank sweep at lr={:e}: {} to the target {}", s.main_lr, report.hours_unit, loss(s.target_loss)),
+            Table { header, rows },
+        ));
     }
     if s.lrs.len() > 1 {
         let mut header = vec!["checkpoint".to_string()];
         header.extend(s.lrs.iter().map(|l| format!("lr={l:e}")));
         header.push("best lr".into());
-        let mut rows: Vec<Vec<String>> = s.checkpoints.iter().map(|c| {
-            let mut row = vec![c.name.clone()];
-            row.extend(c.hours_by_lr.iter().map(hours));
-            let tied: String = c.best_lr_tied_with.iter().map(|l| format!(" ={l:e}")).collect();
-            row.push(c.best_lr.map_or("-".into(), |l| format!("{l:e}{tied}")));
-            row
-        }).collect();
+        let mut rows: Vec<Vec<String>> = s
+            .checkpoints
+            .iter()
+            .map(|c| {
+                let mut row = vec![c.name.clone()];
+                row.extend(c.hours_by_lr.iter().map(hours));
+                let tied: String = c.best_lr_tied_with.iter().map(|l| format!(" ={l:e}")).collect();
+                row.push(c.best_lr.map_or("-".into(), |l| format!("{l:e}{tied}")));
+                row
+            })
+            .collect();
         let mut last = vec!["winner".to_string()];
         last.extend(s.lrs.iter().map(|&l| winner(s.main_rank, l)));
         last.push(String::new());
         rows.push(last);
-        let simulated = report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::model::single_index::MODEL_TYPE));
+        let simulated =
+            report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::model::single_index::MODEL_TYPE));
         let at = if simulated { "the rank-1 adapter".to_string() } else { format!("r={}", s.main_rank) };
-        tables.push((format!("learning-rate sweep at {at}: {} to the target {}", report.hours_unit, loss(s.target_loss)), Table { header, rows }));
+        tables.push((
+            format!("learning-rate sweep at {at}: {} to the target {}", report.hours_unit, loss(s.target_loss)),
+            Table { header, rows },
+        ));
     }
     tables
 }
@@ -79,7 +102,8 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
-pub const THEORY_CAPTION: &str = "single-index model (escape: first step with |m| >= 0.5; prediction from the linearised dynamics)";
+pub const THEORY_CAPTION: &str =
+    "single-index model (escape: first step with |m| >= 0.5; prediction from the linearised dynamics)";
 
 /// "target eval loss ...; time in device-hours on CPU (n threads)", led by the budget the
 /// ranking answers for when it is longer than the probe.
@@ -106,19 +130,28 @@ fn settle_note(b: &super::BudgetInfo) -> String {
     let Some(s) = b.settle.as_ref().filter(|s| !s.rounds.is_empty()) else { return String::new() };
     let last = &s.rounds[s.rounds.len() - 1];
     let rounds = if s.rounds.len() == 1 { "1 round".to_string() } else { format!("{} rounds", s.rounds.len()) };
-    format!("; settling continued {} to {} updates ({rounds}, {} updates beyond the probe)", last.contenders.join(", "), last.step, s.updates_trained)
+    format!(
+        "; settling continued {} to {} updates ({rounds}, {} updates beyond the probe)",
+        last.contenders.join(", "),
+        last.step,
+        s.updates_trained
+    )
 }
 
 /// The probe's target and the device the hours are measured on.
 fn probe_line(report: &Report) -> String {
     let target = match (&report.target, report.target_loss) {
-        (Some(t), _) if t.kind == "drop" => format!("target: each checkpoint's eval loss drops by {}", loss(Some(t.value))),
+        (Some(t), _) if t.kind == "drop" => {
+            format!("target: each checkpoint's eval loss drops by {}", loss(Some(t.value)))
+        }
         (_, Some(t)) => format!("target eval loss {}", loss(Some(t))),
         _ => return "no target (no checkpoint finished)".into(),
     };
     let measured = report.checkpoints.iter().filter(|c| c.measured()).count();
     let target = match &report.target {
-        Some(t) if t.kind == "median_final" && t.set_by.len() < measured => format!("{target} (the median final loss of the runs that finished: {})", t.set_by.join(", ")),
+        Some(t) if t.kind == "median_final" && t.set_by.len() < measured => {
+            format!("{target} (the median final loss of the runs that finished: {})", t.set_by.join(", "))
+        }
         _ => target,
     };
     format!("{target}; time in {} on {} ({} threads)", report.hours_unit, report.device.name, report.device.threads)
@@ -137,7 +170,19 @@ pub fn ranking_table(report: &Report) -> Table {
 fn budget_table(report: &Report) -> Table {
     let b = report.budget.as_ref().map_or((0, 0), |b| (b.probe_steps, b.steps));
     let hours = &report.hours_unit;
-    let header: Vec<String> = ["rank".into(), "checkpoint".into(), "step".into(), "eval@0".into(), format!("eval@{}", b.0), format!("eval@{}", b.1), "steps→target".into(), format!("{hours}→target"), "probe rank".into(), "tokens/s".into()].to_vec();
+    let header: Vec<String> = [
+        "rank".into(),
+        "checkpoint".into(),
+        "step".into(),
+        "eval@0".into(),
+        format!("eval@{}", b.0),
+        format!("eval@{}", b.1),
+        "steps→target".into(),
+        format!("{hours}→target"),
+        "probe rank".into(),
+        "tokens/s".into(),
+    ]
+    .to_vec();
     let rows = report.checkpoints.iter().map(budget_row).collect();
     Table { header, rows }
 }
@@ -148,7 +193,12 @@ fn budget_row(c: &CheckpointReport) -> Vec<String> {
         return vec!["-".into(), c.name.clone(), c.step.to_string(), format!("{}: {why}", c.status)];
     };
     let with = |forecast: bool, v: Option<f64>, ci: Option<[f64; 2]>, fmt: &dyn Fn(f64) -> String| match v {
-        Some(v) => format!("{}{}{}", if forecast { "~" } else { "" }, fmt(v), ci.map_or(String::new(), |[lo, hi]| format!(" [{}, {}]", fmt(lo), fmt(hi)))),
+        Some(v) => format!(
+            "{}{}{}",
+            if forecast { "~" } else { "" },
+            fmt(v),
+            ci.map_or(String::new(), |[lo, hi]| format!(" [{}, {}]", fmt(lo), fmt(hi)))
+        ),
         None => "-".into(),
     };
     let eval = with(f.forecast, f.eval_loss, f.eval_loss_ci95, &|v| loss(Some(v)));
@@ -174,7 +224,11 @@ fn budget_row(c: &CheckpointReport) -> Vec<String> {
 /// The probe's ranking, one row per checkpoint in step order.
 fn probe_table(report: &Report) -> Table {
     let hours = &report.hours_unit;
-    let mut header: Vec<String> = ["rank", "checkpoint", "step", "eval@0", "final eval", "steps→target", &format!("{hours}→target"), "tokens/s"].iter().map(|s| s.to_string()).collect();
+    let mut header: Vec<String> =
+        ["rank", "checkpoint", "step", "eval@0", "final eval", "steps→target", &format!("{hours}→target"), "tokens/s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let priced = report.price_per_device_hour.is_some();
     if priced {
         header.push("cost→target".into());
@@ -195,7 +249,10 @@ pub fn grid(table: &Table) -> String {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string() + "\n";
+    let line = |cells: &[String]| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+            + "\n"
+    };
     std::iter::once(header).chain(rows).map(|r| line(r)).collect()
 }
 
@@ -213,10 +270,13 @@ fn row(c: &CheckpointReport, priced: bool, pretrain: bool) -> Vec<String> {
         let err = c.error.clone().unwrap_or_default();
         return vec!["-".into(), c.name.clone(), c.step.to_string(), format!("{}: {err}", c.status)];
     }
-    let interval = |key: &str, p: usize| c.ci95.get(key).map_or(String::new(), |[lo, hi]| format!(" [{lo:.p$}, {hi:.p$}]"));
+    let interval =
+        |key: &str, p: usize| c.ci95.get(key).map_or(String::new(), |[lo, hi]| format!(" [{lo:.p$}, {hi:.p$}]"));
     let approx = if c.extrapolated { "~" } else { "" };
     let zero_shot = if c.at_target_before_training { " †" } else { "" };
-    let steps = c.steps_to_target.map_or("not reached".into(), |s| format!("{approx}{s:.1}{}{zero_shot}", interval("steps_to_target", 1)));
+    let steps = c
+        .steps_to_target
+        .map_or("not reached".into(), |s| format!("{approx}{s:.1}{}{zero_shot}", interval("steps_to_target", 1)));
     let hours = |h: f64| if h == 0.0 { "0".to_string() } else { format!("{approx}{h:.3e}") };
     let mut cells = vec![
         c.rank.map_or("-".into(), |r| match (&c.stopped, c.tied_with_best) {
@@ -233,7 +293,9 @@ fn row(c: &CheckpointReport, priced: bool, pretrain: bool) -> Vec<String> {
         c.tokens_per_s.map_or("-".into(), |t| format!("{t:.0}")),
     ];
     if priced {
-        cells.push(c.cost_to_target.map_or("-".into(), |x| if x >= 0.01 { format!("{x:.2}") } else { format!("{x:.2e}") }));
+        cells.push(
+            c.cost_to_target.map_or("-".into(), |x| if x >= 0.01 { format!("{x:.2}") } else { format!("{x:.2e}") }),
+        );
     }
     if pretrain {
         let mark = if c.after_plateau_onset == Some(true) { " *" } else { "" };
@@ -295,7 +357,11 @@ fn context_notes(report: &Report) -> Vec<String> {
         notes.push(format!("means over {n} seeds; [low, high] is the 95% confidence interval"));
     }
     if let Some(d) = &report.task_distance {
-        let source = if d.source == "pretrain_sample" { "the --pretrain-sample loss" } else { "the last loss in trainer_state.json" };
+        let source = if d.source == "pretrain_sample" {
+            "the --pretrain-sample loss"
+        } else {
+            "the last loss in trainer_state.json"
+        };
         notes.push(format!("task distance: {} (pre-training loss: {source})", d.summary));
     }
     notes

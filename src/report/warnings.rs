@@ -15,7 +15,8 @@ pub fn warnings(report: &Report) -> Vec<String> {
 /// A snapshot already at the target before fine-tuning wins on zero time, which says nothing
 /// about how it adapts.
 fn at_target_before_training(report: &Report) -> Option<String> {
-    let names: Vec<&str> = report.checkpoints.iter().filter(|c| c.at_target_before_training).map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> =
+        report.checkpoints.iter().filter(|c| c.at_target_before_training).map(|c| c.name.as_str()).collect();
     (!names.is_empty()).then(|| {
         format!(
             "{} {} at the target before fine-tuning (eval loss at step 0 at or below it): a zero time to target measures no adaptation; give --target-drop F to rank by how far each snapshot's loss falls",
@@ -33,7 +34,14 @@ fn seed_failures(report: &Report) -> Vec<String> {
         .filter(|c| !c.seed_failures.is_empty() && c.seeds_ok > 0)
         .map(|c| {
             let failed: Vec<String> = c.seed_failures.iter().map(|f| format!("seed {} {}", f.seed, f.status)).collect();
-            format!("{}: {} of {} seeds finished ({}); its metrics are means over the {} that did", c.name, c.seeds_ok, c.seeds, failed.join(", "), c.seeds_ok)
+            format!(
+                "{}: {} of {} seeds finished ({}); its metrics are means over the {} that did",
+                c.name,
+                c.seeds_ok,
+                c.seeds,
+                failed.join(", "),
+                c.seeds_ok
+            )
         })
         .collect()
 }

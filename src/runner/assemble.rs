@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use super::{CheckpointResult, Run, Scan};
 use crate::model::single_index;
 use crate::options::ScanOptions;
-use crate::report::{gates, BudgetInfo, SettleInfo, CheckpointReport, DeviceInfo, ForecastReport, Pretraining, RaceInfo, Report, SeedFailure, SeedRun, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION};
+use crate::report::{
+    gates, BudgetInfo, CheckpointReport, DeviceInfo, ForecastReport, Pretraining, RaceInfo, Report, SeedFailure,
+    SeedRun, SettleInfo, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION,
+};
 use crate::score::budget::Budget;
 use crate::score::stats::Slope;
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, Target, TargetSpec};
@@ -58,13 +61,16 @@ impl Scan<'_> {
         let steps_full_budget = self.results.len() * self.opts.seeds * rungs.last().copied().unwrap_or(0);
         Some(RaceInfo { rungs, steps_trained, steps_full_budget })
     }
-
 }
 
 /// Without a target flag: the median final loss, or 1e-6 (the paper's tiny loss) for a
 /// simulated series, which converges exactly.
 pub(super) fn series_target(results: &[CheckpointResult]) -> TargetSpec {
-    if all_simulated(results) { TargetSpec::Loss(single_index::TINY_LOSS) } else { TargetSpec::MedianFinal }
+    if all_simulated(results) {
+        TargetSpec::Loss(single_index::TINY_LOSS)
+    } else {
+        TargetSpec::MedianFinal
+    }
 }
 
 /// Every run is of the single-index model (which runs its own budget to convergence).
@@ -75,12 +81,33 @@ fn all_simulated(results: &[CheckpointResult]) -> bool {
 
 /// Ranks for `budget`: every checkpoint's standing at it (`score::budget`), and when it is
 /// longer than the probe, the report's ranking becomes the forecast one (the probe's is kept).
-fn rank_for_budget(report: &mut Report, summaries: &[Option<Vec<RunSummary>>], results: &[CheckpointResult], budget: Budget, probe: usize, spec: TargetSpec) {
+fn rank_for_budget(
+    report: &mut Report,
+    summaries: &[Option<Vec<RunSummary>>],
+    results: &[CheckpointResult],
+    budget: Budget,
+    probe: usize,
+    spec: TargetSpec,
+) {
     let (target, scores) = score::budget::score(summaries, budget, probe, spec);
     let steps = scores.iter().flatten().map(|b| b.steps).max().unwrap_or(probe);
-    let mut info = BudgetInfo { asked: budget.to_string(), probe_steps: probe, steps, forecast: false, target: None, settled: None, more_updates_to_settle: None, no_forecast: None, settle: None };
+    let mut info = BudgetInfo {
+        asked: budget.to_string(),
+        probe_steps: probe,
+        steps,
+        forecast: false,
+        target: None,
+        settled: None,
+        more_updates_to_settle: None,
+        no_forecast: None,
+        settle: None,
+    };
     if steps > probe && target.is_none() {
-        info.no_forecast = report.checkpoints.iter().zip(&scores).find_map(|(c, s)| Some(format!("{}: {}", c.name, s.as_ref()?.no_forecast?)));
+        info.no_forecast = report
+            .checkpoints
+            .iter()
+            .zip(&scores)
+            .find_map(|(c, s)| Some(format!("{}: {}", c.name, s.as_ref()?.no_forecast?)));
     }
     if let (Some(target), true) = (target, steps > probe) {
         info.forecast = true;
@@ -88,9 +115,11 @@ fn rank_for_budget(report: &mut Report, summaries: &[Option<Vec<RunSummary>>], r
         for (c, s) in report.checkpoints.iter_mut().zip(&scores) {
             c.forecast = s.as_ref().map(forecast_report);
         }
-        let mut ranked: Vec<(usize, &String)> = report.checkpoints.iter().filter_map(|c| Some((c.forecast.as_ref()?.rank?, &c.name))).collect();
+        let mut ranked: Vec<(usize, &String)> =
+            report.checkpoints.iter().filter_map(|c| Some((c.forecast.as_ref()?.rank?, &c.name))).collect();
         ranked.sort();
-        report.measured_ranking = std::mem::replace(&mut report.ranking, ranked.into_iter().map(|(_, n)| n.clone()).collect());
+        report.measured_ranking =
+            std::mem::replace(&mut report.ranking, ranked.into_iter().map(|(_, n)| n.clone()).collect());
         (info.settled, info.more_updates_to_settle) = settled(&scores, probe, steps);
     }
     report.budget = Some(info);
@@ -129,13 +158,18 @@ fn forecast_report(s: &score::budget::BudgetScore) -> ForecastReport {
 
 /// The report of `results`, scored together (a scan's results so far, or merged partitions).
 pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str) -> Report {
-    let summaries: Vec<Option<Vec<RunSummary>>> = results.iter().map(|r| r.runs.as_ref().ok().map(|runs| runs.iter().map(|run| summary(run, r.stopped.is_none())).collect())).collect();
+    let summaries: Vec<Option<Vec<RunSummary>>> = results
+        .iter()
+        .map(|r| r.runs.as_ref().ok().map(|runs| runs.iter().map(|run| summary(run, r.stopped.is_none())).collect()))
+        .collect();
     let spec = ctx.target.unwrap_or_else(|| series_target(results));
     let scored = score::score(&summaries, spec);
-    let scores: Vec<Option<&Score>> = (0..results.len()).map(|i| scored.as_ref().and_then(|(_, s)| s[i].as_ref())).collect();
+    let scores: Vec<Option<&Score>> =
+        (0..results.len()).map(|i| scored.as_ref().and_then(|(_, s)| s[i].as_ref())).collect();
     let pretraining = pretraining(results);
     let onset = pretraining.as_ref().and_then(|p| p.plateau_onset_step);
-    let mut checkpoints: Vec<CheckpointReport> = results.iter().zip(&scores).map(|(r, s)| checkpoint_report(r, *s, ctx.price_per_hour)).collect();
+    let mut checkpoints: Vec<CheckpointReport> =
+        results.iter().zip(&scores).map(|(r, s)| checkpoint_report(r, *s, ctx.price_per_hour)).collect();
     for c in checkpoints.iter_mut() {
         c.after_plateau_onset = onset.map(|o| c.step as f64 >= o);
     }
@@ -195,7 +229,11 @@ fn target_info(t: &Target, results: &[CheckpointResult]) -> TargetInfo {
         TargetSpec::Drop(_) => "drop",
         TargetSpec::MedianFinal => "median_final",
     };
-    TargetInfo { kind: kind.into(), value: t.value, set_by: t.set_by.iter().map(|&i| results[i].checkpoint.name.clone()).collect() }
+    TargetInfo {
+        kind: kind.into(),
+        value: t.value,
+        set_by: t.set_by.iter().map(|&i| results[i].checkpoint.name.clone()).collect(),
+    }
 }
 
 fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<f64>) -> CheckpointReport {
@@ -211,7 +249,8 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
         peak_rss_bytes: r.peak_rss_bytes,
         ..Default::default()
     };
-    out.stopped = r.stopped.as_ref().map(|s| StoppedInfo { at_step: s.at_step, rung: s.rung, reason: s.reason.clone() });
+    out.stopped =
+        r.stopped.as_ref().map(|s| StoppedInfo { at_step: s.at_step, rung: s.rung, reason: s.reason.clone() });
     match &r.runs {
         Err(msg) => {
             out.status = if r.diverged { "diverged" } else { "failed" }.into();
@@ -252,7 +291,16 @@ fn fill_runs(out: &mut CheckpointReport, runs: &[Run], failures: &[SeedFailure])
     out.seeds_ok = runs.len();
     out.seed_failures = failures.to_vec();
     if out.seeds > 1 {
-        out.runs = runs.iter().map(|r| SeedRun { seed: r.seed, data_seed: r.data_seed, median_step_s: r.outcome.median_step_s, curve: r.outcome.curve.clone(), settle_curve: r.settle.clone() }).collect();
+        out.runs = runs
+            .iter()
+            .map(|r| SeedRun {
+                seed: r.seed,
+                data_seed: r.data_seed,
+                median_step_s: r.outcome.median_step_s,
+                curve: r.outcome.curve.clone(),
+                settle_curve: r.settle.clone(),
+            })
+            .collect();
     }
 }
 
@@ -283,7 +331,10 @@ fn fill_score(out: &mut CheckpointReport, s: &Score, price: Option<f64>) {
         ("search_phase_steps", &s.search_phase_steps),
         ("loss_drop_per_device_hour", &s.loss_drop_per_device_hour),
     ];
-    out.ci95 = intervals.iter().filter_map(|(k, e)| e.filter(|e| e.n > 1 || e.has_interval()).map(|e| (k.to_string(), [e.lo, e.hi]))).collect::<BTreeMap<_, _>>();
+    out.ci95 = intervals
+        .iter()
+        .filter_map(|(k, e)| e.filter(|e| e.n > 1 || e.has_interval()).map(|e| (k.to_string(), [e.lo, e.hi])))
+        .collect::<BTreeMap<_, _>>();
 }
 
 /// The pre-training loss log of a checkpoint's trainer_state.json (empty without one).
@@ -306,7 +357,8 @@ fn task_distance(checkpoints: &[CheckpointReport]) -> Option<TaskDistance> {
     }
     // one source for every point: the sample's losses when the scan measured them
     let sample = checkpoints.iter().any(|c| c.pretrain_sample_loss.is_some());
-    let gap = |c: &CheckpointReport| Some(zero_shot(c)? - if sample { c.pretrain_sample_loss? } else { c.pretrain_loss? });
+    let gap =
+        |c: &CheckpointReport| Some(zero_shot(c)? - if sample { c.pretrain_sample_loss? } else { c.pretrain_loss? });
     let points: Vec<(f64, f64)> = checkpoints.iter().filter_map(|c| Some((c.step as f64, gap(c)?))).collect();
     let fit = Slope::fit(&points)?;
     let (first, last) = (points[0], points[points.len() - 1]);
@@ -321,14 +373,27 @@ fn task_distance(checkpoints: &[CheckpointReport]) -> Option<TaskDistance> {
         None => format!("{:+.4} per 1,000 steps", 1000.0 * fit.slope),
     };
     let verdict = match (trend, fit.n) {
-        ("widens", _) => "it widens: the later the snapshot, the further the task is from its pre-training data".to_string(),
-        ("narrows", _) => "it narrows: the later the snapshot, the closer the task is to its pre-training data".to_string(),
+        ("widens", _) => {
+            "it widens: the later the snapshot, the further the task is from its pre-training data".to_string()
+        }
+        ("narrows", _) => {
+            "it narrows: the later the snapshot, the closer the task is to its pre-training data".to_string()
+        }
         (_, 2) => "two snapshots cannot show a trend".to_string(),
         _ => "no clear trend: the slope's interval holds zero".to_string(),
     };
     let summary = format!("the task gap (zero-shot task loss minus pre-training loss) goes from {:.4} at step {} to {:.4} at step {} ({slope}); {verdict}", first.1, first.0, last.1, last.0);
     let source = if sample { "pretrain_sample" } else { "trainer_state" };
-    Some(TaskDistance { source: source.into(), gap_slope_per_1k_steps: 1000.0 * fit.slope, slope_ci95: ci, first_gap: first.1, last_gap: last.1, trend: trend.into(), widening: trend == "widens", summary })
+    Some(TaskDistance {
+        source: source.into(),
+        gap_slope_per_1k_steps: 1000.0 * fit.slope,
+        slope_ci95: ci,
+        first_gap: first.1,
+        last_gap: last.1,
+        trend: trend.into(),
+        widening: trend == "widens",
+        summary,
+    })
 }
 
 /// The longest pre-training log of the series (the latest snapshot's holds the others) and
@@ -338,7 +403,10 @@ fn pretraining(results: &[CheckpointResult]) -> Option<Pretraining> {
     if curve.is_empty() {
         return None;
     }
-    Some(Pretraining { plateau_onset_step: pretrain::plateau_onset(curve), loss_curve: curve.iter().map(|&(s, l)| [s, l]).collect() })
+    Some(Pretraining {
+        plateau_onset_step: pretrain::plateau_onset(curve),
+        loss_curve: curve.iter().map(|&(s, l)| [s, l]).collect(),
+    })
 }
 
 /// Every setting that shapes the result, so a report can be reproduced.
@@ -399,10 +467,16 @@ fn device_info(o: &ScanOptions) -> DeviceInfo {
 /// The CPU's model name, or the GPU's with its ordinal: "NVIDIA H200 (cuda:0)".
 pub(crate) fn device_name(device: &candle_core::Device) -> String {
     match device.location() {
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("{} (cuda:{gpu_id})", gpu_name(device).unwrap_or_else(|| "unknown GPU".into())),
+        candle_core::DeviceLocation::Cuda { gpu_id } => {
+            format!("{} (cuda:{gpu_id})", gpu_name(device).unwrap_or_else(|| "unknown GPU".into()))
+        }
         _ => std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+                })
+            })
             .unwrap_or_else(|| "cpu".into()),
     }
 }

@@ -26,7 +26,14 @@ impl<T> Default for Cached<T> {
 impl<T> Cached<T> {
     /// `cut` applied to `docs` tokenised by the tokenizer of the checkpoint in `dir` (or
     /// `tokenizer`), computed the first time that tokenizer is met; with the tokenizer's path.
-    pub fn get(&self, dir: &Path, tokenizer: Option<&Path>, model: &LoadedModel, docs: &[Document], cut: impl FnOnce(&TokenStream) -> Result<T>) -> Result<(Arc<T>, PathBuf)> {
+    pub fn get(
+        &self,
+        dir: &Path,
+        tokenizer: Option<&Path>,
+        model: &LoadedModel,
+        docs: &[Document],
+        cut: impl FnOnce(&TokenStream) -> Result<T>,
+    ) -> Result<(Arc<T>, PathBuf)> {
         let path = tokenizer.map(Path::to_path_buf).unwrap_or_else(|| dir.join("tokenizer.json"));
         let tok = TaskTokenizer::open(&path)?;
         let eos = tok.eos(model.eos_token_id)?;
@@ -45,7 +52,10 @@ impl<T> Cached<T> {
 pub(crate) fn check_vocab<'a>(ids: impl Iterator<Item = &'a u32>, model: &LoadedModel, tokenizer: &Path) -> Result<()> {
     let max_id = ids.max().copied().unwrap_or(0);
     if max_id as usize >= model.vocab_size {
-        return Err(Error::input(tokenizer, format!("produces token id {max_id}, but the model's vocab_size is {}", model.vocab_size)));
+        return Err(Error::input(
+            tokenizer,
+            format!("produces token id {max_id}, but the model's vocab_size is {}", model.vocab_size),
+        ));
     }
     Ok(())
 }

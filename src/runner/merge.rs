@@ -46,17 +46,31 @@ pub fn merge(parts: Vec<(PathBuf, Report)>) -> Result<(Report, Vec<String>)> {
 /// Same tool, complete, not a race, same settings as the first part.
 fn check_compatible((first_path, first): (&PathBuf, &Report), (path, part): (&PathBuf, &Report)) -> Result<()> {
     if part.tool.version != first.tool.version {
-        return Err(Error::input(path, format!("was written by plasticity {}, but {} by plasticity {}", part.tool.version, first_path.display(), first.tool.version)));
+        return Err(Error::input(
+            path,
+            format!(
+                "was written by plasticity {}, but {} by plasticity {}",
+                part.tool.version,
+                first_path.display(),
+                first.tool.version
+            ),
+        ));
     }
     if part.status != "complete" {
-        return Err(Error::input(path, format!("is {}, not complete: finish its scan with --resume first", part.status)));
+        return Err(Error::input(
+            path,
+            format!("is {}, not complete: finish its scan with --resume first", part.status),
+        ));
     }
     if part.race.is_some() {
         return Err(Error::input(path, "is a race (--strategy race), which cannot be partitioned"));
     }
     let changed = resume::differing(&first.settings, &part.settings, &PER_PART);
     if !changed.is_empty() {
-        return Err(Error::input(path, format!("settings differ from {}: {}", first_path.display(), changed.join(", "))));
+        return Err(Error::input(
+            path,
+            format!("settings differ from {}: {}", first_path.display(), changed.join(", ")),
+        ));
     }
     Ok(())
 }
@@ -72,10 +86,14 @@ fn target_of(settings: &serde_json::Value) -> Option<TargetSpec> {
 
 /// Every part's checkpoints in step order, rebuilt as results; a name in two parts is refused.
 fn results_of(parts: &[(PathBuf, Report)]) -> Result<Vec<CheckpointResult>> {
-    let mut all: Vec<(&PathBuf, &CheckpointReport)> = parts.iter().flat_map(|(p, r)| r.checkpoints.iter().map(move |c| (p, c))).collect();
+    let mut all: Vec<(&PathBuf, &CheckpointReport)> =
+        parts.iter().flat_map(|(p, r)| r.checkpoints.iter().map(move |c| (p, c))).collect();
     all.sort_by(|a, b| (a.1.step, &a.1.name).cmp(&(b.1.step, &b.1.name)));
     if let Some(w) = all.windows(2).find(|w| w[0].1.name == w[1].1.name) {
-        return Err(Error::input(w[1].0, format!("checkpoint {} is also in {}: the parts overlap", w[1].1.name, w[0].0.display())));
+        return Err(Error::input(
+            w[1].0,
+            format!("checkpoint {} is also in {}: the parts overlap", w[1].1.name, w[0].0.display()),
+        ));
     }
     let settings = &parts[0].1.settings;
     let (seed, data_seed) = (settings["seed"].as_u64().unwrap_or(0), settings["data_seed"].as_u64().unwrap_or(0));
@@ -91,8 +109,17 @@ fn results_of(parts: &[(PathBuf, Report)]) -> Result<Vec<CheckpointResult>> {
 fn result_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> CheckpointResult {
     let measured = matches!(c.status.as_str(), "ok" | "stopped");
     CheckpointResult {
-        checkpoint: CheckpointRef { name: c.name.clone(), path: PathBuf::from(&c.path), step: c.step, step_source: step_source(&c.step_source) },
-        runs: if measured { Ok(resume::runs_of(c, seed, data_seed)) } else { Err(c.error.clone().unwrap_or_else(|| c.status.clone())) },
+        checkpoint: CheckpointRef {
+            name: c.name.clone(),
+            path: PathBuf::from(&c.path),
+            step: c.step,
+            step_source: step_source(&c.step_source),
+        },
+        runs: if measured {
+            Ok(resume::runs_of(c, seed, data_seed))
+        } else {
+            Err(c.error.clone().unwrap_or_else(|| c.status.clone()))
+        },
         pretrain_loss: c.pretrain_loss,
         fingerprint: c.fingerprint.clone(),
         pretrain_curve: Vec::new(),
@@ -111,10 +138,24 @@ fn step_source(s: &str) -> &'static str {
 
 /// "merging 2 of 3 partitions (missing 3/3)" when the parts do not cover the series.
 fn missing_partitions(parts: &[(PathBuf, Report)]) -> Option<String> {
-    let of: Vec<(usize, usize)> = parts.iter().filter_map(|(_, r)| r.settings["partition"].as_str()?.split_once('/').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))).collect();
+    let of: Vec<(usize, usize)> = parts
+        .iter()
+        .filter_map(|(_, r)| {
+            r.settings["partition"]
+                .as_str()?
+                .split_once('/')
+                .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))
+        })
+        .collect();
     let n = of.first()?.1;
     let missing: Vec<String> = (1..=n).filter(|k| !of.contains(&(*k, n))).map(|k| format!("{k}/{n}")).collect();
-    (!missing.is_empty()).then(|| format!("merging {} of {n} partitions (missing {}): their checkpoints are not in the ranking", of.len(), missing.join(", ")))
+    (!missing.is_empty()).then(|| {
+        format!(
+            "merging {} of {n} partitions (missing {}): their checkpoints are not in the ranking",
+            of.len(),
+            missing.join(", ")
+        )
+    })
 }
 
 fn mixed_devices(parts: &[(PathBuf, Report)]) -> Option<String> {

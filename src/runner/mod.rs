@@ -16,11 +16,11 @@ use candle_core::Device;
 use crate::data::{self, BatchOrder, Blocks, Document, TaskTokenizer};
 use crate::discover::CheckpointRef;
 use crate::error::{one_line, Error, Result};
+use crate::lora::AdapterInit;
 use crate::model::single_index::{self, RunSettings};
 use crate::model::{self, LoadedModel};
 use crate::options::ScanOptions;
 use crate::progress::Progress;
-use crate::lora::AdapterInit;
 use crate::report::{Report, Reports, SeedFailure};
 use crate::train::{self, Outcome, Paused};
 
@@ -45,7 +45,12 @@ pub fn memory_needed(dir: &Path, batch_size: usize, seq_len: usize) -> Result<(u
 
 /// [`memory_needed`] with the weights in `dtype` (activations are counted in f32: an upper
 /// bound in bf16, where the adapters' path and the softmax stay f32).
-pub fn memory_needed_as(dir: &Path, batch_size: usize, seq_len: usize, dtype: candle_core::DType) -> Result<(u64, u64)> {
+pub fn memory_needed_as(
+    dir: &Path,
+    batch_size: usize,
+    seq_len: usize,
+    dtype: candle_core::DType,
+) -> Result<(u64, u64)> {
     let weights = crate::checkpoint::weights::WeightStore::open(dir, &candle_core::Device::Cpu)?.bytes_as(dtype);
     Ok((weights, model::activation_bytes(&model::read_config(dir)?, batch_size, seq_len)))
 }
@@ -103,7 +108,6 @@ pub struct Stopped {
     pub reason: String,
 }
 
-
 /// A scan in progress.
 pub struct Scan<'a> {
     opts: &'a ScanOptions,
@@ -145,8 +149,20 @@ impl<'a> Scan<'a> {
         if opts.save_adapters.is_some() && checkpoints.iter().any(race::is_simulated) {
             eprintln!("warning: --save-adapters: simulated single-index snapshots have no LoRA adapter in PEFT's sense; none is saved for them");
         }
-        let sample = opts.pretrain_sample.as_ref().map(|p| Ok::<_, Error>((p.clone(), data::read_task(p)?))).transpose()?;
-        Ok(Scan { opts, task, cache: blocks::Cached::default(), results: Vec::new(), previous: HashMap::new(), race_rungs: None, settle: None, sample, sample_cache: blocks::Cached::default(), sample_losses: Mutex::default() })
+        let sample =
+            opts.pretrain_sample.as_ref().map(|p| Ok::<_, Error>((p.clone(), data::read_task(p)?))).transpose()?;
+        Ok(Scan {
+            opts,
+            task,
+            cache: blocks::Cached::default(),
+            results: Vec::new(),
+            previous: HashMap::new(),
+            race_rungs: None,
+            settle: None,
+            sample,
+            sample_cache: blocks::Cached::default(),
+            sample_losses: Mutex::default(),
+        })
     }
 
     /// Fine-tunes every checkpoint, rewriting the reports after each one.
@@ -155,13 +171,22 @@ impl<'a> Scan<'a> {
             return self.race(checkpoints, reports);
         }
         let progress = Progress::new(checkpoints.len(), self.opts.train.steps * self.opts.seeds, self.opts.progress);
-        let status = if self.opts.devices.len() > 1 { self.run_workers(checkpoints, reports, &progress)? } else { self.run_sequential(checkpoints, reports, &progress)? };
+        let status = if self.opts.devices.len() > 1 {
+            self.run_workers(checkpoints, reports, &progress)?
+        } else {
+            self.run_sequential(checkpoints, reports, &progress)?
+        };
         progress.finish();
         Ok(self.report(status))
     }
 
     /// One checkpoint after another on the one device; returns the scan's status.
-    fn run_sequential(&mut self, checkpoints: &[CheckpointRef], reports: &Reports, progress: &Progress) -> Result<&'static str> {
+    fn run_sequential(
+        &mut self,
+        checkpoints: &[CheckpointRef],
+        reports: &Reports,
+        progress: &Progress,
+    ) -> Result<&'static str> {
         for (i, c) in checkpoints.iter().enumerate() {
             progress.start_checkpoint(i, &c.name);
             memory::reset_peak();
@@ -201,20 +226,42 @@ impl<'a> Scan<'a> {
         let pretrain_curve = assemble::pretrain_curve(&c.path);
         let pretrain_loss = pretrain_curve.last().map(|p| p.1);
         let pretrain_sample_loss = self.sample_loss_of(&c.name);
-        Some(CheckpointResult { checkpoint: c.clone(), runs, pretrain_loss, fingerprint, pretrain_curve, peak_rss_bytes: None, stopped: None, diverged, pretrain_sample_loss, seed_failures })
+        Some(CheckpointResult {
+            checkpoint: c.clone(),
+            runs,
+            pretrain_loss,
+            fingerprint,
+            pretrain_curve,
+            peak_rss_bytes: None,
+            stopped: None,
+            diverged,
+            pretrain_sample_loss,
+            seed_failures,
+        })
     }
 
     /// One fine-tune per seed: seeds --seed + i and --data-seed + i for i < --seeds. A seed
     /// whose run diverges or hits a bug (a panic) is recorded and the others go on; any other
     /// error is about the checkpoint and fails it at once. When every seed fails, the
     /// checkpoint fails with the first seed's error.
-    fn run_seeds(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Result<(Vec<Run>, Vec<SeedFailure>)> {
+    fn run_seeds(
+        &self,
+        c: &CheckpointRef,
+        device: &Device,
+        progress: &Progress,
+    ) -> Result<(Vec<Run>, Vec<SeedFailure>)> {
         let config = model::read_config(&c.path)?;
         let simulated = config.get("model_type").and_then(|v| v.as_str()) == Some(single_index::MODEL_TYPE);
         let (o, mut runs, mut failures) = (self.opts, Vec::new(), Vec::new());
         for i in 0..o.seeds as u64 {
             let (seed, data_seed) = (o.seed.wrapping_add(i), o.data_seed.wrapping_add(i));
-            let run = caught(|| if simulated { self.run_single_index(&c.path, &config, seed, data_seed) } else { self.run_one(c, device, progress, seed, data_seed) });
+            let run = caught(|| {
+                if simulated {
+                    self.run_single_index(&c.path, &config, seed, data_seed)
+                } else {
+                    self.run_one(c, device, progress, seed, data_seed)
+                }
+            });
             match run {
                 Ok(run) => runs.push(run),
                 Err(e) if seed_failure(&e) => failures.push((seed, data_seed, e)),
@@ -224,14 +271,29 @@ impl<'a> Scan<'a> {
         seeds_outcome(runs, failures, progress, &c.name)
     }
 
-    fn run_one(&self, c: &CheckpointRef, device: &Device, progress: &Progress, seed: u64, data_seed: u64) -> Result<Run> {
+    fn run_one(
+        &self,
+        c: &CheckpointRef,
+        device: &Device,
+        progress: &Progress,
+        seed: u64,
+        data_seed: u64,
+    ) -> Result<Run> {
         Ok(self.advance(c, device, progress, (seed, data_seed), None, self.opts.train.steps)?.0)
     }
 
     /// Loads the checkpoint and trains one seed's run up to update `until`, from the start or
     /// from where `from` paused; returns the run so far and its paused state. The model is
     /// dropped on return.
-    fn advance(&self, c: &CheckpointRef, device: &Device, progress: &Progress, (seed, data_seed): (u64, u64), from: Option<Paused>, until: usize) -> Result<(Run, Paused)> {
+    fn advance(
+        &self,
+        c: &CheckpointRef,
+        device: &Device,
+        progress: &Progress,
+        (seed, data_seed): (u64, u64),
+        from: Option<Paused>,
+        until: usize,
+    ) -> Result<(Run, Paused)> {
         let o = self.opts;
         let init = match &o.init {
             AdapterInit::Seeded(_) => AdapterInit::Seeded(seed),
@@ -256,10 +318,23 @@ impl<'a> Scan<'a> {
             let info = crate::peft_export::ExportInfo { spec: &o.lora, base: &c.path, model_type: &model.model_type };
             crate::peft_export::save(&dir, &model.adapters, &info)?;
         }
-        let (params, trainable_params, flops_per_token) = (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));
+        let (params, trainable_params, flops_per_token) =
+            (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));
         let outcome = paused.outcome(&spec);
         let train_tokens = blocks.train.len() * blocks.seq_len;
-        let run = Run { seed, data_seed, model_type: model.model_type.clone(), params, trainable_params, flops_per_token, outcome, single_index: None, base_dropout: model.base_dropout.clone(), train_tokens, settle: Vec::new() };
+        let run = Run {
+            seed,
+            data_seed,
+            model_type: model.model_type.clone(),
+            params,
+            trainable_params,
+            flops_per_token,
+            outcome,
+            single_index: None,
+            base_dropout: model.base_dropout.clone(),
+            train_tokens,
+            settle: Vec::new(),
+        };
         Ok((run, paused))
     }
 
@@ -274,7 +349,8 @@ impl<'a> Scan<'a> {
     /// weight headers and config.json) exceed the memory available, instead of being killed.
     fn check_memory(&self, dir: &Path) -> Result<()> {
         let Some(available) = memory::available_bytes() else { return Ok(()) };
-        let (weights, mut activations) = memory_needed_as(dir, self.opts.train.batch_size, self.opts.seq_len, self.opts.dtype)?;
+        let (weights, mut activations) =
+            memory_needed_as(dir, self.opts.train.batch_size, self.opts.seq_len, self.opts.dtype)?;
         if self.opts.dtype != candle_core::DType::F32 && self.opts.devices.iter().any(Device::is_cpu) {
             // on the CPU, bf16 runs candle's composed ops (the fused kernels are f32), each matmul
             // widens its weight to f32 and the logits are formed: 4.1x f32's peak at 70M
@@ -297,12 +373,31 @@ impl<'a> Scan<'a> {
     }
 
     /// Single-index SGD up to step `until`, from the start or from where `from` paused.
-    fn advance_single_index(&self, dir: &Path, config: &serde_json::Value, (seed, data_seed): (u64, u64), from: Option<single_index::Paused>, until: usize) -> Result<(Run, single_index::Paused)> {
+    fn advance_single_index(
+        &self,
+        dir: &Path,
+        config: &serde_json::Value,
+        (seed, data_seed): (u64, u64),
+        from: Option<single_index::Paused>,
+        until: usize,
+    ) -> Result<(Run, single_index::Paused)> {
         let cfg = single_index::Config::read(dir, config)?;
         let paused = single_index::run_until(dir, &cfg, &self.single_index_settings(seed, data_seed), from, until)?;
         // Per sample: three projections forward (X w*, X w, X omega) and X^T r backward.
         let flops_per_token = 8.0 * cfg.dim as f64;
-        let run = Run { seed, data_seed, model_type: cfg.model_type.clone(), params: cfg.dim, trainable_params: cfg.dim + 1, flops_per_token, outcome: paused.outcome(), single_index: Some(paused.metrics.clone()), base_dropout: Default::default(), train_tokens: 0, settle: Vec::new() };
+        let run = Run {
+            seed,
+            data_seed,
+            model_type: cfg.model_type.clone(),
+            params: cfg.dim,
+            trainable_params: cfg.dim + 1,
+            flops_per_token,
+            outcome: paused.outcome(),
+            single_index: Some(paused.metrics.clone()),
+            base_dropout: Default::default(),
+            train_tokens: 0,
+            settle: Vec::new(),
+        };
         Ok((run, paused))
     }
 
@@ -316,7 +411,9 @@ impl<'a> Scan<'a> {
     fn measure_sample_loss(&self, dir: &Path, model: &LoadedModel) -> Result<f64> {
         let Some((path, docs)) = &self.sample else { return Err(Error::Other("no pre-training sample".into())) };
         let (seq_len, n) = (self.opts.seq_len, self.opts.eval_blocks);
-        let (blocks, tokenizer) = self.sample_cache.get(dir, self.opts.tokenizer.as_deref(), model, docs, |s| data::sample_blocks(s, seq_len, n, path))?;
+        let (blocks, tokenizer) = self
+            .sample_cache
+            .get(dir, self.opts.tokenizer.as_deref(), model, docs, |s| data::sample_blocks(s, seq_len, n, path))?;
         blocks::check_vocab(blocks.iter().flat_map(|b| b.ids.iter()), model, &tokenizer)?;
         train::eval_loss(model, &blocks, self.opts.train.batch_size)
     }
@@ -330,9 +427,13 @@ impl<'a> Scan<'a> {
 
     /// The task's blocks under this checkpoint's tokenizer, checked against its vocabulary.
     fn blocks_for(&self, dir: &Path, model: &LoadedModel) -> Result<Arc<Blocks>> {
-        let (task, docs) = self.task.as_ref().ok_or_else(|| Error::flag("--task", format!("{} is a language model: give --task FILE", dir.display())))?;
+        let (task, docs) = self
+            .task
+            .as_ref()
+            .ok_or_else(|| Error::flag("--task", format!("{} is a language model: give --task FILE", dir.display())))?;
         let (seq_len, n) = (self.opts.seq_len, self.opts.eval_blocks);
-        let (blocks, tokenizer) = self.cache.get(dir, self.opts.tokenizer.as_deref(), model, docs, |s| data::blocks(s, seq_len, n, task))?;
+        let (blocks, tokenizer) =
+            self.cache.get(dir, self.opts.tokenizer.as_deref(), model, docs, |s| data::blocks(s, seq_len, n, task))?;
         check_fits(&blocks, model, &tokenizer, seq_len)?;
         Ok(blocks)
     }
@@ -342,7 +443,11 @@ impl<'a> Scan<'a> {
 /// only the run it struck fails.
 pub(super) fn caught<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
-        let what = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
         Err(Error::Other(format!("{PANIC}: {what}")))
     })
 }
@@ -357,7 +462,12 @@ pub(super) fn seed_failure(e: &Error) -> bool {
 
 /// The runs of the seeds that finished and what became of the others (each a
 /// [`seed_failure`], with its seed and data seed); the first failure when no seed finished.
-pub(super) fn seeds_outcome(runs: Vec<Run>, mut failures: Vec<(u64, u64, Error)>, progress: &Progress, name: &str) -> Result<(Vec<Run>, Vec<SeedFailure>)> {
+pub(super) fn seeds_outcome(
+    runs: Vec<Run>,
+    mut failures: Vec<(u64, u64, Error)>,
+    progress: &Progress,
+    name: &str,
+) -> Result<(Vec<Run>, Vec<SeedFailure>)> {
     if runs.is_empty() {
         return Err(failures.swap_remove(0).2);
     }
@@ -365,7 +475,10 @@ pub(super) fn seeds_outcome(runs: Vec<Run>, mut failures: Vec<(u64, u64, Error)>
         .into_iter()
         .map(|(seed, data_seed, e)| {
             let status = if matches!(e, Error::Diverged { .. }) { "diverged" } else { "failed" };
-            progress.println(&format!("warning: checkpoint {name}: seed {seed} {status} ({}); it is scored on the other seeds", one_line(&e)));
+            progress.println(&format!(
+                "warning: checkpoint {name}: seed {seed} {status} ({}); it is scored on the other seeds",
+                one_line(&e)
+            ));
             SeedFailure { seed, data_seed, status: status.into(), error: one_line(&e) }
         })
         .collect();
@@ -379,7 +492,14 @@ fn refuse_checkpoint_folders(dir: &Path, checkpoints: &[CheckpointRef]) -> Resul
         let target = dir.join(&c.name);
         let same = |a: &Path| std::fs::canonicalize(a).ok();
         if target.exists() && same(&target).is_some() && checkpoints.iter().any(|k| same(&k.path) == same(&target)) {
-            return Err(Error::flag("--save-adapters", format!("{} would put adapters in the checkpoint folder {}: choose another folder", dir.display(), target.display())));
+            return Err(Error::flag(
+                "--save-adapters",
+                format!(
+                    "{} would put adapters in the checkpoint folder {}: choose another folder",
+                    dir.display(),
+                    target.display()
+                ),
+            ));
         }
     }
     Ok(())

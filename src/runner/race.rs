@@ -14,8 +14,8 @@ use crate::error::{one_line, Error, Result};
 use crate::model::{self, single_index};
 use crate::progress::Progress;
 use crate::report::{Report, Reports, SeedFailure};
-use crate::score::race::{self, Verdict};
 use crate::score;
+use crate::score::race::{self, Verdict};
 use crate::train::Paused;
 
 /// A paused run of either kind.
@@ -110,7 +110,14 @@ impl Scan<'_> {
             let progress = Progress::new(live.len(), (rung - done) * self.opts.seeds, self.opts.progress);
             for (j, &i) in live.iter().enumerate() {
                 let name = &field[i].checkpoint.name;
-                progress.start_checkpoint(j, &if racing { format!("{name} (rung {}/{}, step {rung})", k + 1, rungs.len()) } else { name.clone() });
+                progress.start_checkpoint(
+                    j,
+                    &if racing {
+                        format!("{name} (rung {}/{}, step {rung})", k + 1, rungs.len())
+                    } else {
+                        name.clone()
+                    },
+                );
                 if let Err(Error::Interrupted) = self.run_rung(&mut field[i], rung, &progress) {
                     progress.finish();
                     self.results = self.results_of(&field);
@@ -141,14 +148,27 @@ impl Scan<'_> {
         self.settle = Some(crate::report::SettleInfo::default());
         loop {
             let report = self.report("running");
-            let Some(budget) = report.budget.as_ref().filter(|b| b.forecast && b.settled == Some(false)).map(|b| b.steps) else { return Ok(false) };
-            let contenders: Vec<usize> = (0..field.len()).filter(|&i| field[i].is_live() && is_contender(&report, &field[i].checkpoint.name) && reached(&field[i]) < budget).collect();
+            let Some(budget) =
+                report.budget.as_ref().filter(|b| b.forecast && b.settled == Some(false)).map(|b| b.steps)
+            else {
+                return Ok(false);
+            };
+            let contenders: Vec<usize> = (0..field.len())
+                .filter(|&i| {
+                    field[i].is_live()
+                        && is_contender(&report, &field[i].checkpoint.name)
+                        && reached(&field[i]) < budget
+                })
+                .collect();
             let Some(from) = contenders.iter().map(|&i| reached(&field[i])).min() else { return Ok(false) };
             let next = next_round(from, self.opts.train.eval_every, budget);
             let progress = Progress::new(contenders.len(), (next - from) * self.opts.seeds, self.opts.progress);
             for (j, &i) in contenders.iter().enumerate() {
                 let before = reached(&field[i]);
-                progress.start_checkpoint(j, &format!("{} (settling: to step {next} of {budget})", field[i].checkpoint.name));
+                progress.start_checkpoint(
+                    j,
+                    &format!("{} (settling: to step {next} of {budget})", field[i].checkpoint.name),
+                );
                 if let Err(Error::Interrupted) = self.run_rung(&mut field[i], next, &progress) {
                     progress.finish();
                     self.results = self.results_of(field);
@@ -176,7 +196,9 @@ impl Scan<'_> {
         super::memory::reset_peak();
         let Ok(runs) = std::mem::replace(&mut e.runs, Ok(Vec::new())) else { return Ok(()) };
         let seeds: Vec<(u64, u64, Option<PausedRun>)> = if runs.is_empty() {
-            (0..self.opts.seeds as u64).map(|i| (self.opts.seed.wrapping_add(i), self.opts.data_seed.wrapping_add(i), None)).collect()
+            (0..self.opts.seeds as u64)
+                .map(|i| (self.opts.seed.wrapping_add(i), self.opts.data_seed.wrapping_add(i), None))
+                .collect()
         } else {
             runs.into_iter().map(|(r, p)| (r.seed, r.data_seed, Some(p))).collect()
         };
@@ -212,16 +234,33 @@ impl Scan<'_> {
     }
 
     /// Advances one seed's run of either kind.
-    fn advance_any(&mut self, c: &CheckpointRef, progress: &Progress, seeds: (u64, u64), from: Option<PausedRun>, until: usize) -> Result<(Run, PausedRun)> {
+    fn advance_any(
+        &mut self,
+        c: &CheckpointRef,
+        progress: &Progress,
+        seeds: (u64, u64),
+        from: Option<PausedRun>,
+        until: usize,
+    ) -> Result<(Run, PausedRun)> {
         match from {
             Some(PausedRun::Sim(p)) => self.advance_sim(c, seeds, Some(p), until),
-            Some(PausedRun::Lm(p)) => self.advance(c, &self.opts.device, progress, seeds, Some(p), until).map(|(r, p)| (r, PausedRun::Lm(p))),
+            Some(PausedRun::Lm(p)) => {
+                self.advance(c, &self.opts.device, progress, seeds, Some(p), until).map(|(r, p)| (r, PausedRun::Lm(p)))
+            }
             None if is_simulated(c) => self.advance_sim(c, seeds, None, until),
-            None => self.advance(c, &self.opts.device, progress, seeds, None, until).map(|(r, p)| (r, PausedRun::Lm(p))),
+            None => {
+                self.advance(c, &self.opts.device, progress, seeds, None, until).map(|(r, p)| (r, PausedRun::Lm(p)))
+            }
         }
     }
 
-    fn advance_sim(&self, c: &CheckpointRef, seeds: (u64, u64), from: Option<single_index::Paused>, until: usize) -> Result<(Run, PausedRun)> {
+    fn advance_sim(
+        &self,
+        c: &CheckpointRef,
+        seeds: (u64, u64),
+        from: Option<single_index::Paused>,
+        until: usize,
+    ) -> Result<(Run, PausedRun)> {
         let config = model::read_config(&c.path)?;
         let (run, paused) = self.advance_single_index(&c.path, &config, seeds, from, until)?;
         Ok((run, PausedRun::Sim(paused)))
@@ -235,7 +274,13 @@ impl Scan<'_> {
             return Ok((self.opts.train.steps, self.opts.train.eval_every));
         }
         if simulated.len() < checkpoints.len() {
-            return Err(Error::flag("--strategy", format!("race needs a series of one kind, and {} is simulated while others are language models", simulated[0].path.display())));
+            return Err(Error::flag(
+                "--strategy",
+                format!(
+                    "race needs a series of one kind, and {} is simulated while others are language models",
+                    simulated[0].path.display()
+                ),
+            ));
         }
         let first = simulated[0];
         let cfg = single_index::Config::read(&first.path, &model::read_config(&first.path)?)?;
@@ -245,9 +290,12 @@ impl Scan<'_> {
     /// Forecasts every live checkpoint from its curves up to `rung` and stops those whose
     /// whole interval is beyond the leader's (`score::race`).
     fn judge(&self, field: &mut [Entrant], rung: usize, rung_index: usize, budget: usize) {
-        let live: Vec<usize> = (0..field.len()).filter(|&i| field[i].runs.as_ref().is_ok_and(|r| !r.is_empty()) && field[i].stopped.is_none()).collect();
+        let live: Vec<usize> = (0..field.len())
+            .filter(|&i| field[i].runs.as_ref().is_ok_and(|r| !r.is_empty()) && field[i].stopped.is_none())
+            .collect();
         let runs = |i: usize| field[i].runs.as_ref().map(Vec::as_slice).unwrap_or_default();
-        let summaries: Vec<Vec<score::RunSummary>> = live.iter().map(|&i| runs(i).iter().map(|(r, _)| super::assemble::summary(r, false)).collect()).collect();
+        let summaries: Vec<Vec<score::RunSummary>> =
+            live.iter().map(|&i| runs(i).iter().map(|(r, _)| super::assemble::summary(r, false)).collect()).collect();
         let cost = score::step_cost_by_shape(summaries.iter().flatten()); // priced as the ranking prices a step
         let entrants: Vec<race::Entrant> = live
             .iter()
@@ -284,7 +332,8 @@ impl Scan<'_> {
 
 /// The leader at the budget, or tied with it.
 fn is_contender(report: &Report, name: &str) -> bool {
-    report.ranking.first().is_some_and(|first| first == name) || report.checkpoints.iter().any(|c| c.name == name && c.forecast.as_ref().is_some_and(|f| f.tied_with_best))
+    report.ranking.first().is_some_and(|first| first == name)
+        || report.checkpoints.iter().any(|c| c.name == name && c.forecast.as_ref().is_some_and(|f| f.tied_with_best))
 }
 
 /// The fewest updates any seed of the entrant has done.
@@ -314,5 +363,8 @@ fn split_at_probe(e: &mut Entrant, probe: usize, timing_warmup: usize) {
 }
 
 pub(super) fn is_simulated(c: &CheckpointRef) -> bool {
-    model::read_config(&c.path).ok().and_then(|v| v.get("model_type")?.as_str().map(|t| t == single_index::MODEL_TYPE)).unwrap_or(false)
+    model::read_config(&c.path)
+        .ok()
+        .and_then(|v| v.get("model_type")?.as_str().map(|t| t == single_index::MODEL_TYPE))
+        .unwrap_or(false)
 }

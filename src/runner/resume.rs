@@ -30,7 +30,10 @@ impl Scan<'_> {
     /// Accepts `previous` if it was made with the same settings and tool version.
     pub fn resume_from(&mut self, previous: Report, path: &Path) -> Result<()> {
         if previous.tool.version != env!("CARGO_PKG_VERSION") {
-            return Err(Error::input(path, format!("was written by plasticity {}, this is {}", previous.tool.version, env!("CARGO_PKG_VERSION"))));
+            return Err(Error::input(
+                path,
+                format!("was written by plasticity {}, this is {}", previous.tool.version, env!("CARGO_PKG_VERSION")),
+            ));
         }
         let now = super::assemble::settings_json(self.opts);
         let changed = differing(&previous.settings, &now, &IGNORED);
@@ -47,17 +50,22 @@ impl Scan<'_> {
     }
 
     /// The previous runs of `c` and its seeds that failed, when its files have not changed.
-    pub(super) fn reusable(&self, c: &CheckpointRef, fingerprint: Option<&str>) -> Option<(Vec<Run>, Vec<SeedFailure>)> {
+    pub(super) fn reusable(
+        &self,
+        c: &CheckpointRef,
+        fingerprint: Option<&str>,
+    ) -> Option<(Vec<Run>, Vec<SeedFailure>)> {
         let prev = self.previous.get(&c.name)?;
-        (fingerprint.is_some() && prev.fingerprint.as_deref() == fingerprint).then(|| (runs_of(prev, self.opts.seed, self.opts.data_seed), prev.seed_failures.clone()))
+        (fingerprint.is_some() && prev.fingerprint.as_deref() == fingerprint)
+            .then(|| (runs_of(prev, self.opts.seed, self.opts.data_seed), prev.seed_failures.clone()))
     }
 }
-
 
 /// Runs rebuilt from a report entry: one per seed (from `runs[]`, or the single curve).
 pub(super) fn runs_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> Vec<Run> {
     let median = c.median_step_s.unwrap_or(0.0);
-    let tokens_per_step = c.tokens_per_update.unwrap_or_else(|| (c.tokens_per_s.unwrap_or(0.0) * median).round() as usize);
+    let tokens_per_step =
+        c.tokens_per_update.unwrap_or_else(|| (c.tokens_per_s.unwrap_or(0.0) * median).round() as usize);
     let seeds: Vec<(u64, u64, f64, &Vec<CurvePoint>)> = if c.runs.is_empty() {
         vec![(seed, data_seed, median, &c.curve)]
     } else {

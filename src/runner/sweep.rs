@@ -20,7 +20,13 @@ use crate::score::{self, TargetSpec};
 type Done = Vec<((usize, f64), Report)>;
 
 /// Runs every variant of the sweep, the main one first; `previous` is a sweep report to resume.
-pub fn run(opts: &ScanOptions, sweep: &Sweep, checkpoints: &[CheckpointRef], reports: &Reports, previous: Option<(Report, &Path)>) -> Result<Report> {
+pub fn run(
+    opts: &ScanOptions,
+    sweep: &Sweep,
+    checkpoints: &[CheckpointRef],
+    reports: &Reports,
+    previous: Option<(Report, &Path)>,
+) -> Result<Report> {
     if sweep.ranks.len() > 1 && checkpoints.iter().any(race::is_simulated) {
         return Err(Error::flag("--ranks", "a simulated single-index series has a rank-1 adapter: sweep --lrs only"));
     }
@@ -41,7 +47,13 @@ pub fn run(opts: &ScanOptions, sweep: &Sweep, checkpoints: &[CheckpointRef], rep
         }
         let interrupted = report.status == "interrupted";
         done.push((v, report));
-        let status = if interrupted { "interrupted" } else if done.len() < variants.len() { "running" } else { "complete" };
+        let status = if interrupted {
+            "interrupted"
+        } else if done.len() < variants.len() {
+            "running"
+        } else {
+            "complete"
+        };
         let composite = compose(sweep, &done, status);
         reports.update(&composite)?;
         if interrupted || done.len() == variants.len() {
@@ -92,7 +104,8 @@ pub fn keep_best_adapter(dir: &Path, report: &Report) -> Result<Option<PathBuf>>
             let path = variant.join(&c.name);
             if path != best && path.exists() {
                 crate::peft_export::ensure_adapter_folder(&path)?;
-                std::fs::remove_dir_all(&path).map_err(|e| Error::input(&path, format!("cannot remove a non-winning adapter: {e}")))?;
+                std::fs::remove_dir_all(&path)
+                    .map_err(|e| Error::input(&path, format!("cannot remove a non-winning adapter: {e}")))?;
             }
         }
     }
@@ -105,10 +118,18 @@ fn compose(sweep: &Sweep, done: &Done, status: &str) -> Report {
     report.status = status.into();
     let target = report.target_loss;
     let main = sweep.main();
-    let variants: Vec<SweepVariant> = sweep.ranks.iter().flat_map(|&r| sweep.lrs.iter().map(move |&l| (r, l))).filter_map(|v| variant(done, v, target, v == main)).collect();
-    let at_lr: Vec<(String, &Report)> = done.iter().filter(|(v, _)| v.1 == main.1).map(|(v, r)| (format!("r={}", v.0), r)).collect();
-    let at_rank: Vec<(String, &Report)> = done.iter().filter(|(v, _)| v.0 == main.0).map(|(v, r)| (format!("lr={:e}", v.1), r)).collect();
-    let checkpoints: Vec<SweepCheckpoint> = report.checkpoints.iter().map(|c| per_checkpoint(&c.name, sweep, done, &variants, target)).collect();
+    let variants: Vec<SweepVariant> = sweep
+        .ranks
+        .iter()
+        .flat_map(|&r| sweep.lrs.iter().map(move |&l| (r, l)))
+        .filter_map(|v| variant(done, v, target, v == main))
+        .collect();
+    let at_lr: Vec<(String, &Report)> =
+        done.iter().filter(|(v, _)| v.1 == main.1).map(|(v, r)| (format!("r={}", v.0), r)).collect();
+    let at_rank: Vec<(String, &Report)> =
+        done.iter().filter(|(v, _)| v.0 == main.0).map(|(v, r)| (format!("lr={:e}", v.1), r)).collect();
+    let checkpoints: Vec<SweepCheckpoint> =
+        report.checkpoints.iter().map(|c| per_checkpoint(&c.name, sweep, done, &variants, target)).collect();
     let (by_rank, rank_line) = winner_verdict("rank", "rank", &at_lr);
     let (by_lr, lr_line) = winner_verdict("learning rate", "rate", &at_rank);
     let mut summary = Vec::new();
@@ -120,8 +141,13 @@ fn compose(sweep: &Sweep, done: &Done, status: &str) -> Report {
         summary.push(smallest_rank_line(&checkpoints));
     }
     if sweep.lrs.len() > 1 {
-        let simulated = report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::model::single_index::MODEL_TYPE));
-        summary.push(if simulated { format!("{lr_line} (the single-index model's rank-1 adapter)") } else { format!("{lr_line} at r={}", main.0) });
+        let simulated =
+            report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::model::single_index::MODEL_TYPE));
+        summary.push(if simulated {
+            format!("{lr_line} (the single-index model's rank-1 adapter)")
+        } else {
+            format!("{lr_line} at r={}", main.0)
+        });
         summary.push(best_lr_line(&checkpoints));
     }
     report.sweep = Some(SweepInfo {
@@ -194,7 +220,11 @@ fn winner_verdict<'a>(what: &str, label: &str, variants: &[(String, &'a Report)]
             }
         }
     }
-    let each = variants.iter().map(|(l, r)| format!("{l}: {}", winner(r).unwrap_or_else(|| "-".into()))).collect::<Vec<_>>().join(", ");
+    let each = variants
+        .iter()
+        .map(|(l, r)| format!("{l}: {}", winner(r).unwrap_or_else(|| "-".into())))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sentence = match (variants.iter().find_map(|(_, r)| winner(r)), differ, significant) {
         (None, _, _) => format!("{what}: no variant ranked a snapshot"),
         (Some(w), false, _) => format!("{what}: the winner is {w} at every {label} ({})", variants.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>().join(", ")),
@@ -207,16 +237,33 @@ fn winner_verdict<'a>(what: &str, label: &str, variants: &[(String, &'a Report)]
 
 /// Smallest rank and hours by rank (at the main rate); best rate, the rates tied with it, and
 /// hours by rate (at the main rank).
-fn per_checkpoint(name: &str, sweep: &Sweep, done: &Done, variants: &[SweepVariant], target: Option<f64>) -> SweepCheckpoint {
+fn per_checkpoint(
+    name: &str,
+    sweep: &Sweep,
+    done: &Done,
+    variants: &[SweepVariant],
+    target: Option<f64>,
+) -> SweepCheckpoint {
     let main = sweep.main();
-    let point = |v: (usize, f64)| variants.iter().find(|x| (x.rank, x.lr) == v).and_then(|x| x.checkpoints.iter().find(|p| p.name == name).cloned());
+    let point = |v: (usize, f64)| {
+        variants
+            .iter()
+            .find(|x| (x.rank, x.lr) == v)
+            .and_then(|x| x.checkpoints.iter().find(|p| p.name == name).cloned())
+    };
     let by_rank: Vec<(usize, Option<SweepPoint>)> = sweep.ranks.iter().map(|&r| (r, point((r, main.1)))).collect();
     let by_lr: Vec<(f64, Option<SweepPoint>)> = sweep.lrs.iter().map(|&l| (l, point((main.0, l)))).collect();
     let smallest_rank = match target {
-        Some(t) => score::sweep::smallest_rank(&by_rank.iter().filter_map(|(r, p)| Some((*r, p.as_ref()?.eval_curve.as_slice()))).collect::<Vec<_>>(), t),
+        Some(t) => score::sweep::smallest_rank(
+            &by_rank.iter().filter_map(|(r, p)| Some((*r, p.as_ref()?.eval_curve.as_slice()))).collect::<Vec<_>>(),
+            t,
+        ),
         None => by_rank.iter().filter(|(_, p)| p.as_ref().is_some_and(|p| p.reached)).map(|(r, _)| *r).min(),
     };
-    let entries: Vec<(f64, Option<f64>, Option<f64>)> = by_lr.iter().filter_map(|(l, p)| p.as_ref().map(|p| (*l, p.device_hours_to_target, p.final_eval_loss))).collect();
+    let entries: Vec<(f64, Option<f64>, Option<f64>)> = by_lr
+        .iter()
+        .filter_map(|(l, p)| p.as_ref().map(|p| (*l, p.device_hours_to_target, p.final_eval_loss)))
+        .collect();
     let best_lr = score::sweep::best_lr(&entries);
     SweepCheckpoint {
         name: name.to_string(),
@@ -230,13 +277,26 @@ fn per_checkpoint(name: &str, sweep: &Sweep, done: &Done, variants: &[SweepVaria
 
 /// The other rates at which `name` is not significantly slower than at its best rate.
 fn tied_rates(name: &str, best: f64, rank: usize, lrs: &[f64], done: &Done) -> Vec<f64> {
-    let at = |lr: f64| done.iter().find(|(v, _)| *v == (rank, lr)).and_then(|(_, r)| r.checkpoints.iter().find(|c| c.name == name).map(|c| r.standing(c)));
+    let at = |lr: f64| {
+        done.iter()
+            .find(|(v, _)| *v == (rank, lr))
+            .and_then(|(_, r)| r.checkpoints.iter().find(|c| c.name == name).map(|c| r.standing(c)))
+    };
     let Some(fastest) = at(best).filter(|s| s.hours.is_some()) else { return Vec::new() };
-    lrs.iter().copied().filter(|&l| l != best).filter(|&l| at(l).is_some_and(|s| s.hours.is_some() && evidence(&fastest, &s) == Evidence::NotSignificant)).collect()
+    lrs.iter()
+        .copied()
+        .filter(|&l| l != best)
+        .filter(|&l| at(l).is_some_and(|s| s.hours.is_some() && evidence(&fastest, &s) == Evidence::NotSignificant))
+        .collect()
 }
 
 fn smallest_rank_line(checkpoints: &[SweepCheckpoint]) -> String {
-    let each: Vec<String> = checkpoints.iter().map(|c| format!("{} {}", c.name, c.smallest_rank.map_or("none within the budget".into(), |r| format!("r={r}")))).collect();
+    let each: Vec<String> = checkpoints
+        .iter()
+        .map(|c| {
+            format!("{} {}", c.name, c.smallest_rank.map_or("none within the budget".into(), |r| format!("r={r}")))
+        })
+        .collect();
     format!("smallest rank that reaches the target: {}", each.join(", "))
 }
 
@@ -262,7 +322,15 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &(name, h, half))| {
-                let mut c = CheckpointReport { name: name.into(), status: "ok".into(), rank: Some(i + 1), device_hours_to_target: Some(h), seeds: 3, seeds_ok: if half > 0.0 { 3 } else { 1 }, ..Default::default() };
+                let mut c = CheckpointReport {
+                    name: name.into(),
+                    status: "ok".into(),
+                    rank: Some(i + 1),
+                    device_hours_to_target: Some(h),
+                    seeds: 3,
+                    seeds_ok: if half > 0.0 { 3 } else { 1 },
+                    ..Default::default()
+                };
                 if half > 0.0 {
                     c.ci95.insert("device_hours_to_target".into(), [h - half, h + half]);
                 }
@@ -281,25 +349,41 @@ mod tests {
 
     #[test]
     fn the_winner_changes_only_beyond_seed_noise() {
-        let same = [("r=4".to_string(), variant(&[("a", 1.0, 0.1), ("b", 2.0, 0.1)])), ("r=8".to_string(), variant(&[("a", 1.0, 0.1), ("b", 2.0, 0.1)]))];
+        let same = [
+            ("r=4".to_string(), variant(&[("a", 1.0, 0.1), ("b", 2.0, 0.1)])),
+            ("r=8".to_string(), variant(&[("a", 1.0, 0.1), ("b", 2.0, 0.1)])),
+        ];
         let (changes, line) = winner_verdict("rank", "rank", &refs(&same));
         assert!(!changes && line == "rank: the winner is a at every rank (r=4, r=8)", "{line}");
         // at r=8, b beats a with intervals apart
-        let apart = [("r=4".to_string(), variant(&[("a", 1.0, 0.1), ("b", 1.1, 0.1)])), ("r=8".to_string(), variant(&[("b", 1.0, 0.1), ("a", 2.0, 0.1)]))];
+        let apart = [
+            ("r=4".to_string(), variant(&[("a", 1.0, 0.1), ("b", 1.1, 0.1)])),
+            ("r=8".to_string(), variant(&[("b", 1.0, 0.1), ("a", 2.0, 0.1)])),
+        ];
         let (changes, line) = winner_verdict("rank", "rank", &refs(&apart));
         assert!(changes && line.contains("changes with the rank (r=4: a, r=8: b), beyond seed noise at 95%"), "{line}");
         // the winners differ, but each is tied with the other at its own settings
-        let tied = [("r=4".to_string(), variant(&[("a", 1.0, 0.5), ("b", 1.2, 0.5)])), ("r=8".to_string(), variant(&[("b", 1.0, 0.5), ("a", 1.2, 0.5)]))];
+        let tied = [
+            ("r=4".to_string(), variant(&[("a", 1.0, 0.5), ("b", 1.2, 0.5)])),
+            ("r=8".to_string(), variant(&[("b", 1.0, 0.5), ("a", 1.2, 0.5)])),
+        ];
         let (changes, line) = winner_verdict("rank", "rank", &refs(&tied));
         assert!(!changes && line.contains("the winners differ") && line.contains("not beyond seed noise"), "{line}");
-        let one_seed = [("r=4".to_string(), variant(&[("a", 1.0, 0.0), ("b", 2.0, 0.0)])), ("r=8".to_string(), variant(&[("b", 1.0, 0.0), ("a", 2.0, 0.0)]))];
+        let one_seed = [
+            ("r=4".to_string(), variant(&[("a", 1.0, 0.0), ("b", 2.0, 0.0)])),
+            ("r=8".to_string(), variant(&[("b", 1.0, 0.0), ("a", 2.0, 0.0)])),
+        ];
         let (changes, line) = winner_verdict("rank", "rank", &refs(&one_seed));
         assert!(!changes && line.contains("one seed cannot tell"), "{line}");
     }
 
     #[test]
     fn a_rate_within_seed_noise_of_the_best_is_tied_with_it() {
-        let done: Done = vec![((8, 1e-3), variant(&[("a", 1.0, 0.3)])), ((8, 3e-3), variant(&[("a", 1.2, 0.3)])), ((8, 1e-2), variant(&[("a", 3.0, 0.3)]))];
+        let done: Done = vec![
+            ((8, 1e-3), variant(&[("a", 1.0, 0.3)])),
+            ((8, 3e-3), variant(&[("a", 1.2, 0.3)])),
+            ((8, 1e-2), variant(&[("a", 3.0, 0.3)])),
+        ];
         assert_eq!(tied_rates("a", 1e-3, 8, &[1e-3, 3e-3, 1e-2], &done), vec![3e-3]);
         let one_seed: Done = vec![((8, 1e-3), variant(&[("a", 1.0, 0.0)])), ((8, 3e-3), variant(&[("a", 1.2, 0.0)]))];
         assert!(tied_rates("a", 1e-3, 8, &[1e-3, 3e-3], &one_seed).is_empty());

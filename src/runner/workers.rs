@@ -19,14 +19,28 @@ use crate::report::Reports;
 
 impl Scan<'_> {
     /// Runs the workers and collects their results; returns the scan's status.
-    pub(super) fn run_workers(&mut self, checkpoints: &[CheckpointRef], reports: &Reports, progress: &Progress) -> Result<&'static str> {
+    pub(super) fn run_workers(
+        &mut self,
+        checkpoints: &[CheckpointRef],
+        reports: &Reports,
+        progress: &Progress,
+    ) -> Result<&'static str> {
         let ctx = self.context();
-        let names: std::collections::BTreeSet<String> = self.opts.devices.iter().map(|d| assemble::device_name(d).split(" (").next().unwrap_or_default().to_string()).collect();
+        let names: std::collections::BTreeSet<String> = self
+            .opts
+            .devices
+            .iter()
+            .map(|d| assemble::device_name(d).split(" (").next().unwrap_or_default().to_string())
+            .collect();
         if names.len() > 1 {
-            eprintln!("warning: --devices: the devices differ ({}); a snapshot's timings depend on which one fine-tuned it", names.into_iter().collect::<Vec<_>>().join(", "));
+            eprintln!(
+                "warning: --devices: the devices differ ({}); a snapshot's timings depend on which one fine-tuned it",
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            );
         }
         // results in step order, and each one's position in `checkpoints`
-        let (mut results, mut order, mut interrupted): (Vec<CheckpointResult>, Vec<usize>, bool) = (Vec::new(), Vec::new(), false);
+        let (mut results, mut order, mut interrupted): (Vec<CheckpointResult>, Vec<usize>, bool) =
+            (Vec::new(), Vec::new(), false);
         let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<(usize, Option<CheckpointResult>)>();
         let this = &*self;
@@ -58,7 +72,14 @@ impl Scan<'_> {
 
     /// One worker: takes snapshots until none is left, the scan is interrupted or the main
     /// thread stopped it.
-    fn worker(&self, device: &Device, checkpoints: &[CheckpointRef], (next, stop): (&AtomicUsize, &AtomicBool), progress: &Progress, tx: mpsc::Sender<(usize, Option<CheckpointResult>)>) {
+    fn worker(
+        &self,
+        device: &Device,
+        checkpoints: &[CheckpointRef],
+        (next, stop): (&AtomicUsize, &AtomicBool),
+        progress: &Progress,
+        tx: mpsc::Sender<(usize, Option<CheckpointResult>)>,
+    ) {
         while !stop.load(Ordering::SeqCst) {
             let i = next.fetch_add(1, Ordering::SeqCst);
             let Some(c) = checkpoints.get(i) else { return };

@@ -98,17 +98,29 @@ pub fn updates(budget: Budget, run: &RunSummary, step_s: f64, probe: usize) -> u
 /// cannot be placed at the budget cannot be ranked there against the rest, and ranking it last
 /// would be a verdict the data does not give; the scan then ranks on the probe and says why.
 /// `probe` is the scan's length in updates.
-pub fn score(checkpoints: &[Option<Vec<RunSummary>>], budget: Budget, probe: usize, spec: TargetSpec) -> (Option<Target>, Vec<Option<BudgetScore>>) {
+pub fn score(
+    checkpoints: &[Option<Vec<RunSummary>>],
+    budget: Budget,
+    probe: usize,
+    spec: TargetSpec,
+) -> (Option<Target>, Vec<Option<BudgetScore>>) {
     let cost = step_cost_by_shape(checkpoints.iter().flatten().flatten());
     let step_s = |r: &RunSummary| cost.get(&r.shape_key).copied().unwrap_or(0.0);
-    let runs: Vec<Option<Vec<RunAtBudget>>> = checkpoints.iter().map(|c| c.as_ref().map(|runs| runs.iter().map(|r| at_budget(r, updates(budget, r, step_s(r), probe))).collect())).collect();
+    let runs: Vec<Option<Vec<RunAtBudget>>> = checkpoints
+        .iter()
+        .map(|c| {
+            c.as_ref().map(|runs| runs.iter().map(|r| at_budget(r, updates(budget, r, step_s(r), probe))).collect())
+        })
+        .collect();
     let all_placed = runs.iter().flatten().flatten().all(|r| r.loss.is_some());
     let target = resolve(&runs, spec).filter(|_| all_placed);
     let no_target = Target { spec, value: f64::NAN, set_by: Vec::new() };
     let mut scores: Vec<Option<BudgetScore>> = checkpoints
         .iter()
         .zip(&runs)
-        .map(|(c, at)| Some(score_one(at.as_ref()?, target.as_ref().unwrap_or(&no_target), step_s(c.as_ref()?.first()?))))
+        .map(|(c, at)| {
+            Some(score_one(at.as_ref()?, target.as_ref().unwrap_or(&no_target), step_s(c.as_ref()?.first()?)))
+        })
         .collect();
     rank(&mut scores);
     (target, scores)
@@ -147,10 +159,16 @@ fn resolve(runs: &[Option<Vec<RunAtBudget>>], spec: TargetSpec) -> Option<Target
     let loss = |r: &RunAtBudget| r.loss.map_or(f64::NAN, |l| l.0);
     let (value, set_by) = match spec {
         TargetSpec::Loss(x) => (x, Vec::new()),
-        TargetSpec::MedianFinal => (median(&with_loss.iter().flat_map(|(_, r)| r.iter().map(|x| loss(x))).collect::<Vec<_>>()), with_loss.iter().map(|(i, _)| *i).collect()),
+        TargetSpec::MedianFinal => (
+            median(&with_loss.iter().flat_map(|(_, r)| r.iter().map(|x| loss(x))).collect::<Vec<_>>()),
+            with_loss.iter().map(|(i, _)| *i).collect(),
+        ),
         TargetSpec::Drop(f) => {
             let drop = |r: &&RunAtBudget| r.points.first().map(|p| p.1 - loss(r));
-            let (i, d) = with_loss.iter().filter_map(|(i, r)| Some((*i, Estimate::of(&r.iter().filter_map(drop).collect::<Vec<_>>())?.mean))).max_by(|a, b| a.1.total_cmp(&b.1))?;
+            let (i, d) = with_loss
+                .iter()
+                .filter_map(|(i, r)| Some((*i, Estimate::of(&r.iter().filter_map(drop).collect::<Vec<_>>())?.mean)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))?;
             (f * d.max(0.0), vec![i])
         }
     };
@@ -159,12 +177,16 @@ fn resolve(runs: &[Option<Vec<RunAtBudget>>], spec: TargetSpec) -> Option<Target
 
 /// One checkpoint's seeds at the budget, summarised.
 fn score_one(runs: &[RunAtBudget], target: &Target, step_s: f64) -> BudgetScore {
-    let initial = Estimate::of(&runs.iter().filter_map(|r| r.points.first().map(|p| p.1)).collect::<Vec<_>>()).map_or(f64::NAN, |e| e.mean);
+    let initial = Estimate::of(&runs.iter().filter_map(|r| r.points.first().map(|p| p.1)).collect::<Vec<_>>())
+        .map_or(f64::NAN, |e| e.mean);
     let target_loss = if let TargetSpec::Drop(_) = target.spec { initial - target.value } else { target.value };
     let no_forecast = runs.iter().find_map(|r| r.no_forecast);
     let losses: Option<Vec<(f64, f64, f64)>> = runs.iter().map(|r| r.loss).collect();
     let steps: Option<Vec<(f64, f64, f64, bool)>> = runs.iter().map(|r| steps_to(r, target_loss)).collect();
-    let steps_estimate = steps.as_ref().and_then(|s| Estimate::of_intervals(&s.iter().map(|x| (x.0, x.1, x.2)).collect::<Vec<_>>())).map(|e| e.at_least(0.0));
+    let steps_estimate = steps
+        .as_ref()
+        .and_then(|s| Estimate::of_intervals(&s.iter().map(|x| (x.0, x.1, x.2)).collect::<Vec<_>>()))
+        .map(|e| e.at_least(0.0));
     BudgetScore {
         steps: runs.iter().map(|r| r.steps).max().unwrap_or(0),
         eval_loss: losses.as_deref().and_then(Estimate::of_intervals),
@@ -186,7 +208,10 @@ fn forecast_curve(runs: &[RunAtBudget]) -> Vec<(f64, f64)> {
     let fits: Option<Vec<&curve_fit::Forecast>> = runs.iter().map(|r| r.forecast.as_ref()).collect();
     let (Some(fits), Some(first)) = (fits, runs.first()) else { return Vec::new() };
     let (from, to) = (first.points.last().map_or(0.0, |p| p.0), first.steps as f64);
-    (0..=15).map(|i| from + (to - from) * i as f64 / 15.0).map(|s| (s, fits.iter().map(|f| f.fit.loss(s)).sum::<f64>() / fits.len() as f64)).collect()
+    (0..=15)
+        .map(|i| from + (to - from) * i as f64 / 15.0)
+        .map(|s| (s, fits.iter().map(|f| f.fit.loss(s)).sum::<f64>() / fits.len() as f64))
+        .collect()
 }
 
 /// (steps, lo, hi, forecast) to `target` within the run's budget: measured on the probe's
@@ -203,7 +228,9 @@ fn steps_to(r: &RunAtBudget, target: f64) -> Option<(f64, f64, f64, bool)> {
 /// Order: by eval loss at the budget, lowest first, then by hours to target; those that
 /// cannot be forecast last. Ties with the leader: their loss intervals overlap.
 fn rank(scores: &mut [Option<BudgetScore>]) {
-    let key = |s: &BudgetScore| (s.eval_loss.map_or(f64::INFINITY, |e| e.mean), s.device_hours_to_target.map_or(f64::INFINITY, |e| e.mean));
+    let key = |s: &BudgetScore| {
+        (s.eval_loss.map_or(f64::INFINITY, |e| e.mean), s.device_hours_to_target.map_or(f64::INFINITY, |e| e.mean))
+    };
     let mut order: Vec<usize> = scores.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|_| i)).collect();
     order.sort_by(|&a, &b| {
         let (ka, kb) = (scores[a].as_ref().map(key), scores[b].as_ref().map(key));
@@ -214,7 +241,8 @@ fn rank(scores: &mut [Option<BudgetScore>]) {
     for (place, &i) in order.iter().enumerate() {
         if let Some(s) = scores[i].as_mut() {
             s.rank = place + 1;
-            s.tied_with_best = place > 0 && matches!((leader, s.eval_loss), (Some(l), Some(e)) if (l.has_interval() || e.has_interval()) && l.overlaps(&e));
+            s.tied_with_best = place > 0
+                && matches!((leader, s.eval_loss), (Some(l), Some(e)) if (l.has_interval() || e.has_interval()) && l.overlaps(&e));
         }
     }
 }
@@ -246,8 +274,25 @@ mod tests {
     /// tokens per update and 1,000 training tokens (an epoch is 10 updates).
     fn run(f: impl Fn(f64) -> f64, probe: usize) -> RunSummary {
         const RIPPLE: [f64; 5] = [0.0, 0.004, -0.004, 0.002, -0.002];
-        let curve = (0..=probe).step_by(10).enumerate().map(|(i, s)| CurvePoint { step: s, train_loss: None, eval_loss: Some(f(s as f64) * (1.0 + RIPPLE[i % 5])), elapsed_s: 0.0 }).collect();
-        RunSummary { curve, median_step_s: 1.0, shape_key: "m".into(), finished: true, tokens_per_update: 100, train_tokens: 1000, beyond: Vec::new() }
+        let curve = (0..=probe)
+            .step_by(10)
+            .enumerate()
+            .map(|(i, s)| CurvePoint {
+                step: s,
+                train_loss: None,
+                eval_loss: Some(f(s as f64) * (1.0 + RIPPLE[i % 5])),
+                elapsed_s: 0.0,
+            })
+            .collect();
+        RunSummary {
+            curve,
+            median_step_s: 1.0,
+            shape_key: "m".into(),
+            finished: true,
+            tokens_per_update: 100,
+            train_tokens: 1000,
+            beyond: Vec::new(),
+        }
     }
 
     #[test]
@@ -287,7 +332,12 @@ mod tests {
         let (_, s) = score(&[Some(vec![run(falling, 60)])], Budget::Updates(60), 60, TargetSpec::Loss(2.5));
         let m = s[0].as_ref().unwrap();
         assert!(!m.forecast && m.eval_loss.unwrap().mean == run(falling, 60).curve.last().unwrap().eval_loss.unwrap());
-        let (target, s) = score(&[Some(vec![run(falling, 60)]), Some(vec![run(|_| 4.0, 60)])], Budget::Updates(600), 60, TargetSpec::Loss(2.5));
+        let (target, s) = score(
+            &[Some(vec![run(falling, 60)]), Some(vec![run(|_| 4.0, 60)])],
+            Budget::Updates(600),
+            60,
+            TargetSpec::Loss(2.5),
+        );
         let plateau = s[1].as_ref().unwrap();
         assert_eq!((plateau.no_forecast, plateau.eval_loss), (Some("still in its search phase"), None));
         assert!(target.is_none(), "one snapshot that cannot be placed at the budget: no ranking there");

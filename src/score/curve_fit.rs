@@ -137,10 +137,16 @@ impl Forecast {
         let (pl, ph) = percentiles(&mut draws);
         let (lo, hi) = self.widened(ln(value), (ln(pl), ln(ph)));
         let (lo, hi) = (lo.exp() - 1.0, hi.exp() - 1.0);
-        let (lo, hi) = self.alternatives.iter().map(|f| within(f).unwrap_or(f64::INFINITY)).fold((lo, hi), |(l, h), v| (l.min(v), h.max(v)));
+        let (lo, hi) = self
+            .alternatives
+            .iter()
+            .map(|f| within(f).unwrap_or(f64::INFINITY))
+            .fold((lo, hi), |(l, h), v| (l.min(v), h.max(v)));
         // the curve shifted down (up) by the backtest's error at that step reaches the target
         // sooner (later)
-        let drifted = |by: f64| self.fit.steps_to(target + by * self.drift_at(value)).filter(|&s| s <= cap_step).unwrap_or(f64::INFINITY);
+        let drifted = |by: f64| {
+            self.fit.steps_to(target + by * self.drift_at(value)).filter(|&s| s <= cap_step).unwrap_or(f64::INFINITY)
+        };
         Some(Interval { value, lo: lo.min(drifted(1.0)).max(0.0), hi: hi.max(drifted(-1.0)).min(cap_step) })
     }
 
@@ -169,7 +175,11 @@ impl Forecast {
 fn percentiles(draws: &mut [f64]) -> (f64, f64) {
     draws.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| draws[((q * draws.len() as f64).ceil() as usize).clamp(1, draws.len()) - 1];
-    if draws.is_empty() { (f64::NAN, f64::NAN) } else { (at(0.025), at(0.975)) }
+    if draws.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        (at(0.025), at(0.975))
+    }
 }
 
 /// Eval points (step 0 included) a curve needs before its forecast is trusted: the model's
@@ -198,7 +208,11 @@ pub fn trusted(points: &[(f64, f64)], horizon: f64) -> std::result::Result<Forec
     let f = forecast(points).ok_or("no falling curve fits")?;
     let (start, now) = (f.fit.loss(f.fit.from_step), f.fit.loss(points[points.len() - 1].0));
     let fallen = start - now;
-    if fallen >= 0.02 * start.abs() && fallen >= 0.1 * (start - f.fit.loss(horizon)) { Ok(f) } else { Err("still in its search phase") }
+    if fallen >= 0.02 * start.abs() && fallen >= 0.1 * (start - f.fit.loss(horizon)) {
+        Ok(f)
+    } else {
+        Err("still in its search phase")
+    }
 }
 
 /// How much slower the second half of a probe must fall than the first for its curve to count
@@ -210,7 +224,12 @@ pub const BENT: f64 = 2.0 / 3.0;
 fn bent(points: &[(f64, f64)]) -> bool {
     let (first, last) = (points[0], points[points.len() - 1]);
     let middle = first.0 + (last.0 - first.0) / 2.0;
-    let mid = points[points.iter().map(|p| (p.0 - middle).abs()).enumerate().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(0, |(i, _)| i)];
+    let mid = points[points
+        .iter()
+        .map(|p| (p.0 - middle).abs())
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(0, |(i, _)| i)];
     let rate = |a: (f64, f64), b: (f64, f64)| if b.0 > a.0 { (a.1 - b.1) / (b.0 - a.0) } else { 0.0 };
     let (early, late) = (rate(first, mid), rate(mid, last));
     early > 0.0 && late <= BENT * early
@@ -244,7 +263,8 @@ pub fn forecast(points: &[(f64, f64)]) -> Option<Forecast> {
     let window = window(points)?;
     let n = window.len();
     let decades = window[0].1 >= DECADE * window[n - 1].1;
-    let (power, expo) = (parsimonious(window, Family::Power), parsimonious(window, Family::Exponential).filter(|_| decades));
+    let (power, expo) =
+        (parsimonious(window, Family::Power), parsimonious(window, Family::Exponential).filter(|_| decades));
     let fit = match (power, expo) {
         (Some(p), Some(e)) if e.rmse.powi(2) * EXPONENTIAL_EDGE < p.rmse.powi(2) => e,
         (Some(p), _) => p,
@@ -252,9 +272,20 @@ pub fn forecast(points: &[(f64, f64)]) -> Option<Forecast> {
     };
     let widen = super::stats::t975(n.saturating_sub(3).max(1)) / 1.96;
     let candidates = [power, expo, fit_family(window, Family::LogLinear, true)];
-    let alternatives = candidates.into_iter().flatten().filter(|f| *f != fit && f.rmse.powi(2) <= PLAUSIBLE * fit.rmse.powi(2)).collect();
+    let alternatives = candidates
+        .into_iter()
+        .flatten()
+        .filter(|f| *f != fit && f.rmse.powi(2) <= PLAUSIBLE * fit.rmse.powi(2))
+        .collect();
     let last_step = window[window.len() - 1].0;
-    Some(Forecast { fit, replicates: bootstrap(window, &fit), widen, alternatives, drift: backtest(window, &fit), last_step })
+    Some(Forecast {
+        fit,
+        replicates: bootstrap(window, &fit),
+        widen,
+        alternatives,
+        drift: backtest(window, &fit),
+        last_step,
+    })
 }
 
 /// The forecast's error within the probe, per unit of ln(step + 1): the curve refitted (same
@@ -319,7 +350,9 @@ fn window(points: &[(f64, f64)]) -> Option<&[(f64, f64)]> {
     let after_search = points.iter().rposition(|p| p.0 <= search_end).unwrap_or(0);
     // where the loss falls fastest relative to itself: the start for a learning curve (its
     // fall slows from the first update), past the inflection for one that escapes a plateau
-    let rate = |i: usize| (points[i].1.max(1e-300) / points[i + 1].1.max(1e-300)).ln() / (points[i + 1].0 - points[i].0).max(1e-300);
+    let rate = |i: usize| {
+        (points[i].1.max(1e-300) / points[i + 1].1.max(1e-300)).ln() / (points[i + 1].0 - points[i].0).max(1e-300)
+    };
     let fastest = (after_search..points.len() - 1).map(rate).fold(f64::NEG_INFINITY, f64::max);
     let steep = (after_search..points.len() - 1).find(|&i| rate(i) >= STEEP * fastest).unwrap_or(after_search);
     Some(&points[steep.min(points.len() - MIN_POINTS)..])
@@ -368,7 +401,11 @@ fn golden_min(f: &dyn Fn(f64) -> f64, mut lo: f64, mut hi: f64) -> f64 {
     let r = (5f64.sqrt() - 1.0) / 2.0;
     for _ in 0..40 {
         let (x1, x2) = (hi - r * (hi - lo), lo + r * (hi - lo));
-        if f(x1) <= f(x2) { hi = x2 } else { lo = x1 }
+        if f(x1) <= f(x2) {
+            hi = x2
+        } else {
+            lo = x1
+        }
     }
     (lo + hi) / 2.0
 }
@@ -408,7 +445,11 @@ mod tests {
         let points = curve(|s| 2.0 + 3.0 * (s + 1.0).powf(-0.7), (0..=60).step_by(10));
         let f = forecast(&points).unwrap();
         assert_eq!(f.fit.family, Family::Power);
-        assert!((f.fit.c - 2.0).abs() < 1e-4 && (f.fit.a - 3.0).abs() < 1e-4 && (f.fit.b - 0.7).abs() < 1e-4, "{:?}", f.fit);
+        assert!(
+            (f.fit.c - 2.0).abs() < 1e-4 && (f.fit.a - 3.0).abs() < 1e-4 && (f.fit.b - 0.7).abs() < 1e-4,
+            "{:?}",
+            f.fit
+        );
         let exact = (3.0f64 / 0.1).powf(1.0 / 0.7) - 1.0; // 2.1 = 2 + 3 (s+1)^-0.7
         let s = f.steps_to(2.1, 1e9).unwrap();
         assert!((s.value - exact).abs() < 1e-2 * exact && s.lo <= s.value && s.value <= s.hi, "{s:?} vs {exact}");
@@ -458,7 +499,8 @@ mod tests {
     #[test]
     fn noisy_points_give_an_interval_around_the_truth() {
         let noise = [0.03, -0.02, 0.025, -0.03, 0.01, -0.015, 0.02, -0.01, 0.0, 0.015, -0.02, 0.01, -0.005];
-        let points: Vec<(f64, f64)> = (0..13).map(|i| (i as f64 * 5.0, 2.0 + 3.0 * (i as f64 * 5.0 + 1.0).powf(-0.6) + noise[i])).collect();
+        let points: Vec<(f64, f64)> =
+            (0..13).map(|i| (i as f64 * 5.0, 2.0 + 3.0 * (i as f64 * 5.0 + 1.0).powf(-0.6) + noise[i])).collect();
         let f = forecast(&points).unwrap();
         let at = f.loss_at(600.0);
         let truth = 2.0 + 3.0 * 601f64.powf(-0.6);
@@ -478,7 +520,8 @@ mod tests {
 
     #[test]
     fn a_missed_target_is_forecast_with_an_interval() {
-        let expo: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64 * 10.0, 2.0 * (-0.03 * i as f64 * 10.0).exp())).collect();
+        let expo: Vec<(f64, f64)> =
+            (0..=10).map(|i| (i as f64 * 10.0, 2.0 * (-0.03 * i as f64 * 10.0).exp())).collect();
         let s = steps_to_target(&expo, 0.02).unwrap();
         assert!(s.extrapolated);
         assert!((s.steps - 100f64.ln() / 0.03).abs() < 1e-2, "{s:?}");
@@ -494,7 +537,8 @@ mod tests {
         assert!(!steps_to_target(&flat, 2.5).unwrap().extrapolated);
         // a curve that levels off at 2.0 never reaches 1.9; the old tail fit without an
         // asymptote (a power law in the step) would have promised it
-        let levelling: Vec<(f64, f64)> = (0..=6).map(|i| (i as f64 * 10.0, 2.0 + (i as f64 * 10.0 + 1.0).powf(-0.5))).collect();
+        let levelling: Vec<(f64, f64)> =
+            (0..=6).map(|i| (i as f64 * 10.0, 2.0 + (i as f64 * 10.0 + 1.0).powf(-0.5))).collect();
         assert_eq!(steps_to_target(&levelling, 1.9), None);
     }
 }

@@ -85,7 +85,10 @@ mod tests {
     #[test]
     fn loss_at_interpolates_within_the_curve() {
         let p = pts(&[(0.0, 4.0), (10.0, 3.0), (20.0, 2.0)]);
-        assert_eq!((loss_at(&p, 15.0), loss_at(&p, 20.0), loss_at(&p, 0.0), loss_at(&p, 25.0)), (Some(2.5), Some(2.0), Some(4.0), None));
+        assert_eq!(
+            (loss_at(&p, 15.0), loss_at(&p, 20.0), loss_at(&p, 0.0), loss_at(&p, 25.0)),
+            (Some(2.5), Some(2.0), Some(4.0), None)
+        );
     }
 
     #[test]

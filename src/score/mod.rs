@@ -123,7 +123,10 @@ fn resolve(checkpoints: &[Option<Vec<RunSummary>>], spec: TargetSpec) -> Option<
     let (value, set_by) = match spec {
         TargetSpec::Loss(x) => (x, Vec::new()),
         TargetSpec::MedianFinal => {
-            let finals: Vec<f64> = finished.iter().flat_map(|(_, runs)| runs.iter().filter_map(|r| metrics::final_eval_loss(&r.curve))).collect();
+            let finals: Vec<f64> = finished
+                .iter()
+                .flat_map(|(_, runs)| runs.iter().filter_map(|r| metrics::final_eval_loss(&r.curve)))
+                .collect();
             (median(&finals), finished.iter().map(|(i, _)| *i).collect())
         }
         TargetSpec::Drop(f) => {
@@ -185,7 +188,8 @@ fn score_one(runs: &[RunSummary], target: &Target, cost: &BTreeMap<String, f64>)
 /// gets there; the interval joins the spread over seeds and each forecast's own
 /// ([`Estimate::of_intervals`]).
 fn steps_to_target(points: &[Vec<(f64, f64)>], target: f64) -> Option<(Estimate, bool)> {
-    let per: Vec<curve_fit::StepsTo> = points.iter().map(|p| curve_fit::steps_to_target(p, target)).collect::<Option<_>>()?;
+    let per: Vec<curve_fit::StepsTo> =
+        points.iter().map(|p| curve_fit::steps_to_target(p, target)).collect::<Option<_>>()?;
     let e = Estimate::of_intervals(&per.iter().map(|s| (s.steps, s.lo, s.hi)).collect::<Vec<_>>())?;
     Some((e.at_least(0.0), per.iter().any(|s| s.extrapolated)))
 }
@@ -201,16 +205,30 @@ fn rank(scores: &mut [Option<Score>]) {
             (None, _) => 2,
         };
         let stopped_at = if s.stopped { -s.last_step } else { f64::NEG_INFINITY };
-        (stopped_at, class, s.device_hours_to_target.map_or(f64::INFINITY, |h| h.mean), s.final_eval_loss.map_or(f64::INFINITY, |l| l.mean))
+        (
+            stopped_at,
+            class,
+            s.device_hours_to_target.map_or(f64::INFINITY, |h| h.mean),
+            s.final_eval_loss.map_or(f64::INFINITY, |l| l.mean),
+        )
     };
-    let mut order: Vec<(usize, (f64, u8, f64, f64))> = scores.iter().enumerate().filter_map(|(i, s)| Some((i, key(s.as_ref()?)))).collect();
-    order.sort_by(|(a, ka), (b, kb)| ka.0.total_cmp(&kb.0).then(ka.1.cmp(&kb.1)).then(ka.2.total_cmp(&kb.2)).then(ka.3.total_cmp(&kb.3)).then(a.cmp(b)));
+    let mut order: Vec<(usize, (f64, u8, f64, f64))> =
+        scores.iter().enumerate().filter_map(|(i, s)| Some((i, key(s.as_ref()?)))).collect();
+    order.sort_by(|(a, ka), (b, kb)| {
+        ka.0.total_cmp(&kb.0)
+            .then(ka.1.cmp(&kb.1))
+            .then(ka.2.total_cmp(&kb.2))
+            .then(ka.3.total_cmp(&kb.3))
+            .then(a.cmp(b))
+    });
     let best = order.first().and_then(|&(i, k)| Some((k.1, scores[i].as_ref()?.device_hours_to_target)));
     for (place, &(i, k)) in order.iter().enumerate() {
         if let Some(s) = scores[i].as_mut() {
             s.rank = place + 1;
             let tie = |b: &Estimate, h: &Estimate| (b.has_interval() || h.has_interval()) && b.overlaps(h);
-            s.tied_with_best = place > 0 && !s.stopped && matches!((best, s.device_hours_to_target), (Some((class, Some(b))), Some(h)) if class == k.1 && tie(&b, &h));
+            s.tied_with_best = place > 0
+                && !s.stopped
+                && matches!((best, s.device_hours_to_target), (Some((class, Some(b))), Some(h)) if class == k.1 && tie(&b, &h));
         }
     }
 }
@@ -229,8 +247,19 @@ mod tests {
     use super::*;
 
     fn run(evals: &[(usize, f64)], step_s: f64) -> RunSummary {
-        let curve = evals.iter().map(|&(step, l)| CurvePoint { step, train_loss: None, eval_loss: Some(l), elapsed_s: 0.0 }).collect();
-        RunSummary { curve, median_step_s: step_s, shape_key: "m".into(), finished: true, tokens_per_update: 1, train_tokens: 0, beyond: Vec::new() }
+        let curve = evals
+            .iter()
+            .map(|&(step, l)| CurvePoint { step, train_loss: None, eval_loss: Some(l), elapsed_s: 0.0 })
+            .collect();
+        RunSummary {
+            curve,
+            median_step_s: step_s,
+            shape_key: "m".into(),
+            finished: true,
+            tokens_per_update: 1,
+            train_tokens: 0,
+            beyond: Vec::new(),
+        }
     }
 
     fn ranks(scores: &[Option<Score>]) -> Vec<usize> {
@@ -242,14 +271,19 @@ mod tests {
         let a = run(&[(0, 4.0), (10, 2.0)], 1.0); // reaches 3.0 at step 5
         let b = run(&[(0, 4.0), (10, 3.5), (20, 2.5)], 1.2); // at step 15
         let c = run(&[(0, 4.0), (10, 3.9)], 1.0); // never, too few points to extrapolate
-        // 2.5 + 1.5 (s + 1)^-0.2 reaches 3.0 at s = 242, within ten budgets of 60
-        let d = run(&(0..=6).map(|i| (10 * i, 2.5 + 1.5 * (10.0 * i as f64 + 1.0).powf(-0.2))).collect::<Vec<_>>(), 1.0);
-        let (target, s) = score(&[Some(vec![b]), None, Some(vec![c]), Some(vec![a]), Some(vec![d])], TargetSpec::Loss(3.0)).unwrap();
+                                                  // 2.5 + 1.5 (s + 1)^-0.2 reaches 3.0 at s = 242, within ten budgets of 60
+        let d =
+            run(&(0..=6).map(|i| (10 * i, 2.5 + 1.5 * (10.0 * i as f64 + 1.0).powf(-0.2))).collect::<Vec<_>>(), 1.0);
+        let (target, s) =
+            score(&[Some(vec![b]), None, Some(vec![c]), Some(vec![a]), Some(vec![d])], TargetSpec::Loss(3.0)).unwrap();
         assert_eq!(target.value, 3.0);
         assert_eq!(ranks(&s), vec![2, 0, 4, 1, 3]);
         let d = s[4].as_ref().unwrap();
         let steps = d.steps_to_target.unwrap();
-        assert!(d.extrapolated && (steps.mean - 242.0).abs() < 1.0 && steps.lo <= steps.mean && steps.mean <= steps.hi, "{steps:?}");
+        assert!(
+            d.extrapolated && (steps.mean - 242.0).abs() < 1.0 && steps.lo <= steps.mean && steps.mean <= steps.hi,
+            "{steps:?}"
+        );
         // Same shape: each step costs the median step time of all runs (1.0 s), not b's 1.2 s.
         let b = s[0].as_ref().unwrap();
         assert!((b.device_hours_to_target.unwrap().mean - 15.0 / 3600.0).abs() < 1e-12);
@@ -258,7 +292,12 @@ mod tests {
 
     #[test]
     fn default_target_is_the_median_final_loss() {
-        let runs = [Some(vec![run(&[(0, 3.0), (5, 1.0)], 1.0)]), Some(vec![run(&[(0, 3.0), (5, 2.0)], 1.0)]), None, Some(vec![run(&[(0, 3.0), (5, 4.0)], 1.0)])];
+        let runs = [
+            Some(vec![run(&[(0, 3.0), (5, 1.0)], 1.0)]),
+            Some(vec![run(&[(0, 3.0), (5, 2.0)], 1.0)]),
+            None,
+            Some(vec![run(&[(0, 3.0), (5, 4.0)], 1.0)]),
+        ];
         assert_eq!(score(&runs, TargetSpec::MedianFinal).unwrap().0.value, 2.0);
         assert!(score(&[None], TargetSpec::MedianFinal).is_none());
     }
@@ -278,9 +317,14 @@ mod tests {
 
     #[test]
     fn overlapping_seed_intervals_are_ties() {
-        let seeds = |steps: [f64; 3]| steps.iter().map(|&s| run(&[(0, 4.0), (s as usize, 2.0)], 1.0)).collect::<Vec<_>>();
+        let seeds =
+            |steps: [f64; 3]| steps.iter().map(|&s| run(&[(0, 4.0), (s as usize, 2.0)], 1.0)).collect::<Vec<_>>();
         // Target 3.0 is reached halfway: steps 5, 6, 7 vs 6, 7, 8 (tied) vs 20, 21, 22 (not).
-        let (_, s) = score(&[Some(seeds([10.0, 12.0, 14.0])), Some(seeds([12.0, 14.0, 16.0])), Some(seeds([40.0, 42.0, 44.0]))], TargetSpec::Loss(3.0)).unwrap();
+        let (_, s) = score(
+            &[Some(seeds([10.0, 12.0, 14.0])), Some(seeds([12.0, 14.0, 16.0])), Some(seeds([40.0, 42.0, 44.0]))],
+            TargetSpec::Loss(3.0),
+        )
+        .unwrap();
         let s: Vec<&Score> = s.iter().map(|s| s.as_ref().unwrap()).collect();
         assert_eq!((s[0].rank, s[1].rank, s[2].rank), (1, 2, 3));
         assert!(s[1].tied_with_best && !s[2].tied_with_best && !s[0].tied_with_best);
@@ -291,7 +335,11 @@ mod tests {
 
     #[test]
     fn single_seed_never_ties_unless_equal() {
-        let (_, s) = score(&[Some(vec![run(&[(0, 4.0), (10, 2.0)], 1.0)]), Some(vec![run(&[(0, 4.0), (12, 2.0)], 1.0)])], TargetSpec::Loss(3.0)).unwrap();
+        let (_, s) = score(
+            &[Some(vec![run(&[(0, 4.0), (10, 2.0)], 1.0)]), Some(vec![run(&[(0, 4.0), (12, 2.0)], 1.0)])],
+            TargetSpec::Loss(3.0),
+        )
+        .unwrap();
         assert!(!s[1].as_ref().unwrap().tied_with_best);
     }
 
@@ -300,8 +348,11 @@ mod tests {
     /// the finishers keep the full scan's target, steps, hours and order.
     #[test]
     fn a_race_scores_its_finishers_as_the_full_scan_does() {
-        let curve = |start: f64, rate: f64| (0..=6).map(|i| (10 * i, start * (-rate * i as f64).exp() + 1.0)).collect::<Vec<_>>();
-        let full: Vec<RunSummary> = [(3.0, 0.5), (4.0, 0.3), (5.0, 0.2), (6.0, 0.1)].iter().map(|&(s, r)| run(&curve(s, r), 1.0)).collect();
+        let curve = |start: f64, rate: f64| {
+            (0..=6).map(|i| (10 * i, start * (-rate * i as f64).exp() + 1.0)).collect::<Vec<_>>()
+        };
+        let full: Vec<RunSummary> =
+            [(3.0, 0.5), (4.0, 0.3), (5.0, 0.2), (6.0, 0.1)].iter().map(|&(s, r)| run(&curve(s, r), 1.0)).collect();
         let mut raced = full.clone();
         for r in &mut raced[2..] {
             r.curve.truncate(3); // stopped at step 20
@@ -318,7 +369,10 @@ mod tests {
         assert_eq!(t_loss_full.set_by, Vec::<usize>::new());
         for i in 0..2 {
             let (f, r) = (s_loss_full[i].as_ref().unwrap(), s_loss_race[i].as_ref().unwrap());
-            assert_eq!((f.steps_to_target, f.device_hours_to_target, f.rank), (r.steps_to_target, r.device_hours_to_target, r.rank));
+            assert_eq!(
+                (f.steps_to_target, f.device_hours_to_target, f.rank),
+                (r.steps_to_target, r.device_hours_to_target, r.rank)
+            );
         }
         assert!(s_race[2].as_ref().unwrap().stopped && s_race[2].as_ref().unwrap().rank > 2);
         assert_eq!(t_full.set_by, vec![0, 1, 2, 3]);
@@ -327,7 +381,11 @@ mod tests {
 
     #[test]
     fn a_checkpoint_already_at_the_target_is_flagged() {
-        let (_, s) = score(&[Some(vec![run(&[(0, 2.0), (10, 1.5)], 1.0)]), Some(vec![run(&[(0, 4.0), (10, 2.5)], 1.0)])], TargetSpec::Loss(2.5)).unwrap();
+        let (_, s) = score(
+            &[Some(vec![run(&[(0, 2.0), (10, 1.5)], 1.0)]), Some(vec![run(&[(0, 4.0), (10, 2.5)], 1.0)])],
+            TargetSpec::Loss(2.5),
+        )
+        .unwrap();
         let (a, b) = (s[0].as_ref().unwrap(), s[1].as_ref().unwrap());
         assert!(a.at_target_before_training && a.steps_to_target.unwrap().mean == 0.0 && a.rank == 1);
         assert!(!b.at_target_before_training);
@@ -335,7 +393,11 @@ mod tests {
 
     #[test]
     fn a_drop_target_names_the_checkpoint_with_the_largest_drop() {
-        let (t, _) = score(&[Some(vec![run(&[(0, 4.0), (10, 3.5)], 1.0)]), Some(vec![run(&[(0, 4.0), (10, 2.0)], 1.0)])], TargetSpec::Drop(0.5)).unwrap();
+        let (t, _) = score(
+            &[Some(vec![run(&[(0, 4.0), (10, 3.5)], 1.0)]), Some(vec![run(&[(0, 4.0), (10, 2.0)], 1.0)])],
+            TargetSpec::Drop(0.5),
+        )
+        .unwrap();
         assert_eq!((t.value, t.set_by), (1.0, vec![1]));
     }
 }

@@ -19,7 +19,6 @@ use super::curve_fit::{self, Interval};
 use super::{metrics, Estimate, TargetSpec};
 use crate::train::median;
 
-
 /// The update counts at which a race compares checkpoints: budget/9, budget/3 and 2 budget/3,
 /// each rounded up to an eval step (a multiple of `eval_every`) and moved no earlier than the
 /// step where a curve has [`curve_fit::TRUSTED_POINTS`] eval points, without repeats; then the
@@ -71,12 +70,16 @@ pub enum Outlook {
 pub fn decide(entrants: &[Entrant], spec: TargetSpec, rung: usize, budget: usize, hours_unit: &str) -> Vec<Verdict> {
     let targets = targets_at_rung(entrants, spec, budget as f64);
     let given = matches!(spec, TargetSpec::Loss(_));
-    let outlooks: Vec<Outlook> = entrants.iter().zip(&targets).map(|(e, &t)| outlook(&e.seeds, t, budget as f64, given)).collect();
+    let outlooks: Vec<Outlook> =
+        entrants.iter().zip(&targets).map(|(e, &t)| outlook(&e.seeds, t, budget as f64, given)).collect();
     let hours = |i: usize| match &outlooks[i] {
         Outlook::Steps(s) => Some(s.scaled(entrants[i].step_s / 3600.0)),
         Outlook::Unjudged(_) => None,
     };
-    let leader = (0..entrants.len()).filter_map(|i| Some((i, hours(i)?))).filter(|(_, h)| h.mean.is_finite()).min_by(|a, b| a.1.mean.total_cmp(&b.1.mean));
+    let leader = (0..entrants.len())
+        .filter_map(|i| Some((i, hours(i)?)))
+        .filter(|(_, h)| h.mean.is_finite())
+        .min_by(|a, b| a.1.mean.total_cmp(&b.1.mean));
     let Some((lead, lead_h)) = leader else { return vec![Verdict::Continue; entrants.len()] };
     (0..entrants.len())
         .map(|i| match hours(i) {
@@ -124,15 +127,15 @@ pub fn outlook(seeds: &[Vec<(f64, f64)>], target: f64, budget: f64, given: bool)
         };
         let last = points.last().map_or(0.0, |p| p.0); // not reached by then: certain
         per.push(match f.steps_to(target, f64::INFINITY) {
-            Some(Interval { value, lo, hi }) if value <= cap => (value.max(last), lo.max(last), if hi >= cap { f64::INFINITY } else { hi.max(last) }),
+            Some(Interval { value, lo, hi }) if value <= cap => {
+                (value.max(last), lo.max(last), if hi >= cap { f64::INFINITY } else { hi.max(last) })
+            }
             Some(Interval { lo, .. }) => (f64::INFINITY, lo.max(last), f64::INFINITY),
             None => (f64::INFINITY, f64::INFINITY, f64::INFINITY),
         });
     }
     Estimate::of_intervals(&per).map_or(Outlook::Unjudged("no run"), Outlook::Steps)
 }
-
-
 
 /// Each checkpoint's target at this rung: the scan's rule applied to the forecast curves.
 fn targets_at_rung(entrants: &[Entrant], spec: TargetSpec, budget: f64) -> Vec<f64> {
@@ -141,8 +144,14 @@ fn targets_at_rung(entrants: &[Entrant], spec: TargetSpec, budget: f64) -> Vec<f
         TargetSpec::Loss(x) => vec![x; entrants.len()],
         TargetSpec::MedianFinal => vec![median(&entrants.iter().flat_map(finals).collect::<Vec<_>>()); entrants.len()],
         TargetSpec::Drop(f) => {
-            let initial = |e: &Entrant| Estimate::of(&e.seeds.iter().filter_map(|p| p.first().map(|x| x.1)).collect::<Vec<_>>()).map_or(f64::NAN, |x| x.mean);
-            let drop = entrants.iter().filter_map(|e| Estimate::of(&finals(e)).map(|fin| initial(e) - fin.mean)).fold(0.0, f64::max);
+            let initial = |e: &Entrant| {
+                Estimate::of(&e.seeds.iter().filter_map(|p| p.first().map(|x| x.1)).collect::<Vec<_>>())
+                    .map_or(f64::NAN, |x| x.mean)
+            };
+            let drop = entrants
+                .iter()
+                .filter_map(|e| Estimate::of(&finals(e)).map(|fin| initial(e) - fin.mean))
+                .fold(0.0, f64::max);
             entrants.iter().map(|e| initial(e) - f * drop).collect()
         }
     }
@@ -202,7 +211,10 @@ mod tests {
         // early levels off at 6.3 too; whether five noisy points of its slow fall rule out an
         // arrival within late's interval depends on the ripple: it may be kept, and if stopped,
         // then for late
-        assert!(matches!(&v[0], Verdict::Continue) || matches!(&v[0], Verdict::Stop(why) if why.contains("(late)")), "{v:?}");
+        assert!(
+            matches!(&v[0], Verdict::Continue) || matches!(&v[0], Verdict::Stop(why) if why.contains("(late)")),
+            "{v:?}"
+        );
     }
 
     /// A run on its plateau cannot be forecast: with the default target (estimated from the
@@ -213,7 +225,10 @@ mod tests {
         let fast = |s: f64| 1.0 + 3.0 * (-s / 10.0).exp();
         let plateau = |_s: f64| 4.0;
         let field = || [entrant("fast", fast, 40), entrant("plateau", plateau, 40)];
-        assert_eq!(decide(&field(), TargetSpec::MedianFinal, 40, 120, "device-hours"), [Verdict::Continue, Verdict::Continue]);
+        assert_eq!(
+            decide(&field(), TargetSpec::MedianFinal, 40, 120, "device-hours"),
+            [Verdict::Continue, Verdict::Continue]
+        );
         let v = decide(&field(), TargetSpec::Loss(2.0), 40, 120, "device-hours");
         let Verdict::Stop(why) = &v[1] else { panic!("{v:?}") };
         assert!(why.contains("at least 1.111e-2 device-hours"), "not before step 40: {why}");
@@ -230,11 +245,15 @@ mod tests {
         let high = |s: f64| 2.3 + 2.7 * (-s / 15.0).exp(); // levels off above the target
         let v = decide(&[entrant("a", a, 40), entrant("b", b, 40)], TargetSpec::Loss(2.1), 40, 120, "device-hours");
         assert_eq!(v, [Verdict::Continue, Verdict::Continue], "nearly equal curves are not told apart");
-        let v = decide(&[entrant("a", a, 40), entrant("high", high, 40)], TargetSpec::Loss(2.2), 40, 120, "device-hours");
+        let v =
+            decide(&[entrant("a", a, 40), entrant("high", high, 40)], TargetSpec::Loss(2.2), 40, 120, "device-hours");
         assert!(matches!(v[1], Verdict::Stop(_)), "{v:?}");
         let mut done = entrant("high", high, 40);
         done.finished = true;
-        assert_eq!(decide(&[entrant("a", a, 40), done], TargetSpec::Loss(2.2), 40, 120, "device-hours")[1], Verdict::Continue);
+        assert_eq!(
+            decide(&[entrant("a", a, 40), done], TargetSpec::Loss(2.2), 40, 120, "device-hours")[1],
+            Verdict::Continue
+        );
     }
 
     #[test]

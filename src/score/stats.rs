@@ -12,8 +12,8 @@ pub struct Estimate {
 
 /// Two-sided 97.5% quantiles of Student's t for 1..=30 degrees of freedom.
 const T975: [f64; 30] = [
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
+    2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 ];
 
 /// t(0.975, dof): 1.96 beyond the table.
@@ -92,7 +92,11 @@ impl Estimate {
         let n = xs.len() as f64;
         let own = |side: &dyn Fn(&(f64, f64, f64)) -> f64| xs.iter().map(|x| side(x).powi(2)).sum::<f64>().sqrt() / n;
         let (own_lo, own_hi) = (own(&|x| x.0 - x.1), own(&|x| x.2 - x.0));
-        Some(Estimate { lo: seeds.mean - (seeds.mean - seeds.lo).hypot(own_lo), hi: seeds.mean + (seeds.hi - seeds.mean).hypot(own_hi), ..seeds })
+        Some(Estimate {
+            lo: seeds.mean - (seeds.mean - seeds.lo).hypot(own_lo),
+            hi: seeds.mean + (seeds.hi - seeds.mean).hypot(own_hi),
+            ..seeds
+        })
     }
 
     /// The interval cut at `min` (a mean of non-negative values has a non-negative bound).
@@ -136,9 +140,15 @@ mod tests {
         // own half-width sqrt(9 + 9) / 2 = 2.121
         let e = Estimate::of_intervals(&[(10.0, 7.0, 13.0), (12.0, 9.0, 15.0)]).unwrap();
         let half = 12.706f64.hypot(18f64.sqrt() / 2.0);
-        assert!((e.mean - 11.0).abs() < 1e-12 && (e.hi - 11.0 - half).abs() < 1e-9 && (11.0 - e.lo - half).abs() < 1e-9, "{e:?}");
+        assert!(
+            (e.mean - 11.0).abs() < 1e-12 && (e.hi - 11.0 - half).abs() < 1e-9 && (11.0 - e.lo - half).abs() < 1e-9,
+            "{e:?}"
+        );
         // measured values (zero-width) give the plain t-interval
-        assert_eq!(Estimate::of_intervals(&[(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0)]), Estimate::of(&[1.0, 2.0, 3.0]));
+        assert_eq!(
+            Estimate::of_intervals(&[(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0)]),
+            Estimate::of(&[1.0, 2.0, 3.0])
+        );
         let never = Estimate::of_intervals(&[(10.0, 8.0, 12.0), (f64::INFINITY, 20.0, f64::INFINITY)]).unwrap();
         assert!(never.mean.is_infinite() && never.hi.is_infinite() && never.lo.is_finite());
     }

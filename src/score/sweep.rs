@@ -21,7 +21,11 @@ pub fn reaches(curve: &[[f64; 2]], target: f64) -> bool {
 /// final eval loss. Entries are (rate, hours to target, final eval loss).
 pub fn best_lr(entries: &[(f64, Option<f64>, Option<f64>)]) -> Option<f64> {
     let key = |&(_, h, l): &(f64, Option<f64>, Option<f64>)| (h.unwrap_or(f64::INFINITY), l.unwrap_or(f64::INFINITY));
-    entries.iter().filter(|e| e.1.is_some() || e.2.is_some()).min_by(|a, b| key(a).0.total_cmp(&key(b).0).then(key(a).1.total_cmp(&key(b).1))).map(|e| e.0)
+    entries
+        .iter()
+        .filter(|e| e.1.is_some() || e.2.is_some())
+        .min_by(|a, b| key(a).0.total_cmp(&key(b).0).then(key(a).1.total_cmp(&key(b).1)))
+        .map(|e| e.0)
 }
 
 #[cfg(test)]
@@ -46,7 +50,10 @@ mod tests {
 
     #[test]
     fn best_lr_prefers_time_then_loss() {
-        assert_eq!(best_lr(&[(1e-4, None, Some(2.0)), (3e-4, Some(0.2), Some(1.5)), (1e-3, Some(0.1), Some(1.7))]), Some(1e-3));
+        assert_eq!(
+            best_lr(&[(1e-4, None, Some(2.0)), (3e-4, Some(0.2), Some(1.5)), (1e-3, Some(0.1), Some(1.7))]),
+            Some(1e-3)
+        );
         assert_eq!(best_lr(&[(1e-4, None, Some(2.0)), (3e-4, None, Some(1.5))]), Some(3e-4));
         assert_eq!(best_lr(&[]), None);
         // equal hours (both at the target from the start): the lower final loss

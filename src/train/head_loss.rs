@@ -28,11 +28,21 @@ const ROWS_PER_CHUNK: usize = 128;
 
 /// Per-row weighted cross-entropy of `hidden (n, h) @ head_t (h, v)` against `targets` (n).
 /// With `with_grad`, the result's backward yields dL/dhidden (and nothing for the head).
-pub fn head_cross_entropy(hidden: &Tensor, head_t: &Tensor, targets: Vec<u32>, weights: Vec<f32>, with_grad: bool) -> candle_core::Result<Tensor> {
+pub fn head_cross_entropy(
+    hidden: &Tensor,
+    head_t: &Tensor,
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+    with_grad: bool,
+) -> candle_core::Result<Tensor> {
     let (n, h) = hidden.dims2()?;
     let (h2, v) = head_t.dims2()?;
     if h != h2 || targets.len() != n || weights.len() != n {
-        candle_core::bail!("head cross-entropy: hidden {n}x{h}, head {h2}x{v}, {} targets, {} weights", targets.len(), weights.len());
+        candle_core::bail!(
+            "head cross-entropy: hidden {n}x{h}, head {h2}x{v}, {} targets, {} weights",
+            targets.len(),
+            weights.len()
+        );
     }
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
         candle_core::bail!("head cross-entropy: target token {bad} is outside the vocabulary of {v}");
@@ -108,26 +118,43 @@ impl CustomOp1 for HeadCrossEntropy {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, h) = layout.shape().dims2()?;
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("head cross-entropy needs contiguous hidden states".into()))?;
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("head cross-entropy needs contiguous hidden states".into()))?;
         let x = &storage.as_slice::<f32>()?[start..end];
         let (head_storage, head_layout) = self.head.storage_and_layout();
-        let Storage::Cpu(head_cpu) = &*head_storage else { candle_core::bail!("head cross-entropy: the head is not on the CPU") };
-        let (hs, he) = head_layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("head cross-entropy needs a contiguous head".into()))?;
+        let Storage::Cpu(head_cpu) = &*head_storage else {
+            candle_core::bail!("head cross-entropy: the head is not on the CPU")
+        };
+        let (hs, he) = head_layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("head cross-entropy needs a contiguous head".into()))?;
         let w = &head_cpu.as_slice::<f32>()?[hs..he];
         let v = w.len() / h;
-        let chunks: Vec<ChunkOut> = x.par_chunks(ROWS_PER_CHUNK * h).enumerate().map(|(c, xc)| self.chunk(xc, w, (h, v), c * ROWS_PER_CHUNK)).collect();
+        let chunks: Vec<ChunkOut> = x
+            .par_chunks(ROWS_PER_CHUNK * h)
+            .enumerate()
+            .map(|(c, xc)| self.chunk(xc, w, (h, v), c * ROWS_PER_CHUNK))
+            .collect();
         let losses: Vec<f32> = chunks.iter().flat_map(|c| c.losses.iter().copied()).collect();
         if self.with_grad {
             let dh: Vec<f32> = chunks.into_iter().flat_map(|c| c.dhidden).collect();
-            *self.dhidden.lock().map_err(|_| candle_core::Error::Msg("head cross-entropy: poisoned lock".into()))? = Some(Tensor::from_vec(dh, (n, h), &candle_core::Device::Cpu)?);
+            *self.dhidden.lock().map_err(|_| candle_core::Error::Msg("head cross-entropy: poisoned lock".into()))? =
+                Some(Tensor::from_vec(dh, (n, h), &candle_core::Device::Cpu)?);
         }
         Ok((CpuStorage::F32(losses), Shape::from(n)))
     }
 
     /// dL/dhidden_i = g_i * (unit gradient of row i), from the forward pass.
     fn bwd(&self, _hidden: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let unit = self.dhidden.lock().map_err(|_| candle_core::Error::Msg("head cross-entropy: poisoned lock".into()))?.take();
-        let unit = unit.ok_or_else(|| candle_core::Error::Msg("head cross-entropy: backward ran twice or without a training forward".into()))?;
+        let unit = self
+            .dhidden
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("head cross-entropy: poisoned lock".into()))?
+            .take();
+        let unit = unit.ok_or_else(|| {
+            candle_core::Error::Msg("head cross-entropy: backward ran twice or without a training forward".into())
+        })?;
         Ok(Some(unit.broadcast_mul(&grad.to_dtype(DType::F32)?.unsqueeze(1)?)?))
     }
 }
@@ -152,7 +179,27 @@ fn matmul(dst: &mut [f32], lhs: &[f32], rhs: &[f32], (m, k, n): (usize, usize, u
     // row stride n (as stored) or column stride k (its (n, k) transpose); the slices do not
     // overlap because dst is borrowed mutably.
     unsafe {
-        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, lhs.as_ptr(), 1, k as isize, rhs.as_ptr(), rhs_cs, rhs_rs, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -216,7 +263,8 @@ mod tests {
         let head = Tensor::randn(0f32, 1.0, (v, h), &dev).unwrap();
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 37) % v as u32).collect();
         let weights: Vec<f32> = (0..n).map(|i| if i % 5 == 4 { 0.0 } else { 0.5 + (i % 3) as f32 }).collect();
-        let fused = head_cross_entropy(x.as_tensor(), &head.t().unwrap(), targets.clone(), weights.clone(), true).unwrap();
+        let fused =
+            head_cross_entropy(x.as_tensor(), &head.t().unwrap(), targets.clone(), weights.clone(), true).unwrap();
         let logits = x.as_tensor().matmul(&head.t().unwrap()).unwrap();
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
         let t = Tensor::new(targets.as_slice(), &dev).unwrap().unsqueeze(1).unwrap();
@@ -225,7 +273,10 @@ mod tests {
         // errors relative to the largest magnitude: the gradients are sums over the vocabulary
         // of terms scaled by up to n, whose f32 rounding is absolute, not per element
         let close = |a: &Tensor, b: &Tensor| {
-            let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let (a, b) = (
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
             let scale = b.iter().fold(1f32, |m, q| m.max(q.abs()));
             let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / scale).fold(0f32, f32::max);
             assert!(worst <= 1e-5, "max difference {worst} of the largest value {scale}");

@@ -55,7 +55,11 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn tokens_per_s(&self) -> f64 {
-        if self.median_step_s > 0.0 { self.tokens_per_step as f64 / self.median_step_s } else { 0.0 }
+        if self.median_step_s > 0.0 {
+            self.tokens_per_step as f64 / self.median_step_s
+        } else {
+            0.0
+        }
     }
 }
 
@@ -191,14 +195,28 @@ impl<'a> Trainer<'a> {
 
     /// Copies of what training has changed: adapters, optimizer, dropout generator, step count.
     fn state(&self) -> Result<TrainState> {
-        let adapters = self.vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<Vec<_>>>().ctx("adapter state")?;
-        Ok(TrainState { adapters, optimizer: self.opt.state()?, dropout: self.model.dropout_state(), updates: self.updates })
+        let adapters = self
+            .vars
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<Vec<_>>>()
+            .ctx("adapter state")?;
+        Ok(TrainState {
+            adapters,
+            optimizer: self.opt.state()?,
+            dropout: self.model.dropout_state(),
+            updates: self.updates,
+        })
     }
 
     /// Continues from `state`, taken from a trainer of the same checkpoint and settings.
     fn restore(&mut self, state: TrainState) -> Result<()> {
         if state.adapters.len() != self.vars.len() {
-            return Err(Error::Other(format!("paused run has {} adapter tensors, the model {}", state.adapters.len(), self.vars.len())));
+            return Err(Error::Other(format!(
+                "paused run has {} adapter tensors, the model {}",
+                state.adapters.len(),
+                self.vars.len()
+            )));
         }
         for (var, value) in self.vars.iter().zip(&state.adapters) {
             var.set(value).ctx("adapter state")?;
@@ -231,7 +249,11 @@ pub fn eval_loss(model: &LoadedModel, blocks: &[Block], batch: usize) -> Result<
 }
 
 /// Adds the gradients of `g` into `acc` for every trainable variable.
-fn add_grads(mut acc: candle_core::backprop::GradStore, g: candle_core::backprop::GradStore, vars: &[Var]) -> Result<candle_core::backprop::GradStore> {
+fn add_grads(
+    mut acc: candle_core::backprop::GradStore,
+    g: candle_core::backprop::GradStore,
+    vars: &[Var],
+) -> Result<candle_core::backprop::GradStore> {
     for var in vars {
         if let Some(new) = g.get(var.as_tensor()) {
             let sum = match acc.remove(var.as_tensor()) {
@@ -245,7 +267,13 @@ fn add_grads(mut acc: candle_core::backprop::GradStore, g: candle_core::backprop
 }
 
 /// Runs the full fine-tuning of one checkpoint: evals, updates, timings.
-pub fn fine_tune(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder, spec: &TrainSpec, on_step: &mut dyn FnMut(&StepEvent)) -> Result<Outcome> {
+pub fn fine_tune(
+    model: &LoadedModel,
+    blocks: &Blocks,
+    order: &BatchOrder,
+    spec: &TrainSpec,
+    on_step: &mut dyn FnMut(&StepEvent),
+) -> Result<Outcome> {
     Ok(fine_tune_until(model, blocks, order, spec, None, spec.steps, on_step)?.outcome(spec))
 }
 
@@ -276,14 +304,27 @@ impl Paused {
     /// The run so far, as a finished run's outcome.
     pub fn outcome(&self, spec: &TrainSpec) -> Outcome {
         let timed = &self.step_seconds[spec.timing_warmup.min(self.step_seconds.len().saturating_sub(1))..];
-        Outcome { median_step_s: median(timed), curve: self.curve.clone(), step_seconds: self.step_seconds.clone(), tokens_per_step: self.tokens_per_step }
+        Outcome {
+            median_step_s: median(timed),
+            curve: self.curve.clone(),
+            step_seconds: self.step_seconds.clone(),
+            tokens_per_step: self.tokens_per_step,
+        }
     }
 }
 
 /// Runs updates up to update `until` (at most `spec.steps`): from the start, or from where
 /// `from` (a run of the same checkpoint, seed and settings) paused. Returns the run paused
 /// there; [`Paused::outcome`] gives the result.
-pub fn fine_tune_until(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder, spec: &TrainSpec, from: Option<Paused>, until: usize, on_step: &mut dyn FnMut(&StepEvent)) -> Result<Paused> {
+pub fn fine_tune_until(
+    model: &LoadedModel,
+    blocks: &Blocks,
+    order: &BatchOrder,
+    spec: &TrainSpec,
+    from: Option<Paused>,
+    until: usize,
+    on_step: &mut dyn FnMut(&StepEvent),
+) -> Result<Paused> {
     let mut trainer = Trainer::new(model, spec)?;
     let device = model.adapters.first().map(|a| a.a.device().clone()).unwrap_or(Device::Cpu);
     let tokens_per_step = spec.batch_size * spec.grad_accum * blocks.seq_len;
@@ -292,7 +333,15 @@ pub fn fine_tune_until(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder,
             trainer.restore(p.state)?;
             (p.curve, p.step_seconds)
         }
-        None => (vec![CurvePoint { step: 0, train_loss: None, eval_loss: Some(trainer.eval(&blocks.eval)?), elapsed_s: 0.0 }], Vec::with_capacity(spec.steps)),
+        None => (
+            vec![CurvePoint {
+                step: 0,
+                train_loss: None,
+                eval_loss: Some(trainer.eval(&blocks.eval)?),
+                elapsed_s: 0.0,
+            }],
+            Vec::with_capacity(spec.steps),
+        ),
     };
     let mut elapsed_s = curve.last().map_or(0.0, |p| p.elapsed_s);
     for step in trainer.updates + 1..=until.min(spec.steps) {
@@ -309,7 +358,14 @@ pub fn fine_tune_until(model: &LoadedModel, blocks: &Blocks, order: &BatchOrder,
         let eval_loss = is_eval_step(step, spec).then(|| trainer.eval(&blocks.eval)).transpose()?;
         elapsed_s += step_seconds[step - 1];
         curve.push(CurvePoint { step, train_loss: Some(loss), eval_loss, elapsed_s });
-        on_step(&StepEvent { step, steps: spec.steps, train_loss: loss, eval_loss, step_s: step_seconds[step - 1], tokens: tokens_per_step });
+        on_step(&StepEvent {
+            step,
+            steps: spec.steps,
+            train_loss: loss,
+            eval_loss,
+            step_s: step_seconds[step - 1],
+            tokens: tokens_per_step,
+        });
     }
     Ok(Paused { state: trainer.state()?, curve, step_seconds, tokens_per_step })
 }
@@ -319,10 +375,17 @@ fn is_eval_step(step: usize, spec: &TrainSpec) -> bool {
 }
 
 /// The micro-batches of update `update` (0-based), in the seeded order.
-fn micro_batches(blocks: &Blocks, order: &BatchOrder, spec: &TrainSpec, update: usize, device: &Device) -> Result<Vec<Batch>> {
+fn micro_batches(
+    blocks: &Blocks,
+    order: &BatchOrder,
+    spec: &TrainSpec,
+    update: usize,
+    device: &Device,
+) -> Result<Vec<Batch>> {
     (0..spec.grad_accum)
         .map(|j| {
-            let refs: Vec<&Block> = order.batch(update * spec.grad_accum + j).iter().map(|&i| &blocks.train[i]).collect();
+            let refs: Vec<&Block> =
+                order.batch(update * spec.grad_accum + j).iter().map(|&i| &blocks.train[i]).collect();
             Batch::from_blocks(&refs, device)
         })
         .collect()
@@ -336,5 +399,9 @@ pub fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }

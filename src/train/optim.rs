@@ -55,14 +55,23 @@ impl AdamW {
 
     /// Copies of the moments and the step count, to continue later with [`Self::restore`].
     pub fn state(&self) -> Result<AdamState> {
-        let moments = self.slots.iter().map(|s| Ok((s.m.copy()?, s.v.copy()?))).collect::<candle_core::Result<Vec<_>>>().ctx("optimizer state")?;
+        let moments = self
+            .slots
+            .iter()
+            .map(|s| Ok((s.m.copy()?, s.v.copy()?)))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .ctx("optimizer state")?;
         Ok(AdamState { moments, t: self.t })
     }
 
     /// Continues from a state taken by [`Self::state`] of an optimizer over the same variables.
     pub fn restore(&mut self, state: AdamState) -> Result<()> {
         if state.moments.len() != self.slots.len() {
-            return Err(Error::Other(format!("optimizer state has {} variables, the model {}", state.moments.len(), self.slots.len())));
+            return Err(Error::Other(format!(
+                "optimizer state has {} variables, the model {}",
+                state.moments.len(),
+                self.slots.len()
+            )));
         }
         for (slot, (m, v)) in self.slots.iter_mut().zip(state.moments) {
             (slot.m, slot.v) = (m, v);
@@ -78,7 +87,9 @@ impl AdamW {
         let bias1 = 1.0 - c.beta1.powi(self.t);
         let bias2 = 1.0 - c.beta2.powi(self.t);
         for slot in &mut self.slots {
-            let g = grads.get(slot.var.as_tensor()).ok_or_else(|| Error::Other("an adapter weight received no gradient".into()))?;
+            let g = grads
+                .get(slot.var.as_tensor())
+                .ok_or_else(|| Error::Other("an adapter weight received no gradient".into()))?;
             slot.update(g, lr, c, bias1, bias2).ctx("AdamW update")?;
         }
         Ok(())

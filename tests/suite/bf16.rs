@@ -42,7 +42,9 @@ fn expected(name: &str) -> serde_json::Value {
 fn logits_errors(name: &str) -> (f64, f64) {
     let e = expected(name);
     let ids: Vec<u32> = e["input_ids"][0].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let m = model::load_as(&model_dir(name), &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu, DType::BF16).unwrap();
+    let m =
+        model::load_as(&model_dir(name), &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu, DType::BF16)
+            .unwrap();
     let t = ids.len();
     let logits = m.model.forward(&Tensor::from_vec(ids, (1, t), &Device::Cpu).unwrap()).unwrap();
     assert_eq!(logits.dtype(), DType::BF16, "{name}: the logits of a bf16 model are bf16");
@@ -51,7 +53,10 @@ fn logits_errors(name: &str) -> (f64, f64) {
     let as_f32 = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(|x| x as f32 as f64).collect() };
     let (theirs, f32) = (as_f32(floats(&e["logits"])), as_f32(floats(&e["logits_f32"])));
     let (mean_err, mean_moved) = (mean_abs(&ours, &theirs), mean_abs(&theirs, &f32));
-    assert!(mean_err < 0.6 * mean_moved, "{name}: mean logit error {mean_err} against transformers' bf16, which is {mean_moved} from f32");
+    assert!(
+        mean_err < 0.6 * mean_moved,
+        "{name}: mean logit error {mean_err} against transformers' bf16, which is {mean_moved} from f32"
+    );
     (max_abs(&ours, &theirs), max_abs(&theirs, &f32))
 }
 
@@ -76,7 +81,8 @@ fn check_training(name: &str) {
     let dir = fixtures().join("peft").join(name);
     let (trace, e) = (json(&dir.join("expected.json")), expected(name));
     let lora = PeftConfig::read(&dir).unwrap().spec(&dir).unwrap();
-    let m = model::load_as(&model_dir(name), &lora, &AdapterInit::Peft(dir.clone()), 0, &Device::Cpu, DType::BF16).unwrap();
+    let m =
+        model::load_as(&model_dir(name), &lora, &AdapterInit::Peft(dir.clone()), 0, &Device::Cpu, DType::BF16).unwrap();
     assert!(m.adapters.iter().all(|a| a.a.dtype() == DType::F32 && a.b.dtype() == DType::F32), "adapters stay f32");
     let batches = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu).unwrap();
     let ids = batches["input_ids"].to_dtype(DType::U32).unwrap(); // (steps, b, t)
@@ -91,7 +97,11 @@ fn check_training(name: &str) {
     let rel = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs()).fold(0.0, f64::max);
     let ours_f32 = our_f32_losses(name, &trace, &ids);
     let (moved, ours_moved) = (max_abs(&want, &f32), max_abs(&got, &ours_f32));
-    eprintln!("{name}: bf16 losses within {rel:.1e} relative of PEFT's; bf16 moves PEFT's {:.1e} and ours {:.1e} from f32", moved / want[0], ours_moved / want[0]);
+    eprintln!(
+        "{name}: bf16 losses within {rel:.1e} relative of PEFT's; bf16 moves PEFT's {:.1e} and ours {:.1e} from f32",
+        moved / want[0],
+        ours_moved / want[0]
+    );
     assert!(rel < 5e-4, "{name}: bf16 losses {got:?} vs PEFT's {want:?} (f32: {f32:?})");
     // bf16 really rounds in training: ours moves from our f32 curve as PEFT's moves from its own
     assert!(ours_moved > 0.25 * moved, "{name}: our bf16 curve is only {ours_moved} from our f32 one (PEFT: {moved})");

@@ -24,7 +24,10 @@ fn the_cluster_examples_parse_and_agree_on_the_part_count() {
     assert!(status.success(), "slurm_scan.sh does not parse");
     let job = std::fs::read_to_string(dir.join("k8s_scan.yaml")).unwrap();
     let completions = job.lines().find_map(|l| l.trim().strip_prefix("completions:")).unwrap().trim();
-    assert!(job.contains(&format!("--partition auto/{completions}")), "k8s_scan.yaml: --partition auto/N must match completions: {completions}");
+    assert!(
+        job.contains(&format!("--partition auto/{completions}")),
+        "k8s_scan.yaml: --partition auto/N must match completions: {completions}"
+    );
 }
 
 /// The shipped binary must parse floats exactly (merge and --resume rebuild curves from JSON).
@@ -40,5 +43,8 @@ fn the_binary_reads_json_floats_exactly() {
         .unwrap();
     let tree = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(tree.contains("serde_json feature \"float_roundtrip\""), "serde_json's float_roundtrip is off in the binary's build:\n{tree}");
+    assert!(
+        tree.contains("serde_json feature \"float_roundtrip\""),
+        "serde_json's float_roundtrip is off in the binary's build:\n{tree}"
+    );
 }

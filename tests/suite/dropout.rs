@@ -30,7 +30,9 @@ fn our_mean_losses(name: &str, expected: &serde_json::Value) -> (Vec<f64>, f64, 
     let seeds = expected["seeds"].as_u64().unwrap();
     let means: Vec<f64> = (0..seeds)
         .map(|seed| {
-            let model = plasticity::model::load(&model_copy, &lora, &AdapterInit::Peft(adapter.clone()), seed, &Device::Cpu).unwrap();
+            let model =
+                plasticity::model::load(&model_copy, &lora, &AdapterInit::Peft(adapter.clone()), seed, &Device::Cpu)
+                    .unwrap();
             let mut trainer = Trainer::new(&model, &super::peft::spec(&parity)).unwrap();
             let losses: Vec<f64> = (0..10)
                 .map(|step| {
@@ -50,7 +52,8 @@ fn our_mean_losses(name: &str, expected: &serde_json::Value) -> (Vec<f64>, f64, 
 
 fn check(name: &str) {
     let expected = json(&fixtures().join("expected/dropout").join(format!("{name}.json")));
-    let (theirs, their_sd, k) = (expected["mean"].as_f64().unwrap(), expected["sd"].as_f64().unwrap(), expected["seeds"].as_f64().unwrap());
+    let (theirs, their_sd, k) =
+        (expected["mean"].as_f64().unwrap(), expected["sd"].as_f64().unwrap(), expected["seeds"].as_f64().unwrap());
     assert_eq!(floats(&expected["mean_loss_per_seed"]).len(), k as usize);
     let (_, ours, our_sd) = our_mean_losses(name, &expected);
     let band = 3.0 * ((our_sd.powi(2) + their_sd.powi(2)) / k).sqrt();
@@ -87,11 +90,21 @@ fn evaluation_is_deterministic_and_the_report_names_the_dropouts() {
     }
     std::fs::write(copy.join("config.json"), config.to_string()).unwrap();
     let blocks = super::util::task_blocks(32, 4);
-    let eval = |d: &std::path::Path| plasticity::train::eval_loss(&super::util::load_with(d, &Default::default(), &AdapterInit::Seeded(0)), &blocks.eval, 4).unwrap();
+    let eval = |d: &std::path::Path| {
+        plasticity::train::eval_loss(
+            &super::util::load_with(d, &Default::default(), &AdapterInit::Seeded(0)),
+            &blocks.eval,
+            4,
+        )
+        .unwrap()
+    };
     assert_eq!(eval(&copy), eval(&model_dir("gpt2")));
     let out = super::util::scan(dir.path(), &fixtures().join("task.jsonl"), &["--json", "-"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     super::util::assert_valid_report(&r);
-    assert_eq!(r["checkpoints"][0]["base_dropout"], serde_json::json!({"attn_pdrop": 0.1, "embd_pdrop": 0.1, "resid_pdrop": 0.1}));
+    assert_eq!(
+        r["checkpoints"][0]["base_dropout"],
+        serde_json::json!({"attn_pdrop": 0.1, "embd_pdrop": 0.1, "resid_pdrop": 0.1})
+    );
 }

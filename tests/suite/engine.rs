@@ -38,7 +38,8 @@ fn every_adapter_gets_a_gradient(name: &str, targets: Targets) {
     let grads = (sum / count).unwrap().backward().unwrap();
     for ad in &model.adapters {
         for (which, var) in [("A", &ad.a), ("B", &ad.b)] {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {}.{which}", ad.module));
+            let g =
+                grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {}.{which}", ad.module));
             let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(norm > 0.0, "{name}: zero gradient for {}.{which}", ad.module);
         }
@@ -55,8 +56,19 @@ fn every_adapter_weight_gets_a_gradient() {
 #[test]
 fn default_targets_follow_peft() {
     let modules = |name: &str| load(name).adapters.iter().map(|a| a.module.clone()).collect::<Vec<_>>();
-    assert_eq!(modules("llama_gqa"), ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]);
-    assert_eq!(modules("gpt_neox_parallel"), ["gpt_neox.layers.0.attention.query_key_value", "gpt_neox.layers.1.attention.query_key_value"]);
+    assert_eq!(
+        modules("llama_gqa"),
+        [
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.0.self_attn.v_proj",
+            "model.layers.1.self_attn.q_proj",
+            "model.layers.1.self_attn.v_proj"
+        ]
+    );
+    assert_eq!(
+        modules("gpt_neox_parallel"),
+        ["gpt_neox.layers.0.attention.query_key_value", "gpt_neox.layers.1.attention.query_key_value"]
+    );
     assert_eq!(modules("gpt2"), ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]);
 }
 
@@ -102,10 +114,12 @@ fn same_seeds_same_curve() {
 fn paused_and_resumed_run_equals_uninterrupted() {
     let blocks = task_blocks(32, 4);
     let lora = LoraSpec { dropout: 0.1, ..LoraSpec::default() };
-    let load = || plasticity::model::load(&model_dir("llama_gqa"), &lora, &AdapterInit::Seeded(2), 2, &Device::Cpu).unwrap();
+    let load =
+        || plasticity::model::load(&model_dir("llama_gqa"), &lora, &AdapterInit::Seeded(2), 2, &Device::Cpu).unwrap();
     let spec = TrainSpec { warmup_steps: 2, ..spec(6) };
     let order = BatchOrder::new(blocks.train.len(), 4, 6, 9);
-    let losses = |c: &[plasticity::train::CurvePoint]| c.iter().map(|p| (p.step, p.train_loss, p.eval_loss)).collect::<Vec<_>>();
+    let losses =
+        |c: &[plasticity::train::CurvePoint]| c.iter().map(|p| (p.step, p.train_loss, p.eval_loss)).collect::<Vec<_>>();
     let whole = fine_tune(&load(), &blocks, &order, &spec, &mut |_| {}).unwrap();
     let paused = fine_tune_until(&load(), &blocks, &order, &spec, None, 3, &mut |_| {}).unwrap();
     assert_eq!(paused.steps_done(), 3);
@@ -155,7 +169,8 @@ fn frozen_linear_with_bias_matches_matmul_plus_bias() {
 #[test]
 fn synthetic_checkpoints_load() {
     let dir = super::util::Dir::new();
-    let shape = plasticity::synth::Shape { layers: 2, hidden: 32, heads: 4, intermediate: 64, vocab: 100, positions: 64 };
+    let shape =
+        plasticity::synth::Shape { layers: 2, hidden: 32, heads: 4, intermediate: 64, vocab: 100, positions: 64 };
     for arch in ["llama", "gpt_neox", "gpt2"] {
         let path = dir.path().join(arch);
         plasticity::synth::write_checkpoint(&path, arch, shape, 0).unwrap();
@@ -165,7 +180,11 @@ fn synthetic_checkpoints_load() {
         let tensors = candle_core::safetensors::load(path.join("model.safetensors"), &Device::Cpu).unwrap();
         assert_eq!(m.n_params, tensors.values().map(|t| t.elem_count()).sum::<usize>(), "{arch}: parameter count");
         // Every tensor but the lookup tables takes part in a matmul (gpt2's wte doubles as its head).
-        let lookups: usize = tensors.iter().filter(|(k, _)| k.contains("embed_in") || k.contains("embed_tokens") || k.contains("wpe")).map(|(_, t)| t.elem_count()).sum();
+        let lookups: usize = tensors
+            .iter()
+            .filter(|(k, _)| k.contains("embed_in") || k.contains("embed_tokens") || k.contains("wpe"))
+            .map(|(_, t)| t.elem_count())
+            .sum();
         let want = 4.0 * (m.n_params - lookups) as f64 + 12.0 * (2 * 8 * 32) as f64;
         assert_eq!(m.flops_per_token(8), want, "{arch}: FLOPs per token");
     }
@@ -182,9 +201,19 @@ fn two_micro_batches_of_four_equal_one_batch_of_eight() {
     let stream = plasticity::data::tokenize(&plasticity::data::read_task(&task).unwrap(), &tok, 0).unwrap();
     let blocks = plasticity::data::blocks(&stream, 32, 2, &task).unwrap();
     let counts: Vec<usize> = blocks.train.iter().map(|b| b.labels[1..].iter().filter(|&&l| l).count()).collect();
-    assert!(counts.iter().min() != counts.iter().max(), "the blocks must carry different numbers of loss tokens: {counts:?}");
+    assert!(
+        counts.iter().min() != counts.iter().max(),
+        "the blocks must carry different numbers of loss tokens: {counts:?}"
+    );
     let curve = |batch_size: usize, grad_accum: usize| {
-        let model = plasticity::model::load(&model_dir("llama_gqa"), &LoraSpec::default(), &AdapterInit::Seeded(3), 3, &Device::Cpu).unwrap();
+        let model = plasticity::model::load(
+            &model_dir("llama_gqa"),
+            &LoraSpec::default(),
+            &AdapterInit::Seeded(3),
+            3,
+            &Device::Cpu,
+        )
+        .unwrap();
         let spec = TrainSpec { batch_size, grad_accum, ..spec(4) };
         let order = BatchOrder::new(blocks.train.len(), batch_size, 4 * grad_accum, 5);
         let out = fine_tune(&model, &blocks, &order, &spec, &mut |_| {}).unwrap();

@@ -105,7 +105,10 @@ fn duplicate_steps_name_both() {
 
 #[test]
 fn unknown_model_type_lists_the_supported_ones() {
-    assert_broken(|d| edit_config(d, |c| c["model_type"] = "mamba".into()), &["config.json", "mamba", "llama", "gpt_neox", "gpt2"]);
+    assert_broken(
+        |d| edit_config(d, |c| c["model_type"] = "mamba".into()),
+        &["config.json", "mamba", "llama", "gpt_neox", "gpt2"],
+    );
 }
 
 #[test]
@@ -120,7 +123,14 @@ fn missing_config_json() {
 
 #[test]
 fn config_missing_a_field() {
-    assert_broken(|d| edit_config(d, |c| { c.as_object_mut().unwrap().remove("n_head"); }), &["config.json", "n_head"]);
+    assert_broken(
+        |d| {
+            edit_config(d, |c| {
+                c.as_object_mut().unwrap().remove("n_head");
+            })
+        },
+        &["config.json", "n_head"],
+    );
 }
 
 #[test]
@@ -189,31 +199,54 @@ fn a_diverging_fine_tune_is_reported_as_diverged() {
 /// what it needs (PLASTICITY_MEMORY_LIMIT stands in for a small machine).
 #[test]
 fn a_checkpoint_too_large_for_memory_is_refused_before_loading() {
-    let out = super::util::scan(&model_dir("gpt2"), &task(), &["--json", "-"]).env("PLASTICITY_MEMORY_LIMIT", "1000000").output().unwrap();
+    let out = super::util::scan(&model_dir("gpt2"), &task(), &["--json", "-"])
+        .env("PLASTICITY_MEMORY_LIMIT", "1000000")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(SOME_FAILED), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let msg = report["checkpoints"][0]["error"].as_str().unwrap();
     assert!(msg.contains("needs about") && msg.contains("GB are available") && msg.contains("models/gpt2"), "{msg}");
-    let fits = super::util::scan(&model_dir("gpt2"), &task(), &[]).env("PLASTICITY_MEMORY_LIMIT", "100000000000").output().unwrap();
+    let fits = super::util::scan(&model_dir("gpt2"), &task(), &[])
+        .env("PLASTICITY_MEMORY_LIMIT", "100000000000")
+        .output()
+        .unwrap();
     assert_eq!(fits.status.code(), Some(0));
 }
 
 #[test]
 fn missing_tensor_is_named() {
-    assert_broken(|d| edit_weights(d, |t| { t.remove("transformer.h.1.mlp.c_fc.weight"); }), &["model.safetensors", "transformer.h.1.mlp.c_fc.weight", "missing"]);
+    assert_broken(
+        |d| {
+            edit_weights(d, |t| {
+                t.remove("transformer.h.1.mlp.c_fc.weight");
+            })
+        },
+        &["model.safetensors", "transformer.h.1.mlp.c_fc.weight", "missing"],
+    );
 }
 
 #[test]
 fn tensor_of_the_wrong_shape_is_named() {
     assert_broken(
-        |d| edit_weights(d, |t| { t.insert("transformer.h.0.attn.c_attn.weight".into(), Tensor::zeros((64, 64), candle_core::DType::F32, &Device::Cpu).unwrap()); }),
+        |d| {
+            edit_weights(d, |t| {
+                t.insert(
+                    "transformer.h.0.attn.c_attn.weight".into(),
+                    Tensor::zeros((64, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+                );
+            })
+        },
         &["transformer.h.0.attn.c_attn.weight", "[64, 64]", "[64, 192]"],
     );
 }
 
 #[test]
 fn unreadable_safetensors() {
-    assert_broken(|d| std::fs::write(d.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}").unwrap(), &["model.safetensors", "invalid safetensors"]);
+    assert_broken(
+        |d| std::fs::write(d.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}").unwrap(),
+        &["model.safetensors", "invalid safetensors"],
+    );
     assert_broken(|d| std::fs::remove_file(d.join("model.safetensors")).unwrap(), &["no model weights"]);
 }
 
@@ -271,7 +304,28 @@ fn binary_task_file() {
 
 #[test]
 fn bad_flags_exit_2() {
-    for flags in [&["--steps", "0"][..], &["--lr", "-1"], &["--steps", "-1"], &["--target-loss", "-2"], &["--seeds", "-3"], &["--price-per-gpu-hour", "-1e-3"], &["--fail-if-last-slower", "-1"], &["--dropout", "1.5"], &["--batch-size", "0"], &["--targets", ","], &["--strategy", "race", "--resume", "r.json"], &["--device", "tpu"], &["--device", "cuda:0"], &["--partition", "1/2", "--strategy", "race"], &["--dtype", "f16"], &["--devices", "cpu,auto"], &["--devices", "cpu,"], &["--devices", "cuda:0,cuda:1"], &["--devices", "cpu,cpu", "--strategy", "race"], &["--partition", "1/2", "--save-adapters", "out", "--save-best"]] {
+    for flags in [
+        &["--steps", "0"][..],
+        &["--lr", "-1"],
+        &["--steps", "-1"],
+        &["--target-loss", "-2"],
+        &["--seeds", "-3"],
+        &["--price-per-gpu-hour", "-1e-3"],
+        &["--fail-if-last-slower", "-1"],
+        &["--dropout", "1.5"],
+        &["--batch-size", "0"],
+        &["--targets", ","],
+        &["--strategy", "race", "--resume", "r.json"],
+        &["--device", "tpu"],
+        &["--device", "cuda:0"],
+        &["--partition", "1/2", "--strategy", "race"],
+        &["--dtype", "f16"],
+        &["--devices", "cpu,auto"],
+        &["--devices", "cpu,"],
+        &["--devices", "cuda:0,cuda:1"],
+        &["--devices", "cpu,cpu", "--strategy", "race"],
+        &["--partition", "1/2", "--save-adapters", "out", "--save-best"],
+    ] {
         let (code, stderr, _) = run(&model_dir("gpt2"), &task(), flags);
         assert_eq!(code, USAGE, "{flags:?}: {stderr}");
         let errors = errors(&stderr);
@@ -296,7 +350,9 @@ fn unknown_target_module_is_refused() {
 #[test]
 fn unwritable_report_path_fails_before_training() {
     let start = std::time::Instant::now();
-    let out = scan(&fixtures().join("series"), &task(), &["--json", "/no/such/dir/report.json", "--steps", "50"]).output().unwrap();
+    let out = scan(&fixtures().join("series"), &task(), &["--json", "/no/such/dir/report.json", "--steps", "50"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(INPUT), "{stderr}");
     assert!(stderr.contains("/no/such/dir/report.json"), "{stderr}");
@@ -308,7 +364,9 @@ fn shard_paths_may_not_leave_the_checkpoint() {
     let dir = Dir::new();
     let c = dir.copy_checkpoint(&model_dir("llama_sharded"), "checkpoint-1");
     let index = c.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index).unwrap().replace("\"model-00001-of-00003.safetensors\"", "\"../model-00001-of-00003.safetensors\"");
+    let text = std::fs::read_to_string(&index)
+        .unwrap()
+        .replace("\"model-00001-of-00003.safetensors\"", "\"../model-00001-of-00003.safetensors\"");
     std::fs::write(&index, text).unwrap();
     let (code, _, report) = run(dir.path(), &task(), &[]);
     assert_eq!(code, ALL_FAILED);
@@ -319,15 +377,22 @@ fn shard_paths_may_not_leave_the_checkpoint() {
 fn adapters_with_unsupported_peft_options_are_refused() {
     let dir = Dir::new();
     let adapter = dir.copy_checkpoint(&fixtures().join("peft/gpt2"), "adapter");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
     cfg["use_dora"] = true.into();
     std::fs::write(adapter.join("adapter_config.json"), cfg.to_string()).unwrap();
     let (code, stderr, _) = run(&model_dir("gpt2"), &task(), &["--init-adapter", adapter.to_str().unwrap()]);
     assert_eq!(code, INPUT);
     assert!(errors(&stderr)[0].contains("adapter_config.json") && stderr.contains("DoRA"), "{stderr}");
     // what the adapter's config sets cannot be changed by a flag: refused, never overridden
-    for flag in [&["--rank", "4"][..], &["--alpha", "32"], &["--targets", "c_attn"], &["--rslora"], &["--dropout", "0.1"]] {
-        let (code, stderr, _) = run(&model_dir("gpt2"), &task(), &[&["--init-adapter", fixtures().join("peft/gpt2").to_str().unwrap()], flag].concat());
+    for flag in
+        [&["--rank", "4"][..], &["--alpha", "32"], &["--targets", "c_attn"], &["--rslora"], &["--dropout", "0.1"]]
+    {
+        let (code, stderr, _) = run(
+            &model_dir("gpt2"),
+            &task(),
+            &[&["--init-adapter", fixtures().join("peft/gpt2").to_str().unwrap()], flag].concat(),
+        );
         assert_eq!(code, USAGE, "{flag:?}: {stderr}");
         assert!(errors(&stderr)[0].contains(flag[0]) && stderr.contains("--init-adapter"), "{stderr}");
     }
@@ -335,7 +400,10 @@ fn adapters_with_unsupported_peft_options_are_refused() {
 
 #[test]
 fn invalid_tokenizer_json() {
-    assert_broken(|d| std::fs::write(d.join("tokenizer.json"), "{\"version\": \"1.0\", \"model\": 7}").unwrap(), &["tokenizer.json"]);
+    assert_broken(
+        |d| std::fs::write(d.join("tokenizer.json"), "{\"version\": \"1.0\", \"model\": 7}").unwrap(),
+        &["tokenizer.json"],
+    );
     assert_broken(|d| std::fs::write(d.join("tokenizer.json"), [0xffu8, 0x00, 0x13]).unwrap(), &["tokenizer.json"]);
 }
 
@@ -360,11 +428,13 @@ fn more_eval_blocks_than_the_task_holds() {
 #[test]
 fn absurd_sizes_saturate_the_memory_estimate() {
     assert_broken(
-        |d| edit_config(d, |c| {
-            c["n_embd"] = (1u64 << 62).into();
-            c["n_layer"] = (1u64 << 40).into();
-            c["vocab_size"] = (1u64 << 62).into();
-        }),
+        |d| {
+            edit_config(d, |c| {
+                c["n_embd"] = (1u64 << 62).into();
+                c["n_layer"] = (1u64 << 40).into();
+                c["vocab_size"] = (1u64 << 62).into();
+            })
+        },
         &["needs about", "GB are available"],
     );
 }

@@ -14,7 +14,23 @@ use plasticity::lora::{AdapterInit, PeftConfig};
 use super::util::{fixtures, floats, json, load_with, model_dir, scan, to_vec, Dir};
 
 /// EXPORT_FLAGS of scripts/make_export_fixtures.py.
-const EXPORT_FLAGS: [&str; 15] = ["--steps", "6", "--seq-len", "32", "--batch-size", "4", "--eval-blocks", "4", "--lr", "1e-2", "--seed", "3", "--device", "cpu", "--quiet"];
+const EXPORT_FLAGS: [&str; 15] = [
+    "--steps",
+    "6",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--eval-blocks",
+    "4",
+    "--lr",
+    "1e-2",
+    "--seed",
+    "3",
+    "--device",
+    "cpu",
+    "--quiet",
+];
 
 fn tensors(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
@@ -35,7 +51,8 @@ fn check_names_and_shapes(dir: &Path, name: &str) {
     let t = tensors(dir);
     assert_eq!(t.len(), 2 * modules.len());
     for m in modules.iter().map(|m| m.as_str().unwrap()) {
-        let (a, b) = (&t[&format!("base_model.model.{m}.lora_A.weight")], &t[&format!("base_model.model.{m}.lora_B.weight")]);
+        let (a, b) =
+            (&t[&format!("base_model.model.{m}.lora_A.weight")], &t[&format!("base_model.model.{m}.lora_B.weight")]);
         assert_eq!((a.dim(0).unwrap(), b.dim(1).unwrap()), (r, r), "{m}");
         assert!(b.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{m}: B was trained");
     }
@@ -57,7 +74,8 @@ fn exported_adapters_are_peft_files() {
             let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(err <= 1e-4 * size, "{name}: {k} differs from the export PEFT loaded by {err} (max {size})");
         }
-        let (mut a, mut b) = (json(&dir.path().join(name).join("adapter_config.json")), json(&committed.join("adapter_config.json")));
+        let (mut a, mut b) =
+            (json(&dir.path().join(name).join("adapter_config.json")), json(&committed.join("adapter_config.json")));
         a.as_object_mut().unwrap().remove("base_model_name_or_path");
         b.as_object_mut().unwrap().remove("base_model_name_or_path");
         assert_eq!(a, b, "{name}: adapter_config.json");
@@ -71,7 +89,12 @@ fn exported_adapters_give_pefts_logits() {
         let expected = json(&dir.join("peft_logits.json"));
         let lora = PeftConfig::read(&dir).unwrap().spec(&dir).unwrap();
         let model = load_with(&model_dir(name), &lora, &AdapterInit::Peft(dir.clone()));
-        let ids: Vec<u32> = expected["input_ids"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32)).collect();
+        let ids: Vec<u32> = expected["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32))
+            .collect();
         let logits = to_vec(&model.model.forward(&Tensor::from_vec(ids, (2, 16), &Device::Cpu).unwrap()).unwrap());
         let want = floats(&expected["logits"]);
         let err = logits.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs() / b.abs().max(1.0)).fold(0.0, f64::max);
@@ -85,15 +108,32 @@ fn exported_adapters_give_pefts_logits() {
 fn save_best_keeps_the_winner_only() {
     let dir = Dir::new();
     let (out, report) = (dir.path().join("adapters"), dir.path().join("r.json"));
-    let flags = ["--steps", "4", "--seeds", "2", "--save-adapters", out.to_str().unwrap(), "--save-best", "--json", report.to_str().unwrap(), "--quiet"];
+    let flags = [
+        "--steps",
+        "4",
+        "--seeds",
+        "2",
+        "--save-adapters",
+        out.to_str().unwrap(),
+        "--save-best",
+        "--json",
+        report.to_str().unwrap(),
+        "--quiet",
+    ];
     let run = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &flags).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let best = json(&report)["ranking"][0].as_str().unwrap().to_string();
-    let left: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let left: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(left, vec![best.clone()]);
-    let seeds: Vec<String> = std::fs::read_dir(out.join(&best)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let seeds: Vec<String> = std::fs::read_dir(out.join(&best))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(seeds.len(), 2, "{seeds:?}");
-    assert!(seeds.iter().all(|s| s.starts_with("seed-") && out.join(&best).join(s).join("adapter_model.safetensors").exists()));
+    assert!(seeds
+        .iter()
+        .all(|s| s.starts_with("seed-") && out.join(&best).join(s).join("adapter_model.safetensors").exists()));
 }
 
 /// --save-adapters never replaces a folder that is not an adapter: the series folder itself is
@@ -112,7 +152,8 @@ fn exports_never_replace_what_is_not_an_adapter() {
         }
     };
     copy("checkpoint-1");
-    let out = scan(&series, &fixtures().join("task.jsonl"), &["--save-adapters", series.to_str().unwrap()]).output().unwrap();
+    let out =
+        scan(&series, &fixtures().join("task.jsonl"), &["--save-adapters", series.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint folder"));
     assert!(series.join("checkpoint-1/model.safetensors").exists());
@@ -120,18 +161,27 @@ fn exports_never_replace_what_is_not_an_adapter() {
     let adapters = dir.path().join("adapters");
     std::fs::create_dir_all(adapters.join("checkpoint-1")).unwrap();
     std::fs::write(adapters.join("checkpoint-1/notes.txt"), "mine").unwrap();
-    let out = scan(&series, &fixtures().join("task.jsonl"), &["--save-adapters", adapters.to_str().unwrap()]).output().unwrap();
+    let out = scan(&series, &fixtures().join("task.jsonl"), &["--save-adapters", adapters.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3), "the snapshot fails");
     assert!(String::from_utf8_lossy(&out.stderr).contains("notes.txt"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(adapters.join("checkpoint-1/notes.txt")).unwrap(), "mine");
 
     // names that merely look like the tool's (a dot-file, a seed-* file or folder of other things)
-    for (rel, what) in [(".env", "a dot-file"), ("seed-notes.txt", "a seed-* file"), ("seed-1/notes.txt", "a seed folder holding something else"), ("seed-x/adapter_config.json", "a seed-* folder not named by a number")] {
+    for (rel, what) in [
+        (".env", "a dot-file"),
+        ("seed-notes.txt", "a seed-* file"),
+        ("seed-1/notes.txt", "a seed folder holding something else"),
+        ("seed-x/adapter_config.json", "a seed-* folder not named by a number"),
+    ] {
         std::fs::remove_dir_all(adapters.join("checkpoint-1")).unwrap();
         let path = adapters.join("checkpoint-1").join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "mine").unwrap();
-        let out = scan(&series, &fixtures().join("task.jsonl"), &["--save-adapters", adapters.to_str().unwrap()]).output().unwrap();
+        let out = scan(&series, &fixtures().join("task.jsonl"), &["--save-adapters", adapters.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(3), "{what}: the snapshot fails");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine", "{what} was removed");
     }

@@ -3,7 +3,10 @@
 //! `report` and `select` commands on a real scan.
 
 use plasticity::model::single_index::Metrics;
-use plasticity::report::{csv::Csv, junit::Junit, markdown::Markdown, BudgetInfo, CheckpointReport, DeviceInfo, Exporter, ForecastReport, RaceInfo, Report, SettleInfo, SettleRound, StoppedInfo, TargetInfo, Tool};
+use plasticity::report::{
+    csv::Csv, junit::Junit, markdown::Markdown, BudgetInfo, CheckpointReport, DeviceInfo, Exporter, ForecastReport,
+    RaceInfo, Report, SettleInfo, SettleRound, StoppedInfo, TargetInfo, Tool,
+};
 use plasticity::train::CurvePoint;
 
 use super::util::{fixtures, scan, Dir};
@@ -42,7 +45,9 @@ fn report() -> Report {
         step: 3000,
         step_source: "folder name".into(),
         status: "failed".into(),
-        error: Some("runs/step3000/model.safetensors: tensor gpt_neox.embed_in.weight is missing, \"quoted\" & <angled>".into()),
+        error: Some(
+            "runs/step3000/model.safetensors: tensor gpt_neox.embed_in.weight is missing, \"quoted\" & <angled>".into(),
+        ),
         ..Default::default()
     };
     Report {
@@ -55,7 +60,12 @@ fn report() -> Report {
         target_loss: Some(3.5),
         target: Some(TargetInfo { kind: "loss".into(), value: 3.5, set_by: Vec::new() }),
         price_per_device_hour: None,
-        checkpoints: vec![ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)), extrapolated(), ok("step2500", 2500, 3, 3.7, 3.65, None), failed],
+        checkpoints: vec![
+            ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)),
+            extrapolated(),
+            ok("step2500", 2500, 3, 3.7, 3.65, None),
+            failed,
+        ],
         ranking: vec!["step1000".into(), "step2000".into(), "step2500".into()],
         race: None,
         gates: Vec::new(),
@@ -84,7 +94,15 @@ fn simulated() -> Report {
     r.checkpoints[1] = ok("step2000", 2000, 2, 3.8, 3.6, None);
     r.ranking.truncate(2);
     for (c, mu) in r.checkpoints.iter_mut().zip([0.1, 0.9]) {
-        c.single_index = Some(Metrics { mu, initial_loss: 0.5 * (1.0 - mu) * (1.0 - mu), escape_step: Some(20), steps_to_tiny_loss: None, tau: Some(1.9), predicted_escape_step: Some(18.0), m0: 0.1 });
+        c.single_index = Some(Metrics {
+            mu,
+            initial_loss: 0.5 * (1.0 - mu) * (1.0 - mu),
+            escape_step: Some(20),
+            steps_to_tiny_loss: None,
+            tau: Some(1.9),
+            predicted_escape_step: Some(18.0),
+            m0: 0.1,
+        });
     }
     r
 }
@@ -94,9 +112,26 @@ fn simulated() -> Report {
 /// after one round of settling.
 fn budgeted() -> Report {
     let mut r = report();
-    let target = TargetInfo { kind: "median_final".into(), value: 3.3, set_by: vec!["step1000".into(), "step2000".into(), "step2500".into()] };
-    let settle = SettleInfo { rounds: vec![SettleRound { step: 20, contenders: vec!["step2500".into(), "step1000".into()] }], updates_trained: 20 };
-    r.budget = Some(BudgetInfo { asked: "3 epochs".into(), probe_steps: 10, steps: 100, forecast: true, target: Some(target), settled: Some(false), more_updates_to_settle: Some(40), no_forecast: None, settle: Some(settle) });
+    let target = TargetInfo {
+        kind: "median_final".into(),
+        value: 3.3,
+        set_by: vec!["step1000".into(), "step2000".into(), "step2500".into()],
+    };
+    let settle = SettleInfo {
+        rounds: vec![SettleRound { step: 20, contenders: vec!["step2500".into(), "step1000".into()] }],
+        updates_trained: 20,
+    };
+    r.budget = Some(BudgetInfo {
+        asked: "3 epochs".into(),
+        probe_steps: 10,
+        steps: 100,
+        forecast: true,
+        target: Some(target),
+        settled: Some(false),
+        more_updates_to_settle: Some(40),
+        no_forecast: None,
+        settle: Some(settle),
+    });
     let at = |rank: usize, loss: f64, steps: Option<f64>, tied: bool| ForecastReport {
         budget_steps: 100,
         forecast: true,
@@ -115,7 +150,8 @@ fn budgeted() -> Report {
     r.checkpoints[0].forecast = Some(at(2, 3.25, Some(60.0), true));
     r.checkpoints[1].forecast = Some(at(3, 3.4, None, false));
     r.checkpoints[2].forecast = Some(at(1, 3.2, Some(45.0), false));
-    r.measured_ranking = std::mem::replace(&mut r.ranking, vec!["step2500".into(), "step1000".into(), "step2000".into()]);
+    r.measured_ranking =
+        std::mem::replace(&mut r.ranking, vec!["step2500".into(), "step1000".into(), "step2000".into()]);
     r
 }
 
@@ -125,7 +161,8 @@ fn snapshot(name: &str, got: Vec<u8>) {
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write(&path, &got).unwrap();
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_SNAPSHOTS=1)", path.display()));
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_SNAPSHOTS=1)", path.display()));
     assert_eq!(String::from_utf8(got).unwrap(), want, "{name} differs from its snapshot");
 }
 
@@ -168,7 +205,8 @@ fn raced() -> Report {
     let mut r = report();
     r.checkpoints.truncate(3);
     r.checkpoints[2].status = "stopped".into();
-    r.checkpoints[2].stopped = Some(StoppedInfo { at_step: 10, rung: 1, reason: "rank 3 of 3 at step 10 (keeping the best 1)".into() });
+    r.checkpoints[2].stopped =
+        Some(StoppedInfo { at_step: 10, rung: 1, reason: "rank 3 of 3 at step 10 (keeping the best 1)".into() });
     r.race = Some(RaceInfo { rungs: vec![40, 60], steps_trained: 100, steps_full_budget: 180 });
     r
 }
@@ -177,18 +215,32 @@ fn raced() -> Report {
 fn race_exports() {
     super::util::assert_valid_report(&serde_json::to_value(raced()).unwrap());
     let table = plasticity::report::table::render(&raced());
-    assert!(table.contains("3 (stopped@10)") && table.contains("trained 100 of the full budget's 180 updates (56%)"), "{table}");
+    assert!(
+        table.contains("3 (stopped@10)") && table.contains("trained 100 of the full budget's 180 updates (56%)"),
+        "{table}"
+    );
     let junit = String::from_utf8(Junit.render(&raced()).unwrap()).unwrap();
-    assert!(junit.contains("failures=\"0\"") && junit.contains("<skipped message=\"stopped by the race at step 10: rank 3 of 3"), "{junit}");
+    assert!(
+        junit.contains("failures=\"0\"")
+            && junit.contains("<skipped message=\"stopped by the race at step 10: rank 3 of 3"),
+        "{junit}"
+    );
 }
 
 /// A scan's Markdown equals `plasticity report` of its JSON; `select` prints the winner's path.
 #[test]
 fn report_and_select_reuse_a_saved_report() {
     let dir = Dir::new();
-    let (json, md, csv, junit) = (dir.path().join("r.json"), dir.path().join("r.md"), dir.path().join("r.csv"), dir.path().join("r.xml"));
+    let (json, md, csv, junit) =
+        (dir.path().join("r.json"), dir.path().join("r.md"), dir.path().join("r.csv"), dir.path().join("r.xml"));
     let paths: Vec<&str> = [&json, &md, &csv, &junit].iter().map(|p| p.to_str().unwrap()).collect();
-    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", paths[0], "--markdown", paths[1], "--csv", paths[2], "--junit", paths[3], "--steps", "2"]).output().unwrap();
+    let out = scan(
+        &fixtures().join("series"),
+        &fixtures().join("task.jsonl"),
+        &["--json", paths[0], "--markdown", paths[1], "--csv", paths[2], "--junit", paths[3], "--steps", "2"],
+    )
+    .output()
+    .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bin = || assert_cmd::Command::cargo_bin("plasticity").unwrap();
     let again = bin().args(["report", paths[0], "--markdown", "-"]).output().unwrap();
@@ -201,7 +253,10 @@ fn report_and_select_reuse_a_saved_report() {
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let best = r["ranking"][0].as_str().unwrap();
     let selected = bin().args(["select", paths[0]]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&selected.stdout).trim(), fixtures().join("series").join(best).display().to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&selected.stdout).trim(),
+        fixtures().join("series").join(best).display().to_string()
+    );
     let top2 = bin().args(["select", paths[0], "--top", "2"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&top2.stdout).lines().count(), 2);
     let bad = bin().args(["select", md.to_str().unwrap()]).output().unwrap();
@@ -210,7 +265,9 @@ fn report_and_select_reuse_a_saved_report() {
 
 #[test]
 fn only_one_report_may_use_stdout() {
-    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", "-", "--csv", "-"]).output().unwrap();
+    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--json", "-", "--csv", "-"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -235,14 +292,24 @@ fn step_summary_is_appended_on_github() {
 fn plot_draws_every_snapshot() {
     let dir = Dir::new();
     let (svg, png, json) = (dir.path().join("p.svg"), dir.path().join("p.png"), dir.path().join("r.json"));
-    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--plot", svg.to_str().unwrap(), "--json", json.to_str().unwrap(), "--steps", "2"]).output().unwrap();
+    let out = scan(
+        &fixtures().join("series"),
+        &fixtures().join("task.jsonl"),
+        &["--plot", svg.to_str().unwrap(), "--json", json.to_str().unwrap(), "--steps", "2"],
+    )
+    .output()
+    .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&svg).unwrap();
     assert_eq!(text.matches("stroke-width=\"3\"").count(), 4 * 2 * 2, "curves and legend lines");
     for name in ["checkpoint-30", "checkpoint-60", "checkpoint-90", "checkpoint-120"] {
         assert_eq!(text.matches(&format!("{name} (step")).count(), 2, "{name} in both legends");
     }
-    let again = assert_cmd::Command::cargo_bin("plasticity").unwrap().args(["report", json.to_str().unwrap(), "--plot", png.to_str().unwrap()]).output().unwrap();
+    let again = assert_cmd::Command::cargo_bin("plasticity")
+        .unwrap()
+        .args(["report", json.to_str().unwrap(), "--plot", png.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000);
@@ -259,14 +326,18 @@ fn closed_stdout_is_not_a_panic() {
     let dir = Dir::new();
     let mut r = report();
     let first = r.checkpoints[0].clone();
-    r.checkpoints = (0..3000).map(|i| CheckpointReport { name: format!("step{i}"), step: i, ..first.clone() }).collect();
+    r.checkpoints =
+        (0..3000).map(|i| CheckpointReport { name: format!("step{i}"), step: i, ..first.clone() }).collect();
     r.ranking = r.checkpoints.iter().map(|c| c.name.clone()).collect();
     let path = dir.path().join("big.json");
     std::fs::write(&path, serde_json::to_vec(&r).unwrap()).unwrap();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
-        .arg("report").arg(&path)
-        .stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped())
-        .spawn().unwrap();
+        .arg("report")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     drop(child.stdout.take()); // the reader goes away before the table is written
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -280,7 +351,11 @@ fn closed_stdout_is_not_a_panic() {
 fn a_saved_report_reads_back_every_float_exactly() {
     let hard = [7.8450821165054565, -0.11802338630922371, 0.0031031879999999998, 0.020666721000000002];
     let mut r = report();
-    r.checkpoints[0].curve = hard.iter().enumerate().map(|(i, &l)| CurvePoint { step: i, train_loss: Some(l), eval_loss: Some(l), elapsed_s: l.abs() }).collect();
+    r.checkpoints[0].curve = hard
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| CurvePoint { step: i, train_loss: Some(l), eval_loss: Some(l), elapsed_s: l.abs() })
+        .collect();
     r.checkpoints[0].final_eval_loss = Some(hard[0]);
     let dir = Dir::new();
     let path = dir.path().join("r.json");

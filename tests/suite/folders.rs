@@ -10,7 +10,9 @@ use super::util::{fixtures, model_dir, scan, Dir};
 
 /// Runs a scan with a JSON report on stdout: (exit code, stderr, report).
 fn run(dir: &Path, extra: &[&str]) -> (i32, String, serde_json::Value) {
-    let out = scan(dir, &fixtures().join("task.jsonl"), &[&["--json", "-", "--steps", "1"], extra].concat()).output().unwrap();
+    let out = scan(dir, &fixtures().join("task.jsonl"), &[&["--json", "-", "--steps", "1"], extra].concat())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "{stderr}");
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
@@ -22,7 +24,12 @@ fn ranking(report: &serde_json::Value) -> Vec<String> {
 }
 
 fn status_of(report: &serde_json::Value, name: &str) -> (String, String) {
-    let c = report["checkpoints"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{name} not in the report"));
+    let c = report["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in the report"));
     (c["status"].as_str().unwrap().to_string(), c["error"].as_str().unwrap_or("").to_string())
 }
 
@@ -38,7 +45,12 @@ fn symlink_loops_and_dangling_links_are_skipped_with_a_reason() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(ranking(&report), ["checkpoint-1"]);
     for name in ["checkpoint-2", "checkpoint-3", "checkpoint-4"] {
-        assert!(stderr.lines().any(|l| l.starts_with("warning: skipping") && l.contains(name) && l.contains("symbolic links")), "{name}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("warning: skipping") && l.contains(name) && l.contains("symbolic links")),
+            "{name}: {stderr}"
+        );
     }
     assert!(stderr.lines().any(|l| l.contains("checkpoint-5") && l.contains("cannot open")), "{stderr}");
 }
@@ -104,7 +116,10 @@ fn shards_reached_through_symlinks_must_stay_inside() {
     let (_, _, report) = sharded_with(outside);
     let (status, error) = status_of(&report, "checkpoint-1");
     assert_eq!(status, "failed");
-    assert!(error.contains("model.safetensors.index.json") && error.contains("points outside the checkpoint folder"), "{error}");
+    assert!(
+        error.contains("model.safetensors.index.json") && error.contains("points outside the checkpoint folder"),
+        "{error}"
+    );
 
     let absolute = |_: &Path, shard: &Path| {
         let index = shard.with_file_name("model.safetensors.index.json");
@@ -139,7 +154,8 @@ fn hub_cache(revisions: &[(&str, &str, &str)]) -> Dir {
             let blob = repo.join("blobs").join(format!("{commit}-{}", entry.file_name().to_string_lossy()));
             std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
             std::fs::copy(entry.path(), &blob).unwrap();
-            symlink(Path::new("../../blobs").join(blob.file_name().unwrap()), snapshot.join(entry.file_name())).unwrap();
+            symlink(Path::new("../../blobs").join(blob.file_name().unwrap()), snapshot.join(entry.file_name()))
+                .unwrap();
         }
     }
     dir
@@ -147,11 +163,20 @@ fn hub_cache(revisions: &[(&str, &str, &str)]) -> Dir {
 
 #[test]
 fn a_hub_cache_repository_is_a_series_of_its_step_revisions() {
-    let cache = hub_cache(&[("step2", "bbbb", "llama_sharded"), ("step1", "aaaa", "llama_sharded"), ("main", "bbbb", "llama_sharded")]);
+    let cache = hub_cache(&[
+        ("step2", "bbbb", "llama_sharded"),
+        ("step1", "aaaa", "llama_sharded"),
+        ("main", "bbbb", "llama_sharded"),
+    ]);
     cache.write("models--org--tiny/refs/step3", "cccc"); // not downloaded
     let (code, stderr, report) = run(&cache.path().join("models--org--tiny"), &[]);
     assert_eq!(code, 0, "{stderr}");
-    let steps: Vec<(String, u64)> = report["checkpoints"].as_array().unwrap().iter().map(|c| (c["name"].as_str().unwrap().to_string(), c["step"].as_u64().unwrap())).collect();
+    let steps: Vec<(String, u64)> = report["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap().to_string(), c["step"].as_u64().unwrap()))
+        .collect();
     assert_eq!(steps, [("step1".to_string(), 1), ("step2".to_string(), 2)]);
     assert!(stderr.contains("skipping revision main"), "{stderr}");
     assert!(stderr.contains("skipping revision step3") && stderr.contains("\"cccc\""), "{stderr}");

@@ -32,8 +32,14 @@ fn max_rel_err(ours: &[f32], theirs: &[f64]) -> f64 {
 
 fn check_logits(dir: &Path, name: &str) {
     let expected = json(&fixtures().join("expected").join(format!("{name}.json")));
-    let ids: Vec<u32> = expected["input_ids"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32)).collect();
-    let shape: Vec<usize> = expected["logits_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let ids: Vec<u32> = expected["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32))
+        .collect();
+    let shape: Vec<usize> =
+        expected["logits_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let model = load_with(dir, &LoraSpec::default(), &AdapterInit::Seeded(0));
     let ids = Tensor::from_vec(ids, (shape[0], shape[1]), &Device::Cpu).unwrap();
     let logits = model.model.forward(&ids).unwrap();
@@ -113,6 +119,9 @@ fn unsupported_rope_types_are_refused() {
     let mut cfg = json(&to.join("config.json"));
     cfg["rope_parameters"]["rope_type"] = "yarn".into();
     std::fs::write(to.join("config.json"), cfg.to_string()).unwrap();
-    let err = plasticity::model::load(&to, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu).err().unwrap().to_string();
+    let err = plasticity::model::load(&to, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("config.json") && err.contains("yarn"), "{err}");
 }

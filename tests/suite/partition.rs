@@ -8,12 +8,19 @@ use super::util::{fixtures, json, scan, without_timings, Dir};
 const FLAGS: [&str; 4] = ["--steps", "6", "--seeds", "2"];
 
 fn scan_to(report: &Path, extra: &[&str]) -> (i32, String) {
-    let out = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &[&FLAGS[..], &["--json", report.to_str().unwrap()], extra].concat()).output().unwrap();
+    let out = scan(
+        &fixtures().join("series"),
+        &fixtures().join("task.jsonl"),
+        &[&FLAGS[..], &["--json", report.to_str().unwrap()], extra].concat(),
+    )
+    .output()
+    .unwrap();
     (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn merge(parts: &[&Path], extra: &[&str]) -> (i32, String) {
-    let out = assert_cmd::Command::cargo_bin("plasticity").unwrap().arg("merge").args(parts).args(extra).output().unwrap();
+    let out =
+        assert_cmd::Command::cargo_bin("plasticity").unwrap().arg("merge").args(parts).args(extra).output().unwrap();
     (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -22,15 +29,36 @@ fn merge(parts: &[&Path], extra: &[&str]) -> (i32, String) {
 fn measured(report: &serde_json::Value) -> serde_json::Value {
     let mut r = report.clone();
     without_timings(&mut r);
-    let keep = ["name", "step", "status", "curve", "runs", "steps_to_target", "final_eval_loss", "rank", "tied_with_best", "ci95"];
-    let checkpoints: Vec<serde_json::Value> = r["checkpoints"].as_array().unwrap().iter().map(|c| keep.iter().map(|k| (k.to_string(), c[*k].clone())).collect::<serde_json::Map<_, _>>().into()).collect();
+    let keep = [
+        "name",
+        "step",
+        "status",
+        "curve",
+        "runs",
+        "steps_to_target",
+        "final_eval_loss",
+        "rank",
+        "tied_with_best",
+        "ci95",
+    ];
+    let checkpoints: Vec<serde_json::Value> = r["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| keep.iter().map(|k| (k.to_string(), c[*k].clone())).collect::<serde_json::Map<_, _>>().into())
+        .collect();
     serde_json::json!({ "ranking": r["ranking"], "target_loss": r["target_loss"], "checkpoints": checkpoints })
 }
 
 #[test]
 fn two_partitions_merged_equal_one_full_scan() {
     let dir = Dir::new();
-    let (full, p1, p2, merged) = (dir.path().join("full.json"), dir.path().join("p1.json"), dir.path().join("p2.json"), dir.path().join("all.json"));
+    let (full, p1, p2, merged) = (
+        dir.path().join("full.json"),
+        dir.path().join("p1.json"),
+        dir.path().join("p2.json"),
+        dir.path().join("all.json"),
+    );
     assert_eq!(scan_to(&full, &[]).0, 0);
     let (code, stderr) = scan_to(&p1, &["--partition", "1/2"]);
     assert_eq!(code, 0, "{stderr}");
@@ -78,18 +106,29 @@ fn partition_auto_reads_slurm_and_kubernetes() {
     let dir = Dir::new();
     let report = dir.path().join("r.json");
     let run = |env: &[(&str, &str)], value: &str| {
-        let mut cmd = scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--steps", "2", "--partition", value, "--json", report.to_str().unwrap()]);
+        let mut cmd = scan(
+            &fixtures().join("series"),
+            &fixtures().join("task.jsonl"),
+            &["--steps", "2", "--partition", value, "--json", report.to_str().unwrap()],
+        );
         cmd.env_remove("SLURM_ARRAY_TASK_MIN").envs(env.iter().copied());
         let out = cmd.output().unwrap();
         (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let (code, stderr) = run(&[("SLURM_ARRAY_TASK_ID", "5"), ("SLURM_ARRAY_TASK_MIN", "4"), ("SLURM_ARRAY_TASK_COUNT", "3")], "auto");
+    let (code, stderr) =
+        run(&[("SLURM_ARRAY_TASK_ID", "5"), ("SLURM_ARRAY_TASK_MIN", "4"), ("SLURM_ARRAY_TASK_COUNT", "3")], "auto");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(json(&report)["settings"]["partition"], "2/3");
     let (code, _) = run(&[("JOB_COMPLETION_INDEX", "0")], "auto/2");
     assert_eq!(code, 0);
     assert_eq!(json(&report)["settings"]["partition"], "1/2");
-    for (env, value) in [(&[][..], "auto"), (&[("JOB_COMPLETION_INDEX", "2")][..], "auto/2"), (&[][..], "3/2"), (&[][..], "0/2"), (&[][..], "x")] {
+    for (env, value) in [
+        (&[][..], "auto"),
+        (&[("JOB_COMPLETION_INDEX", "2")][..], "auto/2"),
+        (&[][..], "3/2"),
+        (&[][..], "0/2"),
+        (&[][..], "x"),
+    ] {
         let (code, stderr) = run(env, value);
         assert_eq!(code, 2, "{value}: {stderr}");
         assert!(stderr.contains("--partition"), "{stderr}");
@@ -128,7 +167,16 @@ fn bf16_scan_ranks_as_f32() {
     assert_eq!(bf16["settings"]["dtype"], "bf16");
     assert_eq!(f32["settings"]["dtype"], "f32");
     assert_eq!(bf16["ranking"], f32["ranking"]);
-    let evals = |r: &serde_json::Value| -> Vec<f64> { r["checkpoints"].as_array().unwrap().iter().flat_map(|c| c["curve"].as_array().unwrap().iter().filter_map(|p| p["eval_loss"].as_f64()).collect::<Vec<_>>()).collect() };
+    let evals = |r: &serde_json::Value| -> Vec<f64> {
+        r["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| {
+                c["curve"].as_array().unwrap().iter().filter_map(|p| p["eval_loss"].as_f64()).collect::<Vec<_>>()
+            })
+            .collect()
+    };
     let (a, b) = (evals(&f32), evals(&bf16));
     assert_eq!(a.len(), b.len());
     assert!(a != b, "bf16 computes in bf16, not f32");
@@ -142,7 +190,11 @@ fn bf16_scan_ranks_as_f32() {
 /// the check does not depend on how precisely a reader parses floats.
 fn curve_numbers(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap();
-    text.lines().map(str::trim).filter(|l| l.starts_with("\"eval_loss\"") || l.starts_with("\"train_loss\"")).map(String::from).collect()
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("\"eval_loss\"") || l.starts_with("\"train_loss\""))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -156,7 +208,8 @@ fn merged_and_resumed_reports_keep_every_float_exactly() {
     assert_eq!(scan_to(&path("p2.json"), &[&dense[..], &["--partition", "2/2"]].concat()).0, 0);
     assert_eq!(merge(&[&path("p1.json"), &path("p2.json")], &["--json", path("merged.json").to_str().unwrap()]).0, 0);
     std::fs::copy(path("full.json"), path("resumed.json")).unwrap();
-    let (code, stderr) = scan_to(&path("resumed.json"), &[&dense[..], &["--resume", path("full.json").to_str().unwrap()]].concat());
+    let (code, stderr) =
+        scan_to(&path("resumed.json"), &[&dense[..], &["--resume", path("full.json").to_str().unwrap()]].concat());
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stderr.matches("reusing the measurement").count(), 4, "{stderr}");
 

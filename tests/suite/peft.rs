@@ -40,7 +40,13 @@ fn check(name: &str) {
         let rel = (norm - want_norm[step]).abs() / want_norm[step];
         assert!(rel < 1e-3, "{name} step {step}: grad norm {norm} vs PEFT {}", want_norm[step]);
     }
-    let l2: f64 = model.adapters.iter().flat_map(|a| [a.a.as_tensor(), a.b.as_tensor()]).map(|t| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64).sum::<f64>().sqrt();
+    let l2: f64 = model
+        .adapters
+        .iter()
+        .flat_map(|a| [a.a.as_tensor(), a.b.as_tensor()])
+        .map(|t| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
+        .sum::<f64>()
+        .sqrt();
     let want = expected["final_lora_params_l2"].as_f64().unwrap();
     assert!((l2 - want).abs() / want < 1e-4, "{name}: adapter norm after training {l2} vs PEFT {want}");
 }

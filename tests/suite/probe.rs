@@ -70,11 +70,34 @@ fn every_probe_runs_on_the_transformer_series_and_against_correlates() {
     let dir = Dir::new();
     let (series, task) = (fixtures().join("series"), fixtures().join("task.jsonl"));
     let (scan_json, probe_json) = (dir.path().join("scan.json"), dir.path().join("probe.json"));
-    let out = super::util::scan(&series, &task, &["--steps", "6", "--json", scan_json.to_str().unwrap(), "--quiet"]).output().unwrap();
+    let out = super::util::scan(&series, &task, &["--steps", "6", "--json", scan_json.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = assert_cmd::Command::cargo_bin("plasticity").unwrap()
-        .args(["probe", series.to_str().unwrap(), "--task", task.to_str().unwrap(), "--against", scan_json.to_str().unwrap(), "--json", probe_json.to_str().unwrap(), "--device", "cpu", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4", "--threads", "2"])
-        .output().unwrap();
+    let out = assert_cmd::Command::cargo_bin("plasticity")
+        .unwrap()
+        .args([
+            "probe",
+            series.to_str().unwrap(),
+            "--task",
+            task.to_str().unwrap(),
+            "--against",
+            scan_json.to_str().unwrap(),
+            "--json",
+            probe_json.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--seq-len",
+            "32",
+            "--eval-blocks",
+            "4",
+            "--batch-size",
+            "4",
+            "--threads",
+            "2",
+        ])
+        .output()
+        .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("Spearman correlation") && stdout.contains("forecast best:"), "{stdout}");
@@ -83,7 +106,16 @@ fn every_probe_runs_on_the_transformer_series_and_against_correlates() {
     assert_eq!(probes.len(), 4);
     for p in probes {
         assert_eq!(p["status"], "ok", "{p}");
-        for k in ["forecast", "capture", "grad_norm", "spectral_norm", "stable_rank", "effective_rank", "zero_shot_loss", "spectral_norm_growth"] {
+        for k in [
+            "forecast",
+            "capture",
+            "grad_norm",
+            "spectral_norm",
+            "stable_rank",
+            "effective_rank",
+            "zero_shot_loss",
+            "spectral_norm_growth",
+        ] {
             assert!(p[k].as_f64().is_some_and(f64::is_finite), "{k} in {p}");
         }
         assert!((0.0..=1.0 + 1e-12).contains(&p["capture"].as_f64().unwrap()));
@@ -101,7 +133,12 @@ fn every_probe_runs_on_the_transformer_series_and_against_correlates() {
     let checkpoints = scan["checkpoints"].as_array().unwrap();
     let reached = checkpoints.iter().all(|c| c["convergence_per_device_hour"].is_number());
     assert_eq!(against["measured"], if reached { "convergence_per_device_hour" } else { "-rank" });
-    let speed: Vec<f64> = checkpoints.iter().map(|c| if reached { c["convergence_per_device_hour"].as_f64().unwrap() } else { -c["rank"].as_f64().unwrap() }).collect();
+    let speed: Vec<f64> = checkpoints
+        .iter()
+        .map(
+            |c| if reached { c["convergence_per_device_hour"].as_f64().unwrap() } else { -c["rank"].as_f64().unwrap() },
+        )
+        .collect();
     for probe in ["step", "zero_shot_loss", "forecast"] {
         let values: Vec<f64> = probes.iter().map(|p| p[probe].as_f64().unwrap()).collect();
         let want = spearman(&values, &speed);
@@ -119,12 +156,18 @@ fn weight_gradient_agrees_with_the_lora_gradient() {
     let dir = super::util::model_dir("gpt_neox_parallel");
     let blocks = super::util::task_blocks(32, 4);
     let ids: Vec<u32> = blocks.train[..4].iter().flat_map(|b| b.ids.clone()).collect();
-    let batch = Batch { ids: Tensor::from_vec(ids, (4, 32), &Device::Cpu).unwrap(), labels: Tensor::ones((4, 32), DType::F32, &Device::Cpu).unwrap() };
+    let batch = Batch {
+        ids: Tensor::from_vec(ids, (4, 32), &Device::Cpu).unwrap(),
+        labels: Tensor::ones((4, 32), DType::F32, &Device::Cpu).unwrap(),
+    };
     let grads_of = |init: AdapterInit| {
         let m = plasticity::model::load(&dir, &LoraSpec::default(), &init, 0, &Device::Cpu).unwrap();
         let (sum, n) = model_loss_sum(m.model.as_ref(), &batch, true).unwrap();
         let g = (sum / n).unwrap().backward().unwrap();
-        m.adapters.iter().map(|a| (g.get(a.b.as_tensor()).unwrap().clone(), a.a.as_tensor().clone())).collect::<Vec<_>>()
+        m.adapters
+            .iter()
+            .map(|a| (g.get(a.b.as_tensor()).unwrap().clone(), a.a.as_tensor().clone()))
+            .collect::<Vec<_>>()
     };
     let (full, lora) = (grads_of(AdapterInit::WeightGradient), grads_of(AdapterInit::Seeded(7)));
     let scale = LoraSpec::default().scale();
@@ -149,9 +192,14 @@ fn gpt2_without_the_transformer_prefix_is_probed() {
             std::fs::copy(super::util::model_dir("gpt2").join(f), d.join(f)).unwrap();
         }
     }
-    let tensors = candle_core::safetensors::load(super::util::model_dir("gpt2").join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let tensors = candle_core::safetensors::load(
+        super::util::model_dir("gpt2").join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     candle_core::safetensors::save(&tensors, prefixed.join("model.safetensors")).unwrap();
-    let renamed: std::collections::HashMap<String, candle_core::Tensor> = tensors.into_iter().map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v)).collect();
+    let renamed: std::collections::HashMap<String, candle_core::Tensor> =
+        tensors.into_iter().map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v)).collect();
     candle_core::safetensors::save(&renamed, bare.join("model.safetensors")).unwrap();
     let probe = |d: &std::path::Path| {
         let mut o = options(d.to_path_buf());

@@ -10,7 +10,18 @@ use plasticity::theory::Link;
 use super::util::Dir;
 
 fn spec(out: PathBuf, link: Link, amounts: Amounts, budget: Option<usize>) -> SimulateSpec {
-    SimulateSpec { out, link, dim: 100, amounts, variant: Variant::Aligned, m0: Some(0.1), lr: 0.2, batch_size: 100, teacher_seed: 0, budget }
+    SimulateSpec {
+        out,
+        link,
+        dim: 100,
+        amounts,
+        variant: Variant::Aligned,
+        m0: Some(0.1),
+        lr: 0.2,
+        batch_size: 100,
+        teacher_seed: 0,
+        budget,
+    }
 }
 
 /// Fine-tunes every snapshot of the series with the given seeds.
@@ -19,7 +30,8 @@ fn run_series(spec: &SimulateSpec, seed: u64) -> Vec<Metrics> {
     let settings = RunSettings { seed, data_seed: seed, lr: None, batch_size: None, steps: None };
     dirs.iter()
         .map(|dir| {
-            let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+            let value: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
             let cfg = Config::read(dir, &value).unwrap();
             single_index::run(dir, &cfg, &settings).unwrap().1
         })
@@ -69,7 +81,8 @@ fn same_seed_same_numbers() {
 fn he3_has_an_optimal_pretraining_strength() {
     let dir = Dir::new();
     let strengths = vec![0.1, 0.325, 0.7, 0.95];
-    let runs = run_series(&spec(dir.path().join("he3"), Link::Hermite(3), Amounts::Strengths(strengths), Some(6000)), 0);
+    let runs =
+        run_series(&spec(dir.path().join("he3"), Link::Hermite(3), Amounts::Strengths(strengths), Some(6000)), 0);
     let esc: Vec<Option<usize>> = runs.iter().map(|m| m.escape_step).collect();
     let (slow_low, stalled, fast, slow_high) = (esc[0].unwrap(), esc[1], esc[2].unwrap(), esc[3].unwrap());
     assert!(stalled.is_none(), "mu = 0.325 should stall within its budget: {esc:?}");
@@ -80,7 +93,13 @@ fn he3_has_an_optimal_pretraining_strength() {
 #[test]
 fn linear_pretraining_from_zero_moves_but_relu_needs_strengths() {
     let dir = Dir::new();
-    let err = simulate::write_series(&spec(dir.path().join("relu"), Link::Relu, Amounts::Steps { steps: vec![1, 2], pretrain_lr: 0.1 }, None)).unwrap_err();
+    let err = simulate::write_series(&spec(
+        dir.path().join("relu"),
+        Link::Relu,
+        Amounts::Steps { steps: vec![1, 2], pretrain_lr: 0.1 },
+        None,
+    ))
+    .unwrap_err();
     assert!(err.to_string().contains("--strengths"), "{err}");
     let series = dir.path().join("nonempty");
     std::fs::create_dir_all(series.join("something")).unwrap();
@@ -93,10 +112,19 @@ fn linear_pretraining_from_zero_moves_but_relu_needs_strengths() {
 fn demo_runs_end_to_end() {
     let dir = Dir::new();
     let series = dir.path().join("demo");
-    let out = assert_cmd::Command::cargo_bin("plasticity").unwrap().arg("demo").arg(&series).args(["--json", "-"]).output().unwrap();
+    let out = assert_cmd::Command::cargo_bin("plasticity")
+        .unwrap()
+        .arg("demo")
+        .arg(&series)
+        .args(["--json", "-"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("needs") && stderr.contains("more steps") && stderr.contains("lower loss"), "no headline: {stderr}");
+    assert!(
+        stderr.contains("needs") && stderr.contains("more steps") && stderr.contains("lower loss"),
+        "no headline: {stderr}"
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     super::util::assert_valid_report(&r);
     assert_eq!(r["ranking"][0], "checkpoint-1");
@@ -115,7 +143,12 @@ fn demo_runs_end_to_end() {
 
 #[test]
 fn scan_without_task_of_a_language_model_is_refused() {
-    let out = assert_cmd::Command::cargo_bin("plasticity").unwrap().arg("scan").arg(super::util::model_dir("gpt2")).output().unwrap();
+    let out = assert_cmd::Command::cargo_bin("plasticity")
+        .unwrap()
+        .arg("scan")
+        .arg(super::util::model_dir("gpt2"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--task"));
 }
@@ -126,8 +159,14 @@ fn last_slower_gate_sets_the_exit_code() {
     let dir = Dir::new();
     let series = dir.path().join("s");
     let bin = || assert_cmd::Command::cargo_bin("plasticity").unwrap();
-    assert!(bin().args(["simulate", "--out", series.to_str().unwrap(), "--steps-list", "1,30", "--m0", "0.1"]).output().unwrap().status.success());
-    let gate = |x: &str| bin().arg("scan").arg(&series).args(["--fail-if-last-slower", x, "--json", "-"]).output().unwrap();
+    assert!(bin()
+        .args(["simulate", "--out", series.to_str().unwrap(), "--steps-list", "1,30", "--m0", "0.1"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let gate =
+        |x: &str| bin().arg("scan").arg(&series).args(["--fail-if-last-slower", x, "--json", "-"]).output().unwrap();
     let failed = gate("10");
     assert_eq!(failed.status.code(), Some(1), "{}", String::from_utf8_lossy(&failed.stderr));
     assert!(String::from_utf8_lossy(&failed.stderr).contains("gate failed"));
@@ -147,7 +186,12 @@ fn race_over_the_paper_series_keeps_the_ranking() {
     let (_dir, spec) = reference();
     simulate::write_series(&spec).unwrap();
     let scan = |strategy: &str| {
-        let out = assert_cmd::Command::cargo_bin("plasticity").unwrap().args(["scan", "--quiet", "--json", "-", "--strategy", strategy]).arg(&spec.out).output().unwrap();
+        let out = assert_cmd::Command::cargo_bin("plasticity")
+            .unwrap()
+            .args(["scan", "--quiet", "--json", "-", "--strategy", strategy])
+            .arg(&spec.out)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         super::util::assert_valid_report(&r);
@@ -155,11 +199,29 @@ fn race_over_the_paper_series_keeps_the_ranking() {
     };
     let (full, race) = (scan("full"), scan("race"));
     assert_eq!(race["ranking"], full["ranking"]);
-    let trained = |r: &serde_json::Value| r["checkpoints"].as_array().unwrap().iter().map(|c| c["curve"].as_array().unwrap().last().unwrap()["step"].as_u64().unwrap()).sum::<u64>();
+    let trained = |r: &serde_json::Value| {
+        r["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["curve"].as_array().unwrap().last().unwrap()["step"].as_u64().unwrap())
+            .sum::<u64>()
+    };
     assert_eq!(race["race"]["steps_trained"].as_u64().unwrap(), trained(&race));
     assert!(trained(&race) < trained(&full), "race {} vs full {}", trained(&race), trained(&full));
-    eprintln!("race on the paper's series: {} of {} updates ({:.0}% saved)", trained(&race), trained(&full), 100.0 * (1.0 - trained(&race) as f64 / trained(&full) as f64));
-    let stopped: Vec<&str> = race["checkpoints"].as_array().unwrap().iter().filter(|c| c["status"] == "stopped").map(|c| c["name"].as_str().unwrap()).collect();
+    eprintln!(
+        "race on the paper's series: {} of {} updates ({:.0}% saved)",
+        trained(&race),
+        trained(&full),
+        100.0 * (1.0 - trained(&race) as f64 / trained(&full) as f64)
+    );
+    let stopped: Vec<&str> = race["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "stopped")
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(stopped, ["checkpoint-30"]);
 }
 
@@ -173,20 +235,44 @@ fn a_failed_seed_does_not_erase_its_checkpoint() {
     let dir = Dir::new();
     let series = dir.path().join("s");
     let bin = || assert_cmd::Command::cargo_bin("plasticity").unwrap();
-    assert!(bin().args(["simulate", "--out", series.to_str().unwrap(), "--steps-list", "1,10", "--m0", "0.1"]).output().unwrap().status.success());
-    let scan = |steps: &str| bin().arg("scan").arg(&series).args(["--quiet", "--lr", "2.4", "--seeds", "3", "--steps", steps, "--json", "-"]).output().unwrap();
+    assert!(bin()
+        .args(["simulate", "--out", series.to_str().unwrap(), "--steps-list", "1,10", "--m0", "0.1"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let scan = |steps: &str| {
+        bin()
+            .arg("scan")
+            .arg(&series)
+            .args(["--quiet", "--lr", "2.4", "--seeds", "3", "--steps", steps, "--json", "-"])
+            .output()
+            .unwrap()
+    };
     let out = scan("1720");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     super::util::assert_valid_report(&r);
-    let failed_seeds = |c: &serde_json::Value| c["seed_failures"].as_array().unwrap().iter().map(|f| (f["seed"].as_u64().unwrap(), f["status"].as_str().unwrap().to_string())).collect::<Vec<_>>();
+    let failed_seeds = |c: &serde_json::Value| {
+        c["seed_failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["seed"].as_u64().unwrap(), f["status"].as_str().unwrap().to_string()))
+            .collect::<Vec<_>>()
+    };
     let (c1, c10) = (&r["checkpoints"][0], &r["checkpoints"][1]);
     assert_eq!((c1["status"].as_str(), c1["seeds"].as_u64(), c1["seeds_ok"].as_u64()), (Some("ok"), Some(3), Some(1)));
     assert_eq!(failed_seeds(c1), [(1, "diverged".to_string()), (2, "diverged".to_string())]);
     assert_eq!((c10["seeds_ok"].as_u64(), failed_seeds(c10)), (Some(2), vec![(1, "diverged".to_string())]));
     // the metrics are those of the finished seeds: checkpoint-10's final loss is the mean of its two
-    let finals: Vec<f64> = c10["runs"].as_array().unwrap().iter().map(|run| run["curve"].as_array().unwrap().last().unwrap()["eval_loss"].as_f64().unwrap()).collect();
+    let finals: Vec<f64> = c10["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["curve"].as_array().unwrap().last().unwrap()["eval_loss"].as_f64().unwrap())
+        .collect();
     assert_eq!(finals.len(), 2);
     assert!((c10["final_eval_loss"].as_f64().unwrap() - (finals[0] + finals[1]) / 2.0).abs() <= 1e-9 * finals[0].abs());
     assert_eq!(r["ranking"].as_array().unwrap().len(), 2);

@@ -88,7 +88,14 @@ impl Dir {
 pub fn scan(dir: &Path, task: &Path, extra: &[&str]) -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("plasticity").unwrap();
     cmd.arg("scan").arg(dir).arg("--task").arg(task);
-    let defaults = [("--steps", "4"), ("--eval-every", "2"), ("--seq-len", "32"), ("--eval-blocks", "4"), ("--batch-size", "4"), ("--threads", "2")];
+    let defaults = [
+        ("--steps", "4"),
+        ("--eval-every", "2"),
+        ("--seq-len", "32"),
+        ("--eval-blocks", "4"),
+        ("--batch-size", "4"),
+        ("--threads", "2"),
+    ];
     for (flag, value) in defaults.iter().filter(|(f, _)| !extra.contains(f)) {
         cmd.args([flag, value]);
     }
@@ -100,12 +107,24 @@ pub fn scan(dir: &Path, task: &Path, extra: &[&str]) -> assert_cmd::Command {
 pub fn assert_valid_report(report: &serde_json::Value) {
     let schema: serde_json::Value = serde_json::from_str(include_str!("../../schemas/report.schema.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
-    let errors: Vec<String> = validator.iter_errors(report).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    let errors: Vec<String> =
+        validator.iter_errors(report).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "report does not match schemas/report.schema.json:\n{}", errors.join("\n"));
 }
 
 /// Fields measured with a clock or from the process (and what is computed from them).
-pub const TIMING_FIELDS: [&str; 10] = ["elapsed_s", "median_step_s", "step_cost_s", "tokens_per_s", "flops_per_s", "peak_rss_bytes", "device_hours_to_target", "convergence_per_device_hour", "loss_drop_per_device_hour", "cost_to_target"];
+pub const TIMING_FIELDS: [&str; 10] = [
+    "elapsed_s",
+    "median_step_s",
+    "step_cost_s",
+    "tokens_per_s",
+    "flops_per_s",
+    "peak_rss_bytes",
+    "device_hours_to_target",
+    "convergence_per_device_hour",
+    "loss_drop_per_device_hour",
+    "cost_to_target",
+];
 
 /// The report with every timing field removed, wherever it sits (ci95 included).
 pub fn without_timings(v: &mut serde_json::Value) {
