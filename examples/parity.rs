@@ -19,7 +19,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// `PLASTICITY_DEVICE` (cpu, cuda, cuda:N, auto), cpu when unset.
 fn device() -> Res<Device> {
-    Ok(plasticity::options::device(&std::env::var("PLASTICITY_DEVICE").unwrap_or_else(|_| "cpu".into()))?)
+    Ok(plasticity::device::parse(&std::env::var("PLASTICITY_DEVICE").unwrap_or_else(|_| "cpu".into()))?)
 }
 
 fn fixtures() -> PathBuf {

@@ -16,7 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use plasticity::lora::{AdapterInit, LoraSpec};
 use plasticity::synth::{write_checkpoint, Shape};
 use plasticity::train::optim::AdamWConfig;
-use plasticity::train::{median, Batch, TrainSpec, Trainer};
+use plasticity::curve::median;
+use plasticity::train::{Batch, TrainSpec, Trainer};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -68,7 +69,7 @@ fn write(dir: &Path, arch: &str, shape: &str) -> Res<()> {
 
 /// `PLASTICITY_DEVICE` (cpu, cuda, cuda:N, auto), cpu when unset.
 fn device() -> Res<Device> {
-    Ok(plasticity::options::device(&std::env::var("PLASTICITY_DEVICE").unwrap_or_else(|_| "cpu".into()))?)
+    Ok(plasticity::device::parse(&std::env::var("PLASTICITY_DEVICE").unwrap_or_else(|_| "cpu".into()))?)
 }
 
 /// A fixed batch of ids below 50,000 (the same formula the Python helper uses).

@@ -128,11 +128,11 @@ pub fn probe(args: ProbeArgs) -> Result<i32> {
     let report = crate::probe::run(&opts)?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
     let stdout_taken = match &opts.json {
-        Some(options::Output::File(path)) => {
-            crate::report::write_atomic(path, format!("{json}\n").as_bytes())?;
+        Some(crate::report::Output::File(path)) => {
+            crate::fs::write_atomic(path, format!("{json}\n").as_bytes())?;
             false
         }
-        Some(options::Output::Stdout) => {
+        Some(crate::report::Output::Stdout) => {
             print_stdout(&format!("{json}\n"));
             true
         }
@@ -190,7 +190,7 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
     );
     let opts = ScanOptions::from_args(demo_scan_args(&dir, args.json.as_deref())?)?;
     let report = run_scan(&opts)?;
-    let stdout_taken = opts.exports.iter().any(|(_, o)| *o == options::Output::Stdout);
+    let stdout_taken = opts.exports.iter().any(|(_, o)| *o == crate::report::Output::Stdout);
     print_text(&format!("\n{}\n", headline::headline(&report)), stdout_taken);
     Ok(exit_code(&report))
 }

@@ -11,10 +11,13 @@
 pub mod app;
 pub mod checkpoint;
 pub mod cli;
+pub mod curve;
 pub mod data;
+pub mod device;
 pub mod discover;
 pub mod dropout;
 pub mod error;
+pub mod fs;
 pub mod interrupt;
 pub mod linalg;
 pub mod lora;

@@ -9,30 +9,13 @@ use crate::cli::{ExportArgs, LoraArgs, ProbeArgs, ScanArgs, SeriesArgs, Strategy
 use crate::error::{Error, Result};
 use crate::lora::{AdapterInit, LoraSpec, PeftConfig, Targets};
 use crate::model::single_index::Variant;
-use crate::report::Format;
+use crate::report::{Format, Output};
 use crate::score::budget::{Budget, DEFAULT_BUDGET};
 use crate::score::TargetSpec;
 use crate::simulate::{Amounts, SimulateSpec};
 use crate::theory::Link;
 use crate::train::optim::AdamWConfig;
 use crate::train::TrainSpec;
-
-/// Where a report goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    Stdout,
-    File(PathBuf),
-}
-
-impl Output {
-    fn parse(value: &str) -> Output {
-        if value == "-" {
-            Output::Stdout
-        } else {
-            Output::File(PathBuf::from(value))
-        }
-    }
-}
 
 /// The training flags the user gave (checked), as opposed to defaults.
 #[derive(Debug, Clone, Copy, Default)]
@@ -259,7 +242,7 @@ impl ScanOptions {
         }
         let devices = match &args.devices {
             Some(list) => device_list(list, args.strategy)?,
-            None => vec![device(&args.device)?],
+            None => vec![crate::device::parse(&args.device)?],
         };
         if args.dtype == "bf16" && devices.iter().any(Device::is_cpu) {
             eprintln!("warning: --dtype bf16 on the CPU is slower and needs more memory than f32 (3.7x the step time and 4.1x the peak memory at the Pythia-70M shape): it is meant for GPUs");
@@ -352,55 +335,21 @@ impl ProbeOptions {
             seed: args.seed,
             against: args.against,
             json: args.json.as_deref().map(Output::parse),
-            device: device(&args.device)?,
+            device: crate::device::parse(&args.device)?,
             threads,
         })
     }
 }
 
-/// `--device`: cpu, cuda, cuda:N or auto. A CPU build refuses cuda by name; auto falls back
-/// to the CPU, saying why when this build could have used a GPU.
-pub fn device(value: &str) -> Result<Device> {
-    device_for("--device", value)
-}
-
-fn device_for(flag: &'static str, value: &str) -> Result<Device> {
-    let ordinal = match value {
-        "cpu" => return Ok(Device::Cpu),
-        "auto" => return Ok(auto_device()),
-        "cuda" => 0,
-        v => v
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::flag(flag, format!("{v:?} is not cpu, cuda, cuda:N or auto")))?,
-    };
-    cuda_device(ordinal).map_err(|why| Error::flag(flag, format!("{value}: {why}")))
-}
-
-/// `--devices`: a comma-separated list of cpu, cuda or cuda:N (not auto: a worker per device
-/// must be a device). Racing advances all snapshots rung by rung, one at a time.
-pub fn device_list(value: &str, strategy: Strategy) -> Result<Vec<Device>> {
+/// `--devices`: racing advances all snapshots rung by rung on one device.
+fn device_list(value: &str, strategy: Strategy) -> Result<Vec<Device>> {
     if strategy == Strategy::Race {
         return Err(Error::flag(
             "--devices",
             "cannot be combined with --strategy race (a race advances the snapshots in lockstep on one device)",
         ));
     }
-    let names: Vec<&str> = value.split(',').map(str::trim).collect();
-    if names.iter().any(|n| n.is_empty() || *n == "auto") {
-        return Err(Error::flag(
-            "--devices",
-            format!("{value:?}: give a list of cpu, cuda or cuda:N, such as cuda:0,cuda:1"),
-        ));
-    }
-    let devices: Vec<Device> = names.iter().map(|n| device_for("--devices", n)).collect::<Result<_>>()?;
-    if devices.iter().any(|d| d.is_cpu()) && devices.iter().any(|d| !d.is_cpu()) {
-        return Err(Error::flag(
-            "--devices",
-            format!("{value:?} mixes the CPU and GPUs, whose timings cannot be ranked together"),
-        ));
-    }
-    Ok(devices)
+    crate::device::parse_list(value)
 }
 
 /// `--dtype`: f32 or bf16.
@@ -410,26 +359,6 @@ pub fn dtype(value: &str) -> Result<DType> {
         "bf16" => Ok(DType::BF16),
         other => Err(Error::flag("--dtype", format!("{other:?} is not f32 or bf16"))),
     }
-}
-
-fn auto_device() -> Device {
-    if !cfg!(feature = "cuda") {
-        return Device::Cpu;
-    }
-    cuda_device(0).unwrap_or_else(|why| {
-        eprintln!("warning: --device auto: no usable GPU ({why}); running on the CPU");
-        Device::Cpu
-    })
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> std::result::Result<Device, String> {
-    Device::new_cuda(ordinal).map_err(|e| crate::error::one_line(&e))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device(_ordinal: usize) -> std::result::Result<Device, String> {
-    Err("this plasticity was built without CUDA support (scripts/build-cuda.sh builds one with it)".into())
 }
 
 /// One part of a partitioned scan: the snapshots at positions k-1, k-1+n, k-1+2n, ... in step

@@ -38,9 +38,9 @@ pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
     let st = tmp.join("adapter_model.safetensors");
     let bytes = safetensors::tensor::serialize(&tensors(adapters)?, None)
         .map_err(|e| Error::input(&st, format!("cannot serialise the adapter: {e}")))?;
-    crate::report::write_atomic(&st, &bytes)?;
+    crate::fs::write_atomic(&st, &bytes)?;
     let config = serde_json::to_string_pretty(&config(adapters, info)).map_err(|e| Error::Other(e.to_string()))?;
-    crate::report::write_atomic(&tmp.join("adapter_config.json"), format!("{config}\n").as_bytes())?;
+    crate::fs::write_atomic(&tmp.join("adapter_config.json"), format!("{config}\n").as_bytes())?;
     let old = dir.with_file_name(format!(".{name}.old"));
     if dir.exists() {
         ensure_adapter_folder(dir)?;

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::train::StepEvent;
+use crate::curve::StepEvent;
 
 pub struct Progress {
     bar: ProgressBar,

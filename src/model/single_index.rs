@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::rng::{stream, Stream};
 use crate::theory::{self, Link};
-use crate::train::{median, CurvePoint, Outcome};
+use crate::curve::{median, CurvePoint, Outcome};
 
 /// How w0 relates to the teacher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,7 +78,7 @@ fn misses_for_sure(s: &Standing) -> bool {
     if let Some(f) = s.c.forecast.as_ref().filter(|_| s.for_budget) {
         return f.eval_loss_ci95.is_some_and(|[lo, _]| lo > target);
     }
-    let misses = |curve: &[crate::train::CurvePoint]| curve.iter().filter_map(|p| p.eval_loss).all(|l| l > target);
+    let misses = |curve: &[crate::curve::CurvePoint]| curve.iter().filter_map(|p| p.eval_loss).all(|l| l > target);
     s.c.seeds_ok > 1 && s.c.runs.iter().all(|r| misses(&r.curve))
 }
 

@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::options::Output;
-use crate::train::CurvePoint;
+use crate::curve::CurvePoint;
 
 /// Bumped whenever a field changes meaning or disappears.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -496,6 +495,24 @@ impl Format {
     }
 }
 
+/// Where a report goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Output {
+    /// "-" is stdout, anything else a file.
+    pub fn parse(value: &str) -> Output {
+        if value == "-" {
+            Output::Stdout
+        } else {
+            Output::File(PathBuf::from(value))
+        }
+    }
+}
+
 /// A format bound to where it goes; `exporter` None is the plot.
 struct Sink {
     output: Output,
@@ -506,9 +523,9 @@ impl Sink {
     /// Writes the report to the sink's file, atomically.
     fn write_file(&self, path: &Path, report: &Report) -> Result<()> {
         match &self.exporter {
-            Some(e) => write_atomic(path, &e.render(report)?),
+            Some(e) => crate::fs::write_atomic(path, &e.render(report)?),
             None => {
-                let tmp = temp_path(path);
+                let tmp = crate::fs::temp_path(path);
                 plot::render(report, &tmp)?;
                 std::fs::rename(&tmp, path).map_err(|e| Error::input(path, format!("cannot write plot: {e}")))
             }
@@ -568,25 +585,4 @@ impl Reports {
 /// Creates (or truncates) `path`, failing early with a message naming it.
 fn touch(path: &Path) -> Result<()> {
     std::fs::File::create(path).map(|_| ()).map_err(|e| Error::input(path, format!("cannot create report file: {e}")))
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::input(path, format!("cannot write: {e}"))
-    })
-}
-
-/// A hidden file beside `path` that keeps its extension (plotters picks the format by it).
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".tmp{}.{name}", std::process::id()))
 }

@@ -280,7 +280,7 @@ fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::CurvePoint;
+    use crate::curve::CurvePoint;
 
     /// The hours axis prices a step as the ranking does (the shape's shared step time), not at
     /// each checkpoint's own median.

@@ -280,8 +280,8 @@ fn fill_runs(out: &mut CheckpointReport, runs: &[Run], failures: &[SeedFailure])
     out.trainable_params = Some(first.trainable_params);
     out.curve = first.outcome.curve.clone();
     out.settle_curve = first.settle.clone();
-    out.median_step_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.median_step_s).collect::<Vec<_>>()));
-    out.tokens_per_s = Some(crate::train::median(&runs.iter().map(|r| r.outcome.tokens_per_s()).collect::<Vec<_>>()));
+    out.median_step_s = Some(crate::curve::median(&runs.iter().map(|r| r.outcome.median_step_s).collect::<Vec<_>>()));
+    out.tokens_per_s = Some(crate::curve::median(&runs.iter().map(|r| r.outcome.tokens_per_s()).collect::<Vec<_>>()));
     out.flops_per_s = out.tokens_per_s.map(|t| t * first.flops_per_token);
     out.single_index = first.single_index.clone();
     out.base_dropout = first.base_dropout.clone();
@@ -438,7 +438,7 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "dtype": o.dtype.as_str(),
         "pretrain_sample": o.pretrain_sample,
         "sweep": o.sweep,
-        "devices": o.devices.iter().map(super::workers::device_label).collect::<Vec<_>>(),
+        "devices": o.devices.iter().map(crate::device::label).collect::<Vec<_>>(),
         "budget": o.budget,
         "until_settled": o.until_settled,
         "input_fingerprints": input_fingerprints(o),
@@ -455,38 +455,11 @@ fn input_fingerprints(o: &ScanOptions) -> serde_json::Value {
 
 fn device_info(o: &ScanOptions) -> DeviceInfo {
     let mut names: Vec<String> = Vec::new();
-    for name in o.devices.iter().map(device_name) {
+    for name in o.devices.iter().map(crate::device::name) {
         if !names.contains(&name) {
             names.push(name);
         }
     }
     let kind = if o.device.is_cpu() { "cpu" } else { "cuda" };
     DeviceInfo { kind: kind.into(), name: names.join(", "), threads: o.threads, workers: o.devices.len() }
-}
-
-/// The CPU's model name, or the GPU's with its ordinal: "NVIDIA H200 (cuda:0)".
-pub(crate) fn device_name(device: &candle_core::Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cuda { gpu_id } => {
-            format!("{} (cuda:{gpu_id})", gpu_name(device).unwrap_or_else(|| "unknown GPU".into()))
-        }
-        _ => std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| {
-                    l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-                })
-            })
-            .unwrap_or_else(|| "cpu".into()),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn gpu_name(device: &candle_core::Device) -> Option<String> {
-    device.as_cuda_device().ok()?.cuda_stream().context().name().ok()
-}
-
-#[cfg(not(feature = "cuda"))]
-fn gpu_name(_device: &candle_core::Device) -> Option<String> {
-    None
 }

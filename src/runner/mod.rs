@@ -22,7 +22,8 @@ use crate::model::{self, LoadedModel};
 use crate::options::ScanOptions;
 use crate::progress::Progress;
 use crate::report::{Report, Reports, SeedFailure};
-use crate::train::{self, Outcome, Paused};
+use crate::curve::{CurvePoint, Outcome};
+use crate::train::{self, Paused};
 
 mod assemble;
 pub(crate) mod blocks;
@@ -75,7 +76,7 @@ pub struct Run {
     pub train_tokens: usize,
     /// Curve points measured beyond the probe (`--until-settled`), after `outcome`'s: they
     /// inform the ranking at the budget only, never the probe's own measures.
-    pub settle: Vec<train::CurvePoint>,
+    pub settle: Vec<CurvePoint>,
 }
 
 /// One checkpoint's result: its runs (one per seed), or why there are none.

@@ -358,7 +358,7 @@ fn split_at_probe(e: &mut Entrant, probe: usize, timing_warmup: usize) {
         run.settle = o.curve.split_off(beyond);
         o.step_seconds.truncate(probe);
         let timed = &o.step_seconds[timing_warmup.min(o.step_seconds.len().saturating_sub(1))..];
-        o.median_step_s = crate::train::median(timed);
+        o.median_step_s = crate::curve::median(timed);
     }
 }
 

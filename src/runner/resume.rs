@@ -10,7 +10,7 @@ use super::{Run, Scan};
 use crate::discover::CheckpointRef;
 use crate::error::{Error, Result};
 use crate::report::{CheckpointReport, Report, SeedFailure};
-use crate::train::{CurvePoint, Outcome};
+use crate::curve::{CurvePoint, Outcome};
 
 /// Settings that do not change a measurement.
 const IGNORED: [&str; 2] = ["threads", "devices"];

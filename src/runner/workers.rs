@@ -30,7 +30,7 @@ impl Scan<'_> {
             .opts
             .devices
             .iter()
-            .map(|d| assemble::device_name(d).split(" (").next().unwrap_or_default().to_string())
+            .map(|d| crate::device::name(d).split(" (").next().unwrap_or_default().to_string())
             .collect();
         if names.len() > 1 {
             eprintln!(
@@ -83,7 +83,7 @@ impl Scan<'_> {
         while !stop.load(Ordering::SeqCst) {
             let i = next.fetch_add(1, Ordering::SeqCst);
             let Some(c) = checkpoints.get(i) else { return };
-            progress.begin_checkpoint(&c.name, &device_label(device));
+            progress.begin_checkpoint(&c.name, &crate::device::label(device));
             let result = self.measure(c, device, progress);
             let interrupted = result.is_none();
             if interrupted {
@@ -95,14 +95,5 @@ impl Scan<'_> {
                 return;
             }
         }
-    }
-}
-
-/// cpu, or cuda:N.
-pub(super) fn device_label(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
     }
 }

@@ -12,7 +12,7 @@
 
 use super::curve_fit::{self, Interval};
 use super::{metrics, step_cost_by_shape, Estimate, RunSummary, Target, TargetSpec};
-use crate::train::median;
+use crate::curve::median;
 
 /// The fine-tune the user will run (`--budget`): the ranking answers for it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -268,7 +268,7 @@ pub fn updates_to_settle(leader: &Estimate, runner_up: &Estimate, probe: usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::CurvePoint;
+    use crate::curve::CurvePoint;
 
     /// A run whose eval curve is `f` at every 10 steps up to `probe`, one update of 1 s, 100
     /// tokens per update and 1,000 training tokens (an epoch is 10 updates).

@@ -1,7 +1,7 @@
 //! The metrics of one fine-tuning run, each defined once here (README.md, "How scores are
 //! computed", repeats the definitions). Pure functions of a loss curve and a step cost.
 
-use crate::train::CurvePoint;
+use crate::curve::CurvePoint;
 
 /// The eval points of a curve as (step, eval loss).
 pub fn eval_points(curve: &[CurvePoint]) -> Vec<(f64, f64)> {

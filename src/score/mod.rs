@@ -19,7 +19,7 @@ pub mod sweep;
 
 use std::collections::BTreeMap;
 
-use crate::train::{median, CurvePoint};
+use crate::curve::{median, CurvePoint};
 use metrics::eval_points;
 pub use stats::Estimate;
 

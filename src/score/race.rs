@@ -17,7 +17,7 @@
 
 use super::curve_fit::{self, Interval};
 use super::{metrics, Estimate, TargetSpec};
-use crate::train::median;
+use crate::curve::median;
 
 /// The update counts at which a race compares checkpoints: budget/9, budget/3 and 2 budget/3,
 /// each rounded up to an eval step (a multiple of `eval_every`) and moved no earlier than the

@@ -11,7 +11,7 @@
 //!
 //! It must not change what is computed: per-row losses equal
 //! `weights_i * (logsumexp(h_i W^T) - (h_i W^T)[t_i])` to f32 rounding, as the composed
-//! path in [`super::loss`] (which other devices use) gives.
+//! path in `loss.rs` (which other devices use) gives.
 
 use std::sync::Mutex;
 

@@ -1,6 +1,6 @@
 //! Cross-entropy of next-token prediction from logits, composed from candle's differentiable
 //! ops: the reference path (tests) and the path for devices other than the CPU. On the CPU a
-//! training step never forms the logits; see [`super::head_loss`].
+//! training step never forms the logits; see `head_loss.rs`.
 
 use candle_core::{Tensor, D};
 

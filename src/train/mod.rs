@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 
+use crate::curve::{median, CurvePoint, Outcome, StepEvent};
 use crate::data::{BatchOrder, Block, Blocks};
 use crate::error::{CandleContext, Error, Result};
 use crate::model::{CausalLm, LoadedModel};
@@ -31,46 +32,6 @@ pub struct TrainSpec {
     pub eval_every: usize,
     /// Updates at the start that are timed but not counted in the median step time.
     pub timing_warmup: usize,
-}
-
-/// A point of the loss curve. `step` counts optimizer updates; step 0 is before training.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct CurvePoint {
-    pub step: usize,
-    pub train_loss: Option<f64>,
-    pub eval_loss: Option<f64>,
-    /// Training time (evaluation excluded) from the first update to the end of this one.
-    pub elapsed_s: f64,
-}
-
-/// What a run produced.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub curve: Vec<CurvePoint>,
-    pub step_seconds: Vec<f64>,
-    /// Median over the updates after the timing warm-up.
-    pub median_step_s: f64,
-    pub tokens_per_step: usize,
-}
-
-impl Outcome {
-    pub fn tokens_per_s(&self) -> f64 {
-        if self.median_step_s > 0.0 {
-            self.tokens_per_step as f64 / self.median_step_s
-        } else {
-            0.0
-        }
-    }
-}
-
-/// Progress of a run, for the progress bar.
-pub struct StepEvent {
-    pub step: usize,
-    pub steps: usize,
-    pub train_loss: f64,
-    pub eval_loss: Option<f64>,
-    pub step_s: f64,
-    pub tokens: usize,
 }
 
 /// Token ids and per-token loss weights of a batch of blocks.
@@ -389,19 +350,4 @@ fn micro_batches(
             Batch::from_blocks(&refs, device)
         })
         .collect()
-}
-
-/// The median of `xs` (0 for none).
-pub fn median(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }

@@ -119,7 +119,7 @@ fn paused_and_resumed_run_equals_uninterrupted() {
     let spec = TrainSpec { warmup_steps: 2, ..spec(6) };
     let order = BatchOrder::new(blocks.train.len(), 4, 6, 9);
     let losses =
-        |c: &[plasticity::train::CurvePoint]| c.iter().map(|p| (p.step, p.train_loss, p.eval_loss)).collect::<Vec<_>>();
+        |c: &[plasticity::curve::CurvePoint]| c.iter().map(|p| (p.step, p.train_loss, p.eval_loss)).collect::<Vec<_>>();
     let whole = fine_tune(&load(), &blocks, &order, &spec, &mut |_| {}).unwrap();
     let paused = fine_tune_until(&load(), &blocks, &order, &spec, None, 3, &mut |_| {}).unwrap();
     assert_eq!(paused.steps_done(), 3);

@@ -7,7 +7,7 @@ use plasticity::report::{
     csv::Csv, junit::Junit, markdown::Markdown, BudgetInfo, CheckpointReport, DeviceInfo, Exporter, ForecastReport,
     RaceInfo, Report, SettleInfo, SettleRound, StoppedInfo, TargetInfo, Tool,
 };
-use plasticity::train::CurvePoint;
+use plasticity::curve::CurvePoint;
 
 use super::util::{fixtures, scan, Dir};
 

@@ -169,7 +169,7 @@ fn the_single_index_convergence_step_is_forecast_from_the_start_of_the_fall() {
     let mut none = 0;
     for c in r["checkpoints"].as_array().unwrap() {
         let points = plasticity::score::metrics::eval_points(
-            &serde_json::from_value::<Vec<plasticity::train::CurvePoint>>(c["curve"].clone()).unwrap(),
+            &serde_json::from_value::<Vec<plasticity::curve::CurvePoint>>(c["curve"].clone()).unwrap(),
         );
         let measured = c["steps_to_tiny_loss"].as_f64().unwrap();
         let cut: Vec<(f64, f64)> =

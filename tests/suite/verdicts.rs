@@ -5,7 +5,7 @@
 use plasticity::report::gates::last_slower;
 use plasticity::report::headline::{best_line, headline};
 use plasticity::report::{CheckpointReport, DeviceInfo, Report, StoppedInfo, Tool};
-use plasticity::train::CurvePoint;
+use plasticity::curve::CurvePoint;
 
 /// A measured checkpoint: `steps` to the target (None: not reached) at 1 s per step, and with
 /// several seeds the 95% interval of its hours as `half` either side.

@@ -1,0 +1,102 @@
+//! Devices by name: `--device`/`--devices` values parsed into candle devices, and the labels
+//! and hardware names reports and progress lines show. A CPU build refuses CUDA by name with a
+//! reason; this module never trains and never decides where a snapshot runs.
+
+use candle_core::{Device, DeviceLocation};
+
+use crate::error::{Error, Result};
+
+/// `--device`: cpu, cuda, cuda:N or auto. A CPU build refuses cuda by name; auto falls back
+/// to the CPU, saying why when this build could have used a GPU.
+pub fn parse(value: &str) -> Result<Device> {
+    device_for("--device", value)
+}
+
+fn device_for(flag: &'static str, value: &str) -> Result<Device> {
+    let ordinal = match value {
+        "cpu" => return Ok(Device::Cpu),
+        "auto" => return Ok(auto_device()),
+        "cuda" => 0,
+        v => v
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::flag(flag, format!("{v:?} is not cpu, cuda, cuda:N or auto")))?,
+    };
+    cuda_device(ordinal).map_err(|why| Error::flag(flag, format!("{value}: {why}")))
+}
+
+/// `--devices`: a comma-separated list of cpu, cuda or cuda:N (not auto: a worker per device
+/// must be a device).
+pub fn parse_list(value: &str) -> Result<Vec<Device>> {
+    let names: Vec<&str> = value.split(',').map(str::trim).collect();
+    if names.iter().any(|n| n.is_empty() || *n == "auto") {
+        return Err(Error::flag(
+            "--devices",
+            format!("{value:?}: give a list of cpu, cuda or cuda:N, such as cuda:0,cuda:1"),
+        ));
+    }
+    let devices: Vec<Device> = names.iter().map(|n| device_for("--devices", n)).collect::<Result<_>>()?;
+    if devices.iter().any(|d| d.is_cpu()) && devices.iter().any(|d| !d.is_cpu()) {
+        return Err(Error::flag(
+            "--devices",
+            format!("{value:?} mixes the CPU and GPUs, whose timings cannot be ranked together"),
+        ));
+    }
+    Ok(devices)
+}
+
+fn auto_device() -> Device {
+    if !cfg!(feature = "cuda") {
+        return Device::Cpu;
+    }
+    cuda_device(0).unwrap_or_else(|why| {
+        eprintln!("warning: --device auto: no usable GPU ({why}); running on the CPU");
+        Device::Cpu
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> std::result::Result<Device, String> {
+    Device::new_cuda(ordinal).map_err(|e| crate::error::one_line(&e))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_ordinal: usize) -> std::result::Result<Device, String> {
+    Err("this plasticity was built without CUDA support (scripts/build-cuda.sh builds one with it)".into())
+}
+
+/// The CPU's model name, or the GPU's with its ordinal: "NVIDIA H200 (cuda:0)".
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        DeviceLocation::Cuda { gpu_id } => {
+            format!("{} (cuda:{gpu_id})", gpu_name(device).unwrap_or_else(|| "unknown GPU".into()))
+        }
+        _ => std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+                })
+            })
+            .unwrap_or_else(|| "cpu".into()),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_name(device: &Device) -> Option<String> {
+    device.as_cuda_device().ok()?.cuda_stream().context().name().ok()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_name(_device: &Device) -> Option<String> {
+    None
+}
+
+/// cpu, or cuda:N.
+pub fn label(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+    }
+}
