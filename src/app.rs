@@ -88,7 +88,7 @@ fn keep_best_adapter(dir: &std::path::Path, report: &Report) -> Result<()> {
     for c in report.checkpoints.iter().filter(|c| &c.name != best) {
         let path = dir.join(&c.name);
         if path.exists() {
-            crate::peft_export::ensure_adapter_folder(&path)?;
+            crate::lora::peft::ensure_adapter_folder(&path)?;
             std::fs::remove_dir_all(&path)
                 .map_err(|e| Error::input(&path, format!("cannot remove a non-winning adapter: {e}")))?;
         }

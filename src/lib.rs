@@ -24,7 +24,6 @@ pub mod lora;
 pub mod math;
 pub mod model;
 pub mod options;
-pub mod peft_export;
 pub mod probe;
 pub mod progress;
 pub mod report;

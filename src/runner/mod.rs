@@ -316,8 +316,8 @@ impl<'a> Scan<'a> {
         let order = BatchOrder::new(blocks.train.len(), spec.batch_size, spec.steps * spec.grad_accum, data_seed);
         let paused = train::fine_tune_until(&model, blocks, &order, &spec, from, until, &mut |ev| progress.step(ev))?;
         if let Some(dir) = self.adapter_dir(c, seed).filter(|_| until == o.train.steps) {
-            let info = crate::peft_export::ExportInfo { spec: &o.lora, base: &c.path, model_type: &model.model_type };
-            crate::peft_export::save(&dir, &model.adapters, &info)?;
+            let info = crate::lora::peft::ExportInfo { spec: &o.lora, base: &c.path, model_type: &model.model_type };
+            crate::lora::peft::save(&dir, &model.adapters, &info)?;
         }
         let (params, trainable_params, flops_per_token) =
             (model.n_params, model.trainable_params(), model.flops_per_token(o.seq_len));

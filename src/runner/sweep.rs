@@ -103,7 +103,7 @@ pub fn keep_best_adapter(dir: &Path, report: &Report) -> Result<Option<PathBuf>>
         for c in &report.checkpoints {
             let path = variant.join(&c.name);
             if path != best && path.exists() {
-                crate::peft_export::ensure_adapter_folder(&path)?;
+                crate::lora::peft::ensure_adapter_folder(&path)?;
                 std::fs::remove_dir_all(&path)
                     .map_err(|e| Error::input(&path, format!("cannot remove a non-winning adapter: {e}")))?;
             }

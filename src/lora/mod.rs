@@ -13,6 +13,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
 use rand::Rng;
 
+pub mod peft;
+
 use crate::dropout::{Dropout, DropoutState};
 use crate::error::{CandleContext, Error, Result};
 
