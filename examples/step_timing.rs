@@ -13,10 +13,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use plasticity::curve::median;
 use plasticity::lora::{AdapterInit, LoraSpec};
 use plasticity::synth::{write_checkpoint, Shape};
 use plasticity::train::optim::AdamWConfig;
-use plasticity::curve::median;
 use plasticity::train::{Batch, TrainSpec, Trainer};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;

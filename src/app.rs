@@ -11,7 +11,7 @@ use crate::error::{exit, Error, Result};
 use crate::options::{self, ScanOptions};
 use crate::report::{headline, markdown, table, Report, Reports};
 use crate::runner::Scan;
-use crate::simulate;
+use crate::single_index::simulate;
 
 /// `plasticity scan`: discover, fine-tune each checkpoint, rank, report.
 pub fn scan(args: ScanArgs) -> Result<i32> {

@@ -30,7 +30,6 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod score;
-pub mod simulate;
+pub mod single_index;
 pub mod synth;
-pub mod theory;
 pub mod train;

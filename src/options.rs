@@ -8,12 +8,12 @@ use candle_core::{DType, Device};
 use crate::cli::{ExportArgs, LoraArgs, ProbeArgs, ScanArgs, SeriesArgs, Strategy, TrainArgs};
 use crate::error::{Error, Result};
 use crate::lora::{AdapterInit, LoraSpec, PeftConfig, Targets};
-use crate::model::single_index::Variant;
 use crate::report::{Format, Output};
 use crate::score::budget::{Budget, DEFAULT_BUDGET};
 use crate::score::TargetSpec;
-use crate::simulate::{Amounts, SimulateSpec};
-use crate::theory::Link;
+use crate::single_index::simulate::{Amounts, SimulateSpec};
+use crate::single_index::theory::Link;
+use crate::single_index::Variant;
 use crate::train::optim::AdamWConfig;
 use crate::train::TrainSpec;
 

@@ -12,7 +12,6 @@ pub mod gpt2;
 pub mod gpt_neox;
 pub mod llama;
 pub mod sdpa;
-pub mod single_index;
 
 use std::path::Path;
 

@@ -30,9 +30,10 @@ use crate::discover::{self, CheckpointRef};
 use crate::error::{one_line, CandleContext, Error, Result};
 use crate::linalg;
 use crate::lora::AdapterInit;
-use crate::model::{self, single_index, LoadedModel};
+use crate::model::{self, LoadedModel};
 use crate::options::ProbeOptions;
 use crate::runner::blocks::Cached;
+use crate::single_index;
 use crate::train::{self, Batch};
 
 pub use against::{spearman, Against};

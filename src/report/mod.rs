@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use crate::curve::CurvePoint;
+use crate::error::{Error, Result};
 
 /// Bumped whenever a field changes meaning or disappears.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -457,7 +457,7 @@ pub struct CheckpointReport {
     /// Single-index checkpoints: mu, initial_loss, escape_step, steps_to_tiny_loss, tau,
     /// predicted_escape_step, m0.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub single_index: Option<crate::model::single_index::Metrics>,
+    pub single_index: Option<crate::single_index::Metrics>,
 }
 
 impl CheckpointReport {

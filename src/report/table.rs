@@ -86,7 +86,7 @@ pub fn sweep_tables(report: &Report) -> Vec<(String, Table)> {
         last.push(String::new());
         rows.push(last);
         let simulated =
-            report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::model::single_index::MODEL_TYPE));
+            report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::single_index::MODEL_TYPE));
         let at = if simulated { "the rank-1 adapter".to_string() } else { format!("r={}", s.main_rank) };
         tables.push((
             format!("learning-rate sweep at {at}: {} to the target {}", report.hours_unit, loss(s.target_loss)),

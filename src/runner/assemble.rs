@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{CheckpointResult, Run, Scan};
-use crate::model::single_index;
 use crate::options::ScanOptions;
 use crate::report::{
     gates, BudgetInfo, CheckpointReport, DeviceInfo, ForecastReport, Pretraining, RaceInfo, Report, SeedFailure,
@@ -14,6 +13,7 @@ use crate::report::{
 use crate::score::budget::Budget;
 use crate::score::stats::Slope;
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, Target, TargetSpec};
+use crate::single_index;
 
 /// What a report needs besides the results: how to score them and what to say about the run.
 pub(super) struct Context {

@@ -13,16 +13,16 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
 
+use crate::curve::{CurvePoint, Outcome};
 use crate::data::{self, BatchOrder, Blocks, Document, TaskTokenizer};
 use crate::discover::CheckpointRef;
 use crate::error::{one_line, Error, Result};
 use crate::lora::AdapterInit;
-use crate::model::single_index::{self, RunSettings};
 use crate::model::{self, LoadedModel};
 use crate::options::ScanOptions;
 use crate::progress::Progress;
 use crate::report::{Report, Reports, SeedFailure};
-use crate::curve::{CurvePoint, Outcome};
+use crate::single_index::{self, RunSettings};
 use crate::train::{self, Paused};
 
 mod assemble;

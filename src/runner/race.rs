@@ -11,11 +11,12 @@
 use super::{CheckpointResult, Run, Scan, Stopped};
 use crate::discover::CheckpointRef;
 use crate::error::{one_line, Error, Result};
-use crate::model::{self, single_index};
+use crate::model;
 use crate::progress::Progress;
 use crate::report::{Report, Reports, SeedFailure};
 use crate::score;
 use crate::score::race::{self, Verdict};
+use crate::single_index;
 use crate::train::Paused;
 
 /// A paused run of either kind.

@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use super::{Run, Scan};
+use crate::curve::{CurvePoint, Outcome};
 use crate::discover::CheckpointRef;
 use crate::error::{Error, Result};
 use crate::report::{CheckpointReport, Report, SeedFailure};
-use crate::curve::{CurvePoint, Outcome};
 
 /// Settings that do not change a measurement.
 const IGNORED: [&str; 2] = ["threads", "devices"];

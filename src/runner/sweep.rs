@@ -142,7 +142,7 @@ fn compose(sweep: &Sweep, done: &Done, status: &str) -> Report {
     }
     if sweep.lrs.len() > 1 {
         let simulated =
-            report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::model::single_index::MODEL_TYPE));
+            report.checkpoints.iter().any(|c| c.model_type.as_deref() == Some(crate::single_index::MODEL_TYPE));
         summary.push(if simulated {
             format!("{lr_line} (the single-index model's rank-1 adapter)")
         } else {

@@ -2,12 +2,12 @@
 //! tests/snapshots/ (regenerate with UPDATE_SNAPSHOTS=1 after checking the diff), and the
 //! `report` and `select` commands on a real scan.
 
-use plasticity::model::single_index::Metrics;
+use plasticity::curve::CurvePoint;
 use plasticity::report::{
     csv::Csv, junit::Junit, markdown::Markdown, BudgetInfo, CheckpointReport, DeviceInfo, Exporter, ForecastReport,
     RaceInfo, Report, SettleInfo, SettleRound, StoppedInfo, TargetInfo, Tool,
 };
-use plasticity::curve::CurvePoint;
+use plasticity::single_index::Metrics;
 
 use super::util::{fixtures, scan, Dir};
 

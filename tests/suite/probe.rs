@@ -2,11 +2,11 @@
 //! step-0 gradient probe orders the snapshots as the measured escape steps do; on the committed
 //! transformer series every probe runs and `--against` correlates it with a scan.
 
-use plasticity::model::single_index::{self, Config, RunSettings, Variant};
 use plasticity::options::ProbeOptions;
 use plasticity::probe::{self, spearman};
-use plasticity::simulate::{self, Amounts, SimulateSpec};
-use plasticity::theory::Link;
+use plasticity::single_index::simulate::{self, Amounts, SimulateSpec};
+use plasticity::single_index::theory::Link;
+use plasticity::single_index::{self, Config, RunSettings, Variant};
 
 use super::util::{fixtures, json, Dir};
 

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use plasticity::model::single_index::{self, Config, Metrics, RunSettings, Variant};
-use plasticity::simulate::{self, Amounts, SimulateSpec};
-use plasticity::theory::Link;
+use plasticity::single_index::simulate::{self, Amounts, SimulateSpec};
+use plasticity::single_index::theory::Link;
+use plasticity::single_index::{self, Config, Metrics, RunSettings, Variant};
 
 use super::util::Dir;
 

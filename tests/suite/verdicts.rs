@@ -2,10 +2,10 @@
 //! best names the right snapshot and is backed by 95% intervals, or says that one seed cannot
 //! tell; the CI gate and the headline never contradict each other.
 
+use plasticity::curve::CurvePoint;
 use plasticity::report::gates::last_slower;
 use plasticity::report::headline::{best_line, headline};
 use plasticity::report::{CheckpointReport, DeviceInfo, Report, StoppedInfo, Tool};
-use plasticity::curve::CurvePoint;
 
 /// A measured checkpoint: `steps` to the target (None: not reached) at 1 s per step, and with
 /// several seeds the 95% interval of its hours as `half` either side.

@@ -14,8 +14,8 @@ use candle_core::{Device, Tensor};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
-use crate::model::single_index::{population_loss, Config, FineTune, Variant, ESCAPE_THRESHOLD, MODEL_TYPE};
-use crate::theory::{self, Link};
+use crate::single_index::theory::{self, Link};
+use crate::single_index::{population_loss, Config, FineTune, Variant, ESCAPE_THRESHOLD, MODEL_TYPE};
 
 /// How much pre-training each snapshot gets.
 #[derive(Debug, Clone)]

@@ -8,6 +8,9 @@
 //! a few microseconds, far below what a tensor library's dispatch would cost. This module
 //! must not rank or report; it returns a curve like any fine-tune, plus the paper's metrics.
 
+pub mod simulate;
+pub mod theory;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -15,10 +18,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use crate::curve::{median, CurvePoint, Outcome};
 use crate::error::{Error, Result};
 use crate::rng::{stream, Stream};
-use crate::theory::{self, Link};
-use crate::curve::{median, CurvePoint, Outcome};
+use theory::Link;
 
 /// How w0 relates to the teacher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
