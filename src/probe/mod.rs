@@ -27,12 +27,12 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::weights::WeightStore;
 use crate::data::{self, BatchOrder, Blocks, Document};
 use crate::discover::{self, CheckpointRef};
+use crate::engine::blocks::Cached;
 use crate::error::{one_line, CandleContext, Error, Result};
 use crate::linalg;
 use crate::lora::AdapterInit;
 use crate::model::{self, LoadedModel};
 use crate::options::ProbeOptions;
-use crate::runner::blocks::Cached;
 use crate::single_index;
 use crate::train::{self, Batch};
 
@@ -160,7 +160,7 @@ fn probe_lm(
     // the blocks `scan` cuts, so the zero-shot loss is the scan's eval loss at step 0
     let (blocks, tokenizer) = cache
         .get(&c.path, o.tokenizer.as_deref(), &model, docs, |s| data::blocks(s, o.seq_len, o.eval_blocks, task))?;
-    crate::runner::check_fits(&blocks, &model, &tokenizer, o.seq_len)?;
+    crate::engine::blocks::check_fits(&blocks, &model, &tokenizer, o.seq_len)?;
     let blocks = &*blocks;
     let batch = o.batch_size.unwrap_or(crate::options::DEFAULT_BATCH_SIZE);
     p.zero_shot_loss = Some(train::eval_loss(&model, &blocks.eval, batch)?);

@@ -10,45 +10,19 @@
 
 use super::{CheckpointResult, Run, Scan, Stopped};
 use crate::discover::CheckpointRef;
+use crate::engine::{Job, Paused};
 use crate::error::{one_line, Error, Result};
-use crate::model;
 use crate::progress::Progress;
 use crate::report::{Report, Reports, SeedFailure};
 use crate::score;
 use crate::score::race::{self, Verdict};
-use crate::single_index;
-use crate::train::Paused;
-
-/// A paused run of either kind.
-enum PausedRun {
-    Lm(Paused),
-    Sim(single_index::Paused),
-}
-
-impl PausedRun {
-    /// The run has nothing left to do (a simulated run stops once it has converged).
-    fn finished(&self) -> bool {
-        match self {
-            PausedRun::Lm(_) => false,
-            PausedRun::Sim(p) => p.converged(),
-        }
-    }
-
-    /// Updates done so far (language models; a simulated run never settles).
-    fn steps_done(&self) -> usize {
-        match self {
-            PausedRun::Lm(p) => p.steps_done(),
-            PausedRun::Sim(_) => usize::MAX,
-        }
-    }
-}
 
 /// One checkpoint in the race: its runs so far (one per seed) and their paused states.
 struct Entrant {
     checkpoint: CheckpointRef,
     fingerprint: Option<String>,
     pretrain_curve: Vec<(f64, f64)>,
-    runs: std::result::Result<Vec<(Run, PausedRun)>, String>,
+    runs: std::result::Result<Vec<(Run, Paused)>, String>,
     stopped: Option<Stopped>,
     peak_rss_bytes: Option<u64>,
     diverged: bool,
@@ -98,7 +72,7 @@ impl Scan<'_> {
     /// Races the checkpoints: every live one trains to the next rung, then the rule stops the
     /// losers; the last rung is the full budget.
     pub(super) fn race(&mut self, checkpoints: &[CheckpointRef], reports: &Reports) -> Result<Report> {
-        let (budget, eval_every) = self.race_budget(checkpoints)?;
+        let crate::engine::Schedule { steps: budget, eval_every } = self.engine.schedule(checkpoints)?;
         let racing = self.opts.strategy == crate::cli::Strategy::Race;
         let rungs = if racing { race::rungs(budget, eval_every) } else { vec![budget] };
         if racing {
@@ -196,7 +170,7 @@ impl Scan<'_> {
     fn run_rung(&mut self, e: &mut Entrant, rung: usize, progress: &Progress) -> Result<()> {
         super::memory::reset_peak();
         let Ok(runs) = std::mem::replace(&mut e.runs, Ok(Vec::new())) else { return Ok(()) };
-        let seeds: Vec<(u64, u64, Option<PausedRun>)> = if runs.is_empty() {
+        let seeds: Vec<(u64, u64, Option<Paused>)> = if runs.is_empty() {
             (0..self.opts.seeds as u64)
                 .map(|i| (self.opts.seed.wrapping_add(i), self.opts.data_seed.wrapping_add(i), None))
                 .collect()
@@ -205,7 +179,8 @@ impl Scan<'_> {
         };
         let (mut advanced, mut failures) = (Vec::with_capacity(seeds.len()), Vec::new());
         for (seed, data_seed, from) in seeds {
-            match super::caught(|| self.advance_any(&e.checkpoint, progress, (seed, data_seed), from, rung)) {
+            let job = Job { checkpoint: &e.checkpoint, device: &self.opts.device, seed, data_seed };
+            match super::caught(|| self.engine.advance(&job, from, rung, &mut |ev| progress.step(ev))) {
                 Ok(run) => advanced.push(run),
                 Err(Error::Interrupted) => return Err(Error::Interrupted),
                 Err(err) if super::seed_failure(&err) => failures.push((seed, data_seed, err)),
@@ -215,7 +190,7 @@ impl Scan<'_> {
                 }
             }
         }
-        let (runs, paused): (Vec<Run>, Vec<PausedRun>) = advanced.into_iter().unzip();
+        let (runs, paused): (Vec<Run>, Vec<Paused>) = advanced.into_iter().unzip();
         match super::seeds_outcome(runs, failures, progress, &e.checkpoint.name) {
             Ok((runs, records)) => {
                 e.seed_failures.extend(records);
@@ -232,60 +207,6 @@ impl Scan<'_> {
         e.diverged = matches!(err, Error::Diverged { .. });
         progress.println(&format!("error: checkpoint {} failed: {}", e.checkpoint.name, one_line(&err)));
         one_line(&err)
-    }
-
-    /// Advances one seed's run of either kind.
-    fn advance_any(
-        &mut self,
-        c: &CheckpointRef,
-        progress: &Progress,
-        seeds: (u64, u64),
-        from: Option<PausedRun>,
-        until: usize,
-    ) -> Result<(Run, PausedRun)> {
-        match from {
-            Some(PausedRun::Sim(p)) => self.advance_sim(c, seeds, Some(p), until),
-            Some(PausedRun::Lm(p)) => {
-                self.advance(c, &self.opts.device, progress, seeds, Some(p), until).map(|(r, p)| (r, PausedRun::Lm(p)))
-            }
-            None if is_simulated(c) => self.advance_sim(c, seeds, None, until),
-            None => {
-                self.advance(c, &self.opts.device, progress, seeds, None, until).map(|(r, p)| (r, PausedRun::Lm(p)))
-            }
-        }
-    }
-
-    fn advance_sim(
-        &self,
-        c: &CheckpointRef,
-        seeds: (u64, u64),
-        from: Option<single_index::Paused>,
-        until: usize,
-    ) -> Result<(Run, PausedRun)> {
-        let config = model::read_config(&c.path)?;
-        let (run, paused) = self.advance_single_index(&c.path, &config, seeds, from, until)?;
-        Ok((run, PausedRun::Sim(paused)))
-    }
-
-    /// The race's budget and eval spacing: the scan's for language models; for a simulated
-    /// series, its own budget (or --steps), and any step can be a rung (a pause records one).
-    fn race_budget(&self, checkpoints: &[CheckpointRef]) -> Result<(usize, usize)> {
-        let simulated: Vec<&CheckpointRef> = checkpoints.iter().filter(|c| is_simulated(c)).collect();
-        if simulated.is_empty() {
-            return Ok((self.opts.train.steps, self.opts.train.eval_every));
-        }
-        if simulated.len() < checkpoints.len() {
-            return Err(Error::flag(
-                "--strategy",
-                format!(
-                    "race needs a series of one kind, and {} is simulated while others are language models",
-                    simulated[0].path.display()
-                ),
-            ));
-        }
-        let first = simulated[0];
-        let cfg = single_index::Config::read(&first.path, &model::read_config(&first.path)?)?;
-        Ok((single_index::budget(&cfg, &self.single_index_settings(self.opts.seed, self.opts.data_seed)), 1))
     }
 
     /// Forecasts every live checkpoint from its curves up to `rung` and stops those whose
@@ -361,11 +282,4 @@ fn split_at_probe(e: &mut Entrant, probe: usize, timing_warmup: usize) {
         let timed = &o.step_seconds[timing_warmup.min(o.step_seconds.len().saturating_sub(1))..];
         o.median_step_s = crate::curve::median(timed);
     }
-}
-
-pub(super) fn is_simulated(c: &CheckpointRef) -> bool {
-    model::read_config(&c.path)
-        .ok()
-        .and_then(|v| v.get("model_type")?.as_str().map(|t| t == single_index::MODEL_TYPE))
-        .unwrap_or(false)
 }

@@ -9,8 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{race, Scan};
+use super::Scan;
 use crate::discover::CheckpointRef;
+use crate::engine::{Engine, Series};
 use crate::error::{Error, Result};
 use crate::options::{ScanOptions, Sweep};
 use crate::report::headline::{evidence, Evidence};
@@ -18,6 +19,9 @@ use crate::report::{CheckpointReport, Report, Reports, SweepCheckpoint, SweepInf
 use crate::score::{self, TargetSpec};
 
 type Done = Vec<((usize, f64), Report)>;
+
+/// The engine a variant's scan fine-tunes with, from its options.
+pub type EngineFor<'e> = dyn for<'o> Fn(&'o ScanOptions) -> Result<Box<dyn Engine + 'o>> + 'e;
 
 /// Runs every variant of the sweep, the main one first; `previous` is a sweep report to resume.
 pub fn run(
@@ -27,15 +31,35 @@ pub fn run(
     reports: &Reports,
     previous: Option<(Report, &Path)>,
 ) -> Result<Report> {
-    if sweep.ranks.len() > 1 && checkpoints.iter().any(race::is_simulated) {
-        return Err(Error::flag("--ranks", "a simulated single-index series has a rank-1 adapter: sweep --lrs only"));
-    }
+    run_with(opts, sweep, checkpoints, reports, previous, &|o| series(o, checkpoints))
+}
+
+fn series<'o>(opts: &'o ScanOptions, checkpoints: &[CheckpointRef]) -> Result<Box<dyn Engine + 'o>> {
+    Ok(Box::new(Series::new(opts, checkpoints)?))
+}
+
+/// [`run`] with each variant fine-tuned by `engine_for(its options)`.
+pub fn run_with(
+    opts: &ScanOptions,
+    sweep: &Sweep,
+    checkpoints: &[CheckpointRef],
+    reports: &Reports,
+    previous: Option<(Report, &Path)>,
+    engine_for: &EngineFor,
+) -> Result<Report> {
     let variants = sweep.variants();
     let (mut done, mut target): (Done, Option<TargetSpec>) = (Vec::new(), opts.target);
     for (i, &v) in variants.iter().enumerate() {
         eprintln!("sweep {}/{}: rank {}, lr {:e}", i + 1, variants.len(), v.0, v.1);
         let vopts = variant_options(opts, v, target);
-        let mut scan = Scan::new(&vopts, checkpoints)?;
+        let engine = engine_for(&vopts)?;
+        if i == 0 && sweep.ranks.len() > 1 && checkpoints.iter().any(|c| engine.fixed_rank(c).is_some()) {
+            return Err(Error::flag(
+                "--ranks",
+                "a simulated single-index series has a rank-1 adapter: sweep --lrs only",
+            ));
+        }
+        let mut scan = Scan::with_engine(&vopts, engine);
         match &previous {
             Some((prev, path)) if i == 0 => scan.resume_from(prev.clone(), path)?, // checks the settings once
             Some((prev, _)) => scan.reuse(measurements(prev, v)),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::data::{self, Document, TaskTokenizer, TokenStream};
+use crate::data::{self, Blocks, Document, TaskTokenizer, TokenStream};
 use crate::error::{Error, Result};
 use crate::model::LoadedModel;
 
@@ -56,6 +56,15 @@ pub(crate) fn check_vocab<'a>(ids: impl Iterator<Item = &'a u32>, model: &Loaded
             tokenizer,
             format!("produces token id {max_id}, but the model's vocab_size is {}", model.vocab_size),
         ));
+    }
+    Ok(())
+}
+
+/// Token ids must exist in the model's vocabulary; GPT-2 cannot see past `n_positions`.
+pub(crate) fn check_fits(blocks: &Blocks, model: &LoadedModel, tokenizer: &Path, seq_len: usize) -> Result<()> {
+    check_vocab(blocks.train.iter().chain(&blocks.eval).flat_map(|b| b.ids.iter()), model, tokenizer)?;
+    if model.model_type == "gpt2" && model.max_positions.is_some_and(|p| seq_len > p) {
+        return Err(Error::flag("--seq-len", format!("{seq_len} is longer than the model's n_positions")));
     }
     Ok(())
 }
