@@ -126,7 +126,7 @@ pub fn probe(args: ProbeArgs) -> Result<i32> {
     let opts = options::ProbeOptions::from_args(args)?;
     configure_threads(opts.threads);
     let report = crate::probe::run(&opts)?;
-    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|source| Error::Encode { what: "report", source })?;
     let stdout_taken = match &opts.json {
         Some(crate::report::Output::File(path)) => {
             crate::fs::write_atomic(path, format!("{json}\n").as_bytes())?;
@@ -175,7 +175,7 @@ pub fn simulate(args: SimulateArgs) -> Result<i32> {
 pub fn demo(args: DemoArgs) -> Result<i32> {
     let tmp = match &args.dir {
         Some(_) => None,
-        None => Some(tempfile::tempdir().map_err(|e| Error::Other(format!("cannot create a temporary folder: {e}")))?),
+        None => Some(tempfile::tempdir().map_err(|e| Error::system("cannot create a temporary folder", e))?),
     };
     let dir: PathBuf =
         args.dir.clone().unwrap_or_else(|| tmp.as_ref().map(|t| t.path().join("series")).unwrap_or_default());
@@ -202,7 +202,7 @@ fn demo_scan_args(dir: &std::path::Path, json: Option<&str>) -> Result<ScanArgs>
     if let Some(j) = json {
         argv.extend(["--json".to_string(), j.to_string()]);
     }
-    ScanOnly::try_parse_from(argv).map(|s| s.args).map_err(|e| Error::Other(e.to_string()))
+    ScanOnly::try_parse_from(argv).map(|s| s.args).map_err(|e| Error::internal(e.to_string()))
 }
 
 fn count_dirs(dir: &std::path::Path) -> usize {

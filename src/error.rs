@@ -38,6 +38,22 @@ pub enum Error {
     #[error("{context}: {source}")]
     Compute { context: String, source: candle_core::Error },
 
+    /// The system refused what the run needs: a signal handler, a temporary folder, stdout.
+    #[error("{what}: {source}")]
+    System { what: String, source: std::io::Error },
+
+    /// A value could not be encoded as JSON (a bug: every report type is serialisable).
+    #[error("cannot encode {what}: {source}")]
+    Encode { what: &'static str, source: serde_json::Error },
+
+    /// A run struck a bug (a panic, caught): that run fails, the others go on.
+    #[error("internal error (a panic, please report it): {0}")]
+    Panic(String),
+
+    /// An invariant of plasticity's own does not hold (a bug, please report it).
+    #[error("{0}")]
+    Internal(String),
+
     #[error("{0}")]
     Other(String),
 
@@ -61,11 +77,25 @@ impl Error {
         Error::Flag { flag, msg: msg.into() }
     }
 
+    pub fn system(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::System { what: what.into(), source }
+    }
+
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into())
+    }
+
     /// The exit code this error ends the program with when it is fatal.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Flag { .. } | Error::Input { .. } => exit::USAGE,
-            Error::Compute { .. } | Error::Other(_) | Error::Diverged { .. } => exit::INTERNAL,
+            Error::Compute { .. }
+            | Error::System { .. }
+            | Error::Encode { .. }
+            | Error::Panic(_)
+            | Error::Internal(_)
+            | Error::Other(_)
+            | Error::Diverged { .. } => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
         }
     }

@@ -21,9 +21,9 @@ pub fn install() -> Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // the second signal exits at once; the first only sets the flag
         signal_hook::flag::register_conditional_shutdown(signal, exit::INTERRUPTED, flag.clone())
-            .map_err(|e| Error::Other(format!("cannot handle signal {signal}: {e}")))?;
+            .map_err(|e| Error::system(format!("cannot handle signal {signal}"), e))?;
         signal_hook::flag::register(signal, flag.clone())
-            .map_err(|e| Error::Other(format!("cannot handle signal {signal}: {e}")))?;
+            .map_err(|e| Error::system(format!("cannot handle signal {signal}"), e))?;
     }
     let _ = REQUESTED.set(flag);
     Ok(())

@@ -40,7 +40,7 @@ pub fn write_checkpoint(dir: &Path, model_type: &str, shape: Shape, seed: u64) -
         other => return Err(Error::flag("model_type", format!("cannot synthesise {other:?}"))),
     };
     let mut rng = crate::rng::stream(seed, crate::rng::Stream::AdapterInit, 0x5_1A7);
-    let normal = Normal::new(0.0f32, 0.02).map_err(|e| Error::Other(e.to_string()))?;
+    let normal = Normal::new(0.0f32, 0.02).map_err(|e| Error::internal(e.to_string()))?;
     let mut map = HashMap::new();
     for (name, dims, kind) in tensors {
         let n: usize = dims.iter().product();
@@ -53,7 +53,7 @@ pub fn write_checkpoint(dir: &Path, model_type: &str, shape: Shape, seed: u64) -
     }
     let path = dir.join("model.safetensors");
     candle_core::safetensors::save(&map, &path).map_err(|e| Error::input(&path, e.to_string()))?;
-    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&config).map_err(|source| Error::Encode { what: "config.json", source })?;
     std::fs::write(dir.join("config.json"), text).map_err(|e| Error::input(dir.join("config.json"), e.to_string()))
 }
 

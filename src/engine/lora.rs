@@ -107,7 +107,7 @@ impl<'a> LoraEngine<'a> {
 
     /// The loss of the model as fine-tuning starts on --pretrain-sample's blocks.
     fn measure_sample_loss(&self, dir: &Path, model: &LoadedModel) -> Result<f64> {
-        let Some((path, docs)) = &self.sample else { return Err(Error::Other("no pre-training sample".into())) };
+        let Some((path, docs)) = &self.sample else { return Err(Error::internal("no pre-training sample")) };
         let (seq_len, n) = (self.opts.seq_len, self.opts.eval_blocks);
         let (blocks, tokenizer) = self
             .sample_cache

@@ -130,7 +130,7 @@ impl Paused {
         self.state
             .downcast::<T>()
             .map(|s| *s)
-            .map_err(|_| Error::Other("a paused run was handed to an engine of another kind".into()))
+            .map_err(|_| Error::internal("a paused run was handed to an engine of another kind"))
     }
 }
 

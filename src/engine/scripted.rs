@@ -23,13 +23,15 @@ pub(crate) struct Script {
     pub step_s: f64,
     /// The run of this seed diverges at this step.
     pub diverge: Option<(u64, usize)>,
+    /// The run of this seed hits a bug (panics) at this step.
+    pub panic: Option<(u64, usize)>,
     /// Every run of the snapshot fails at once with this message (a broken checkpoint).
     pub broken: Option<&'static str>,
 }
 
 impl Script {
     pub fn new(loss: LossFn, step_s: f64) -> Self {
-        Script { loss, step_s, diverge: None, broken: None }
+        Script { loss, step_s, diverge: None, panic: None, broken: None }
     }
 }
 
@@ -116,6 +118,9 @@ impl Engine for Scripted {
         for step in s.steps_done + 1..=until {
             if script.diverge == Some((seed, step)) {
                 return Err(Error::Diverged { loss: f64::NAN, step });
+            }
+            if script.panic == Some((seed, step)) {
+                panic!("scripted bug at step {step}");
             }
             s.step_seconds.push(script.step_s);
             let elapsed_s = s.curve.last().map_or(0.0, |p| p.elapsed_s) + script.step_s;

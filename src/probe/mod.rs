@@ -192,8 +192,9 @@ fn weight_gradients(model: &LoadedModel, blocks: &Blocks, batch: usize, o: &Prob
             .ctx("probe forward pass")?;
         let grads = (sum / count.max(1.0)).and_then(|l| l.backward()).ctx("probe backward pass")?;
         for (acc, a) in sums.iter_mut().zip(&model.adapters) {
-            let g =
-                grads.get(a.b.as_tensor()).ok_or_else(|| Error::Other(format!("no gradient reached {}", a.module)))?;
+            let g = grads
+                .get(a.b.as_tensor())
+                .ok_or_else(|| Error::Internal(format!("no gradient reached {}", a.module)))?;
             *acc = Some(match acc.take() {
                 None => g.clone(),
                 Some(prev) => (prev + g).ctx("probe gradient sum")?,
@@ -202,7 +203,7 @@ fn weight_gradients(model: &LoadedModel, blocks: &Blocks, batch: usize, o: &Prob
     }
     sums.into_iter()
         .map(|g| {
-            g.ok_or_else(|| Error::Other("no probe batch".into()))
+            g.ok_or_else(|| Error::internal("no probe batch"))
                 .and_then(|g| (g / o.batches as f64).ctx("probe gradient mean"))
         })
         .collect()
@@ -217,7 +218,7 @@ fn weight_of(store: &WeightStore, module: &str) -> Result<Tensor> {
     let name = names
         .iter()
         .find(|n| store.contains(n))
-        .ok_or_else(|| Error::Other(format!("tensor {} is missing", names[0])))?;
+        .ok_or_else(|| Error::Internal(format!("tensor {} is missing", names[0])))?;
     let shape = store.shape(name).map(<[usize]>::to_vec).unwrap_or_default();
     store.get(name, &shape)
 }
@@ -225,7 +226,7 @@ fn weight_of(store: &WeightStore, module: &str) -> Result<Tensor> {
 fn singular_values_of(m: &Tensor) -> Result<Vec<f64>> {
     let (rows, cols) = m.dims2().ctx("a 2-D matrix")?;
     let values: Vec<f64> = m.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-    linalg::singular_values(&values, rows, cols).map_err(Error::Other)
+    linalg::singular_values(&values, rows, cols).map_err(Error::Internal)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -208,16 +208,14 @@ pub(super) fn caught<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        Err(Error::Other(format!("{PANIC}: {what}")))
+        Err(Error::Panic(what))
     })
 }
-
-const PANIC: &str = "internal error (a panic, please report it)";
 
 /// An error that strikes one seed's run and may spare the others: a divergence (it depends
 /// on the seeds) or a bug. Errors about the checkpoint's files would fail every seed alike.
 pub(super) fn seed_failure(e: &Error) -> bool {
-    matches!(e, Error::Diverged { .. }) || matches!(e, Error::Other(m) if m.starts_with(PANIC))
+    matches!(e, Error::Diverged { .. } | Error::Panic(_))
 }
 
 /// The runs of the seeds that finished and what became of the others (each a

@@ -84,7 +84,7 @@ pub fn run_with(
             return Ok(composite);
         }
     }
-    Err(Error::Other("a sweep needs at least one variant".into()))
+    Err(Error::internal("a sweep needs at least one variant"))
 }
 
 /// The scan's options at one (rank, lr), scored against `target`, its adapters in their own folder.

@@ -107,6 +107,19 @@ fn a_broken_snapshot_fails_alone_and_a_diverged_seed_is_recorded() {
 }
 
 #[test]
+fn a_seed_that_hits_a_bug_fails_alone_with_the_panic_message() {
+    let (dir, refs) = series(&["a", "b"]);
+    let opts = options(dir.path(), &["--steps", "50", "--seeds", "2", "--budget", "50"]);
+    let buggy = Script { panic: Some((0, 10)), ..Script::new(fast, 1.0) };
+    let report = scan(&opts, scripted(&[("a", buggy), ("b", Script::new(slow, 1.0))], 50), &refs);
+    let a = &report.checkpoints[0];
+    assert_eq!((a.status.as_str(), a.seeds_ok), ("ok", 1), "the other seed scores it");
+    let failure = &a.seed_failures[0];
+    assert_eq!((failure.seed, failure.status.as_str()), (0, "failed"));
+    assert_eq!(failure.error, "internal error (a panic, please report it): scripted bug at step 10");
+}
+
+#[test]
 fn a_race_stops_the_hopeless_snapshot_and_continues_the_others_from_their_pauses() {
     let (dir, refs) = series(&["a", "b", "c"]);
     let full = scan(&options(dir.path(), &["--steps", "240", "--budget", "240"]), scripted(&three(), 240), &refs);

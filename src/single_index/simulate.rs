@@ -155,7 +155,10 @@ fn write_snapshot(spec: &SimulateSpec, s: &Snapshot, budget: usize, w_star: &[f6
             Amounts::Strengths(_) => None,
         },
     };
-    write_json(&dir.join("config.json"), &serde_json::to_value(&config).map_err(|e| Error::Other(e.to_string()))?)?;
+    write_json(
+        &dir.join("config.json"),
+        &serde_json::to_value(&config).map_err(|source| Error::Encode { what: "config.json", source })?,
+    )?;
     write_weights(&dir.join("model.safetensors"), &w0, w_star)?;
     let r = w0.iter().zip(w_star).map(|(a, b)| a * b).sum::<f64>();
     let q = w0.iter().map(|a| a * a).sum::<f64>();
@@ -176,6 +179,6 @@ fn write_weights(path: &Path, w0: &[f64], w_star: &[f64]) -> Result<()> {
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Other(e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(|source| Error::Encode { what: "JSON", source })?;
     std::fs::write(path, text + "\n").map_err(|e| Error::input(path, format!("cannot write: {e}")))
 }

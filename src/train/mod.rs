@@ -146,7 +146,7 @@ impl<'a> Trainer<'a> {
                 Some(acc) => add_grads(acc, g, &self.vars)?,
             });
         }
-        let mut grads = grads.ok_or_else(|| Error::Other("no micro-batches".into()))?;
+        let mut grads = grads.ok_or_else(|| Error::internal("no micro-batches"))?;
         let norm = clip_grad_norm(&mut grads, &self.vars, self.spec.max_grad_norm)?;
         let lr = self.lr();
         self.opt.step(&grads, lr)?;
@@ -173,7 +173,7 @@ impl<'a> Trainer<'a> {
     /// Continues from `state`, taken from a trainer of the same checkpoint and settings.
     fn restore(&mut self, state: TrainState) -> Result<()> {
         if state.adapters.len() != self.vars.len() {
-            return Err(Error::Other(format!(
+            return Err(Error::Internal(format!(
                 "paused run has {} adapter tensors, the model {}",
                 state.adapters.len(),
                 self.vars.len()

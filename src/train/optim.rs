@@ -67,7 +67,7 @@ impl AdamW {
     /// Continues from a state taken by [`Self::state`] of an optimizer over the same variables.
     pub fn restore(&mut self, state: AdamState) -> Result<()> {
         if state.moments.len() != self.slots.len() {
-            return Err(Error::Other(format!(
+            return Err(Error::Internal(format!(
                 "optimizer state has {} variables, the model {}",
                 state.moments.len(),
                 self.slots.len()
@@ -89,7 +89,7 @@ impl AdamW {
         for slot in &mut self.slots {
             let g = grads
                 .get(slot.var.as_tensor())
-                .ok_or_else(|| Error::Other("an adapter weight received no gradient".into()))?;
+                .ok_or_else(|| Error::internal("an adapter weight received no gradient"))?;
             slot.update(g, lr, c, bias1, bias2).ctx("AdamW update")?;
         }
         Ok(())
