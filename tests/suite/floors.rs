@@ -123,7 +123,13 @@ fn imports_point_down_only() {
     let mut upward = Vec::new();
     for (file, targets) in graph() {
         for t in targets.iter().filter(|t| floor(t) > floor(&file)) {
-            upward.push(format!("{} (floor {}) imports {} (floor {})", file.join("/"), floor(&file), t.join("/"), floor(t)));
+            upward.push(format!(
+                "{} (floor {}) imports {} (floor {})",
+                file.join("/"),
+                floor(&file),
+                t.join("/"),
+                floor(t)
+            ));
         }
     }
     assert!(upward.is_empty(), "upward imports:\n{}", upward.join("\n"));

@@ -15,5 +15,5 @@ mod peft;
 mod probe;
 mod single_index;
 mod sweep;
-mod verdicts;
 pub mod util;
+mod verdicts;
