@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "plasticity", version, about = "Which pre-training checkpoint adapts fastest under LoRA fine-tuning?")]
+#[command(
+    name = "plasticity",
+    version,
+    about = "Which pre-training checkpoint adapts fastest under LoRA fine-tuning?",
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

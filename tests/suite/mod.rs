@@ -8,6 +8,7 @@ mod export;
 mod exports;
 mod folders;
 mod forecast;
+mod help;
 mod parity;
 mod partition;
 mod peft;
