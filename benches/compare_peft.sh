@@ -10,7 +10,8 @@
 # table gives each side's median tokens/s over the rounds (a shared machine drifts by tens of
 # percent between runs a minute apart).
 #
-# Sets up .venv-bench with PyTorch, transformers and PEFT from PyPI on first use.
+# Creates .venv-bench (ignored by git) with the pinned PyTorch, transformers and PEFT of
+# benches/requirements-bench.txt from PyPI on first use, and reinstalls when that file changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-$(nproc)}
@@ -18,12 +19,16 @@ steps=${2:-5}
 rounds=${3:-3}
 warmup=2
 venv=.venv-bench
+requirements=benches/requirements-bench.txt
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q torch transformers peft safetensors
+fi
+if ! cmp -s "$requirements" "$venv/requirements-bench.txt"; then
+  "$venv/bin/pip" install -q -r "$requirements"
+  cp "$requirements" "$venv/requirements-bench.txt"
 fi
 cargo build -q --release --example step_timing
-bin=target/release/examples/step_timing
+bin=${CARGO_TARGET_DIR:-target}/release/examples/step_timing
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads; batch 8 x 128, r = 8, f32; median of $rounds rounds"

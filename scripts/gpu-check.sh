@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with an NVIDIA GPU and no Rust toolchain (the device tool's H200):
-# the fixture models' losses on the GPU against the CPU (the CPU matches transformers, see
-# README "Correctness"), GPU against CPU loss curves and ranking on the committed series, and
-# the series in bf16 against f32 and with two workers on one GPU against one, and tokens/s at
-# the Pythia-70M benchmark shape on the GPU (f32 and bf16) next to the CPU. A few minutes:
+# The GPU check, for a machine with an NVIDIA GPU and no Rust toolchain: the fixture models'
+# losses on the GPU against the CPU (the CPU matches transformers, see docs/correctness.md),
+# GPU against CPU loss curves and ranking on the committed series, the series in bf16 against
+# f32 and with two workers on one GPU against one, and tokens/s at the Pythia-70M benchmark
+# shape on the GPU (f32 and bf16) next to the CPU. A few minutes:
 #
 #   scripts/build-cuda.sh && scripts/gpu-check.sh --pack   # here: a stripped CUDA binary in .gpu/
 #   bash scripts/gpu-check.sh                               # there, from the repository root
 #
-# With the device tool, carry .gpu (ignored through .git/info/exclude). cuBLAS, cuRAND and the
-# CUDA 13 runtime are looked up in the machine's Python (NVIDIA's wheels, as PyTorch installs
-# them), in CUDA_LIB_DIR, or under /usr/local/cuda; python3 with torch and transformers writes
-# the 70M-shape checkpoint.
+# Copy .gpu/ to the GPU machine with the repository (it is ignored through .git/info/exclude).
+# cuBLAS, cuRAND and the CUDA 13 runtime are looked up in the machine's Python (NVIDIA's
+# wheels, as PyTorch installs them), in CUDA_LIB_DIR, or under /usr/local/cuda; python3 with
+# torch and transformers writes the 70M-shape checkpoint.
 set -euo pipefail
 # (each analysis step below ends in `|| true`: one failed comparison must not hide the rest)
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--pack" ]; then
-  # stripped and compressed (58 MB -> 8 MB): the device tool carries at most 64 MiB in all
+  # stripped and compressed (58 MB -> 8 MB), so it is quick to copy
   mkdir -p .gpu
   strip -o .gpu/plasticity target/cuda/release/plasticity
   xz -T0 -6 -f .gpu/plasticity

@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "plasticity", version, about = "Which pre-training checkpoint adapts fastest under LoRA fine-tuning?")]
+#[command(
+    name = "plasticity",
+    version,
+    about = "Which pre-training checkpoint adapts fastest under LoRA fine-tuning?",
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -36,56 +41,56 @@ pub struct ProbeArgs {
     pub dir: PathBuf,
 
     /// Task data (as for scan); not needed for a simulated single-index series.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Task and data")]
     pub task: Option<PathBuf>,
 
     /// tokenizer.json to use instead of each checkpoint's own.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Task and data")]
     pub tokenizer: Option<PathBuf>,
 
     /// The rank r whose share of the gradient energy is measured (as scan's --rank).
-    #[arg(long, allow_hyphen_values = true, default_value_t = 8, value_name = "R")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 8, value_name = "R", help_heading = "LoRA")]
     pub rank: usize,
 
     /// Modules probed: as scan's --targets (PEFT's default for the model type).
-    #[arg(long, value_name = "NAMES")]
+    #[arg(long, value_name = "NAMES", help_heading = "LoRA")]
     pub targets: Option<String>,
 
     /// Task batches the step-0 gradient is averaged over.
-    #[arg(long, allow_hyphen_values = true, default_value_t = 4, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 4, value_name = "N", help_heading = "Task and data")]
     pub batches: usize,
 
     /// Blocks per batch [default: 8, or the batch a simulated series carries].
-    #[arg(long, allow_hyphen_values = true, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", help_heading = "Task and data")]
     pub batch_size: Option<usize>,
 
     /// Tokens per block.
-    #[arg(long, allow_hyphen_values = true, default_value_t = 128, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 128, value_name = "N", help_heading = "Task and data")]
     pub seq_len: usize,
 
     /// Held-out blocks for the zero-shot loss (as scan's, so the two agree).
-    #[arg(long, allow_hyphen_values = true, default_value_t = 32, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 32, value_name = "N", help_heading = "Task and data")]
     pub eval_blocks: usize,
 
     /// Seeds which batches are drawn (as scan's --data-seed).
-    #[arg(long, allow_hyphen_values = true, default_value_t = 0, value_name = "SEED")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0, value_name = "SEED", help_heading = "Task and data")]
     pub seed: u64,
 
     /// A scan's JSON report of the same series: print each probe's Spearman correlation with
     /// the measured convergence speed.
-    #[arg(long, value_name = "REPORT.json")]
+    #[arg(long, value_name = "REPORT.json", help_heading = "Output")]
     pub against: Option<PathBuf>,
 
     /// Write the probes as JSON to FILE (- for stdout).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub json: Option<String>,
 
     /// cpu, cuda[:N] or auto, as for scan.
-    #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto")]
+    #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto", help_heading = "Scale-out")]
     pub device: String,
 
     /// Threads for the CPU kernels [default: all cores].
-    #[arg(long, allow_hyphen_values = true, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", help_heading = "Scale-out")]
     pub threads: Option<usize>,
 }
 
@@ -143,6 +148,7 @@ pub struct DemoArgs {
 
 /// The single-index series: model, pre-training amounts, and the fine-tuning it carries.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Series")]
 pub struct SeriesArgs {
     /// Link function: linear, relu, erf, sigmoid, or heK (Hermite polynomial He_K).
     #[arg(long, default_value = "linear", value_name = "LINK")]
@@ -203,11 +209,11 @@ pub struct ScanArgs {
 
     /// Task data: .txt (one document) or .jsonl with "text" or "prompt"+"completion".
     /// Not needed for simulated single-index series, whose task is in their config.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Task and data")]
     pub task: Option<PathBuf>,
 
     /// tokenizer.json to use instead of each checkpoint's own.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Task and data")]
     pub tokenizer: Option<PathBuf>,
 
     #[command(flatten)]
@@ -217,46 +223,52 @@ pub struct ScanArgs {
     pub train: TrainArgs,
 
     /// Target eval loss [default: the median of the final eval losses; 1e-6 for a simulated series].
-    #[arg(long, allow_hyphen_values = true, value_name = "LOSS", conflicts_with = "target_drop")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "LOSS",
+        conflicts_with = "target_drop",
+        help_heading = "Scoring and budget"
+    )]
     pub target_loss: Option<f64>,
 
     /// Target a loss drop instead: F times the largest total drop of any checkpoint, from each
     /// checkpoint's own initial loss.
-    #[arg(long, allow_hyphen_values = true, value_name = "F")]
+    #[arg(long, allow_hyphen_values = true, value_name = "F", help_heading = "Scoring and budget")]
     pub target_drop: Option<f64>,
 
     /// The fine-tune you will run, which the ranking answers for: N updates, N-tokens (K, M, G
     /// allowed: 20M-tokens), Nh device-hours, or N-epochs of the task's training blocks. Beyond
     /// --steps each snapshot's curve is forecast to it, with 95% intervals [default: 3-epochs].
-    #[arg(long, value_name = "N|N-tokens|Nh|N-epochs")]
+    #[arg(long, value_name = "N|N-tokens|Nh|N-epochs", help_heading = "Scoring and budget")]
     pub budget: Option<String>,
 
     /// When the leaders' forecasts at the budget overlap after the probe, keep training only
     /// them (doubling their updates each round, up to the budget) until their 95% intervals
     /// separate or they reach the budget; the report says what this cost.
-    #[arg(long)]
+    #[arg(long, help_heading = "Scoring and budget")]
     pub until_settled: bool,
 
     /// Fine-tune each checkpoint N times (seeds --seed..--seed+N-1, likewise --data-seed) and
     /// report means with 95% confidence intervals.
-    #[arg(long, allow_hyphen_values = true, default_value_t = 1, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1, value_name = "N", help_heading = "Training")]
     pub seeds: usize,
 
     /// full: every checkpoint gets the whole budget. race: at rungs along the budget, a
     /// snapshot is stopped only when its forecast time to the target (a fitted learning curve
     /// with a 95% interval) lies wholly beyond the leader's; the report says which were
     /// stopped, when and why.
-    #[arg(long, value_enum, default_value_t = Strategy::Full)]
+    #[arg(long, value_enum, default_value_t = Strategy::Full, help_heading = "Scoring and budget")]
     pub strategy: Strategy,
 
     /// Exit 1 when the most pre-trained snapshot needs more than X (>= 1) times the
     /// device-hours to target of the best snapshot to fine-tune (or never reaches the target);
     /// with several seeds only when that holds at 95%.
-    #[arg(long, allow_hyphen_values = true, value_name = "X")]
+    #[arg(long, allow_hyphen_values = true, value_name = "X", help_heading = "Scoring and budget")]
     pub fail_if_last_slower: Option<f64>,
 
     /// Add cost columns: device-hours x P.
-    #[arg(long, allow_hyphen_values = true, value_name = "P")]
+    #[arg(long, allow_hyphen_values = true, value_name = "P", help_heading = "Scoring and budget")]
     pub price_per_gpu_hour: Option<f64>,
 
     #[command(flatten)]
@@ -264,64 +276,70 @@ pub struct ScanArgs {
 
     /// Reuse the checkpoints a previous (possibly interrupted) report measured with the same
     /// settings and the same files; fine-tune only the rest. May be the --json file itself.
-    #[arg(long, value_name = "REPORT.json")]
+    #[arg(long, value_name = "REPORT.json", help_heading = "Output")]
     pub resume: Option<PathBuf>,
 
     /// Sweep LoRA ranks: fine-tune every snapshot at each (e.g. 4,8,16,32), same seeds and
     /// batches; the first is the main scan. Combines with --lrs into a grid.
-    #[arg(long, value_name = "R,R,...")]
+    #[arg(long, value_name = "R,R,...", help_heading = "LoRA")]
     pub ranks: Option<String>,
 
     /// Sweep learning rates (e.g. 1e-4,3e-4,1e-3); the first is the main scan.
-    #[arg(long, value_name = "LR,LR,...")]
+    #[arg(long, value_name = "LR,LR,...", help_heading = "Training")]
     pub lrs: Option<String>,
 
     /// Pre-training data (.txt or .jsonl, as --task): each snapshot's loss on its first
     /// --eval-blocks blocks is the pre-training loss the task gap is measured against, instead
     /// of the last loss in trainer_state.json.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Task and data")]
     pub pretrain_sample: Option<PathBuf>,
 
     /// Write each snapshot's trained adapter in PEFT's format to DIR/<snapshot>/
     /// (DIR/<snapshot>/seed-<seed>/ with several seeds): adapter_config.json and
     /// adapter_model.safetensors, loadable with PeftModel.from_pretrained.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub save_adapters: Option<PathBuf>,
 
     /// With --save-adapters: keep only the winner's adapter once the scan completes.
-    #[arg(long, requires = "save_adapters")]
+    #[arg(long, requires = "save_adapters", help_heading = "Output")]
     pub save_best: bool,
 
     /// Where to fine-tune: cpu, cuda (GPU 0), cuda:N, or auto (the first GPU when this build
     /// has CUDA support and one is usable, else the CPU, saying why).
-    #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto", conflicts_with = "devices")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "cpu|cuda[:N]|auto",
+        conflicts_with = "devices",
+        help_heading = "Scale-out"
+    )]
     pub device: String,
 
     /// Several devices, one worker each: every worker fine-tunes the next snapshot not yet
     /// taken (e.g. cuda:0,cuda:1). Results equal a run on one device but for timings; a
     /// device may repeat (cpu,cpu: two CPU workers sharing --threads).
-    #[arg(long, value_name = "DEV,DEV,...")]
+    #[arg(long, value_name = "DEV,DEV,...", help_heading = "Scale-out")]
     pub devices: Option<String>,
 
     /// Precision of the frozen base weights and activations: f32, or bf16 as transformers
     /// loads with torch_dtype=bfloat16 (adapters, their gradients and the optimizer stay f32,
     /// as PEFT keeps them). bf16 halves the weights' memory; on a CPU it is slower than f32.
-    #[arg(long, default_value = "f32", value_name = "f32|bf16")]
+    #[arg(long, default_value = "f32", value_name = "f32|bf16", help_heading = "Training")]
     pub dtype: String,
 
     /// Scan only every N-th snapshot (in step order) starting at the K-th, K in 1..=N: one task
     /// of a job array; `plasticity merge` joins the parts' reports. `auto` takes K and N from
     /// Slurm (SLURM_ARRAY_TASK_ID, _MIN and _COUNT); `auto/N` takes K from Kubernetes'
     /// JOB_COMPLETION_INDEX (0-based) with N parts.
-    #[arg(long, value_name = "K/N|auto|auto/N")]
+    #[arg(long, value_name = "K/N|auto|auto/N", help_heading = "Scale-out")]
     pub partition: Option<String>,
 
     /// Threads for the CPU kernels [default: all cores].
-    #[arg(long, allow_hyphen_values = true, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", help_heading = "Scale-out")]
     pub threads: Option<usize>,
 
     /// Do not draw the progress bar.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub quiet: bool,
 }
 
@@ -335,6 +353,7 @@ pub enum Strategy {
 
 /// Report files, each FILE or "-" for stdout; created at start, rewritten after each checkpoint.
 #[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Output")]
 pub struct ExportArgs {
     /// Write the JSON report to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
@@ -362,6 +381,7 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "LoRA")]
 pub struct LoraArgs {
     /// LoRA rank r (PEFT default 8).
     #[arg(long, allow_hyphen_values = true, value_name = "R")]
@@ -389,6 +409,7 @@ pub struct LoraArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Training")]
 pub struct TrainArgs {
     /// Optimizer updates per checkpoint [default: 60, or the budget a simulated series carries].
     #[arg(long, allow_hyphen_values = true, value_name = "N")]
@@ -415,11 +436,11 @@ pub struct TrainArgs {
     pub grad_accum: usize,
 
     /// Tokens per block.
-    #[arg(long, allow_hyphen_values = true, default_value_t = 128, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 128, value_name = "N", help_heading = "Task and data")]
     pub seq_len: usize,
 
     /// Held-out blocks at the end of the task data.
-    #[arg(long, allow_hyphen_values = true, default_value_t = 32, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 32, value_name = "N", help_heading = "Task and data")]
     pub eval_blocks: usize,
 
     /// Measure the eval loss every N updates (and at step 0 and the last step).

@@ -9,6 +9,7 @@ mod exports;
 mod floors;
 mod folders;
 mod forecast;
+mod help;
 mod parity;
 mod partition;
 mod peft;
