@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Exit codes, documented in README.md ("Exit codes").
+/// Exit codes, documented in docs/usage.md ("Exit codes").
 pub mod exit {
     /// Every checkpoint was fine-tuned and every gate passed.
     pub const OK: i32 = 0;

@@ -1,5 +1,5 @@
 //! The `plasticity` command: parse the flags, run the command, and exit with its documented
-//! code (README.md, "Exit codes"). Errors are printed on one line.
+//! code (docs/usage.md, "Exit codes"). Errors are printed on one line.
 
 use clap::Parser;
 

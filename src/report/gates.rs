@@ -1,5 +1,5 @@
 //! Gates a CI job can fail on, evaluated on the finished report. A failed gate makes the
-//! scan exit 1 (README.md, "Exit codes") and is a failed test case in the JUnit export.
+//! scan exit 1 (docs/usage.md, "Exit codes") and is a failed test case in the JUnit export.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,5 @@
-//! The metrics of one fine-tuning run, each defined once here (README.md, "How scores are
-//! computed", repeats the definitions). Pure functions of a loss curve and a step cost.
+//! The metrics of one fine-tuning run, each defined once here (docs/scoring.md repeats the
+//! definitions). Pure functions of a loss curve and a step cost.
 
 use crate::curve::CurvePoint;
 
