@@ -216,12 +216,28 @@ impl Engine for Series<'_> {
     }
 }
 
+/// The two kinds of snapshot, told apart by config.json's `model_type`: what routes a
+/// snapshot to its engine (and `probe` to its measurements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A transformers checkpoint.
+    LanguageModel,
+    /// A simulated snapshot of the paper's single-index model.
+    SingleIndex,
+}
+
+impl Kind {
+    /// The snapshot's kind, with its parsed config.json.
+    pub fn of(c: &CheckpointRef) -> Result<(Kind, serde_json::Value)> {
+        let config = crate::model::read_config(&c.path)?;
+        let simulated = config.get("model_type").and_then(|v| v.as_str()) == Some(crate::single_index::MODEL_TYPE);
+        Ok((if simulated { Kind::SingleIndex } else { Kind::LanguageModel }, config))
+    }
+}
+
 /// The snapshot is of the paper's single-index model (an unreadable config is not).
 pub fn is_simulated(c: &CheckpointRef) -> bool {
-    crate::model::read_config(&c.path)
-        .ok()
-        .and_then(|v| v.get("model_type")?.as_str().map(|t| t == crate::single_index::MODEL_TYPE))
-        .unwrap_or(false)
+    matches!(Kind::of(c), Ok((Kind::SingleIndex, _)))
 }
 
 /// Without --task, every checkpoint must be a simulated single-index one.
