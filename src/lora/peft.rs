@@ -1,13 +1,17 @@
-//! Writes a trained adapter in PEFT's format, so `PeftModel.from_pretrained(base, DIR)` loads
-//! it as it is: `adapter_config.json` and `adapter_model.safetensors` with PEFT's tensor names
-//! (`base_model.model.<module>.lora_A.weight`, (r, in); `lora_B.weight`, (out, r)).
+//! PEFT's adapter format, read and written. Reading: `adapter_config.json` as [`PeftConfig`]
+//! (refusing the PEFT options that would change the computation and that plasticity does not
+//! implement) and `adapter_model.safetensors` as tensors by PEFT's names, the initial weights
+//! of `--init-adapter`. Writing: a trained adapter, so `PeftModel.from_pretrained(base, DIR)`
+//! loads it as it is: `adapter_config.json` and `adapter_model.safetensors` with PEFT's tensor
+//! names (`base_model.model.<module>.lora_A.weight`, (r, in); `lora_B.weight`, (out, r)).
 //!
-//! `target_modules` lists the adapted modules by their full paths, which PEFT matches exactly:
-//! the file then adapts what was trained and nothing else. GPT-2's Conv1D layers are marked
+//! In a written config, `target_modules` lists the adapted modules by their full paths, which
+//! PEFT matches exactly: the file then adapts what was trained and nothing else. GPT-2's Conv1D layers are marked
 //! `fan_in_fan_out`, as PEFT marks them. Both files are written into a temporary folder that
 //! then replaces the adapter's folder (the old one is moved aside first and removed last), so a
 //! reader never sees one file of a new export beside one of an old. A folder that holds anything
-//! but what this module writes is never replaced or removed. This module must not train or choose which adapters to keep.
+//! but what this module writes is never replaced or removed. This module must not train or
+//! choose which adapters to keep.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +19,107 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::lora::{Adapter, LoraSpec};
+use crate::lora::{Adapter, LoraSpec, Targets};
+
+/// PEFT's adapter settings from `adapter_config.json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PeftConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    #[serde(default)]
+    pub use_rslora: bool,
+    pub target_modules: serde_json::Value,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub bias: Option<String>,
+    #[serde(default)]
+    pub rank_pattern: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub alpha_pattern: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub layers_to_transform: Option<serde_json::Value>,
+    #[serde(default)]
+    pub modules_to_save: Option<serde_json::Value>,
+}
+
+impl PeftConfig {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::input(&path, format!("cannot read: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("invalid adapter config: {e}")))
+    }
+
+    /// PEFT options that would change the computation and that plasticity does not implement.
+    fn unsupported(&self) -> Option<&'static str> {
+        let non_empty =
+            |m: &Option<serde_json::Map<String, serde_json::Value>>| m.as_ref().is_some_and(|m| !m.is_empty());
+        let set = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
+        if self.use_dora {
+            Some("use_dora (DoRA)")
+        } else if self.bias.as_deref().is_some_and(|b| b != "none") {
+            Some("bias other than \"none\"")
+        } else if non_empty(&self.rank_pattern) || non_empty(&self.alpha_pattern) {
+            Some("rank_pattern / alpha_pattern")
+        } else if set(&self.layers_to_transform) {
+            Some("layers_to_transform")
+        } else if set(&self.modules_to_save) {
+            Some("modules_to_save")
+        } else {
+            None
+        }
+    }
+
+    /// The spec this adapter was made with.
+    pub fn spec(&self, path: &Path) -> Result<LoraSpec> {
+        if let Some(what) = self.unsupported() {
+            return Err(Error::input(path, format!("adapter uses {what}, which plasticity does not support")));
+        }
+        let targets = match &self.target_modules {
+            serde_json::Value::String(s) if s == "all-linear" => Targets::AllLinear,
+            serde_json::Value::Array(items) => {
+                Targets::Names(items.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            }
+            other => return Err(Error::input(path, format!("unsupported target_modules {other}"))),
+        };
+        Ok(LoraSpec {
+            rank: self.r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            rslora: self.use_rslora,
+            targets,
+        })
+    }
+}
+
+pub(super) fn peft_tensor(
+    map: &HashMap<String, Tensor>,
+    dir: &Path,
+    module: &str,
+    which: &str,
+    shape: &[usize],
+) -> Result<Tensor> {
+    let key = format!("base_model.model.{module}.{which}.weight");
+    let t = map
+        .get(&key)
+        .ok_or_else(|| Error::input(dir.join("adapter_model.safetensors"), format!("tensor {key} is missing")))?;
+    if t.dims() != shape {
+        return Err(Error::input(
+            dir.join("adapter_model.safetensors"),
+            format!("tensor {key} has shape {:?}, expected {shape:?}", t.dims()),
+        ));
+    }
+    Ok(t.to_dtype(DType::F32)?)
+}
+
+/// PEFT's `adapter_model.safetensors`, keys as PEFT saves them (adapter name removed).
+pub(super) fn read_peft_adapter(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join("adapter_model.safetensors");
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| Error::input(&path, format!("cannot read adapter: {}", crate::error::one_line(&e))))
+}
 
 /// What adapter_config.json records besides the tensors.
 pub struct ExportInfo<'a> {

@@ -1,0 +1,169 @@
+//! The layers an architecture builds its blocks from: activations by their transformers names
+//! (with torch's op-by-op rounding of the tanh GELUs in bf16), layer and RMS norms, linear
+//! layers that carry an adapter when LoRA targets them, and embedding tables. The arithmetic
+//! runs in `fused.rs`'s kernels or LoRA's frozen matmul; this file must not know which
+//! architecture uses which piece.
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+
+use super::fused;
+use crate::checkpoint::weights::Weights;
+use crate::error::{Error, Result};
+use crate::lora::{Linear, LoraCtx};
+
+/// Activations by their transformers names (`hidden_act` / `activation_function`).
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    Silu,
+    /// Exact GELU (erf), transformers' "gelu".
+    Gelu,
+    /// The tanh approximation in one op: "gelu_pytorch_tanh".
+    GeluTanh,
+    /// The tanh approximation as transformers' FastGELUActivation writes it ("gelu_fast").
+    GeluFast,
+    /// The tanh approximation as transformers' NewGELUActivation writes it ("gelu_new"): the
+    /// same function, but in bf16 each of its eight tensor ops rounds.
+    GeluNew,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(dir: &Path, name: &str) -> Result<Self> {
+        match name {
+            "silu" | "swish" => Ok(Activation::Silu),
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" => Ok(Activation::GeluNew),
+            "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            "gelu_fast" => Ok(Activation::GeluFast),
+            "relu" => Ok(Activation::Relu),
+            other => Err(Error::input(dir.join("config.json"), format!("unsupported activation {other:?}"))),
+        }
+    }
+
+    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::GeluNew if x.dtype() != DType::F32 => return gelu_new_rounded(x),
+            Activation::GeluFast if x.dtype() != DType::F32 => return gelu_fast_rounded(x),
+            _ => {}
+        }
+        match self.fused() {
+            Some(act) => fused::activation(x, act),
+            None => x.relu(),
+        }
+    }
+
+    /// act(gate) * up, for gated MLPs.
+    pub fn gated(self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+        match self.fused() {
+            Some(act) => fused::gated(gate, up, act),
+            None => gate.relu()? * up,
+        }
+    }
+
+    fn fused(self) -> Option<fused::Act> {
+        match self {
+            Activation::Silu => Some(fused::Act::Silu),
+            Activation::Gelu => Some(fused::Act::GeluErf),
+            Activation::GeluTanh | Activation::GeluNew | Activation::GeluFast => Some(fused::Act::GeluTanh),
+            Activation::Relu => None,
+        }
+    }
+}
+
+/// NewGELUActivation in a low precision, op by op as torch rounds it:
+/// `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`, each tensor op computed in f32
+/// (scalars unrounded) and rounded to x's dtype.
+fn gelu_new_rounded(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (lo, x32) = (Rounding(x.dtype()), x.to_dtype(DType::F32)?);
+    let cube = lo.round((x32.sqr()? * &x32)?)?; // torch.pow(x, 3.0)
+    let inner = lo.round((x32 + lo.widen(&lo.affine(&cube, 0.044715, 0.0)?)?)?)?;
+    let t = lo.round(lo.widen(&lo.affine(&inner, (2.0 / std::f64::consts::PI).sqrt(), 0.0)?)?.tanh()?)?;
+    lo.mul(&lo.affine(x, 0.5, 0.0)?, &lo.affine(&t, 1.0, 1.0)?)
+}
+
+/// FastGELUActivation in a low precision, op by op:
+/// `0.5 * x * (1 + tanh(x * 0.7978845608 * (1 + 0.044715 * x * x)))`.
+fn gelu_fast_rounded(x: &Tensor) -> candle_core::Result<Tensor> {
+    let lo = Rounding(x.dtype());
+    let x_c = lo.affine(x, 0.7978845608, 0.0)?;
+    let inner = lo.affine(&lo.mul(&lo.affine(x, 0.044715, 0.0)?, x)?, 1.0, 1.0)?;
+    let t = lo.round(lo.widen(&lo.mul(&x_c, &inner)?)?.tanh()?)?;
+    lo.mul(&lo.affine(x, 0.5, 0.0)?, &lo.affine(&t, 1.0, 1.0)?)
+}
+
+/// torch's rounding of one elementwise op in a low precision: computed in f32 (scalars
+/// unrounded), rounded to the dtype.
+struct Rounding(DType);
+
+impl Rounding {
+    fn widen(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        t.to_dtype(DType::F32)
+    }
+
+    fn round(&self, t: Tensor) -> candle_core::Result<Tensor> {
+        t.to_dtype(self.0)
+    }
+
+    /// t * mul + add.
+    fn affine(&self, t: &Tensor, mul: f64, add: f64) -> candle_core::Result<Tensor> {
+        self.round(self.widen(t)?.affine(mul, add)?)
+    }
+
+    fn mul(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        self.round((self.widen(a)? * self.widen(b)?)?)
+    }
+}
+
+/// transformers' LayerNorm / RMSNorm weights, applied with differentiable ops.
+pub enum Norm {
+    Layer { weight: Tensor, bias: Tensor, eps: f64 },
+    Rms { weight: Tensor, eps: f64 },
+}
+
+impl Norm {
+    pub fn layer(w: &Weights, hidden: usize, eps: f64) -> Result<Self> {
+        Ok(Norm::Layer { weight: w.get("weight", &[hidden])?, bias: w.get("bias", &[hidden])?, eps })
+    }
+
+    pub fn rms(w: &Weights, hidden: usize, eps: f64) -> Result<Self> {
+        Ok(Norm::Rms { weight: w.get("weight", &[hidden])?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Layer { weight, bias, eps } => fused::layer_norm(x, weight, bias, *eps),
+            Norm::Rms { weight, eps } => fused::rms_norm(x, weight, *eps),
+        }
+    }
+}
+
+/// nn.Linear (weight stored (out, in)) named `module`, with an adapter when it is a target.
+pub(crate) fn linear(
+    w: &Weights,
+    module: &str,
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    ctx: &mut LoraCtx,
+) -> Result<Linear> {
+    let weight = w.get("weight", &[out_dim, in_dim])?;
+    let b = if bias { Some(w.get("bias", &[out_dim])?) } else { None };
+    let adapter = ctx.adapter_for(module, in_dim, out_dim, w.device())?;
+    Ok(Linear::new(weight.t()?, b, adapter))
+}
+
+/// An embedding table (vocab, hidden): rows gathered by token id.
+pub struct Embedding {
+    pub table: Tensor,
+}
+
+impl Embedding {
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let hidden = self.table.dim(1)?;
+        self.table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, hidden))
+        // (b, t, hidden)
+    }
+}
