@@ -1,4 +1,4 @@
-//! Command-line flags and their help text; nothing else. `options.rs` checks and resolves them.
+//! Command-line flags and their help text; nothing else. `options/` checks and resolves them.
 
 use std::path::PathBuf;
 

@@ -54,9 +54,6 @@ pub enum Error {
     #[error("{0}")]
     Internal(String),
 
-    #[error("{0}")]
-    Other(String),
-
     /// Ctrl-C or SIGTERM: the scan stops after the current update.
     #[error("interrupted")]
     Interrupted,
@@ -94,7 +91,6 @@ impl Error {
             | Error::Encode { .. }
             | Error::Panic(_)
             | Error::Internal(_)
-            | Error::Other(_)
             | Error::Diverged { .. } => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
         }

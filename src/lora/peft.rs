@@ -143,7 +143,8 @@ pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
     let bytes = safetensors::tensor::serialize(&tensors(adapters)?, None)
         .map_err(|e| Error::input(&st, format!("cannot serialise the adapter: {e}")))?;
     crate::fs::write_atomic(&st, &bytes)?;
-    let config = serde_json::to_string_pretty(&config(adapters, info)).map_err(|e| Error::Other(e.to_string()))?;
+    let config = serde_json::to_string_pretty(&config(adapters, info))
+        .map_err(|source| Error::Encode { what: "adapter_config.json", source })?;
     crate::fs::write_atomic(&tmp.join("adapter_config.json"), format!("{config}\n").as_bytes())?;
     let old = dir.with_file_name(format!(".{name}.old"));
     if dir.exists() {

@@ -11,7 +11,7 @@ use crate::lora::{AdapterInit, LoraSpec, PeftConfig, Targets};
 use crate::train::optim::AdamWConfig;
 use crate::train::TrainSpec;
 
-/// Default training settings for transformer checkpoints (README, "Settings and defaults").
+/// Default training settings for transformer checkpoints (docs/usage.md, "Settings and defaults").
 pub const DEFAULT_STEPS: usize = 60;
 pub const DEFAULT_LR: f64 = 1e-3;
 pub const DEFAULT_BATCH_SIZE: usize = 8;

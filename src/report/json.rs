@@ -7,8 +7,7 @@ pub struct Json;
 
 impl Exporter for Json {
     fn render(&self, report: &Report) -> Result<Vec<u8>> {
-        let mut bytes =
-            serde_json::to_vec_pretty(report).map_err(|e| Error::Other(format!("cannot encode report: {e}")))?;
+        let mut bytes = serde_json::to_vec_pretty(report).map_err(|source| Error::Encode { what: "report", source })?;
         bytes.push(b'\n');
         Ok(bytes)
     }

@@ -130,7 +130,7 @@ impl Reports {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&bytes)
                     .and_then(|_| out.flush())
-                    .map_err(|e| Error::Other(format!("cannot write to stdout: {e}")))?;
+                    .map_err(|e| Error::system("cannot write to stdout", e))?;
             }
         }
         Ok(())
