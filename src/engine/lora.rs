@@ -188,7 +188,8 @@ impl Engine for LoraEngine<'_> {
         let paused = train::fine_tune_until(&model, blocks, &order, &spec, from, until, on_step)?;
         if let Some(dir) = self.adapter_dir(c, job.seed).filter(|_| until == o.train.steps) {
             let info = crate::lora::peft::ExportInfo { spec: &o.lora, base: &c.path, model_type: &model.model_type };
-            crate::lora::peft::save(&dir, &model.adapters, &info)?;
+            let trained: Vec<_> = model.adapters.iter().map(crate::lora::Adapter::trained).collect();
+            crate::lora::peft::save(&dir, &trained, &info)?;
         }
         let run = self.run_of(job, &model, paused.outcome(&spec), blocks);
         let steps_done = paused.steps_done();

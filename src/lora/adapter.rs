@@ -234,6 +234,11 @@ impl Linear {
 }
 
 impl Adapter {
+    /// The adapter as PEFT's files hold it.
+    pub fn trained(&self) -> super::peft::Trained<'_> {
+        super::peft::Trained { module: &self.module, a: self.a.as_tensor(), b: self.b.as_tensor() }
+    }
+
     /// scale * B(A(dropout(x))): (..., in) -> (..., out).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = match &self.dropout {

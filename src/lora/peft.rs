@@ -18,8 +18,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::spec::{LoraSpec, Targets};
 use crate::error::{Error, Result};
-use crate::lora::{Adapter, LoraSpec, Targets};
 
 /// PEFT's adapter settings from `adapter_config.json`.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -122,6 +122,13 @@ pub(super) fn read_peft_adapter(dir: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// What adapter_config.json records besides the tensors.
+/// A trained adapter as PEFT's files hold it: the module's path and its A (r, in) and B (out, r).
+pub struct Trained<'a> {
+    pub module: &'a str,
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+}
+
 pub struct ExportInfo<'a> {
     pub spec: &'a LoraSpec,
     /// The checkpoint the adapter was trained on (`base_model_name_or_path`).
@@ -130,7 +137,7 @@ pub struct ExportInfo<'a> {
 }
 
 /// Writes `adapters` to the folder `dir` (replaced if it exists) in PEFT's format.
-pub fn save(dir: &Path, adapters: &[Adapter], info: &ExportInfo) -> Result<()> {
+pub fn save(dir: &Path, adapters: &[Trained], info: &ExportInfo) -> Result<()> {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.with_file_name(format!(".{name}.partial"));
     let io = |path: &Path, what: &str, e: std::io::Error| Error::input(path, format!("cannot {what}: {e}"));
@@ -208,11 +215,11 @@ fn ensure_only(dir: &Path, ours: &dyn Fn(&std::fs::DirEntry) -> bool) -> Result<
 }
 
 /// PEFT's tensor names and f32 CPU copies of A and B.
-fn tensors(adapters: &[Adapter]) -> Result<HashMap<String, Tensor>> {
+fn tensors(adapters: &[Trained]) -> Result<HashMap<String, Tensor>> {
     let mut map = HashMap::new();
     for a in adapters {
-        for (which, var) in [("lora_A", &a.a), ("lora_B", &a.b)] {
-            let t = var.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?;
+        for (which, weight) in [("lora_A", a.a), ("lora_B", a.b)] {
+            let t = weight.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?;
             map.insert(format!("base_model.model.{}.{which}.weight", a.module), t);
         }
     }
@@ -220,8 +227,8 @@ fn tensors(adapters: &[Adapter]) -> Result<HashMap<String, Tensor>> {
 }
 
 /// adapter_config.json: the LoRA settings under PEFT's names, PEFT's defaults elsewhere.
-fn config(adapters: &[Adapter], info: &ExportInfo) -> serde_json::Value {
-    let mut modules: Vec<&str> = adapters.iter().map(|a| a.module.as_str()).collect();
+fn config(adapters: &[Trained], info: &ExportInfo) -> serde_json::Value {
+    let mut modules: Vec<&str> = adapters.iter().map(|a| a.module).collect();
     modules.sort();
     serde_json::json!({
         "peft_type": "LORA",

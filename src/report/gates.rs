@@ -1,22 +1,9 @@
 //! Gates a CI job can fail on, evaluated on the finished report. A failed gate makes the
 //! scan exit 1 (docs/usage.md, "Exit codes") and is a failed test case in the JUnit export.
 
-use serde::{Deserialize, Serialize};
-
 use super::headline::Pair;
 use super::standing::Standing;
-use super::Report;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Gate {
-    /// The flag that set it, e.g. "fail-if-last-slower".
-    pub name: String,
-    pub threshold: f64,
-    /// The measured value compared with the threshold (None: not measurable, counts as failed).
-    pub value: Option<f64>,
-    pub passed: bool,
-    pub message: String,
-}
+use super::{Gate, Report};
 
 /// `--fail-if-last-slower X`: the most pre-trained snapshot may need at most X times the
 /// device-hours to target of the best snapshot to fine-tune (the pair the headline compares,

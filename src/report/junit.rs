@@ -78,7 +78,7 @@ fn testcase(c: &CheckpointReport) -> String {
     }
 }
 
-fn gate_case(g: &super::gates::Gate) -> String {
+fn gate_case(g: &super::Gate) -> String {
     let head = format!("    <testcase classname=\"plasticity.gate\" name=\"{}\" time=\"0\"", esc(&g.name));
     if g.passed {
         format!("{head}>\n      <system-out>{}</system-out>\n    </testcase>\n", esc(&g.message))

@@ -9,7 +9,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::gates;
 use crate::curve::CurvePoint;
 use crate::error::{Error, Result};
 
@@ -40,7 +39,7 @@ pub struct Report {
     pub pretraining: Option<Pretraining>,
     /// Gates asked for on the command line, evaluated on the results so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gates: Vec<gates::Gate>,
+    pub gates: Vec<Gate>,
     /// Checkpoint names, best first (failed checkpoints are not ranked; checkpoints a race
     /// stopped come after all that ran the full budget).
     pub ranking: Vec<String>,
@@ -267,6 +266,18 @@ impl Report {
 }
 
 /// A complete report with no checkpoints, for unit tests to fill in.
+/// A CI gate a flag set, and whether the report passed it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Gate {
+    /// The flag that set it, e.g. "fail-if-last-slower".
+    pub name: String,
+    pub threshold: f64,
+    /// The measured value compared with the threshold (None: not measurable, counts as failed).
+    pub value: Option<f64>,
+    pub passed: bool,
+    pub message: String,
+}
+
 #[cfg(test)]
 pub(crate) fn blank_report() -> Report {
     serde_json::from_value(serde_json::json!({
