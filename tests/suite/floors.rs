@@ -50,13 +50,21 @@ fn floors() -> BTreeMap<String, u32> {
 
 /// `crate::` paths of a file, unit-test blocks left out, each as its segments.
 fn crate_paths(text: &str) -> Vec<Vec<String>> {
+    paths_after(text, "crate::")
+}
+
+/// The paths that follow `marker` (`crate::` or `super::`) in a file, unit-test blocks left out.
+fn paths_after(text: &str, marker: &str) -> Vec<Vec<String>> {
     let text = match text.find("#[cfg(test)]\nmod tests {") {
         Some(i) => &text[..i],
         None => text,
     };
     let mut out = Vec::new();
-    for (i, _) in text.match_indices("crate::") {
-        let rest = &text[i + "crate::".len()..];
+    for (i, _) in text.match_indices(marker) {
+        if text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue; // `$crate::` or `a::super::`
+        }
+        let rest = &text[i + marker.len()..];
         if rest.starts_with('{') {
             let inner = &rest[1..rest.find('}').unwrap_or(rest.len())];
             out.extend(inner.split(',').map(|item| segments(item.trim())));
@@ -93,15 +101,48 @@ fn segments(s: &str) -> Vec<String> {
     out
 }
 
-/// The file-level import graph: file -> files it imports.
+/// What each module file re-exports from its children: (module, item) -> child module, from
+/// `pub use child::Item;` and `pub use child::{A, B};` lines.
+fn reexports(files: &BTreeMap<Vec<String>, PathBuf>) -> BTreeMap<(Vec<String>, String), Vec<String>> {
+    let mut out = BTreeMap::new();
+    for (module, file) in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in text.lines().filter_map(|l| l.trim().strip_prefix("pub use ")) {
+            let Some((child, items)) = line.trim_end_matches(';').split_once("::") else { continue };
+            let child: Vec<String> = [module.clone(), vec![child.to_string()]].concat();
+            if !files.contains_key(&child) {
+                continue;
+            }
+            for item in items.trim_matches(|c| c == '{' || c == '}').split(',') {
+                let name = item.split(" as ").last().unwrap_or(item).trim();
+                out.insert((module.clone(), name.to_string()), child.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The file-level import graph: file -> files it imports, a re-exported item resolved to the
+/// file that defines it (so a loop through a `mod.rs` re-export is still a loop).
 fn graph() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     let files = files();
-    let resolve = |path: &[String]| (1..=path.len()).rev().map(|k| path[..k].to_vec()).find(|p| files.contains_key(p));
+    let reexported = reexports(&files);
+    let resolve = |path: &[String]| {
+        let k = (1..=path.len()).rev().find(|&k| files.contains_key(&path[..k]))?;
+        let module = path[..k].to_vec();
+        Some(match path.get(k) {
+            Some(item) => reexported.get(&(module.clone(), item.clone())).cloned().unwrap_or(module),
+            None => module,
+        })
+    };
     files
         .iter()
         .map(|(module, file)| {
             let text = std::fs::read_to_string(file).unwrap();
-            let targets = crate_paths(&text).iter().filter_map(|p| resolve(p)).filter(|t| t != module).collect();
+            let parent = &module[..module.len() - 1];
+            let supers = paths_after(&text, "super::").into_iter().map(|p| [parent, &p[..]].concat());
+            let paths = crate_paths(&text).into_iter().chain(supers);
+            let targets = paths.filter_map(|p| resolve(&p)).filter(|t| t != module).collect();
             (module.clone(), targets)
         })
         .collect()
