@@ -22,7 +22,7 @@ fn main() -> Res<()> {
     let report = Report::read(std::path::Path::new(path))?;
     println!("{:<18} {:>9} {:>22} {:>9} {:>8}", "checkpoint", "measured", "forecast [95%]", "error", "covered");
     let (mut forecast, mut measured, mut covered, mut runs) = (Vec::new(), Vec::new(), 0, 0);
-    for c in report.checkpoints.iter().filter(|c| c.status == "ok") {
+    for c in report.checkpoints.iter().filter(|c| c.status == plasticity::report::Status::Ok) {
         let curves: Vec<&Vec<plasticity::curve::CurvePoint>> =
             if c.runs.is_empty() { vec![&c.curve] } else { c.runs.iter().map(|r| &r.curve).collect() };
         let (mut f_sum, mut m_sum) = (0.0, 0.0);

@@ -9,7 +9,7 @@ use crate::cli::{DemoArgs, MergeArgs, ProbeArgs, ReportArgs, ScanArgs, ScanOnly,
 use crate::discover;
 use crate::error::{exit, Error, Result};
 use crate::options::{self, ScanOptions};
-use crate::report::{headline, markdown, table, Report, Reports};
+use crate::report::{headline, markdown, table, Report, Reports, ScanStatus, Status};
 use crate::runner::Scan;
 use crate::single_index::simulate;
 
@@ -47,7 +47,7 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
         }
     };
     reports.finish(&report)?;
-    if let (Some(dir), true, "complete") = (&opts.save_adapters, opts.save_best, report.status.as_str()) {
+    if let (Some(dir), true, ScanStatus::Complete) = (&opts.save_adapters, opts.save_best, report.status) {
         keep_best_adapter(dir, &report)?;
     }
     print_text(&table::render(&report), reports.uses_stdout());
@@ -139,7 +139,7 @@ pub fn probe(args: ProbeArgs) -> Result<i32> {
         None => false,
     };
     print_text(&crate::probe::table::render(&report), stdout_taken);
-    Ok(if report.probes.iter().any(|p| p.status != "ok") { exit::SOME_FAILED } else { exit::OK })
+    Ok(if report.probes.iter().any(|p| p.status != Status::Ok) { exit::SOME_FAILED } else { exit::OK })
 }
 
 /// `plasticity select`: the path of the best checkpoint (or the best K), one per line.
@@ -211,9 +211,9 @@ fn count_dirs(dir: &std::path::Path) -> usize {
 
 /// A failed checkpoint outranks a failed gate: the gate was judged on incomplete results.
 fn exit_code(report: &Report) -> i32 {
-    if report.status == "interrupted" {
+    if report.status == ScanStatus::Interrupted {
         exit::INTERRUPTED
-    } else if report.checkpoints.iter().any(|c| c.status == "failed" || c.status == "diverged") {
+    } else if report.checkpoints.iter().any(|c| matches!(c.status, Status::Failed | Status::Diverged)) {
         exit::SOME_FAILED
     } else if report.gates.iter().any(|g| !g.passed) {
         exit::GATE

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Probe, PROBES};
 use crate::error::{Error, Result};
+use crate::report::Status;
 use crate::report::{CheckpointReport, Report};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,8 +32,8 @@ pub fn against(path: &Path, probes: &[Probe]) -> Result<Against> {
     let report = Report::read(path)?;
     let pairs: Vec<(&Probe, &CheckpointReport)> = probes
         .iter()
-        .filter(|p| p.status == "ok")
-        .filter_map(|p| Some((p, report.checkpoints.iter().find(|c| c.name == p.name && c.status == "ok")?)))
+        .filter(|p| p.status == Status::Ok)
+        .filter_map(|p| Some((p, report.checkpoints.iter().find(|c| c.name == p.name && c.status == Status::Ok)?)))
         .collect();
     if pairs.is_empty() {
         return Err(Error::input(path, "shares no measured snapshot with the probed folder"));

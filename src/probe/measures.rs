@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::report::Status;
+
 /// The probes of one snapshot.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Probe {
@@ -11,7 +13,7 @@ pub struct Probe {
     pub path: String,
     pub step: u64,
     /// "ok" or "failed".
-    pub status: String,
+    pub status: Status,
     pub error: Option<String>,
     pub model_type: Option<String>,
     /// Adapted matrices probed.
@@ -77,7 +79,7 @@ pub(super) fn fill(p: &mut Probe, geometry: &[MatrixStats], (captured, total): (
     let mean = |f: fn(&MatrixStats) -> f64| {
         (!geometry.is_empty()).then(|| geometry.iter().map(f).sum::<f64>() / geometry.len() as f64)
     };
-    p.status = "ok".into();
+    p.status = Status::Ok;
     p.matrices = geometry.len();
     p.spectral_norm = mean(|m| m.spectral);
     p.stable_rank = mean(|m| m.stable_rank);

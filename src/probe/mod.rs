@@ -29,6 +29,7 @@ use crate::engine::blocks::Cached;
 use crate::engine::Kind;
 use crate::error::{one_line, Error, Result};
 use crate::options::ProbeOptions;
+use crate::report::Status;
 
 pub use against::{spearman, Against};
 pub use measures::{Probe, PROBES};
@@ -83,7 +84,7 @@ fn probe_checkpoint(
     };
     let mut p = probed.unwrap_or_else(|e| {
         eprintln!("error: probe of {} failed: {}", c.name, one_line(&e));
-        Probe { status: "failed".into(), error: Some(one_line(&e)), ..base }
+        Probe { status: Status::Failed, error: Some(one_line(&e)), ..base }
     });
     p.seconds = started.elapsed().as_secs_f64();
     p
@@ -91,9 +92,9 @@ fn probe_checkpoint(
 
 /// Each geometry probe over the first probed snapshot's.
 fn relative_growth(probes: &mut [Probe]) {
-    let Some(first) = probes.iter().find(|p| p.status == "ok").cloned() else { return };
+    let Some(first) = probes.iter().find(|p| p.status == Status::Ok).cloned() else { return };
     let ratio = |now: Option<f64>, then: Option<f64>| Some(now? / then.filter(|t| *t != 0.0)?);
-    for p in probes.iter_mut().filter(|p| p.status == "ok") {
+    for p in probes.iter_mut().filter(|p| p.status == Status::Ok) {
         p.spectral_norm_growth = ratio(p.spectral_norm, first.spectral_norm);
         p.stable_rank_growth = ratio(p.stable_rank, first.stable_rank);
         p.effective_rank_growth = ratio(p.effective_rank, first.effective_rank);

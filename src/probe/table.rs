@@ -2,6 +2,7 @@
 
 use super::{ProbeReport, PROBES};
 use crate::report::table::{grid, Table};
+use crate::report::Status;
 
 pub fn render(report: &ProbeReport) -> String {
     let mut out = format!(
@@ -41,7 +42,7 @@ fn probe_table(report: &ProbeReport) -> Table {
         "zero-shot loss",
     ];
     let rows = report.probes.iter().map(|p| {
-        if p.status != "ok" {
+        if p.status != Status::Ok {
             return vec![
                 "-".into(),
                 p.name.clone(),

@@ -98,7 +98,7 @@ fn cells(c: &CheckpointReport) -> Vec<String> {
         c.name.clone(),
         c.path.clone(),
         c.step.to_string(),
-        c.status.clone(),
+        c.status.to_string(),
         c.error.clone().unwrap_or_default(),
         num(c.target_loss),
         num(c.initial_eval_loss),

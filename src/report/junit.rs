@@ -1,7 +1,7 @@
 //! The JUnit XML export (`--junit FILE`) for CI dashboards: the scan is a test suite, each
 //! checkpoint a test case, and a failed checkpoint a failure with its reason.
 
-use super::{CheckpointReport, Exporter, Report};
+use super::{CheckpointReport, Exporter, Report, Status};
 use crate::error::Result;
 
 pub struct Junit;
@@ -52,25 +52,25 @@ fn testcase(c: &CheckpointReport) -> String {
         esc(&c.name),
         training_seconds(c)
     );
-    match (&c.status[..], &c.error) {
-        ("ok", _) => {
+    match c.status {
+        Status::Ok => {
             let rank = c.rank.map_or("unranked".to_string(), |r| format!("rank {r}"));
             let steps =
                 c.steps_to_target.map_or("target not reached".to_string(), |s| format!("{s:.1} steps to target"));
             format!("{head}>\n      <system-out>{}</system-out>\n    </testcase>\n", esc(&format!("{rank}; {steps}")))
         }
-        ("stopped", _) => {
+        Status::Stopped => {
             let why = c
                 .stopped
                 .as_ref()
                 .map_or(String::new(), |s| format!("stopped by the race at step {}: {}", s.at_step, s.reason));
             format!("{head}>\n      <skipped message=\"{}\"/>\n    </testcase>\n", esc(&why))
         }
-        (status, err) => {
-            let msg = err.clone().unwrap_or_default();
+        status @ (Status::Failed | Status::Diverged) => {
+            let msg = c.error.clone().unwrap_or_default();
             format!(
                 "{head}>\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>\n",
-                esc(status),
+                esc(status.as_str()),
                 esc(&msg),
                 esc(&msg)
             )

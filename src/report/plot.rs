@@ -162,7 +162,7 @@ fn draw<B: DrawingBackend>(root: DrawingArea<B, Shift>, report: &Report) -> std:
     let hours = format!("{} (steps x the median step time of the shape)", report.hours_unit);
     // the target the ranking uses: at the budget when forecast
     let at_budget = report.budget.as_ref().filter(|b| b.forecast).and_then(|b| b.target.as_ref());
-    let target = at_budget.or(report.target.as_ref()).filter(|t| t.kind != "drop").map(|t| t.value);
+    let target = at_budget.or(report.target.as_ref()).filter(|t| t.kind != super::TargetKind::Drop).map(|t| t.value);
     panel(&panels[0], target, &all, Series::steps, "optimizer steps").map_err(err)?;
     panel(&panels[1], target, &all, Series::hours, &hours).map_err(err)?;
     root.present().map_err(err)
@@ -288,7 +288,7 @@ mod tests {
     fn the_hours_axis_prices_steps_as_the_ranking_does() {
         let c = CheckpointReport {
             name: "a".into(),
-            status: "ok".into(),
+            status: crate::report::Status::Ok,
             curve: vec![
                 CurvePoint { step: 0, train_loss: None, eval_loss: Some(3.0), elapsed_s: 0.0 },
                 CurvePoint { step: 3600, train_loss: None, eval_loss: Some(2.0), elapsed_s: 1.0 },

@@ -12,6 +12,84 @@ use serde::{Deserialize, Serialize};
 use crate::curve::CurvePoint;
 use crate::error::{Error, Result};
 
+/// Declares a closed set of values the report writes as fixed strings: the enum, its serde
+/// names, `as_str` and `Display` (both give the JSON string).
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// Where a scan stands.
+    #[derive(Default)]
+    ScanStatus {
+        /// Checkpoints remain.
+        #[default]
+        Running = "running",
+        /// Every checkpoint has its result.
+        Complete = "complete",
+        /// Ctrl-C or SIGTERM stopped the scan; finished checkpoints are kept.
+        Interrupted = "interrupted",
+    }
+}
+
+string_enum! {
+    /// What became of a checkpoint, or of one seed's run of it.
+    #[derive(Default)]
+    Status {
+        /// It ran its whole budget.
+        #[default]
+        Ok = "ok",
+        /// An error ended it (a broken file, a bug).
+        Failed = "failed",
+        /// The training loss became NaN or infinite.
+        Diverged = "diverged",
+        /// A race stopped it early.
+        Stopped = "stopped",
+    }
+}
+
+string_enum! {
+    /// How the target loss was chosen.
+    #[derive(Default)]
+    TargetKind {
+        /// `--target-loss`.
+        Loss = "loss",
+        /// `--target-drop`: the value is the loss drop required.
+        Drop = "drop",
+        /// The median of the finished runs' final losses.
+        #[default]
+        MedianFinal = "median_final",
+    }
+}
+
+string_enum! {
+    /// The kind of device a scan fine-tuned on.
+    DeviceKind {
+        Cpu = "cpu",
+        Cuda = "cuda",
+    }
+}
+
 /// Bumped whenever a field changes meaning or disappears.
 pub const SCHEMA_VERSION: u32 = 2;
 
@@ -21,7 +99,7 @@ pub struct Report {
     pub tool: Tool,
     /// "running" while checkpoints remain, "complete" at the end, "interrupted" when Ctrl-C
     /// or SIGTERM stopped the scan (finished checkpoints are kept; `--resume` completes it).
-    pub status: String,
+    pub status: ScanStatus,
     pub settings: serde_json::Value,
     pub device: DeviceInfo,
     /// "device-hours" on a CPU, "GPU-hours" on a GPU.
@@ -160,7 +238,7 @@ pub struct SweepInfo {
 pub struct SweepVariant {
     pub rank: usize,
     pub lr: f64,
-    pub status: String,
+    pub status: ScanStatus,
     pub ranking: Vec<String>,
     pub checkpoints: Vec<SweepPoint>,
     /// Every checkpoint as this variant measured it (curves of every seed, timings,
@@ -174,7 +252,7 @@ pub struct SweepVariant {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SweepPoint {
     pub name: String,
-    pub status: String,
+    pub status: Status,
     pub rank: Option<usize>,
     /// The target was reached within the budget (measured, not extrapolated).
     pub reached: bool,
@@ -298,7 +376,7 @@ pub struct Pretraining {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct TargetInfo {
-    pub kind: String,
+    pub kind: TargetKind,
     pub value: f64,
     /// The checkpoints whose runs set the value: every one with a run that finished the budget
     /// for "median_final" (a race's stopped runs never do), the one with the largest drop for
@@ -325,7 +403,7 @@ pub struct SeedFailure {
     pub seed: u64,
     pub data_seed: u64,
     /// "diverged" (the training loss became NaN or infinite) or "failed".
-    pub status: String,
+    pub status: Status,
     pub error: String,
 }
 
@@ -337,7 +415,7 @@ pub struct Tool {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceInfo {
-    pub kind: String,
+    pub kind: DeviceKind,
     /// The CPU's model name, or each GPU's name and ordinal, comma-separated.
     pub name: String,
     pub threads: usize,
@@ -361,7 +439,7 @@ pub struct CheckpointReport {
     pub fingerprint: Option<String>,
     /// "ok", "failed", "diverged" (the training loss became NaN or infinite), or "stopped"
     /// (a race stopped it early; its metrics are those of its curve so far).
-    pub status: String,
+    pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<StoppedInfo>,
     pub error: Option<String>,
@@ -462,6 +540,6 @@ pub struct CheckpointReport {
 impl CheckpointReport {
     /// It has curves and metrics: it ran the full budget ("ok") or until a race stopped it.
     pub fn measured(&self) -> bool {
-        self.status == "ok" || self.status == "stopped"
+        matches!(self.status, Status::Ok | Status::Stopped)
     }
 }

@@ -1,6 +1,6 @@
 //! The ranking table printed at the end of a scan, one row per checkpoint in step order.
 
-use super::{CheckpointReport, Report};
+use super::{CheckpointReport, Report, TargetKind};
 
 /// The table as text: rank, checkpoint, step, eval losses, steps and hours to target, speed;
 /// then, for a simulated series, its measurements against the theory.
@@ -111,8 +111,8 @@ pub fn summary_line(report: &Report) -> String {
     let probe = probe_line(report);
     match report.budget.as_ref().filter(|b| b.forecast) {
         Some(b) => {
-            let target = b.target.as_ref().map_or(String::new(), |t| match t.kind.as_str() {
-                "drop" => format!("; target: each checkpoint's eval loss drops by {} by then", loss(Some(t.value))),
+            let target = b.target.as_ref().map_or(String::new(), |t| match t.kind {
+                TargetKind::Drop => format!("; target: each checkpoint's eval loss drops by {} by then", loss(Some(t.value))),
                 _ => format!("; target eval loss {} at the budget", loss(Some(t.value))),
             });
             format!("ranked for a fine-tune of {} updates ({}), forecast from {}-update probes{target}{}\nprobe: {probe}", b.steps, b.asked, b.probe_steps, settle_note(b))
@@ -141,7 +141,7 @@ fn settle_note(b: &super::BudgetInfo) -> String {
 /// The probe's target and the device the hours are measured on.
 fn probe_line(report: &Report) -> String {
     let target = match (&report.target, report.target_loss) {
-        (Some(t), _) if t.kind == "drop" => {
+        (Some(t), _) if t.kind == TargetKind::Drop => {
             format!("target: each checkpoint's eval loss drops by {}", loss(Some(t.value)))
         }
         (_, Some(t)) => format!("target eval loss {}", loss(Some(t))),
@@ -149,7 +149,7 @@ fn probe_line(report: &Report) -> String {
     };
     let measured = report.checkpoints.iter().filter(|c| c.measured()).count();
     let target = match &report.target {
-        Some(t) if t.kind == "median_final" && t.set_by.len() < measured => {
+        Some(t) if t.kind == TargetKind::MedianFinal && t.set_by.len() < measured => {
             format!("{target} (the median final loss of the runs that finished: {})", t.set_by.join(", "))
         }
         _ => target,

@@ -10,6 +10,7 @@ use crate::report::{
     gates, BudgetInfo, CheckpointReport, DeviceInfo, ForecastReport, Pretraining, RaceInfo, Report, SeedFailure,
     SeedRun, SettleInfo, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION,
 };
+use crate::report::{DeviceKind, ScanStatus, Status, TargetKind};
 use crate::score::budget::Budget;
 use crate::score::stats::Slope;
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, Target, TargetSpec};
@@ -33,7 +34,7 @@ pub(super) struct Context {
 
 impl Scan<'_> {
     /// The report of the results so far, scored.
-    pub fn report(&self, status: &str) -> Report {
+    pub fn report(&self, status: ScanStatus) -> Report {
         assemble(&self.results, &self.context(), status)
     }
 
@@ -157,7 +158,7 @@ fn forecast_report(s: &score::budget::BudgetScore) -> ForecastReport {
 }
 
 /// The report of `results`, scored together (a scan's results so far, or merged partitions).
-pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str) -> Report {
+pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: ScanStatus) -> Report {
     let summaries: Vec<Option<Vec<RunSummary>>> = results
         .iter()
         .map(|r| r.runs.as_ref().ok().map(|runs| runs.iter().map(|run| summary(run, r.stopped.is_none())).collect()))
@@ -179,7 +180,7 @@ pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: &str
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
         tool: Tool { name: env!("CARGO_PKG_NAME").into(), version: env!("CARGO_PKG_VERSION").into() },
-        status: status.into(),
+        status,
         settings: ctx.settings.clone(),
         device: ctx.device.clone(),
         hours_unit: ctx.hours_unit.clone(),
@@ -225,15 +226,11 @@ pub(super) fn summary(run: &Run, finished: bool) -> RunSummary {
 /// The target as the report states it, naming the checkpoints that set it.
 fn target_info(t: &Target, results: &[CheckpointResult]) -> TargetInfo {
     let kind = match t.spec {
-        TargetSpec::Loss(_) => "loss",
-        TargetSpec::Drop(_) => "drop",
-        TargetSpec::MedianFinal => "median_final",
+        TargetSpec::Loss(_) => TargetKind::Loss,
+        TargetSpec::Drop(_) => TargetKind::Drop,
+        TargetSpec::MedianFinal => TargetKind::MedianFinal,
     };
-    TargetInfo {
-        kind: kind.into(),
-        value: t.value,
-        set_by: t.set_by.iter().map(|&i| results[i].checkpoint.name.clone()).collect(),
-    }
+    TargetInfo { kind, value: t.value, set_by: t.set_by.iter().map(|&i| results[i].checkpoint.name.clone()).collect() }
 }
 
 fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<f64>) -> CheckpointReport {
@@ -253,13 +250,13 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
         r.stopped.as_ref().map(|s| StoppedInfo { at_step: s.at_step, rung: s.rung, reason: s.reason.clone() });
     match &r.runs {
         Err(msg) => {
-            out.status = if r.diverged { "diverged" } else { "failed" }.into();
+            out.status = if r.diverged { Status::Diverged } else { Status::Failed };
             out.error = Some(msg.clone());
         }
         Ok(runs) => {
             fill_runs(&mut out, runs, &r.seed_failures);
             if r.stopped.is_some() {
-                out.status = "stopped".into();
+                out.status = Status::Stopped;
             }
             if let Some(s) = score {
                 fill_score(&mut out, s, price);
@@ -274,7 +271,7 @@ fn checkpoint_report(r: &CheckpointResult, score: Option<&Score>, price: Option<
 /// (whenever several seeds were asked for), and the seeds that failed.
 fn fill_runs(out: &mut CheckpointReport, runs: &[Run], failures: &[SeedFailure]) {
     let first = &runs[0];
-    out.status = "ok".into();
+    out.status = Status::Ok;
     out.model_type = Some(first.model_type.clone());
     out.params = Some(first.params);
     out.trainable_params = Some(first.trainable_params);
@@ -460,6 +457,6 @@ fn device_info(o: &ScanOptions) -> DeviceInfo {
             names.push(name);
         }
     }
-    let kind = if o.device.is_cpu() { "cpu" } else { "cuda" };
-    DeviceInfo { kind: kind.into(), name: names.join(", "), threads: o.threads, workers: o.devices.len() }
+    let kind = if o.device.is_cpu() { DeviceKind::Cpu } else { DeviceKind::Cuda };
+    DeviceInfo { kind, name: names.join(", "), threads: o.threads, workers: o.devices.len() }
 }

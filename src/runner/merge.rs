@@ -11,6 +11,7 @@ use super::{resume, CheckpointResult};
 use crate::discover::CheckpointRef;
 use crate::error::{Error, Result};
 use crate::report::{CheckpointReport, Report};
+use crate::report::{ScanStatus, Status};
 use crate::score::TargetSpec;
 
 /// Settings that may differ between the parts of one scan.
@@ -40,7 +41,7 @@ pub fn merge(parts: Vec<(PathBuf, Report)>) -> Result<(Report, Vec<String>)> {
         settings,
     };
     let results = results_of(&parts)?;
-    Ok((assemble(&results, &ctx, "complete"), warnings))
+    Ok((assemble(&results, &ctx, ScanStatus::Complete), warnings))
 }
 
 /// Same tool, complete, not a race, same settings as the first part.
@@ -56,7 +57,7 @@ fn check_compatible((first_path, first): (&PathBuf, &Report), (path, part): (&Pa
             ),
         ));
     }
-    if part.status != "complete" {
+    if part.status != ScanStatus::Complete {
         return Err(Error::input(
             path,
             format!("is {}, not complete: finish its scan with --resume first", part.status),
@@ -107,7 +108,7 @@ fn results_of(parts: &[(PathBuf, Report)]) -> Result<Vec<CheckpointResult>> {
 }
 
 fn result_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> CheckpointResult {
-    let measured = matches!(c.status.as_str(), "ok" | "stopped");
+    let measured = matches!(c.status, Status::Ok | Status::Stopped);
     CheckpointResult {
         checkpoint: CheckpointRef {
             name: c.name.clone(),
@@ -118,14 +119,14 @@ fn result_of(c: &CheckpointReport, seed: u64, data_seed: u64) -> CheckpointResul
         runs: if measured {
             Ok(resume::runs_of(c, seed, data_seed))
         } else {
-            Err(c.error.clone().unwrap_or_else(|| c.status.clone()))
+            Err(c.error.clone().unwrap_or_else(|| c.status.to_string()))
         },
         pretrain_loss: c.pretrain_loss,
         fingerprint: c.fingerprint.clone(),
         pretrain_curve: Vec::new(),
         peak_rss_bytes: c.peak_rss_bytes,
         stopped: None,
-        diverged: c.status == "diverged",
+        diverged: c.status == Status::Diverged,
         pretrain_sample_loss: c.pretrain_sample_loss,
         seed_failures: c.seed_failures.clone(),
     }

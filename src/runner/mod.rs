@@ -18,6 +18,7 @@ use crate::memory;
 use crate::options::ScanOptions;
 use crate::progress::Progress;
 use crate::report::{Report, Reports, SeedFailure};
+use crate::report::{ScanStatus, Status};
 
 pub use crate::engine::lora::{memory_needed, memory_needed_as};
 pub use crate::engine::Run;
@@ -110,18 +111,18 @@ impl<'a> Scan<'a> {
         checkpoints: &[CheckpointRef],
         reports: &Reports,
         progress: &Progress,
-    ) -> Result<&'static str> {
+    ) -> Result<ScanStatus> {
         for (i, c) in checkpoints.iter().enumerate() {
             progress.start_checkpoint(i, &c.name);
             memory::reset_peak();
             let Some(mut result) = self.measure(c, &self.opts.device, progress) else {
-                return Ok("interrupted"); // this checkpoint's runs are abandoned
+                return Ok(ScanStatus::Interrupted); // this checkpoint's runs are abandoned
             };
             result.peak_rss_bytes = memory::peak_bytes();
             self.results.push(result);
-            reports.update(&self.report("running"))?;
+            reports.update(&self.report(ScanStatus::Running))?;
         }
-        Ok("complete")
+        Ok(ScanStatus::Complete)
     }
 
     /// Fine-tunes one checkpoint on `device` (or reuses a resumed measurement): its result,
@@ -144,7 +145,7 @@ impl<'a> Scan<'a> {
             },
         };
         if let Err(msg) = &runs {
-            let what = if diverged { "diverged" } else { "failed" };
+            let what = if diverged { Status::Diverged } else { Status::Failed };
             progress.println(&format!("error: checkpoint {} {what}: {msg}", c.name));
         }
         let pretrain_curve = assemble::pretrain_curve(&c.path);
@@ -232,12 +233,12 @@ pub(super) fn seeds_outcome(
     let records = failures
         .into_iter()
         .map(|(seed, data_seed, e)| {
-            let status = if matches!(e, Error::Diverged { .. }) { "diverged" } else { "failed" };
+            let status = if matches!(e, Error::Diverged { .. }) { Status::Diverged } else { Status::Failed };
             progress.println(&format!(
                 "warning: checkpoint {name}: seed {seed} {status} ({}); it is scored on the other seeds",
                 one_line(&e)
             ));
-            SeedFailure { seed, data_seed, status: status.into(), error: one_line(&e) }
+            SeedFailure { seed, data_seed, status, error: one_line(&e) }
         })
         .collect();
     Ok((runs, records))

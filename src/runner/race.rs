@@ -13,6 +13,7 @@ use crate::discover::CheckpointRef;
 use crate::engine::{Job, Paused};
 use crate::error::{one_line, Error, Result};
 use crate::progress::Progress;
+use crate::report::ScanStatus;
 use crate::report::{Report, Reports, SeedFailure};
 use crate::score;
 use crate::score::race::{self, Verdict};
@@ -96,22 +97,22 @@ impl Scan<'_> {
                 if let Err(Error::Interrupted) = self.run_rung(&mut field[i], rung, &progress) {
                     progress.finish();
                     self.results = self.results_of(&field);
-                    return Ok(self.report("interrupted"));
+                    return Ok(self.report(ScanStatus::Interrupted));
                 }
-                self.publish(&field, reports, "running")?;
+                self.publish(&field, reports, ScanStatus::Running)?;
             }
             progress.finish();
             if k + 1 < rungs.len() {
                 self.judge(&mut field, rung, k + 1, budget);
-                self.publish(&field, reports, "running")?;
+                self.publish(&field, reports, ScanStatus::Running)?;
             }
             done = rung;
         }
         if self.opts.until_settled && self.settle(&mut field, reports)? {
-            return Ok(self.report("interrupted"));
+            return Ok(self.report(ScanStatus::Interrupted));
         }
         self.results = self.results_of(&field);
-        Ok(self.report("complete"))
+        Ok(self.report(ScanStatus::Complete))
     }
 
     /// `--until-settled`: while the ranking at the budget is not settled, the contenders (the
@@ -122,7 +123,7 @@ impl Scan<'_> {
     fn settle(&mut self, field: &mut [Entrant], reports: &Reports) -> Result<bool> {
         self.settle = Some(crate::report::SettleInfo::default());
         loop {
-            let report = self.report("running");
+            let report = self.report(ScanStatus::Running);
             let Some(budget) =
                 report.budget.as_ref().filter(|b| b.forecast && b.settled == Some(false)).map(|b| b.steps)
             else {
@@ -154,7 +155,7 @@ impl Scan<'_> {
                 if let Some(s) = self.settle.as_mut() {
                     s.updates_trained += (next - before) * seeds;
                 }
-                self.publish(field, reports, "running")?;
+                self.publish(field, reports, ScanStatus::Running)?;
             }
             progress.finish();
             let names = contenders.iter().map(|&i| field[i].checkpoint.name.clone()).collect();
@@ -246,7 +247,7 @@ impl Scan<'_> {
     }
 
     /// Rewrites the reports from the race so far.
-    fn publish(&mut self, field: &[Entrant], reports: &Reports, status: &str) -> Result<()> {
+    fn publish(&mut self, field: &[Entrant], reports: &Reports, status: ScanStatus) -> Result<()> {
         self.results = self.results_of(field);
         reports.update(&self.report(status))
     }

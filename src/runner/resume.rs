@@ -46,7 +46,11 @@ impl Scan<'_> {
 
     /// Offers `checkpoints` (measured with these very settings) for reuse by name.
     pub fn reuse(&mut self, checkpoints: Vec<CheckpointReport>) {
-        self.previous = checkpoints.into_iter().filter(|c| c.status == "ok").map(|c| (c.name.clone(), c)).collect();
+        self.previous = checkpoints
+            .into_iter()
+            .filter(|c| c.status == crate::report::Status::Ok)
+            .map(|c| (c.name.clone(), c))
+            .collect();
     }
 
     /// The previous runs of `c` and its seeds that failed, when its files have not changed.

@@ -15,6 +15,7 @@ use crate::engine::{Engine, Series};
 use crate::error::{Error, Result};
 use crate::options::{ScanOptions, Sweep};
 use crate::report::headline::{evidence, Evidence};
+use crate::report::ScanStatus;
 use crate::report::{CheckpointReport, Report, Reports, SweepCheckpoint, SweepInfo, SweepPoint, SweepVariant};
 use crate::score::{self, TargetSpec};
 
@@ -69,14 +70,14 @@ pub fn run_with(
         if i == 0 {
             target = target.or(report.target_loss.map(TargetSpec::Loss)); // the main variant's, for all
         }
-        let interrupted = report.status == "interrupted";
+        let interrupted = report.status == ScanStatus::Interrupted;
         done.push((v, report));
         let status = if interrupted {
-            "interrupted"
+            ScanStatus::Interrupted
         } else if done.len() < variants.len() {
-            "running"
+            ScanStatus::Running
         } else {
-            "complete"
+            ScanStatus::Complete
         };
         let composite = compose(sweep, &done, status);
         reports.update(&composite)?;
@@ -137,9 +138,9 @@ pub fn keep_best_adapter(dir: &Path, report: &Report) -> Result<Option<PathBuf>>
 }
 
 /// The main variant's report with the sweep section.
-fn compose(sweep: &Sweep, done: &Done, status: &str) -> Report {
+fn compose(sweep: &Sweep, done: &Done, status: ScanStatus) -> Report {
     let mut report = done[0].1.clone();
-    report.status = status.into();
+    report.status = status;
     let target = report.target_loss;
     let main = sweep.main();
     let variants: Vec<SweepVariant> = sweep
@@ -195,7 +196,7 @@ fn variant(done: &Done, (rank, lr): (usize, f64), target: Option<f64>, main: boo
     let (_, r) = done.iter().find(|(v, _)| *v == (rank, lr))?;
     let checkpoints = r.checkpoints.iter().map(|c| point(c, target)).collect();
     let measurements = if main { Vec::new() } else { r.checkpoints.clone() };
-    Some(SweepVariant { rank, lr, status: r.status.clone(), ranking: r.ranking.clone(), checkpoints, measurements })
+    Some(SweepVariant { rank, lr, status: r.status, ranking: r.ranking.clone(), checkpoints, measurements })
 }
 
 fn point(c: &CheckpointReport, target: Option<f64>) -> SweepPoint {
@@ -207,7 +208,7 @@ fn point(c: &CheckpointReport, target: Option<f64>) -> SweepPoint {
     };
     SweepPoint {
         name: c.name.clone(),
-        status: c.status.clone(),
+        status: c.status,
         rank: c.rank,
         reached,
         steps_to_target: c.steps_to_target.filter(|_| reached),
@@ -339,6 +340,7 @@ fn best_lr_line(checkpoints: &[SweepCheckpoint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Status;
 
     /// A variant's report: (name, hours, half-width of the hours' interval; 0 = one seed) in rank order.
     fn variant(entries: &[(&str, f64, f64)]) -> Report {
@@ -348,7 +350,7 @@ mod tests {
             .map(|(i, &(name, h, half))| {
                 let mut c = CheckpointReport {
                     name: name.into(),
-                    status: "ok".into(),
+                    status: Status::Ok,
                     rank: Some(i + 1),
                     device_hours_to_target: Some(h),
                     seeds: 3,

@@ -11,7 +11,7 @@ use crate::discover::CheckpointRef;
 use crate::engine::scripted::{updates_of, Script, Scripted};
 use crate::engine::Schedule;
 use crate::options::ScanOptions;
-use crate::report::{Report, Reports};
+use crate::report::{Report, Reports, ScanStatus, Status};
 
 /// Converges fast to 1.0; the seed shifts it a little.
 fn fast(step: usize, seed: u64, _rank: usize, _lr: f64) -> f64 {
@@ -81,7 +81,7 @@ fn a_full_scan_ranks_the_scripted_curves_and_trains_each_seed_once() {
     let opts = options(dir.path(), &["--steps", "100", "--seeds", "2", "--budget", "100"]);
     let engine = scripted(&three(), 100);
     let report = Scan::with_engine(&opts, Box::new(engine)).run(&refs, &Reports::create(&[]).unwrap()).unwrap();
-    assert_eq!(report.status, "complete");
+    assert_eq!(report.status, ScanStatus::Complete);
     assert_eq!(report.ranking.first().map(String::as_str), Some("b"), "the fast curve wins");
     for c in &report.checkpoints {
         assert_eq!(c.runs.len(), 2, "{}: one run per seed", c.name);
@@ -97,13 +97,13 @@ fn a_broken_snapshot_fails_alone_and_a_diverged_seed_is_recorded() {
     let diverging = Script { diverge: Some((1, 30)), ..Script::new(fast, 1.0) };
     let report = scan(&opts, scripted(&[("a", broken), ("b", diverging), ("c", Script::new(slow, 1.0))], 50), &refs);
     let a = &report.checkpoints[0];
-    assert_eq!(a.status, "failed");
+    assert_eq!(a.status, Status::Failed);
     assert!(a.error.as_deref().is_some_and(|e| e.contains("weights are truncated")), "{:?}", a.error);
     let b = &report.checkpoints[1];
-    assert_eq!((b.status.as_str(), b.seeds_ok), ("ok", 1));
+    assert_eq!((b.status, b.seeds_ok), (Status::Ok, 1));
     assert_eq!(b.seed_failures.len(), 1);
-    assert_eq!((b.seed_failures[0].seed, b.seed_failures[0].status.as_str()), (1, "diverged"));
-    assert_eq!(report.checkpoints[2].status, "ok");
+    assert_eq!((b.seed_failures[0].seed, b.seed_failures[0].status), (1, Status::Diverged));
+    assert_eq!(report.checkpoints[2].status, Status::Ok);
 }
 
 #[test]
@@ -113,9 +113,9 @@ fn a_seed_that_hits_a_bug_fails_alone_with_the_panic_message() {
     let buggy = Script { panic: Some((0, 10)), ..Script::new(fast, 1.0) };
     let report = scan(&opts, scripted(&[("a", buggy), ("b", Script::new(slow, 1.0))], 50), &refs);
     let a = &report.checkpoints[0];
-    assert_eq!((a.status.as_str(), a.seeds_ok), ("ok", 1), "the other seed scores it");
+    assert_eq!((a.status, a.seeds_ok), (Status::Ok, 1), "the other seed scores it");
     let failure = &a.seed_failures[0];
-    assert_eq!((failure.seed, failure.status.as_str()), (0, "failed"));
+    assert_eq!((failure.seed, failure.status), (0, Status::Failed));
     assert_eq!(failure.error, "internal error (a panic, please report it): scripted bug at step 10");
 }
 
@@ -128,13 +128,13 @@ fn a_race_stops_the_hopeless_snapshot_and_continues_the_others_from_their_pauses
     let mut race = Scan::with_engine(&opts, Box::new(engine));
     let report = race.run(&refs, &Reports::create(&[]).unwrap()).unwrap();
     let c = &report.checkpoints[2];
-    assert_eq!(c.status, "stopped", "the hopeless snapshot is stopped");
+    assert_eq!(c.status, Status::Stopped, "the hopeless snapshot is stopped");
     let info = report.race.as_ref().expect("race info");
     assert!(info.steps_trained < info.steps_full_budget, "{info:?}");
     assert_eq!(report.ranking.first(), full.ranking.first(), "the race names the full scan's winner");
     let (raced, whole) = (curves(&report), curves(&full));
     let survivors: Vec<&str> =
-        report.checkpoints.iter().filter(|c| c.status == "ok").map(|c| c.name.as_str()).collect();
+        report.checkpoints.iter().filter(|c| c.status == Status::Ok).map(|c| c.name.as_str()).collect();
     assert!(survivors.contains(&"b"), "{survivors:?}");
     for name in survivors {
         let of = |v: &[(String, Vec<Option<f64>>)]| v.iter().find(|c| c.0 == name).cloned();
@@ -217,7 +217,7 @@ fn a_sweep_runs_every_variant_with_its_own_settings() {
         v.checkpoints.iter().find(|p| p.name == "a").and_then(|p| p.final_eval_loss).expect("final loss")
     };
     assert!(final_loss(8, 3e-3) < final_loss(4, 1e-3), "each variant trained with its own rank and rate");
-    assert_eq!(report.status, "complete");
+    assert_eq!(report.status, ScanStatus::Complete);
 }
 
 #[test]

@@ -16,6 +16,7 @@ use crate::discover::CheckpointRef;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::report::Reports;
+use crate::report::ScanStatus;
 
 impl Scan<'_> {
     /// Runs the workers and collects their results; returns the scan's status.
@@ -24,7 +25,7 @@ impl Scan<'_> {
         checkpoints: &[CheckpointRef],
         reports: &Reports,
         progress: &Progress,
-    ) -> Result<&'static str> {
+    ) -> Result<ScanStatus> {
         let ctx = self.context();
         let names: std::collections::BTreeSet<String> = self
             .opts
@@ -58,7 +59,7 @@ impl Scan<'_> {
                 let at = order.partition_point(|&j| j < i);
                 order.insert(at, i);
                 results.insert(at, result);
-                if let Err(e) = reports.update(&assemble::assemble(&results, &ctx, "running")) {
+                if let Err(e) = reports.update(&assemble::assemble(&results, &ctx, ScanStatus::Running)) {
                     stop.store(true, Ordering::SeqCst);
                     return Err(e);
                 }
@@ -67,7 +68,7 @@ impl Scan<'_> {
         });
         self.results = results;
         outcome?;
-        Ok(if interrupted { "interrupted" } else { "complete" })
+        Ok(if interrupted { ScanStatus::Interrupted } else { ScanStatus::Complete })
     }
 
     /// One worker: takes snapshots until none is left, the scan is interrupted or the main

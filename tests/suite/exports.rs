@@ -4,8 +4,9 @@
 
 use plasticity::curve::CurvePoint;
 use plasticity::report::{
-    csv::Csv, junit::Junit, markdown::Markdown, BudgetInfo, CheckpointReport, DeviceInfo, Exporter, ForecastReport,
-    RaceInfo, Report, SettleInfo, SettleRound, StoppedInfo, TargetInfo, Tool,
+    csv::Csv, junit::Junit, markdown::Markdown, BudgetInfo, CheckpointReport, DeviceInfo, DeviceKind, Exporter,
+    ForecastReport, RaceInfo, Report, ScanStatus, SettleInfo, SettleRound, Status, StoppedInfo, TargetInfo, TargetKind,
+    Tool,
 };
 use plasticity::single_index::Metrics;
 
@@ -21,7 +22,7 @@ fn ok(name: &str, step: u64, rank: usize, initial: f64, fin: f64, steps: Option<
         path: format!("runs/{name}"),
         step,
         step_source: "folder name".into(),
-        status: "ok".into(),
+        status: Status::Ok,
         model_type: Some("gpt_neox".into()),
         params: Some(1000),
         trainable_params: Some(64),
@@ -44,7 +45,7 @@ fn report() -> Report {
         path: "runs/step3000".into(),
         step: 3000,
         step_source: "folder name".into(),
-        status: "failed".into(),
+        status: Status::Failed,
         error: Some(
             "runs/step3000/model.safetensors: tensor gpt_neox.embed_in.weight is missing, \"quoted\" & <angled>".into(),
         ),
@@ -53,12 +54,12 @@ fn report() -> Report {
     Report {
         schema_version: plasticity::report::SCHEMA_VERSION,
         tool: Tool { name: "plasticity".into(), version: "0.1.0".into() },
-        status: "complete".into(),
+        status: ScanStatus::Complete,
         settings: serde_json::json!({"dir": "runs"}),
-        device: DeviceInfo { kind: "cpu".into(), name: "Test CPU".into(), threads: 2, workers: 1 },
+        device: DeviceInfo { kind: DeviceKind::Cpu, name: "Test CPU".into(), threads: 2, workers: 1 },
         hours_unit: "device-hours".into(),
         target_loss: Some(3.5),
-        target: Some(TargetInfo { kind: "loss".into(), value: 3.5, set_by: Vec::new() }),
+        target: Some(TargetInfo { kind: TargetKind::Loss, value: 3.5, set_by: Vec::new() }),
         price_per_device_hour: None,
         checkpoints: vec![
             ok("step1000", 1000, 1, 4.0, 3.0, Some(5.0)),
@@ -113,7 +114,7 @@ fn simulated() -> Report {
 fn budgeted() -> Report {
     let mut r = report();
     let target = TargetInfo {
-        kind: "median_final".into(),
+        kind: TargetKind::MedianFinal,
         value: 3.3,
         set_by: vec!["step1000".into(), "step2000".into(), "step2500".into()],
     };
@@ -204,7 +205,7 @@ fn junit_snapshot() {
 fn raced() -> Report {
     let mut r = report();
     r.checkpoints.truncate(3);
-    r.checkpoints[2].status = "stopped".into();
+    r.checkpoints[2].status = Status::Stopped;
     r.checkpoints[2].stopped =
         Some(StoppedInfo { at_step: 10, rung: 1, reason: "rank 3 of 3 at step 10 (keeping the best 1)".into() });
     r.race = Some(RaceInfo { rungs: vec![40, 60], steps_trained: 100, steps_full_budget: 180 });

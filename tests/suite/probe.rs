@@ -55,7 +55,7 @@ fn gradient_probe_orders_the_single_index_series_as_the_escape_steps() {
         })
         .collect();
     let report = probe::run(&options(dir.path().join("series"))).unwrap();
-    assert!(report.probes.iter().all(|p| p.status == "ok"), "{:?}", report.probes);
+    assert!(report.probes.iter().all(|p| p.status == plasticity::report::Status::Ok), "{:?}", report.probes);
     let forecast: Vec<f64> = report.probes.iter().map(|p| p.forecast.unwrap()).collect();
     let grad: Vec<f64> = report.probes.iter().map(|p| p.grad_norm.unwrap()).collect();
     let faster: Vec<f64> = escape.iter().map(|s| -s).collect();
@@ -207,6 +207,6 @@ fn gpt2_without_the_transformer_prefix_is_probed() {
         probe::run(&o).unwrap().probes.remove(0)
     };
     let (a, b) = (probe(&prefixed), probe(&bare));
-    assert_eq!(b.status, "ok", "{:?}", b.error);
+    assert_eq!(b.status, plasticity::report::Status::Ok, "{:?}", b.error);
     assert_eq!((a.forecast, a.spectral_norm, a.effective_rank), (b.forecast, b.spectral_norm, b.effective_rank));
 }

@@ -5,7 +5,7 @@
 use plasticity::curve::CurvePoint;
 use plasticity::report::gates::last_slower;
 use plasticity::report::headline::{best_line, headline};
-use plasticity::report::{CheckpointReport, DeviceInfo, Report, StoppedInfo, Tool};
+use plasticity::report::{CheckpointReport, DeviceInfo, DeviceKind, Report, ScanStatus, Status, StoppedInfo, Tool};
 
 /// A measured checkpoint: `steps` to the target (None: not reached) at 1 s per step, and with
 /// several seeds the 95% interval of its hours as `half` either side.
@@ -24,7 +24,7 @@ fn ckpt(
         path: name.into(),
         step,
         step_source: "folder name".into(),
-        status: "ok".into(),
+        status: Status::Ok,
         curve: vec![
             CurvePoint { step: 0, train_loss: None, eval_loss: Some(initial), elapsed_s: 0.0 },
             CurvePoint {
@@ -57,9 +57,9 @@ fn report(mut checkpoints: Vec<CheckpointReport>) -> Report {
     Report {
         schema_version: plasticity::report::SCHEMA_VERSION,
         tool: Tool { name: "plasticity".into(), version: "0".into() },
-        status: "complete".into(),
+        status: ScanStatus::Complete,
         settings: serde_json::json!({}),
-        device: DeviceInfo { kind: "cpu".into(), name: "cpu".into(), threads: 1, workers: 1 },
+        device: DeviceInfo { kind: DeviceKind::Cpu, name: "cpu".into(), threads: 1, workers: 1 },
         hours_unit: "device-hours".into(),
         target_loss: Some(3.0),
         target: None,
@@ -95,7 +95,7 @@ fn the_lower_start_belongs_to_the_snapshot_it_is_said_of() {
 #[test]
 fn a_snapshot_a_race_stopped_is_said_to_be_stopped() {
     let mut last = ckpt("step800", 800, 2, 6.0, None, 1, 0.0);
-    last.status = "stopped".into();
+    last.status = Status::Stopped;
     last.stopped = Some(StoppedInfo { at_step: 40, rung: 1, reason: "its forecast ...".into() });
     let r = report(vec![ckpt("step100", 100, 1, 7.2, Some(20.0), 1, 0.0), last]);
     let h = headline(&r);
