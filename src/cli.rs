@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::device::DeviceSpec;
+use crate::single_index::theory::Link;
+use crate::single_index::Variant;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "plasticity",
@@ -87,7 +91,7 @@ pub struct ProbeArgs {
 
     /// cpu, cuda[:N] or auto, as for scan.
     #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto", help_heading = "Scale-out")]
-    pub device: String,
+    pub device: DeviceSpec,
 
     /// Threads for the CPU kernels [default: all cores].
     #[arg(long, allow_hyphen_values = true, value_name = "N", help_heading = "Scale-out")]
@@ -152,7 +156,7 @@ pub struct DemoArgs {
 pub struct SeriesArgs {
     /// Link function: linear, relu, erf, sigmoid, or heK (Hermite polynomial He_K).
     #[arg(long, default_value = "linear", value_name = "LINK")]
-    pub link: String,
+    pub link: Link,
 
     /// Input dimension d.
     #[arg(long, allow_hyphen_values = true, default_value_t = 100, value_name = "D")]
@@ -172,7 +176,7 @@ pub struct SeriesArgs {
 
     /// w0 = mu w* ("aligned") or mu w* + (1 - mu) xi with xi random ("random-mix").
     #[arg(long, default_value = "aligned", value_name = "VARIANT")]
-    pub variant: String,
+    pub variant: Variant,
 
     /// Deterministic adapter start with alignment m0 [simulate: uniform on the sphere; demo: 1/sqrt(d)].
     #[arg(long, value_name = "X", allow_hyphen_values = true)]
@@ -313,7 +317,7 @@ pub struct ScanArgs {
         conflicts_with = "devices",
         help_heading = "Scale-out"
     )]
-    pub device: String,
+    pub device: DeviceSpec,
 
     /// Several devices, one worker each: every worker fine-tunes the next snapshot not yet
     /// taken (e.g. cuda:0,cuda:1). Results equal a run on one device but for timings; a
@@ -324,8 +328,8 @@ pub struct ScanArgs {
     /// Precision of the frozen base weights and activations: f32, or bf16 as transformers
     /// loads with torch_dtype=bfloat16 (adapters, their gradients and the optimizer stay f32,
     /// as PEFT keeps them). bf16 halves the weights' memory; on a CPU it is slower than f32.
-    #[arg(long, default_value = "f32", value_name = "f32|bf16", help_heading = "Training")]
-    pub dtype: String,
+    #[arg(long, value_enum, default_value_t = Dtype::F32, value_name = "f32|bf16", hide_possible_values = true, help_heading = "Training")]
+    pub dtype: Dtype,
 
     /// Scan only every N-th snapshot (in step order) starting at the K-th, K in 1..=N: one task
     /// of a job array; `plasticity merge` joins the parts' reports. `auto` takes K and N from
@@ -344,6 +348,13 @@ pub struct ScanArgs {
 }
 
 /// How the budget is spent across checkpoints.
+/// `--dtype`: the precision of the frozen weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {

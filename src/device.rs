@@ -12,17 +12,55 @@ pub fn parse(value: &str) -> Result<Device> {
     device_for("--device", value)
 }
 
+/// A device as the command line names it, before it is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    /// The first GPU when this build has CUDA support and one is usable, else the CPU.
+    Auto,
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    /// `cpu`, `cuda` (GPU 0), `cuda:N` or `auto`.
+    fn from_str(value: &str) -> std::result::Result<Self, String> {
+        match value {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "auto" => Ok(DeviceSpec::Auto),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            v => v
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("{v:?} is not cpu, cuda, cuda:N or auto")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// Opens the device `spec` names; `flag` is the flag it came from, for the message.
+pub fn open(flag: &'static str, spec: DeviceSpec) -> Result<Device> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto => Ok(auto_device()),
+        DeviceSpec::Cuda(ordinal) => cuda_device(ordinal).map_err(|why| Error::flag(flag, format!("{spec}: {why}"))),
+    }
+}
+
 fn device_for(flag: &'static str, value: &str) -> Result<Device> {
-    let ordinal = match value {
-        "cpu" => return Ok(Device::Cpu),
-        "auto" => return Ok(auto_device()),
-        "cuda" => 0,
-        v => v
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::flag(flag, format!("{v:?} is not cpu, cuda, cuda:N or auto")))?,
-    };
-    cuda_device(ordinal).map_err(|why| Error::flag(flag, format!("{value}: {why}")))
+    let spec: DeviceSpec = value.parse().map_err(|why| Error::flag(flag, why))?;
+    open(flag, spec)
 }
 
 /// `--devices`: a comma-separated list of cpu, cuda or cuda:N (not auto: a worker per device

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 pub use export::exports;
 pub use partition::{partition, Partition};
 pub use probe::ProbeOptions;
-pub use scan::{budget, dtype, Explicit, ScanOptions};
+pub use scan::{budget, Explicit, ScanOptions};
 pub use simulate::simulate_spec;
 pub use sweep::Sweep;
 pub use training::{DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_STEPS};

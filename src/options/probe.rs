@@ -52,7 +52,7 @@ impl ProbeOptions {
             seed: args.seed,
             against: args.against,
             json: args.json.as_deref().map(Output::parse),
-            device: crate::device::parse(&args.device)?,
+            device: crate::device::open("--device", args.device)?,
             threads,
         })
     }

@@ -8,19 +8,13 @@ use super::{at_least, finite_positive};
 use crate::cli::SeriesArgs;
 use crate::error::{Error, Result};
 use crate::single_index::simulate::{Amounts, SimulateSpec};
-use crate::single_index::theory::Link;
-use crate::single_index::Variant;
 
 /// The simulated series `simulate` or `demo` writes to `out`. `default_m0` applies when
 /// --m0 is not given (demo starts deterministically at 1/sqrt(d), as the paper's reference).
 pub fn simulate_spec(args: &SeriesArgs, out: PathBuf, demo: bool) -> Result<SimulateSpec> {
-    let link: Link = args.link.parse().map_err(|e: String| Error::flag("--link", e))?;
+    let link = args.link;
     let dim = at_least("--dim", args.dim, 2)?;
-    let variant = match args.variant.as_str() {
-        "aligned" => Variant::Aligned,
-        "random-mix" => Variant::RandomMix,
-        other => return Err(Error::flag("--variant", format!("{other:?} is not aligned or random-mix"))),
-    };
+    let variant = args.variant;
     let m0 = args.m0.or(demo.then(|| 1.0 / (dim as f64).sqrt()));
     if let Some(m) = m0 {
         if !(-1.0..=1.0).contains(&m) || m == 0.0 {

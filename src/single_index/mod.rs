@@ -33,6 +33,18 @@ pub enum Variant {
     RandomMix,
 }
 
+impl std::str::FromStr for Variant {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "aligned" => Ok(Variant::Aligned),
+            "random-mix" => Ok(Variant::RandomMix),
+            other => Err(format!("{other:?} is not aligned or random-mix")),
+        }
+    }
+}
+
 /// The fine-tuning a simulated series carries, so `scan` needs no flags for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FineTune {

@@ -24,7 +24,7 @@ fn options(dir: std::path::PathBuf) -> ProbeOptions {
         seed: 0,
         against: None,
         json: None,
-        device: "cpu".into(),
+        device: plasticity::device::DeviceSpec::Cpu,
         threads: Some(2),
     };
     ProbeOptions::from_args(args).unwrap()
