@@ -1,8 +1,14 @@
 //! Times LoRA training steps on a random-weight checkpoint at a realistic shape, for
 //! benches/compare_peft.sh (which runs the same step in PyTorch + PEFT on the same files).
 //!
-//!     cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2, SHAPE: 14m|70m
+//!     cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2
 //!     cargo run --release --example step_timing -- time DIR STEPS WARMUP  # prints one JSON line
+//!     cargo run --release --example step_timing -- kernel SHAPE           # the gemm kernel alone
+//!
+//! SHAPE is tiny (4 x 128, vocab 2048), 14m (Pythia-14M), 70m-body (Pythia-70M's blocks, vocab
+//! 2048), 70m (Pythia-70M) or 160m (Pythia-160M). `kernel` times the `gemm` crate itself at the
+//! shape's largest matrix product (the weight stored (out, in) as in a checkpoint), on the
+//! threads RAYON_NUM_THREADS allows: the rate the engine's step is measured against.
 //!     PLASTICITY_DEVICE=cuda target/cuda/release/examples/step_timing time DIR 5 2  # on a GPU
 //!
 //! The batch is 8 x 128 tokens, r = 8 on PEFT's default targets, AdamW, f32, on the threads
@@ -31,7 +37,8 @@ fn main() -> Res<()> {
         ["write", dir, arch, shape] => write(Path::new(dir), arch, shape),
         ["time", dir, steps, warmup] => time(Path::new(dir), steps.parse()?, warmup.parse()?),
         ["matmul"] => matmul(),
-        _ => Err("usage: step_timing write DIR ARCH 14m|70m | step_timing time DIR STEPS WARMUP".into()),
+        ["kernel", shape] => kernel(shape),
+        _ => Err("usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP | kernel SHAPE | matmul".into()),
     }
 }
 
@@ -58,13 +65,59 @@ fn matmul() -> Res<()> {
     Ok(())
 }
 
-fn write(dir: &Path, arch: &str, shape: &str) -> Res<()> {
-    let shape = match shape {
-        "14m" => Shape::PYTHIA_14M,
-        "70m" => Shape::PYTHIA_70M,
-        other => return Err(format!("unknown shape {other}").into()),
-    };
-    Ok(write_checkpoint(dir, arch, shape, 0)?)
+fn shape(name: &str) -> Res<Shape> {
+    Shape::named(name).ok_or_else(|| format!("unknown shape {name} (tiny, 14m, 70m-body, 70m, 160m)").into())
+}
+
+fn write(dir: &Path, arch: &str, name: &str) -> Res<()> {
+    Ok(write_checkpoint(dir, arch, shape(name)?, 0)?)
+}
+
+/// The `gemm` crate's f32 rate at the shape's largest product: y (m, n) = x (m, k) w^T, with w
+/// stored (n, k); the median of 7 runs after one.
+fn kernel(name: &str) -> Res<()> {
+    let (m, k, n) = shape(name)?.largest_matmul(BATCH * SEQ);
+    let x: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
+    let mut y = vec![0f32; m * n];
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let mut times = Vec::new();
+    for _ in 0..8 {
+        let t = Instant::now();
+        // SAFETY: y is m x n (row stride n), x is m x k (row stride k), w is n x k (row stride
+        // k) read as its transpose (k x n: row stride 1, column stride k); all in bounds.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let s = median(&times[1..]);
+    println!(
+        "{{\"m\": {m}, \"k\": {k}, \"n\": {n}, \"threads\": {threads}, \"gflops\": {:.1}}}",
+        2.0 * (m * k * n) as f64 / s / 1e9
+    );
+    Ok(())
 }
 
 /// `PLASTICITY_DEVICE` (cpu, cuda, cuda:N, auto), cpu when unset.
@@ -72,9 +125,9 @@ fn device() -> Res<Device> {
     Ok(plasticity::device::parse(&std::env::var("PLASTICITY_DEVICE").unwrap_or_else(|_| "cpu".into()))?)
 }
 
-/// A fixed batch of ids below 50,000 (the same formula the Python helper uses).
-fn batch(dev: &Device) -> Res<Batch> {
-    let ids: Vec<u32> = (0..BATCH * SEQ).map(|i| ((i * 7919 + 13) % 50000) as u32).collect();
+/// A fixed batch of ids below min(vocab, 50,000) (the same formula the Python helper uses).
+fn batch(dev: &Device, vocab: usize) -> Res<Batch> {
+    let ids: Vec<u32> = (0..BATCH * SEQ).map(|i| ((i * 7919 + 13) % vocab.min(50000)) as u32).collect();
     let ids = Tensor::from_vec(ids, (BATCH, SEQ), dev)?;
     let labels = ids.ones_like()?.to_dtype(DType::F32)?;
     Ok(Batch { ids, labels })
@@ -95,7 +148,7 @@ fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
         timing_warmup: warmup,
     };
     let mut trainer = Trainer::new(&model, &spec)?;
-    let b = batch(&dev)?;
+    let b = batch(&dev, model.vocab_size)?;
     let load_s = start.elapsed().as_secs_f64();
     let mut times = Vec::new();
     for i in 0..warmup + steps {

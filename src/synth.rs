@@ -22,12 +22,39 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// A small research model: 4 layers, hidden 128, 4 heads, vocab 2048.
+    pub const TINY: Shape = Shape { layers: 4, hidden: 128, heads: 4, intermediate: 512, vocab: 2048, positions: 2048 };
     /// Pythia-14M: 6 layers, hidden 128, 4 heads, vocab 50304.
     pub const PYTHIA_14M: Shape =
         Shape { layers: 6, hidden: 128, heads: 4, intermediate: 512, vocab: 50304, positions: 2048 };
     /// Pythia-70M: 6 layers, hidden 512, 8 heads, vocab 50304.
     pub const PYTHIA_70M: Shape =
         Shape { layers: 6, hidden: 512, heads: 8, intermediate: 2048, vocab: 50304, positions: 2048 };
+    /// Pythia-70M's body with a small vocabulary (2048): the transformer blocks are the work.
+    pub const BODY_70M: Shape = Shape { vocab: 2048, ..Shape::PYTHIA_70M };
+    /// Pythia-160M: 12 layers, hidden 768, 12 heads, vocab 50304.
+    pub const PYTHIA_160M: Shape =
+        Shape { layers: 12, hidden: 768, heads: 12, intermediate: 3072, vocab: 50304, positions: 2048 };
+
+    /// The shapes the benchmarks compare, by name.
+    pub const NAMED: [(&'static str, Shape); 5] = [
+        ("tiny", Shape::TINY),
+        ("14m", Shape::PYTHIA_14M),
+        ("70m-body", Shape::BODY_70M),
+        ("70m", Shape::PYTHIA_70M),
+        ("160m", Shape::PYTHIA_160M),
+    ];
+
+    pub fn named(name: &str) -> Option<Shape> {
+        Shape::NAMED.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    /// The (m, k, n) of the step's largest matrix product over a batch of `tokens`: the output
+    /// head or the MLP's widening, whichever is more work.
+    pub fn largest_matmul(&self, tokens: usize) -> (usize, usize, usize) {
+        let widest = self.vocab.max(self.intermediate).max(3 * self.hidden);
+        (tokens, self.hidden, widest)
+    }
 }
 
 /// Writes a random `model_type` ("llama", "gpt_neox" or "gpt2") checkpoint of `shape` to `dir`.
