@@ -2,7 +2,7 @@
 
     python benches/compare_peft.py DIR STEPS WARMUP THREADS
 
-Same checkpoint files, same batch (8 x 128 ids from the same formula), LoRA r=8, alpha=8,
+Same checkpoint files, same batch (8 x 128 ids from the same formula, below min(vocab, 50000)), LoRA r=8, alpha=8,
 dropout 0 on PEFT's default targets, AdamW (torch defaults but weight_decay=0), grad-norm
 clipping at 1.0, f32, eager attention, torch.set_num_threads(THREADS). Prints one JSON line.
 """
@@ -27,7 +27,8 @@ def main():
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    ids = torch.tensor([(i * 7919 + 13) % 50000 for i in range(BATCH * SEQ)], dtype=torch.long).view(BATCH, SEQ)
+    vocab = min(model.config.vocab_size, 50000)
+    ids = torch.tensor([(i * 7919 + 13) % vocab for i in range(BATCH * SEQ)], dtype=torch.long).view(BATCH, SEQ)
     load_s = time.perf_counter() - t0
     times = []
     for i in range(warmup + steps):

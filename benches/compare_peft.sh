@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # Side by side: one LoRA training step (forward, backward, clipping, AdamW) in plasticity and in
 # PyTorch + transformers + PEFT, on the same random-weight checkpoint, the same batch and the
-# same thread count, for each architecture at the Pythia-14M and Pythia-70M shapes.
-# Reports figures; asserts nothing.
+# same thread count, over a matrix of architectures x shapes x thread counts. Next to each row:
+# the gemm kernel's own rate at that model's largest matrix product, measured in the same run,
+# and the fraction of it plasticity's step achieves. Reports figures; asserts nothing.
 #
-#   benches/compare_peft.sh [THREADS] [STEPS] [ROUNDS]   (defaults: all cores, 5 timed steps, 3 rounds)
+#   benches/compare_peft.sh [THREADS] [STEPS] [ROUNDS] [SHAPES] [ARCHS]
 #
-# Each round runs plasticity then PyTorch+PEFT, so both see the same machine conditions; the
-# table gives each side's median tokens/s over the rounds (a shared machine drifts by tens of
-# percent between runs a minute apart).
+# THREADS: a comma list (default 1,2); STEPS timed steps after 2 warm-up ones (default 5);
+# ROUNDS (default 3); SHAPES a comma list of tiny, 14m, 70m-body, 70m, 160m (default all);
+# ARCHS a comma list of llama, gpt_neox, gpt2 (default all).
+#
+# Each round runs plasticity, then PyTorch+PEFT, then the kernel, so all three see the same
+# machine conditions; the table gives medians over the rounds (a shared machine drifts by tens
+# of percent between runs a minute apart).
 #
 # Creates .venv-bench (ignored by git) with the pinned PyTorch, transformers and PEFT of
 # benches/requirements-bench.txt from PyPI on first use, and reinstalls when that file changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=${1:-$(nproc)}
+thread_list=${1:-1,2}
 steps=${2:-5}
 rounds=${3:-3}
+shapes=${4:-tiny,14m,70m-body,70m,160m}
+archs=${5:-llama,gpt_neox,gpt2}
 warmup=2
 venv=.venv-bench
 requirements=benches/requirements-bench.txt
@@ -31,24 +38,30 @@ cargo build -q --release --example step_timing
 bin=${CARGO_TARGET_DIR:-target}/release/examples/step_timing
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads; batch 8 x 128, r = 8, f32; median of $rounds rounds"
-printf '%-9s %-5s %14s %14s %7s\n' arch shape plasticity pytorch+peft ratio
-for shape in 14m 70m; do
-  for arch in llama gpt_neox gpt2; do
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); batch 8 x 128, r = 8, f32; medians of $rounds rounds"
+echo "pytorch side: $("$venv/bin/python" -c 'import torch, transformers, peft; print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")')"
+printf '%-9s %-9s %3s %14s %14s %7s %12s %12s %9s %9s\n' arch shape thr plasticity pytorch+peft ratio 'GFLOP/s' 'kernel' achieved 'peak/bnd'
+for shape in ${shapes//,/ }; do
+  for arch in ${archs//,/ }; do
     dir="$work/$arch-$shape"
     "$bin" write "$dir" "$arch" "$shape"
-    ours=(); theirs=()
-    for _ in $(seq "$rounds"); do
-      ours+=("$(RAYON_NUM_THREADS=$threads "$bin" time "$dir" "$steps" "$warmup")")
-      theirs+=("$(OMP_NUM_THREADS=$threads "$venv/bin/python" benches/compare_peft.py "$dir" "$steps" "$warmup" "$threads" 2>/dev/null | tail -1)")
-    done
-    python3 - "$arch" "$shape" "$(printf '%s\n' "${ours[@]}")" "$(printf '%s\n' "${theirs[@]}")" <<'PY'
+    for threads in ${thread_list//,/ }; do
+      ours=(); theirs=(); kernel=()
+      for _ in $(seq "$rounds"); do
+        ours+=("$(RAYON_NUM_THREADS=$threads "$bin" time "$dir" "$steps" "$warmup")")
+        theirs+=("$(OMP_NUM_THREADS=$threads "$venv/bin/python" benches/compare_peft.py "$dir" "$steps" "$warmup" "$threads" 2>/dev/null | tail -1)")
+        kernel+=("$(RAYON_NUM_THREADS=$threads "$bin" kernel "$shape")")
+      done
+      python3 - "$arch" "$shape" "$threads" "$(printf '%s\n' "${ours[@]}")" "$(printf '%s\n' "${theirs[@]}")" "$(printf '%s\n' "${kernel[@]}")" <<'PY'
 import json, statistics, sys
-arch, shape = sys.argv[1], sys.argv[2]
-a = statistics.median(json.loads(l)["tokens_per_s"] for l in sys.argv[3].splitlines() if l.strip())
-b = statistics.median(json.loads(l)["tokens_per_s"] for l in sys.argv[4].splitlines() if l.strip())
-print(f"{arch:<9} {shape:<5} {a:>10.0f} t/s {b:>10.0f} t/s {a / b:>6.2f}x")
+arch, shape, threads = sys.argv[1:4]
+rows = lambda text: [json.loads(l) for l in text.splitlines() if l.strip()]
+ours, theirs, kernel = rows(sys.argv[4]), rows(sys.argv[5]), rows(sys.argv[6])
+med = lambda xs, key: statistics.median(x[key] for x in xs)
+a, b = med(ours, "tokens_per_s"), med(theirs, "tokens_per_s")
+flops, rate, peak = med(ours, "achieved_gflops"), med(kernel, "gflops"), med(ours, "peak_over_bound")
+print(f"{arch:<9} {shape:<9} {threads:>3} {a:>10.0f} t/s {b:>10.0f} t/s {a / b:>6.2f}x {flops:>12.1f} {rate:>12.1f} {flops / rate:>8.0%} {peak:>9.2f}")
 PY
+    done
   done
 done
-
