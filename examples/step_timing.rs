@@ -31,7 +31,7 @@ const BATCH: usize = 8;
 const SEQ: usize = 128;
 
 fn main() -> Res<()> {
-    plasticity::runner::keep_freed_memory();
+    plasticity::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["write", dir, arch, shape] => write(Path::new(dir), arch, shape),

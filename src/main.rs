@@ -7,7 +7,7 @@ use plasticity::app;
 use plasticity::cli::{Cli, Command};
 
 fn main() {
-    plasticity::runner::keep_freed_memory();
+    plasticity::memory::keep_freed_memory();
     let result = match Cli::parse().command {
         Command::Scan(args) => app::scan(args),
         Command::Simulate(args) => app::simulate(args),

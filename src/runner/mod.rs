@@ -12,17 +12,12 @@ use std::collections::HashMap;
 use candle_core::Device;
 
 use crate::discover::CheckpointRef;
-use crate::engine::{Engine, Job, Series};
+use crate::engine::{Engine, Job, Run, Series};
 use crate::error::{one_line, Error, Result};
 use crate::memory;
 use crate::options::ScanOptions;
 use crate::progress::Progress;
-use crate::report::{Report, Reports, SeedFailure};
-use crate::report::{ScanStatus, Status};
-
-pub use crate::engine::lora::{memory_needed, memory_needed_as};
-pub use crate::engine::Run;
-pub use crate::memory::keep_freed_memory;
+use crate::report::{Report, Reports, ScanStatus, SeedFailure, Status};
 
 mod assemble;
 mod merge;
