@@ -17,7 +17,8 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// The scan finished, but at least one checkpoint failed (each is in the report).
     pub const SOME_FAILED: i32 = 3;
-    /// An unexpected internal error (a bug: please report it); EX_SOFTWARE of sysexits.h.
+    /// An unexpected internal error (a bug: please report it), or the system refused what the
+    /// run needs (stdout, a temporary folder, a signal handler); EX_SOFTWARE of sysexits.h.
     pub const INTERNAL: i32 = 70;
     /// Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it); the report holds
     /// every finished checkpoint with status "interrupted".
