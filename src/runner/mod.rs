@@ -1,11 +1,12 @@
-//! Runs the scan: for each checkpoint in step order, open -> tokenize task -> fine-tune ->
-//! result, then rescore and rewrite the reports.
+//! Runs the scan: for each checkpoint in step order, fine-tune it with the scan's engine
+//! (`crate::engine`, one run per seed), then rescore and rewrite the reports.
 //!
 //! A checkpoint that fails (bad config, missing tensor, divergence...) becomes a failed result
 //! with a one-line reason, and the scan goes on. Only one checkpoint's weights are resident per
 //! worker (one worker, or one per `--devices` entry, see `workers.rs`): each model is dropped
-//! before the worker opens the next. This module must not define scores (see `score.rs`) or
-//! formats (see `report/`).
+//! before the worker opens the next. This module orders the work and never asks which kind of
+//! snapshot it holds; it must not define scores (see `score/`), formats (see `report/`) or how
+//! a snapshot is fine-tuned (see `engine/`).
 
 use std::collections::HashMap;
 

@@ -4,7 +4,7 @@
 //!
 //! The series carries its own fine-tuning settings, including a step budget derived from the
 //! theory's predicted escape time of its slowest snapshot. This module writes files only; the
-//! dynamics live in `model/single_index.rs` and the formulas in `theory.rs`.
+//! dynamics live in `single_index/mod.rs` and the formulas in `theory.rs`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
