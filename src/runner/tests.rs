@@ -28,6 +28,21 @@ fn hopeless(step: usize, seed: u64, _rank: usize, _lr: f64) -> f64 {
     5.0 + 1.0 * (-(step as f64) / 20.0).exp() + seed as f64 * 1e-3
 }
 
+/// Deterministic noise in [-1, 1] from (step, seed).
+fn noise(step: usize, seed: u64) -> f64 {
+    let h = (step as u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    ((h >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+}
+
+/// Two snapshots a probe cannot tell apart: the same curve up to a little noise.
+fn twin_a(step: usize, seed: u64, _rank: usize, _lr: f64) -> f64 {
+    1.0 + 3.0 * (-(step as f64) / 40.0).exp() + 0.02 * noise(step, seed)
+}
+
+fn twin_b(step: usize, seed: u64, _rank: usize, _lr: f64) -> f64 {
+    1.0 + 3.0 * (-(step as f64) / 40.0).exp() + 0.02 * noise(step, seed + 7)
+}
+
 /// A higher rank and a higher rate both speed it up.
 fn by_rank_and_lr(step: usize, _seed: u64, rank: usize, lr: f64) -> f64 {
     1.0 + 3.0 * (-(step as f64) * rank as f64 * lr / 0.2).exp()
@@ -237,4 +252,26 @@ fn merging_the_parts_of_a_partitioned_scan_gives_the_full_ranking() {
     assert_eq!(merged.ranking, full.ranking);
     assert_eq!(merged.target_loss, full.target_loss);
     assert_eq!(curves(&merged), curves(&full));
+}
+
+#[test]
+fn settling_continues_the_tied_leaders_from_their_pauses_and_keeps_the_probe() {
+    let (dir, refs) = series(&["a", "b", "c"]);
+    let scripts = [("a", Script::new(twin_a, 1.0)), ("b", Script::new(twin_b, 1.0)), ("c", Script::new(hopeless, 1.0))];
+    let flags = ["--steps", "60", "--seeds", "2", "--budget", "480"];
+    let probe = scan(&options(dir.path(), &flags), scripted(&scripts, 60), &refs);
+    assert_eq!(probe.budget.as_ref().and_then(|b| b.settled), Some(false), "the probe leaves the twins tied");
+    let engine = scripted(&scripts, 60);
+    let log = engine.calls.clone();
+    let settled = scan(&options(dir.path(), &[&flags[..], &["--until-settled"]].concat()), engine, &refs);
+    let settle = settled.budget.as_ref().and_then(|b| b.settle.clone()).expect("settle info");
+    assert!(!settle.rounds.is_empty() && settle.updates_trained > 0, "{settle:?}");
+    let calls = log.lock().unwrap().clone();
+    for name in ["a", "b"] {
+        let resumed: Vec<_> = calls.iter().filter(|c| c.0 == name && c.2.is_some()).collect();
+        assert!(!resumed.is_empty(), "{name} continued: {calls:?}");
+        assert!(resumed.iter().all(|c| c.2.is_some_and(|from| from >= 60 && from < c.3)), "{resumed:?}");
+    }
+    assert_eq!(updates_of(&log, "c"), 2 * 60, "the hopeless snapshot keeps its probe");
+    assert_eq!(curves(&settled), curves(&probe), "the probe's curves stay the probe's");
 }
