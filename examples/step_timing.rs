@@ -32,6 +32,8 @@ const SEQ: usize = 128;
 
 fn main() -> Res<()> {
     plasticity::memory::keep_freed_memory();
+    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse().ok());
+    plasticity::device::configure_cpu_threads(threads.unwrap_or_else(rayon::current_num_threads));
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["write", dir, arch, shape] => write(Path::new(dir), arch, shape),

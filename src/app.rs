@@ -21,7 +21,7 @@ pub fn scan(args: ScanArgs) -> Result<i32> {
 }
 
 fn run_scan(opts: &ScanOptions) -> Result<Report> {
-    configure_threads(opts.threads);
+    crate::device::configure_cpu_threads(opts.threads);
     crate::interrupt::install()?;
     let previous = opts.resume.as_deref().map(Report::read).transpose()?; // before the report files are created
     let reports = Reports::create(&opts.exports)?;
@@ -124,7 +124,7 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
 /// `plasticity probe`: the forecast table (and --against's correlations), optionally as JSON.
 pub fn probe(args: ProbeArgs) -> Result<i32> {
     let opts = options::ProbeOptions::from_args(args)?;
-    configure_threads(opts.threads);
+    crate::device::configure_cpu_threads(opts.threads);
     let report = crate::probe::run(&opts)?;
     let json = serde_json::to_string_pretty(&report).map_err(|source| Error::Encode { what: "report", source })?;
     let stdout_taken = match &opts.json {
@@ -241,11 +241,6 @@ fn append_step_summary(report: &Report) {
 }
 
 /// candle's CPU kernels size their thread pools from RAYON_NUM_THREADS.
-fn configure_threads(threads: usize) {
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-}
-
 /// Human text goes to stdout, or to stderr when a report already uses stdout.
 fn print_text(text: &str, stdout_taken: bool) {
     if stdout_taken {

@@ -138,3 +138,17 @@ pub fn label(device: &Device) -> String {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
     }
 }
+
+/// Sizes the CPU kernels' two thread pools to `threads`: rayon's (the gemm kernel and the fused
+/// kernels) and candle's elementwise pool, which follows `RAYON_NUM_THREADS`. candle's workers
+/// otherwise spin for a while after each operation, on the cores the next matrix product
+/// needs; unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set they park at once (BENCHMARKS.md,
+/// "Where a step spends its time"). Call it before any tensor operation: both pools are built
+/// on first use.
+pub fn configure_cpu_threads(threads: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
+    }
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+}
