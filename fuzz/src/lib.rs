@@ -61,7 +61,7 @@ impl Checkpoint {
     /// Loads the checkpoint as a scan does: config, weights (with the memory estimate a scan
     /// makes first) and adapters.
     pub fn load(&self) {
-        let _ = plasticity::runner::memory_needed(&self.dir, 4, 32);
+        let _ = plasticity::engine::lora::memory_needed(&self.dir, 4, 32);
         let _ = plasticity::model::load(&self.dir, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu);
     }
 }
