@@ -1,5 +1,7 @@
-//! The three commands as sequences of named phases: `scan`, `simulate` and `demo`. Each
-//! returns the exit code; errors travel up to main, which prints them on one line.
+//! The commands `main.rs` dispatches to (`scan`, `report`, `select`, `merge`, `probe`,
+//! `simulate`, `demo`), each a sequence of named phases that returns the exit code; errors
+//! travel up to main, which prints them on one line. This module wires the pipeline together;
+//! it must not train, score or format anything itself.
 
 use std::path::PathBuf;
 

@@ -1,13 +1,15 @@
-//! Devices by name: `--device`/`--devices` values parsed into candle devices, and the labels
-//! and hardware names reports and progress lines show. A CPU build refuses CUDA by name with a
-//! reason; this module never trains and never decides where a snapshot runs.
+//! Devices by name: `--device`/`--devices` values parsed into candle devices, the labels and
+//! hardware names reports and progress lines show, and the sizing of the CPU kernels' thread
+//! pools (`configure_cpu_threads`, once per process). A CPU build refuses CUDA by name with a
+//! reason; this module never trains and never decides which device a snapshot runs on.
 
 use candle_core::{Device, DeviceLocation};
 
 use crate::error::{Error, Result};
 
-/// `--device`: cpu, cuda, cuda:N or auto. A CPU build refuses cuda by name; auto falls back
-/// to the CPU, saying why when this build could have used a GPU.
+/// A device named as `--device` names it (cpu, cuda, cuda:N or auto), opened; for callers
+/// that read the name from elsewhere (the examples' `PLASTICITY_DEVICE`). A CPU build refuses
+/// cuda by name; auto falls back to the CPU, saying why when this build could have used a GPU.
 pub fn parse(value: &str) -> Result<Device> {
     device_for("--device", value)
 }

@@ -1,4 +1,4 @@
-//! The single-index theory of arXiv 2602.02855 (see PAPER.md in the design notes): link
+//! The single-index theory of arXiv 2602.02855 ("When pre-training hurts LoRA fine-tuning"): link
 //! functions, Gauss-Hermite expectations over z ~ N(0, 1), the coefficients A(mu) and B(mu) of
 //! the linearised adapter dynamics around the saddle (u, m) = (0, 0), the escape time tau(mu),
 //! and the predicted escape step. Pure numerics: no tensors, no I/O.

@@ -1,4 +1,4 @@
-//! The paper's experiment (arXiv 2602.02855, design notes PAPER.md): a simulated series where
+//! The paper's experiment (arXiv 2602.02855, "When pre-training hurts LoRA fine-tuning"): a simulated series where
 //! more pre-training makes the rank-1 adapter slower, checked against the linearised theory.
 
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ fn reference() -> (Dir, SimulateSpec) {
     (dir, s)
 }
 
-/// PAPER.md's reference experiment: linear link, d = B = 100, lr = 0.2, m0 = 1/sqrt(d).
+/// The paper's reference experiment: linear link, d = B = 100, lr = 0.2, m0 = 1/sqrt(d).
 #[test]
 fn more_pretraining_makes_the_adapter_slower() {
     let (_dir, spec) = reference();
