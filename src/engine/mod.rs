@@ -236,19 +236,14 @@ impl Kind {
 }
 
 /// The snapshot is of the paper's single-index model (an unreadable config is not).
-pub fn is_simulated(c: &CheckpointRef) -> bool {
+fn is_simulated(c: &CheckpointRef) -> bool {
     matches!(Kind::of(c), Ok((Kind::SingleIndex, _)))
 }
 
 /// Without --task, every checkpoint must be a simulated single-index one.
 fn needs_no_task(checkpoints: &[CheckpointRef]) -> Result<()> {
-    for c in checkpoints {
-        let model_type =
-            crate::model::read_config(&c.path).ok().and_then(|v| v.get("model_type")?.as_str().map(String::from));
-        if model_type.as_deref() != Some(crate::single_index::MODEL_TYPE) {
-            let what = model_type.unwrap_or_else(|| "not a simulated checkpoint".into());
-            return Err(Error::flag("--task", format!("is required: {} is {what}", c.path.display())));
-        }
-    }
-    Ok(())
+    let Some(c) = checkpoints.iter().find(|c| !is_simulated(c)) else { return Ok(()) };
+    let config = crate::model::read_config(&c.path).ok();
+    let what = config.as_ref().and_then(|v| v.get("model_type")?.as_str()).unwrap_or("not a simulated checkpoint");
+    Err(Error::flag("--task", format!("is required: {} is {what}", c.path.display())))
 }
