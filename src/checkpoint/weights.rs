@@ -186,20 +186,10 @@ impl WeightStore {
         names
     }
 
-    /// Bytes the weights take once converted to f32, from the headers alone.
-    pub fn f32_bytes(&self) -> u64 {
-        self.bytes_as(DType::F32)
-    }
-
     /// Bytes the weights take once converted to `dtype`, from the headers alone.
     pub fn bytes_as(&self, dtype: DType) -> u64 {
         let bytes = |e: &Entry| e.shape.iter().fold(dtype.size_in_bytes() as u64, |n, &d| n.saturating_mul(d as u64));
         self.entries.values().fold(0u64, |sum, e| sum.saturating_add(bytes(e)))
-    }
-
-    /// Total bytes of the weights on disk.
-    pub fn bytes_on_disk(&self) -> usize {
-        self.entries.values().map(|e| e.end - e.start).sum()
     }
 
     /// The dtype tensors are read as.

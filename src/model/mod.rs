@@ -184,8 +184,3 @@ pub(crate) fn finish(model: Box<dyn CausalLm>, ctx: LoraCtx, parts: Parts) -> Re
         dropout,
     })
 }
-
-/// Ids as the u32 tensor the models take.
-pub fn ids_tensor(ids: &[u32], b: usize, t: usize, device: &Device) -> candle_core::Result<Tensor> {
-    Tensor::from_slice(ids, (b, t), device)?.to_dtype(DType::U32)
-}
