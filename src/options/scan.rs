@@ -15,7 +15,7 @@ use super::{at_least, default_threads, finite_positive};
 use crate::cli::{Dtype, ScanArgs, Strategy};
 use crate::error::{Error, Result};
 use crate::lora::{AdapterInit, LoraSpec};
-use crate::report::{Format, Output};
+use crate::report::{Format, HoursUnit, Output};
 use crate::score::budget::{Budget, DEFAULT_BUDGET};
 use crate::score::TargetSpec;
 use crate::train::TrainSpec;
@@ -218,11 +218,11 @@ impl ScanOptions {
     }
 
     /// "device-hours" on a CPU, "GPU-hours" on a GPU.
-    pub fn hours_label(&self) -> &'static str {
+    pub fn hours_unit(&self) -> HoursUnit {
         if self.device.is_cpu() {
-            "device-hours"
+            HoursUnit::DeviceHours
         } else {
-            "GPU-hours"
+            HoursUnit::GpuHours
         }
     }
 }

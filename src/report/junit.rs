@@ -34,7 +34,7 @@ impl Exporter for Junit {
 }
 
 fn properties(report: &Report) -> String {
-    let mut props = vec![("tool_version", report.tool.version.clone()), ("hours_unit", report.hours_unit.clone())];
+    let mut props = vec![("tool_version", report.tool.version.clone()), ("hours_unit", report.hours_unit.to_string())];
     if let Some(t) = report.target_loss {
         props.push(("target_loss", t.to_string()));
     }

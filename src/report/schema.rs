@@ -83,6 +83,36 @@ string_enum! {
 }
 
 string_enum! {
+    /// Where the task gap's pre-training loss comes from.
+    GapSource {
+        /// The loss on `--pretrain-sample`, measured by the scan.
+        PretrainSample = "pretrain_sample",
+        /// The last loss in each snapshot's trainer_state.json.
+        TrainerState = "trainer_state",
+    }
+}
+
+string_enum! {
+    /// What the task gap does along the series, at 95%.
+    #[derive(Default)]
+    Trend {
+        Widens = "widens",
+        Narrows = "narrows",
+        /// The slope's interval holds zero, or there are only two snapshots.
+        #[default]
+        NoClearTrend = "no clear trend",
+    }
+}
+
+string_enum! {
+    /// The unit of every time-to-target figure: "device-hours" when the device is a CPU.
+    HoursUnit {
+        DeviceHours = "device-hours",
+        GpuHours = "GPU-hours",
+    }
+}
+
+string_enum! {
     /// The kind of device a scan fine-tuned on.
     DeviceKind {
         Cpu = "cpu",
@@ -103,7 +133,7 @@ pub struct Report {
     pub settings: serde_json::Value,
     pub device: DeviceInfo,
     /// "device-hours" on a CPU, "GPU-hours" on a GPU.
-    pub hours_unit: String,
+    pub hours_unit: HoursUnit,
     /// The target eval loss when one loss is shared by all checkpoints (not with --target-drop).
     pub target_loss: Option<f64>,
     /// How the target was chosen: kind "loss", "drop" (value = the loss drop required) or "median_final".
@@ -288,8 +318,8 @@ pub struct SweepCheckpoint {
 /// The task gap (zero-shot task loss minus pre-training loss) across the series.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskDistance {
-    /// Where the pre-training loss comes from: "pretrain_sample" or "trainer_state".
-    pub source: String,
+    /// Where the pre-training loss comes from.
+    pub source: GapSource,
     /// Least-squares slope of the gap against the step, per 1,000 steps.
     pub gap_slope_per_1k_steps: f64,
     /// Its 95% confidence interval (Student's t, n - 2 degrees of freedom); null with two snapshots.
@@ -297,9 +327,9 @@ pub struct TaskDistance {
     pub slope_ci95: Option<[f64; 2]>,
     pub first_gap: f64,
     pub last_gap: f64,
-    /// "widens" or "narrows" when the interval excludes zero, else "no clear trend".
+    /// Widens or narrows when the interval excludes zero.
     #[serde(default)]
-    pub trend: String,
+    pub trend: Trend,
     /// trend is "widens".
     pub widening: bool,
     pub summary: String,

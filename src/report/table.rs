@@ -357,7 +357,7 @@ fn context_notes(report: &Report) -> Vec<String> {
         notes.push(format!("means over {n} seeds; [low, high] is the 95% confidence interval"));
     }
     if let Some(d) = &report.task_distance {
-        let source = if d.source == "pretrain_sample" {
+        let source = if d.source == super::GapSource::PretrainSample {
             "the --pretrain-sample loss"
         } else {
             "the last loss in trainer_state.json"

@@ -10,7 +10,7 @@ use crate::report::{
     gates, BudgetInfo, CheckpointReport, DeviceInfo, ForecastReport, Pretraining, RaceInfo, Report, SeedFailure,
     SeedRun, SettleInfo, StoppedInfo, TargetInfo, TaskDistance, Tool, SCHEMA_VERSION,
 };
-use crate::report::{DeviceKind, ScanStatus, Status, TargetKind};
+use crate::report::{DeviceKind, GapSource, HoursUnit, ScanStatus, Status, TargetKind, Trend};
 use crate::score::budget::Budget;
 use crate::score::stats::Slope;
 use crate::score::{self, pretrain, Estimate, RunSummary, Score, Target, TargetSpec};
@@ -23,7 +23,7 @@ pub(super) struct Context {
     pub fail_if_last_slower: Option<f64>,
     pub settings: serde_json::Value,
     pub device: DeviceInfo,
-    pub hours_unit: String,
+    pub hours_unit: HoursUnit,
     pub race: Option<RaceInfo>,
     /// The fine-tune the ranking answers for, and the probe's length in updates.
     pub budget: Option<Budget>,
@@ -46,7 +46,7 @@ impl Scan<'_> {
             fail_if_last_slower: self.opts.fail_if_last_slower,
             settings: settings_json(self.opts),
             device: device_info(self.opts),
-            hours_unit: self.opts.hours_label().into(),
+            hours_unit: self.opts.hours_unit(),
             race: self.race_info(),
             budget: Some(self.opts.budget),
             probe_steps: self.opts.train.steps,
@@ -183,7 +183,7 @@ pub(super) fn assemble(results: &[CheckpointResult], ctx: &Context, status: Scan
         status,
         settings: ctx.settings.clone(),
         device: ctx.device.clone(),
-        hours_unit: ctx.hours_unit.clone(),
+        hours_unit: ctx.hours_unit,
         target_loss: target.filter(|t| !matches!(t.spec, TargetSpec::Drop(_))).map(|t| t.value),
         target: target.map(|t| target_info(t, results)),
         price_per_device_hour: ctx.price_per_hour,
@@ -361,34 +361,33 @@ fn task_distance(checkpoints: &[CheckpointReport]) -> Option<TaskDistance> {
     let (first, last) = (points[0], points[points.len() - 1]);
     let ci = fit.ci95.map(|(lo, hi)| [1000.0 * lo, 1000.0 * hi]);
     let trend = match fit.sign() {
-        1 => "widens",
-        -1 => "narrows",
-        _ => "no clear trend",
+        1 => Trend::Widens,
+        -1 => Trend::Narrows,
+        _ => Trend::NoClearTrend,
     };
     let slope = match ci {
         Some([lo, hi]) => format!("{:+.4} per 1,000 steps, 95% interval [{lo:+.4}, {hi:+.4}]", 1000.0 * fit.slope),
         None => format!("{:+.4} per 1,000 steps", 1000.0 * fit.slope),
     };
     let verdict = match (trend, fit.n) {
-        ("widens", _) => {
+        (Trend::Widens, _) => {
             "it widens: the later the snapshot, the further the task is from its pre-training data".to_string()
         }
-        ("narrows", _) => {
+        (Trend::Narrows, _) => {
             "it narrows: the later the snapshot, the closer the task is to its pre-training data".to_string()
         }
         (_, 2) => "two snapshots cannot show a trend".to_string(),
         _ => "no clear trend: the slope's interval holds zero".to_string(),
     };
     let summary = format!("the task gap (zero-shot task loss minus pre-training loss) goes from {:.4} at step {} to {:.4} at step {} ({slope}); {verdict}", first.1, first.0, last.1, last.0);
-    let source = if sample { "pretrain_sample" } else { "trainer_state" };
     Some(TaskDistance {
-        source: source.into(),
+        source: if sample { GapSource::PretrainSample } else { GapSource::TrainerState },
         gap_slope_per_1k_steps: 1000.0 * fit.slope,
         slope_ci95: ci,
         first_gap: first.1,
         last_gap: last.1,
-        trend: trend.into(),
-        widening: trend == "widens",
+        trend,
+        widening: trend == Trend::Widens,
         summary,
     })
 }

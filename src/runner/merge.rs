@@ -33,7 +33,7 @@ pub fn merge(parts: Vec<(PathBuf, Report)>) -> Result<(Report, Vec<String>)> {
         price_per_hour: settings["price_per_device_hour"].as_f64(),
         fail_if_last_slower: settings["fail_if_last_slower"].as_f64(),
         device: first.device.clone(),
-        hours_unit: first.hours_unit.clone(),
+        hours_unit: first.hours_unit,
         race: None,
         budget: serde_json::from_value(settings["budget"].clone()).ok(),
         probe_steps: settings["train"]["steps"].as_u64().unwrap_or(0) as usize,

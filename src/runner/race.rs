@@ -231,7 +231,7 @@ impl Scan<'_> {
             })
             .collect();
         let spec = self.opts.target.unwrap_or_else(|| super::assemble::series_target(&self.results));
-        let verdicts = race::decide(&entrants, spec, rung, budget, self.opts.hours_label());
+        let verdicts = race::decide(&entrants, spec, rung, budget, self.opts.hours_unit().as_str());
         for (&i, verdict) in live.iter().zip(verdicts) {
             if let Verdict::Stop(reason) = verdict {
                 field[i].stopped = Some(Stopped { at_step: rung, rung: rung_index, reason });

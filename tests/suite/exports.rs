@@ -57,7 +57,7 @@ fn report() -> Report {
         status: ScanStatus::Complete,
         settings: serde_json::json!({"dir": "runs"}),
         device: DeviceInfo { kind: DeviceKind::Cpu, name: "Test CPU".into(), threads: 2, workers: 1 },
-        hours_unit: "device-hours".into(),
+        hours_unit: plasticity::report::HoursUnit::DeviceHours,
         target_loss: Some(3.5),
         target: Some(TargetInfo { kind: TargetKind::Loss, value: 3.5, set_by: Vec::new() }),
         price_per_device_hour: None,

@@ -60,7 +60,7 @@ fn report(mut checkpoints: Vec<CheckpointReport>) -> Report {
         status: ScanStatus::Complete,
         settings: serde_json::json!({}),
         device: DeviceInfo { kind: DeviceKind::Cpu, name: "cpu".into(), threads: 1, workers: 1 },
-        hours_unit: "device-hours".into(),
+        hours_unit: plasticity::report::HoursUnit::DeviceHours,
         target_loss: Some(3.0),
         target: None,
         price_per_device_hour: None,
