@@ -69,6 +69,16 @@ string_enum! {
 }
 
 string_enum! {
+    /// Why one seed's run of a checkpoint that others finished did not finish.
+    SeedStatus {
+        /// An error ended it (a bug, caught).
+        Failed = "failed",
+        /// The training loss became NaN or infinite.
+        Diverged = "diverged",
+    }
+}
+
+string_enum! {
     /// How the target loss was chosen.
     #[derive(Default)]
     TargetKind {
@@ -433,7 +443,7 @@ pub struct SeedFailure {
     pub seed: u64,
     pub data_seed: u64,
     /// "diverged" (the training loss became NaN or infinite) or "failed".
-    pub status: Status,
+    pub status: SeedStatus,
     pub error: String,
 }
 

@@ -18,7 +18,7 @@ use crate::error::{one_line, Error, Result};
 use crate::memory;
 use crate::options::ScanOptions;
 use crate::progress::Progress;
-use crate::report::{Report, Reports, ScanStatus, SeedFailure, Status};
+use crate::report::{Report, Reports, ScanStatus, SeedFailure, SeedStatus, Status};
 
 mod assemble;
 mod merge;
@@ -229,7 +229,7 @@ pub(super) fn seeds_outcome(
     let records = failures
         .into_iter()
         .map(|(seed, data_seed, e)| {
-            let status = if matches!(e, Error::Diverged { .. }) { Status::Diverged } else { Status::Failed };
+            let status = if matches!(e, Error::Diverged { .. }) { SeedStatus::Diverged } else { SeedStatus::Failed };
             progress.println(&format!(
                 "warning: checkpoint {name}: seed {seed} {status} ({}); it is scored on the other seeds",
                 one_line(&e)

@@ -11,7 +11,7 @@ use crate::discover::CheckpointRef;
 use crate::engine::scripted::{updates_of, Script, Scripted};
 use crate::engine::Schedule;
 use crate::options::ScanOptions;
-use crate::report::{Report, Reports, ScanStatus, Status};
+use crate::report::{Report, Reports, ScanStatus, SeedStatus, Status};
 
 /// Converges fast to 1.0; the seed shifts it a little.
 fn fast(step: usize, seed: u64, _rank: usize, _lr: f64) -> f64 {
@@ -117,7 +117,7 @@ fn a_broken_snapshot_fails_alone_and_a_diverged_seed_is_recorded() {
     let b = &report.checkpoints[1];
     assert_eq!((b.status, b.seeds_ok), (Status::Ok, 1));
     assert_eq!(b.seed_failures.len(), 1);
-    assert_eq!((b.seed_failures[0].seed, b.seed_failures[0].status), (1, Status::Diverged));
+    assert_eq!((b.seed_failures[0].seed, b.seed_failures[0].status), (1, SeedStatus::Diverged));
     assert_eq!(report.checkpoints[2].status, Status::Ok);
 }
 
@@ -130,7 +130,7 @@ fn a_seed_that_hits_a_bug_fails_alone_with_the_panic_message() {
     let a = &report.checkpoints[0];
     assert_eq!((a.status, a.seeds_ok), (Status::Ok, 1), "the other seed scores it");
     let failure = &a.seed_failures[0];
-    assert_eq!((failure.seed, failure.status), (0, Status::Failed));
+    assert_eq!((failure.seed, failure.status), (0, SeedStatus::Failed));
     assert_eq!(failure.error, "internal error (a panic, please report it): scripted bug at step 10");
 }
 
