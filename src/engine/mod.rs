@@ -157,18 +157,18 @@ impl<'a> Series<'a> {
         Ok(Series { lora, single_index: single_index::SingleIndexEngine::new(opts) })
     }
 
-    fn engine_for(&self, c: &CheckpointRef) -> &dyn Engine {
-        if is_simulated(c) {
-            &self.single_index
-        } else {
-            &self.lora
-        }
+    /// The engine of `c`'s kind; a config.json that cannot be read fails here, first.
+    fn engine_for(&self, c: &CheckpointRef) -> Result<&dyn Engine> {
+        Ok(match Kind::of(c)?.0 {
+            Kind::SingleIndex => &self.single_index,
+            Kind::LanguageModel => &self.lora,
+        })
     }
 }
 
 impl Engine for Series<'_> {
     fn steps(&self, c: &CheckpointRef) -> Result<usize> {
-        self.engine_for(c).steps(c)
+        self.engine_for(c)?.steps(c)
     }
 
     /// A race needs a series of one kind.
@@ -199,10 +199,7 @@ impl Engine for Series<'_> {
         let engine: &dyn Engine = match &from {
             Some(p) if p.is::<crate::single_index::Paused>() => &self.single_index,
             Some(_) => &self.lora,
-            None => {
-                crate::model::read_config(&job.checkpoint.path)?; // a broken config fails first
-                self.engine_for(job.checkpoint)
-            }
+            None => self.engine_for(job.checkpoint)?,
         };
         engine.advance(job, from, until, on_step)
     }
@@ -212,7 +209,7 @@ impl Engine for Series<'_> {
     }
 
     fn fixed_rank(&self, c: &CheckpointRef) -> Option<usize> {
-        self.engine_for(c).fixed_rank(c)
+        self.engine_for(c).ok()?.fixed_rank(c)
     }
 }
 

@@ -172,13 +172,11 @@ impl<'a> Scan<'a> {
         progress: &Progress,
     ) -> Result<(Vec<Run>, Vec<SeedFailure>)> {
         let (o, mut runs, mut failures) = (self.opts, Vec::new(), Vec::new());
+        let until = self.engine.steps(c)?; // a broken config fails the checkpoint, not a seed
         for i in 0..o.seeds as u64 {
             let job =
                 Job { checkpoint: c, device, seed: o.seed.wrapping_add(i), data_seed: o.data_seed.wrapping_add(i) };
-            let run = caught(|| {
-                let until = self.engine.steps(c)?;
-                Ok(self.engine.advance(&job, None, until, &mut |ev| progress.step(ev))?.0)
-            });
+            let run = caught(|| Ok(self.engine.advance(&job, None, until, &mut |ev| progress.step(ev))?.0));
             match run {
                 Ok(run) => runs.push(run),
                 Err(e) if seed_failure(&e) => failures.push((job.seed, job.data_seed, e)),
