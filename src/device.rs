@@ -141,14 +141,18 @@ pub fn label(device: &Device) -> String {
     }
 }
 
-/// Sizes the CPU kernels' two thread pools to `threads`: rayon's (the gemm kernel and the fused
-/// kernels) and candle's elementwise pool, which follows `RAYON_NUM_THREADS`. candle's workers
-/// otherwise spin for a while after each operation, on the cores the next matrix product
-/// needs; unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set they park at once (BENCHMARKS.md,
-/// "Where a step spends its time"). Call it before any tensor operation: both pools are built
-/// on first use.
+/// Sizes the CPU kernels' thread pools to `threads`. Rayon's pool runs the shards of a batch
+/// (`train::shard`), the gemm kernel and the fused kernels. candle's own elementwise pool gets
+/// no workers unless `CANDLE_NUM_THREADS` is set: the shards already keep every thread busy, and
+/// its workers spinning after each operation took the cores the next matrix product needed
+/// (BENCHMARKS.md, "Where a step spends its time"); when it is set, they park at once unless
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set too. Call it before any tensor operation: the pools
+/// are built on first use.
 pub fn configure_cpu_threads(threads: usize) {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
     }

@@ -5,7 +5,7 @@
 //! device cannot be seeded, and a paused fine-tune must resume with the very masks it would
 //! have drawn. This module knows no architecture and must not decide where dropout goes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
@@ -17,6 +17,8 @@ use rand_chacha::ChaCha8Rng;
 pub struct DropoutState {
     rng: Arc<Mutex<ChaCha8Rng>>,
     training: Arc<AtomicBool>,
+    /// Sites that drop with a probability above 0.
+    sites: Arc<AtomicUsize>,
 }
 
 impl DropoutState {
@@ -25,12 +27,22 @@ impl DropoutState {
         DropoutState {
             rng: Arc::new(Mutex::new(crate::rng::stream(seed, crate::rng::Stream::Dropout, 0))),
             training: Arc::new(AtomicBool::new(true)),
+            sites: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// A site dropping with probability `p`; None when p is 0 (nothing to draw).
     pub fn site(&self, p: f64) -> Option<Dropout> {
-        (p > 0.0).then(|| Dropout { p, state: self.clone() })
+        (p > 0.0).then(|| {
+            self.sites.fetch_add(1, Ordering::Relaxed);
+            Dropout { p, state: self.clone() }
+        })
+    }
+
+    /// Whether a forward pass now draws masks: training, with at least one site. Passes that
+    /// draw must run one after another to draw the same masks every time.
+    pub fn draws(&self) -> bool {
+        self.training.load(Ordering::Relaxed) && self.sites.load(Ordering::Relaxed) > 0
     }
 
     /// Dropout on (training) or off (evaluation).

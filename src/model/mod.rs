@@ -89,6 +89,11 @@ impl LoadedModel {
         4.0 * self.matmul_params as f64 + 12.0 * (self.layers * seq_len * self.hidden) as f64
     }
 
+    /// Whether a forward pass now draws dropout masks (see [`crate::dropout::DropoutState::draws`]).
+    pub fn draws_dropout(&self) -> bool {
+        self.dropout.draws()
+    }
+
     /// The state of the dropout generator.
     pub fn dropout_state(&self) -> rand_chacha::ChaCha8Rng {
         self.dropout.rng()

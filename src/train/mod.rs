@@ -9,6 +9,7 @@
 pub mod head_loss;
 pub mod loss;
 pub mod optim;
+pub mod shard;
 
 use std::time::Instant;
 
@@ -112,13 +113,21 @@ pub struct Trainer<'a> {
     opt: AdamW,
     spec: TrainSpec,
     updates: usize,
+    shard_tokens: usize,
 }
 
 impl<'a> Trainer<'a> {
     pub fn new(model: &'a LoadedModel, spec: &TrainSpec) -> Result<Self> {
         let vars: Vec<Var> = model.adapters.iter().flat_map(|a| [a.a.clone(), a.b.clone()]).collect();
         let opt = AdamW::new(&vars, spec.optimizer)?;
-        Ok(Trainer { model, vars, opt, spec: spec.clone(), updates: 0 })
+        Ok(Trainer { model, vars, opt, spec: spec.clone(), updates: 0, shard_tokens: shard::SHARD_TOKENS })
+    }
+
+    /// Cuts each batch into shards of about `tokens` tokens ([`shard::SHARD_TOKENS`] unless
+    /// set): the losses change only by rounding, as the tests check.
+    pub fn with_shard_tokens(mut self, tokens: usize) -> Self {
+        self.shard_tokens = tokens;
+        self
     }
 
     /// The constant schedule with linear warm-up of transformers (`lr * s / warmup` for update s < warmup).
@@ -134,19 +143,15 @@ impl<'a> Trainer<'a> {
     pub fn step(&mut self, micro: &[Batch]) -> Result<(f64, f64)> {
         self.model.set_training(true);
         let tokens: f64 = micro.iter().map(Batch::loss_tokens).sum::<candle_core::Result<f64>>().ctx("loss tokens")?;
-        let mut grads: Option<candle_core::backprop::GradStore> = None;
-        let mut loss_total = 0.0;
-        for batch in micro {
-            let (sum, _) = model_loss_sum(self.model.model.as_ref(), batch, true).ctx("forward pass")?;
-            let loss = (sum / tokens.max(1.0)).ctx("loss")?;
-            loss_total += loss.to_scalar::<f32>().ctx("loss")? as f64;
-            let g = loss.backward().ctx("backward pass")?;
-            grads = Some(match grads {
-                None => g,
-                Some(acc) => add_grads(acc, g, &self.vars)?,
-            });
+        if micro.is_empty() {
+            return Err(Error::internal("no micro-batches"));
         }
-        let mut grads = grads.ok_or_else(|| Error::internal("no micro-batches"))?;
+        let (mut grads, mut loss_total) = (candle_core::backprop::GradStore::default(), 0.0);
+        for batch in micro {
+            let (loss, g) = shard::loss_and_grads(self.model, (batch, self.shard_tokens), tokens, &self.vars)?;
+            loss_total += loss;
+            grads = add_grads(grads, g, &self.vars)?;
+        }
         let norm = clip_grad_norm(&mut grads, &self.vars, self.spec.max_grad_norm)?;
         let lr = self.lr();
         self.opt.step(&grads, lr)?;
@@ -201,9 +206,8 @@ pub fn eval_loss(model: &LoadedModel, blocks: &[Block], batch: usize) -> Result<
     let (mut sum, mut count) = (0.0, 0.0);
     for chunk in blocks.chunks(batch.max(1)) {
         let refs: Vec<&Block> = chunk.iter().collect();
-        let batch = Batch::from_blocks(&refs, &device)?;
-        let (s, c) = model_loss_sum(model.model.as_ref(), &batch, false).ctx("eval forward pass")?;
-        sum += s.to_dtype(DType::F64).and_then(|s| s.to_scalar::<f64>()).ctx("eval loss")?;
+        let (s, c) = shard::eval_sum(model, &Batch::from_blocks(&refs, &device)?)?;
+        sum += s;
         count += c;
     }
     Ok(sum / count.max(1.0))

@@ -1,6 +1,7 @@
 //! LoRA training matches PEFT: from the same saved adapter and on the same batches, every
 //! step's loss is within 1e-3 relative (in practice far closer), as are the clipped grad
-//! norms and the adapter weights after ten AdamW steps.
+//! norms and the adapter weights after ten AdamW steps; with each batch whole and cut into
+//! shards of one sequence. A sharded step gives the same numbers on 1 thread as on 4.
 
 use candle_core::{DType, Device};
 use plasticity::lora::{AdapterInit, PeftConfig};
@@ -23,20 +24,29 @@ pub(super) fn spec(expected: &serde_json::Value) -> TrainSpec {
 }
 
 fn check(name: &str) {
+    check_in_shards(name, plasticity::train::shard::SHARD_TOKENS); // the whole batch of 4 x 32
+    check_in_shards(name, 32); // four shards of one sequence, on as many threads
+}
+
+fn check_in_shards(name: &str, shard_tokens: usize) {
     let dir = fixtures().join("peft").join(name);
     let expected = json(&dir.join("expected.json"));
     let lora = PeftConfig::read(&dir).unwrap().spec(&dir).unwrap();
     let model = load_with(&model_dir(name), &lora, &AdapterInit::Peft(dir.clone()));
     let batches = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu).unwrap();
     let ids = batches["input_ids"].to_dtype(DType::U32).unwrap(); // (steps, b, t)
-    let mut trainer = Trainer::new(&model, &spec(&expected)).unwrap();
+    let mut trainer = Trainer::new(&model, &spec(&expected)).unwrap().with_shard_tokens(shard_tokens);
     let (want_loss, want_norm) = (floats(&expected["losses"]), floats(&expected["grad_norms"]));
     for step in 0..want_loss.len() {
         let step_ids = ids.get(step).unwrap();
         let labels = step_ids.ones_like().unwrap().to_dtype(DType::F32).unwrap();
         let (loss, norm) = trainer.step(&[Batch { ids: step_ids, labels }]).unwrap();
         let rel = (loss - want_loss[step]).abs() / want_loss[step];
-        assert!(rel < 1e-3, "{name} step {step}: loss {loss} vs PEFT {}", want_loss[step]);
+        assert!(
+            rel < 1e-3,
+            "{name} in {shard_tokens}-token shards, step {step}: loss {loss} vs PEFT {}",
+            want_loss[step]
+        );
         let rel = (norm - want_norm[step]).abs() / want_norm[step];
         assert!(rel < 1e-3, "{name} step {step}: grad norm {norm} vs PEFT {}", want_norm[step]);
     }
@@ -69,4 +79,35 @@ fn gpt_neox_training_matches_peft() {
 #[test]
 fn gpt2_training_matches_peft() {
     check("gpt2");
+}
+
+/// The losses, grad norms and adapters of three sharded steps, on a pool of `threads`.
+fn sharded_run(threads: usize) -> (Vec<(f64, f64)>, Vec<Vec<f32>>) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        let dir = fixtures().join("peft").join("llama_gqa");
+        let expected = json(&dir.join("expected.json"));
+        let lora = PeftConfig::read(&dir).unwrap().spec(&dir).unwrap();
+        let model = load_with(&model_dir("llama_gqa"), &lora, &AdapterInit::Peft(dir.clone()));
+        let ids = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu).unwrap()["input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap();
+        let mut trainer = Trainer::new(&model, &spec(&expected)).unwrap().with_shard_tokens(32);
+        let steps = (0..3)
+            .map(|step| {
+                let step_ids = ids.get(step).unwrap();
+                let labels = step_ids.ones_like().unwrap().to_dtype(DType::F32).unwrap();
+                trainer.step(&[Batch { ids: step_ids, labels }]).unwrap()
+            })
+            .collect();
+        let adapters = model.adapters.iter().map(|a| a.b.as_tensor().flatten_all().unwrap().to_vec1().unwrap());
+        (steps, adapters.collect())
+    })
+}
+
+#[test]
+fn sharded_steps_do_not_depend_on_the_thread_count() {
+    let (one, four) = (sharded_run(1), sharded_run(4));
+    assert_eq!(one, four);
+    assert!(one.1.iter().flatten().any(|&w| w != 0.0), "the adapters did not train");
 }
