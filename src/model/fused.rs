@@ -97,12 +97,15 @@ impl CustomOp3 for NormOp {
         let (x, w, b, n) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?, rows(l1)?);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
-            with_avx2(|| {
-                let (mean, rstd) = self.stats(row);
-                for (((o, &v), &wi), &bi) in out.iter_mut().zip(row).zip(w).zip(b) {
-                    *o = (v - mean) * rstd * wi + bi;
-                }
-            })
+            with_avx2(
+                #[inline(always)]
+                || {
+                    let (mean, rstd) = self.stats(row);
+                    for (((o, &v), &wi), &bi) in out.iter_mut().zip(row).zip(w).zip(b) {
+                        *o = (v - mean) * rstd * wi + bi;
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -142,20 +145,23 @@ impl CustomOp3 for NormGrad {
         let mut dx = vec![0f32; x.len()];
         let nf = n as f32;
         dx.par_chunks_mut(n).zip(x.par_chunks(n)).zip(dy.par_chunks(n)).for_each(|((out, row), dyr)| {
-            with_avx2(|| {
-                let (mean, rstd) = self.0.stats(row);
-                let (mut g_sum, mut gx_sum) = (0f32, 0f32);
-                for ((&v, &d), &wi) in row.iter().zip(dyr).zip(w) {
-                    let g = d * wi;
-                    g_sum += g;
-                    gx_sum += g * (v - mean) * rstd;
-                }
-                let g_mean = if self.0.centered { g_sum / nf } else { 0.0 };
-                let gx_mean = gx_sum / nf;
-                for (((o, &v), &d), &wi) in out.iter_mut().zip(row).zip(dyr).zip(w) {
-                    *o = rstd * (d * wi - g_mean - (v - mean) * rstd * gx_mean);
-                }
-            })
+            with_avx2(
+                #[inline(always)]
+                || {
+                    let (mean, rstd) = self.0.stats(row);
+                    let (mut g_sum, mut gx_sum) = (0f32, 0f32);
+                    for ((&v, &d), &wi) in row.iter().zip(dyr).zip(w) {
+                        let g = d * wi;
+                        g_sum += g;
+                        gx_sum += g * (v - mean) * rstd;
+                    }
+                    let g_mean = if self.0.centered { g_sum / nf } else { 0.0 };
+                    let gx_mean = gx_sum / nf;
+                    for (((o, &v), &d), &wi) in out.iter_mut().zip(row).zip(dyr).zip(w) {
+                        *o = rstd * (d * wi - g_mean - (v - mean) * rstd * gx_mean);
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -249,7 +255,12 @@ impl CustomOp1 for ActOp {
         let x = data(s, l)?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| {
-            with_avx2(|| per_act!(self.0, a => o.iter_mut().zip(i).for_each(|(o, &v)| *o = a.eval(v).0)))
+            let n = o.len();
+            let i = &i[..n];
+            with_avx2(
+                #[inline(always)]
+                || per_act!(self.0, a => for k in 0..n { o[k] = a.eval(i[k]).0 }),
+            )
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -277,8 +288,11 @@ impl CustomOp2 for ActGrad {
         let (x, dy) = (data(s1, l1)?, data(s2, l2)?);
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(4096).zip(x.par_chunks(4096)).zip(dy.par_chunks(4096)).for_each(|((o, i), d)| {
+            let n = o.len();
+            let (i, d) = (&i[..n], &d[..n]);
             with_avx2(
-                || per_act!(self.0, a => o.iter_mut().zip(i).zip(d).for_each(|((o, &v), &g)| *o = g * a.eval(v).1)),
+                #[inline(always)]
+                || per_act!(self.0, a => for k in 0..n { o[k] = d[k] * a.eval(i[k]).1 }),
             );
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
@@ -311,8 +325,11 @@ impl CustomOp2 for GatedOp {
         let (g, u) = (data(s1, l1)?, data(s2, l2)?);
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| {
+            let n = o.len();
+            let (g, u) = (&g[..n], &u[..n]);
             with_avx2(
-                || per_act!(self.0, a => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = a.eval(g).0 * u)),
+                #[inline(always)]
+                || per_act!(self.0, a => for k in 0..n { o[k] = a.eval(g[k]).0 * u[k] }),
             );
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -357,15 +374,19 @@ impl CustomOp3 for GatedGrad {
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(
             |((o, g), (u, d))| {
-                let wrt_gate = self.wrt_gate;
-                with_avx2(|| {
-                    per_act!(self.act, a => {
-                        for (((o, &g), &u), &d) in o.iter_mut().zip(g).zip(u).zip(d) {
-                            let (f, df) = a.eval(g);
-                            *o = if wrt_gate { d * u * df } else { d * f };
-                        }
-                    })
-                });
+                let (wrt_gate, n) = (self.wrt_gate, o.len());
+                let (g, u, d) = (&g[..n], &u[..n], &d[..n]);
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        per_act!(self.act, a => {
+                            for k in 0..n {
+                                let (f, df) = a.eval(g[k]);
+                                o[k] = if wrt_gate { d[k] * u[k] * df } else { d[k] * f };
+                            }
+                        })
+                    },
+                );
             },
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))

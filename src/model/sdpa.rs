@@ -195,12 +195,15 @@ impl Attention {
                     gemm_strided(dv_g, (d, 1), p, (1, t), doh, (h * d, 1), (t, t, d), Accumulate::Yes, 1.0);
                     // dp = dout v^T, then ds = p * (dp - rowsum(dp * p))
                     gemm_strided(&mut ds, (t, 1), doh, (h * d, 1), vh, (1, d), (t, d, t), Accumulate::No, 1.0);
-                    with_avx2(|| {
-                        for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                            let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
-                            ds_row.iter_mut().zip(p_row).for_each(|(x, &pi)| *x = pi * (*x - dot));
-                        }
-                    });
+                    with_avx2(
+                        #[inline(always)]
+                        || {
+                            for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                                let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                                ds_row.iter_mut().zip(p_row).for_each(|(x, &pi)| *x = pi * (*x - dot));
+                            }
+                        },
+                    );
                     // dq = ds k * scale; dk += ds^T q * scale
                     gemm_strided(dq_h, (d, 1), &ds, (t, 1), kh, (d, 1), (t, t, d), Accumulate::No, self.scale);
                     gemm_strided(dk_g, (d, 1), &ds, (1, t), qh, (d, 1), (t, t, d), Accumulate::Yes, self.scale);
@@ -212,7 +215,10 @@ impl Attention {
 
 /// softmax(row * scale + mask) in place; -inf mask entries get exactly 0.
 fn masked_softmax(row: &mut [f32], mask: &[f32], scale: f32) {
-    with_avx2(|| masked_softmax_body(row, mask, scale))
+    with_avx2(
+        #[inline(always)]
+        || masked_softmax_body(row, mask, scale),
+    )
 }
 
 #[inline(always)]
