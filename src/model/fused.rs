@@ -379,10 +379,13 @@ impl CustomOp3 for GatedGrad {
                 with_avx2(
                     #[inline(always)]
                     || {
-                        per_act!(self.act, a => {
+                        per_act!(self.act, a => if wrt_gate {
                             for k in 0..n {
-                                let (f, df) = a.eval(g[k]);
-                                o[k] = if wrt_gate { d[k] * u[k] * df } else { d[k] * f };
+                                o[k] = d[k] * u[k] * a.eval(g[k]).1;
+                            }
+                        } else {
+                            for k in 0..n {
+                                o[k] = d[k] * a.eval(g[k]).0;
                             }
                         })
                     },
