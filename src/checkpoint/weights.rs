@@ -302,6 +302,10 @@ impl<'a> Weights<'a> {
         self.store.contains(&self.path(name))
     }
 
+    pub fn dtype(&self) -> DType {
+        self.store.dtype()
+    }
+
     pub fn device(&self) -> &Device {
         self.store.device()
     }

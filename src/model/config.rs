@@ -87,7 +87,10 @@ pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize
         0 => hidden.saturating_mul(4),
         i => i,
     };
-    let gated = matches!(config.get("model_type").and_then(|v| v.as_str()), Some("llama" | "mistral" | "qwen2"));
+    let gated = matches!(
+        config.get("model_type").and_then(|v| v.as_str()),
+        Some("llama" | "mistral" | "qwen2" | "olmo" | "olmo2")
+    );
     let (tokens, t) = ((batch as u64).saturating_mul(seq_len as u64), seq_len as u64);
     // saturating: an absurd config must give a huge estimate (refused), not an overflow
     let mlp = if gated { 3 } else { 2 } * inter.min(u64::MAX / 4);

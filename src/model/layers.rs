@@ -118,8 +118,21 @@ impl Rounding {
 
 /// transformers' LayerNorm / RMSNorm weights, applied with differentiable ops.
 pub enum Norm {
-    Layer { weight: Tensor, bias: Tensor, eps: f64 },
-    Rms { weight: Tensor, eps: f64 },
+    Layer {
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+    },
+    /// LlamaRMSNorm: in bf16 the normalised row is rounded, then scaled by the weight.
+    Rms {
+        weight: Tensor,
+        eps: f64,
+    },
+    /// OLMo 2's RMSNorm: in bf16 the weight scales the f32 row, rounded once (same as `Rms` in f32).
+    RmsScaledInF32 {
+        weight: Tensor,
+        eps: f64,
+    },
 }
 
 impl Norm {
@@ -131,10 +144,19 @@ impl Norm {
         Ok(Norm::Rms { weight: w.get("weight", &[hidden])?, eps })
     }
 
+    pub fn rms_scaled_in_f32(w: &Weights, hidden: usize, eps: f64) -> Result<Self> {
+        Ok(Norm::RmsScaledInF32 { weight: w.get("weight", &[hidden])?, eps })
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Norm::Layer { weight, bias, eps } => fused::layer_norm(x, weight, bias, *eps),
             Norm::Rms { weight, eps } => fused::rms_norm(x, weight, *eps),
+            Norm::RmsScaledInF32 { weight, eps } if x.dtype() != DType::F32 => {
+                let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+                fused::rms_norm(&f32(x)?, &f32(weight)?, *eps)?.to_dtype(x.dtype())
+            }
+            Norm::RmsScaledInF32 { weight, eps } => fused::rms_norm(x, weight, *eps),
         }
     }
 }

@@ -110,6 +110,15 @@ impl Rope {
         fused::rotary(x, cos, sin, self.rot_dim)
     }
 
+    /// [`Self::apply`] computed in f32 and rounded once, as OLMo's `apply_rotary_pos_emb` does
+    /// with its f32 cos and sin tables (Llama's are cast to the activations' dtype first).
+    pub fn apply_rounded_once(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.dtype() == DType::F32 {
+            return self.apply(x);
+        }
+        self.apply(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
+    }
+
     /// [`Self::apply`] from candle's differentiable ops (other devices, and the tests' reference).
     pub fn apply_composed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_b, _h, t, d) = x.dims4()?;
