@@ -88,6 +88,8 @@ from transformers import (
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
+    OlmoConfig,
     Qwen2Config,
     Trainer,
     TrainingArguments,
@@ -344,6 +346,8 @@ COMMON = dict(
 def model_specs():
     llama = dict(COMMON, num_attention_heads=4, num_key_value_heads=2, intermediate_size=176,
                  rms_norm_eps=1e-6)
+    olmo = dict(COMMON, num_attention_heads=4, num_key_value_heads=2, intermediate_size=176,
+                attention_bias=False)
     neox = dict(COMMON, num_attention_heads=4, intermediate_size=256, tie_word_embeddings=False,
                 attention_dropout=0.0, hidden_dropout=0.0)
     return [
@@ -377,6 +381,13 @@ def model_specs():
         ("llama_sharded", LlamaConfig(**llama, tie_word_embeddings=False,
                                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
          1008, torch.float32, "250KB"),
+        # OLMo: weightless LayerNorm; clip_qkv low enough that the clamp cuts some q/k/v values
+        ("olmo", OlmoConfig(**olmo, clip_qkv=0.35, tie_word_embeddings=False,
+                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+         1011, torch.float32, None),
+        ("olmo2", Olmo2Config(**olmo, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                              rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+         1012, torch.float32, None),
     ]
 
 
@@ -471,7 +482,10 @@ def make_models(tok_path, eval_blocks):
 # PEFT LoRA parity traces
 # ---------------------------------------------------------------------------
 
-PEFT_MODELS = ["llama_gqa", "gpt_neox_parallel", "gpt2", "qwen2"]
+PEFT_MODELS = ["llama_gqa", "gpt_neox_parallel", "gpt2", "qwen2", "olmo", "olmo2"]
+# PEFT has no default targets for these model types (it asks for target_modules); plasticity
+# adapts Llama's, and so do the traces.
+DEFAULT_TARGETS = {"olmo": ["q_proj", "v_proj"], "olmo2": ["q_proj", "v_proj"]}
 PEFT_STEPS, PEFT_BATCH = 10, 4
 LR, RANK, ALPHA, MAX_GRAD_NORM = 1e-3, 8, 16, 1.0
 BETAS, EPS, WD = (0.9, 0.999), 1e-8, 0.0
@@ -498,7 +512,8 @@ def make_peft(train_blocks):
 
         base = load_f32(FIX / "models" / name)
         model_type = base.config.model_type
-        targets = list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+        targets = list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+                       or DEFAULT_TARGETS[model_type])
         cfg = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=targets,
                          bias="none", task_type="CAUSAL_LM")
         model = get_peft_model(base, cfg)
@@ -701,6 +716,36 @@ def _llama_fwd(cfg, w, ids):  # llama / mistral / qwen2
     return x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T  # tied: no lm_head in file
 
 
+def _olmo_fwd(cfg, w, ids):  # olmo (pre-norm, weightless LayerNorm, clip_qkv) / olmo2 (post-norm, q/k norms)
+    H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd, theta = cfg["hidden_size"] // H, cfg["rope_parameters"]["rope_theta"]
+    olmo2, clip = cfg["model_type"] == "olmo2", cfg.get("clip_qkv")
+
+    def norm(x, name):
+        return _rms(x, w[name + ".weight"], cfg["rms_norm_eps"]) if olmo2 else _ln(x, 1.0, 0.0, 1e-5)
+
+    def proj(h, n, norm_name=None):
+        y = h @ w[n + ".weight"].T
+        y = np.clip(y, -clip, clip) if clip is not None else y
+        return norm(y, norm_name) if olmo2 and norm_name else y
+
+    x, pos = w["model.embed_tokens.weight"][ids], np.arange(len(ids))
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = x if olmo2 else norm(x, p + "input_layernorm")
+        q = _rope(proj(h, p + "self_attn.q_proj", p + "self_attn.q_norm").reshape(-1, H, hd), pos, theta, hd)
+        k = _rope(proj(h, p + "self_attn.k_proj", p + "self_attn.k_norm").reshape(-1, KV, hd), pos, theta, hd)
+        v = proj(h, p + "self_attn.v_proj").reshape(-1, KV, hd)
+        a = _attn(q, k, v) @ w[p + "self_attn.o_proj.weight"].T
+        x = x + (norm(a, p + "post_attention_layernorm") if olmo2 else a)
+        h = x if olmo2 else norm(x, p + "post_attention_layernorm")
+        g = h @ w[p + "mlp.gate_proj.weight"].T
+        m = (g / (1 + np.exp(-g)) * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+        x = x + (norm(m, p + "post_feedforward_layernorm") if olmo2 else m)
+    x = norm(x, "model.norm")
+    return x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
+
+
 def _neox_fwd(cfg, w, ids):
     H = cfg["num_attention_heads"]
     hd, eps, rp = cfg["hidden_size"] // H, cfg["layer_norm_eps"], cfg["rope_parameters"]
@@ -753,7 +798,7 @@ def _gpt2_fwd(cfg, w, ids):
     return x @ w["transformer.wte.weight"].T  # tied
 
 
-_NP_FWD = {"llama": _llama_fwd, "mistral": _llama_fwd, "qwen2": _llama_fwd,
+_NP_FWD = {"llama": _llama_fwd, "mistral": _llama_fwd, "qwen2": _llama_fwd, "olmo": _olmo_fwd, "olmo2": _olmo_fwd,
            "gpt_neox": _neox_fwd, "gpt2": _gpt2_fwd}
 
 

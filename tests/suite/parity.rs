@@ -10,7 +10,7 @@ use plasticity::train::eval_loss;
 use super::util::{fixtures, floats, json, load, load_with, model_dir, task_blocks, to_vec, Dir};
 
 /// (model folder, expected numbers): gpt2_pickle holds gpt2's weights as pytorch_model.bin.
-const MODELS: [(&str, &str); 11] = [
+const MODELS: [(&str, &str); 13] = [
     ("llama_gqa", "llama_gqa"),
     ("llama_tied_bf16", "llama_tied_bf16"),
     ("llama_sharded", "llama_sharded"),
@@ -18,6 +18,8 @@ const MODELS: [(&str, &str); 11] = [
     ("llama_rope_linear", "llama_rope_linear"),
     ("mistral", "mistral"),
     ("qwen2", "qwen2"),
+    ("olmo", "olmo"),
+    ("olmo2", "olmo2"),
     ("gpt_neox_parallel", "gpt_neox_parallel"),
     ("gpt_neox_sequential", "gpt_neox_sequential"),
     ("gpt2", "gpt2"),

@@ -81,6 +81,16 @@ fn gpt2_training_matches_peft() {
     check("gpt2");
 }
 
+#[test]
+fn olmo_training_matches_peft() {
+    check("olmo");
+}
+
+#[test]
+fn olmo2_training_matches_peft() {
+    check("olmo2");
+}
+
 /// The losses, grad norms and adapters of three sharded steps, on a pool of `threads`.
 fn sharded_run(threads: usize) -> (Vec<(f64, f64)>, Vec<Vec<f32>>) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
