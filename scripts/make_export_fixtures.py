@@ -5,7 +5,8 @@ Run from the repository root with the pinned environment of scripts/make_fixture
 
     python scripts/make_export_fixtures.py
 
-For llama_gqa and gpt2 (Conv1D, fan_in_fan_out) it runs a short scan of the fixture model
+For llama_gqa, gpt2 (Conv1D, fan_in_fan_out), olmo and olmo2 (no PEFT default targets: the
+exported config must list them) it runs a short scan of the fixture model
 with --save-adapters into tests/fixtures/exported/ (the flags are EXPORT_FLAGS, repeated in
 tests/suite/export.rs), then loads each adapter with PeftModel.from_pretrained on the f32 base
 and writes tests/fixtures/exported/<name>/peft_logits.json: PEFT's logits for the input of
@@ -26,7 +27,7 @@ import json  # noqa: E402
 import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
 
-MODELS = ["llama_gqa", "gpt2"]
+MODELS = ["llama_gqa", "gpt2", "olmo", "olmo2"]
 EXPORT_FLAGS = ["--steps", "6", "--seq-len", "32", "--batch-size", "4", "--eval-blocks", "4", "--lr", "1e-2",
                 "--seed", "3", "--device", "cpu", "--threads", "1", "--quiet"]
 
@@ -36,6 +37,11 @@ def export(name):
     shutil.rmtree(out / name, ignore_errors=True)
     subprocess.run(["cargo", "run", "--quiet", "--", "scan", str(mf.FIX / "models" / name), "--task", str(mf.FIX / "task.jsonl"),
                     *EXPORT_FLAGS, "--save-adapters", str(out), "--json", os.devnull], check=True, stdout=subprocess.DEVNULL)
+    # the scan records the base model's absolute path; the fixture keeps it relative to the repository
+    config_path = out / name / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = os.path.relpath(config["base_model_name_or_path"], os.getcwd())
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out / name
 
 
