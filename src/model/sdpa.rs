@@ -37,7 +37,8 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Te
         );
     }
     let mask = mask.flatten_all()?.to_vec1::<f32>()?;
-    let op = Attention { dims: Dims { b, h, kv, t, d }, scale: scale as f32, mask, probs: Mutex::new(None) };
+    let blocks = blocks_of(&mask, t);
+    let op = Attention { dims: Dims { b, h, kv, t, d }, scale: scale as f32, mask, blocks, probs: Mutex::new(None) };
     q.apply_op3(k, v, op) // strided views are read in place: no copies of q, k, v
 }
 
@@ -62,6 +63,8 @@ struct Attention {
     scale: f32,
     /// (t, t), additive; -inf entries get probability exactly 0.
     mask: Vec<f32>,
+    /// The mask's row blocks; columns past a block's `cols` are never computed (they stay 0).
+    blocks: Vec<Block>,
     /// The softmax probabilities (b, h, t, t) of the forward pass, for the backward.
     probs: Mutex<Option<Vec<f32>>>,
 }
@@ -102,14 +105,42 @@ impl Attention {
         out: &mut [f32],
     ) {
         let Dims { h, t, d, .. } = self.dims;
-        // scores = q k^T, (t, t): k^T has the strides of k swapped
-        gemm_strided(p, (t, 1), q, qs, k, (ks.1, ks.0), (t, d, t), Accumulate::No, 1.0);
-        for (i, row) in p.chunks_mut(t).enumerate() {
-            masked_softmax(row, &self.mask[i * t..(i + 1) * t], self.scale);
+        for &Block { rows: (r0, r1), cols: c } in &self.blocks {
+            let (m, p) = (r1 - r0, &mut p[r0 * t..r1 * t]);
+            // scores = q k^T, (m, c): k^T has the strides of k swapped
+            gemm_strided(p, (t, 1), &q[r0 * qs.0..], qs, k, (ks.1, ks.0), (m, d, c), Accumulate::No, 1.0);
+            for (i, row) in p.chunks_mut(t).enumerate() {
+                let i = r0 + i;
+                masked_softmax(&mut row[..c], &self.mask[i * t..i * t + c], self.scale);
+            }
+            // out = p v, (m, d) written with row stride h * d
+            gemm_strided(&mut out[r0 * h * d..], (h * d, 1), p, (t, 1), v, vs, (m, c, d), Accumulate::No, 1.0);
         }
-        // out = p v, (t, d) written with row stride h * d
-        gemm_strided(out, (h * d, 1), p, (t, 1), v, vs, (t, t, d), Accumulate::No, 1.0);
     }
+}
+
+/// Query rows `rows.0..rows.1`, whose keys past `cols` are all masked: their scores, softmax
+/// and products stop there (a causal mask leaves about half of each (t, t) matrix out).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Block {
+    rows: (usize, usize),
+    cols: usize,
+}
+
+/// Rows per block: fewer skip more of a causal mask, more make larger products.
+const BLOCK_ROWS: usize = 32;
+
+/// The row blocks of an additive (t, t) mask, each with the columns its rows can see (at
+/// least 1, so a fully masked block still runs its softmax, which writes zeros).
+fn blocks_of(mask: &[f32], t: usize) -> Vec<Block> {
+    let seen = |i: usize| mask[i * t..(i + 1) * t].iter().rposition(|&m| m != f32::NEG_INFINITY).map_or(0, |j| j + 1);
+    (0..t)
+        .step_by(BLOCK_ROWS)
+        .map(|r0| {
+            let r1 = (r0 + BLOCK_ROWS).min(t);
+            Block { rows: (r0, r1), cols: (r0..r1).map(seen).max().unwrap_or(0).max(1) }
+        })
+        .collect()
 }
 
 impl CustomOp3 for Attention {
@@ -191,26 +222,44 @@ impl Attention {
                     let p = &probs[(bi * h + hi) * t * t..][..t * t];
                     let qh = &q[(bi * h + hi) * t * d..][..t * d];
                     let doh = &dout[bi * t * h * d + hi * d..];
-                    // dv += p^T dout
-                    gemm_strided(dv_g, (d, 1), p, (1, t), doh, (h * d, 1), (t, t, d), Accumulate::Yes, 1.0);
-                    // dp = dout v^T, then ds = p * (dp - rowsum(dp * p))
-                    gemm_strided(&mut ds, (t, 1), doh, (h * d, 1), vh, (1, d), (t, d, t), Accumulate::No, 1.0);
-                    with_avx2(
-                        #[inline(always)]
-                        || {
-                            for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                                let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
-                                ds_row.iter_mut().zip(p_row).for_each(|(x, &pi)| *x = pi * (*x - dot));
-                            }
-                        },
-                    );
-                    // dq = ds k * scale; dk += ds^T q * scale
-                    gemm_strided(dq_h, (d, 1), &ds, (t, 1), kh, (d, 1), (t, t, d), Accumulate::No, self.scale);
-                    gemm_strided(dk_g, (d, 1), &ds, (1, t), qh, (d, 1), (t, t, d), Accumulate::Yes, self.scale);
+                    for &Block { rows: (r0, r1), cols: c } in &self.blocks {
+                        let m = r1 - r0;
+                        let (p, ds) = (&p[r0 * t..r1 * t], &mut ds[r0 * t..r1 * t]);
+                        let (doh, qh) = (&doh[r0 * h * d..], &qh[r0 * d..]);
+                        // dv += p^T dout
+                        gemm_strided(dv_g, (d, 1), p, (1, t), doh, (h * d, 1), (c, m, d), Accumulate::Yes, 1.0);
+                        // dp = dout v^T, then ds = p * (dp - rowsum(dp * p))
+                        gemm_strided(ds, (t, 1), doh, (h * d, 1), vh, (1, d), (m, d, c), Accumulate::No, 1.0);
+                        softmax_grad_rows(ds, p, t, c);
+                        // dq = ds k * scale; dk += ds^T q * scale
+                        let dq_rows = &mut dq_h[r0 * d..];
+                        gemm_strided(dq_rows, (d, 1), ds, (t, 1), kh, (d, 1), (m, c, d), Accumulate::No, self.scale);
+                        gemm_strided(dk_g, (d, 1), ds, (1, t), qh, (d, 1), (c, m, d), Accumulate::Yes, self.scale);
+                    }
                 }
             });
         (dq, dk, dv)
     }
+}
+
+/// ds = p * (dp - rowsum(dp * p)) in place over the first `c` columns of each row of
+/// `ds` (dp on entry) and `p`, rows of stride `t`.
+fn softmax_grad_rows(ds: &mut [f32], p: &[f32], t: usize, c: usize) {
+    with_avx2(
+        #[inline(always)]
+        || {
+            for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                let (ds_row, p_row) = (&mut ds_row[..c], &p_row[..c]);
+                let mut dot = 0f32;
+                for j in 0..c {
+                    dot += ds_row[j] * p_row[j];
+                }
+                for j in 0..c {
+                    ds_row[j] = p_row[j] * (ds_row[j] - dot);
+                }
+            }
+        },
+    )
 }
 
 /// softmax(row * scale + mask) in place; -inf mask entries get exactly 0.
@@ -319,15 +368,23 @@ mod tests {
         assert!(worst < 1e-5, "max relative difference {worst}");
     }
 
+    /// Short and long sequences (several row blocks, the last one partial), causal and with
+    /// a sliding window (masked columns at both ends of a row).
     #[test]
     fn equals_the_composed_ops_with_grouped_heads() {
+        for (t, window) in [(7, Some(4)), (70, None), (70, Some(40))] {
+            equals_the_composed_ops(t, window);
+        }
+    }
+
+    fn equals_the_composed_ops(t: usize, window: Option<usize>) {
         let dev = Device::Cpu;
-        let (b, h, kv, t, d) = (2, 4, 2, 7, 8);
+        let (b, h, kv, d) = (2, 4, 2, 8);
         let var = |shape: (usize, usize, usize, usize)| {
             Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap()
         };
         let (q, k, v) = (var((b, h, t, d)), var((b, kv, t, d)), var((b, kv, t, d)));
-        let mask = crate::model::causal_mask(t, Some(4), &dev).unwrap();
+        let mask = crate::model::causal_mask(t, window, &dev).unwrap();
         let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
         let fused = fused_attention(&q, &k, &v, 0.3, &mask).unwrap();
         let reference = composed(&q, &k, &v, 0.3, &mask);
@@ -339,11 +396,12 @@ mod tests {
         }
     }
 
-    /// q, k, v as strided views into one packed (b, t, 3, h, d) projection, as GPT-2 splits it.
+    /// q, k, v as strided views into one packed (b, t, 3, h, d) projection, as GPT-2 splits it;
+    /// two row blocks.
     #[test]
     fn reads_strided_views_in_place() {
         let dev = Device::Cpu;
-        let (b, h, t, d) = (2, 3, 6, 4);
+        let (b, h, t, d) = (2, 3, 45, 4);
         let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, 3, h, d), &dev).unwrap()).unwrap();
         let split = |i: usize| qkv.as_tensor().narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap();
         let (q, k, v) = (split(0), split(1), split(2));
@@ -357,5 +415,21 @@ mod tests {
         let ga = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
         close(ga.get(qkv.as_tensor()).unwrap(), gb.get(qkv.as_tensor()).unwrap());
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    #[test]
+    fn a_causal_mask_cuts_each_block_at_its_last_row() {
+        let t = 70;
+        let mask = crate::model::causal_mask(t, None, &candle_core::Device::Cpu).unwrap();
+        let blocks = blocks_of(&mask.flatten_all().unwrap().to_vec1::<f32>().unwrap(), t);
+        let cut: Vec<((usize, usize), usize)> = blocks.iter().map(|b| (b.rows, b.cols)).collect();
+        assert_eq!(cut, [((0, 32), 32), ((32, 64), 64), ((64, 70), 70)]);
+        let open = vec![0f32; t * t];
+        assert!(blocks_of(&open, t).iter().all(|b| b.cols == t), "no mask: every column");
     }
 }
