@@ -2,7 +2,7 @@
 //! benches/compare_peft.sh (which runs the same step in PyTorch + PEFT on the same files).
 //!
 //!     cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2
-//!     cargo run --release --example step_timing -- time DIR STEPS WARMUP  # prints one JSON line
+//!     cargo run --release --example step_timing -- time DIR STEPS WARMUP [SEQ]  # prints one JSON line
 //!     cargo run --release --example step_timing -- kernel SHAPE           # the gemm kernel alone
 //!
 //! SHAPE is tiny (4 x 128, vocab 2048), 14m (Pythia-14M), 70m-body (Pythia-70M's blocks, vocab
@@ -11,7 +11,7 @@
 //! threads RAYON_NUM_THREADS allows: the rate the engine's step is measured against.
 //!     PLASTICITY_DEVICE=cuda target/cuda/release/examples/step_timing time DIR 5 2  # on a GPU
 //!
-//! The batch is 8 x 128 tokens, r = 8 on PEFT's default targets, AdamW, f32, on the threads
+//! The batch is 8 x 128 tokens (1,024 tokens in sequences of SEQ when it is given), r = 8 on PEFT's default targets, AdamW, f32, on the threads
 //! RAYON_NUM_THREADS allows. Timing starts after WARMUP steps and reads the clock after
 //! synchronising the device.
 
@@ -27,7 +27,8 @@ use plasticity::train::{Batch, TrainSpec, Trainer};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const BATCH: usize = 8;
+/// Tokens per step, and the default sequence length (a batch of 8).
+const TOKENS: usize = 1024;
 const SEQ: usize = 128;
 
 fn main() -> Res<()> {
@@ -37,10 +38,13 @@ fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["write", dir, arch, shape] => write(Path::new(dir), arch, shape),
-        ["time", dir, steps, warmup] => time(Path::new(dir), steps.parse()?, warmup.parse()?),
+        ["time", dir, steps, warmup] => time(Path::new(dir), steps.parse()?, warmup.parse()?, SEQ),
+        ["time", dir, steps, warmup, seq] => time(Path::new(dir), steps.parse()?, warmup.parse()?, seq.parse()?),
         ["matmul"] => matmul(),
         ["kernel", shape] => kernel(shape),
-        _ => Err("usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP | kernel SHAPE | matmul".into()),
+        _ => {
+            Err("usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ] | kernel SHAPE | matmul".into())
+        }
     }
 }
 
@@ -78,7 +82,7 @@ fn write(dir: &Path, arch: &str, name: &str) -> Res<()> {
 /// The `gemm` crate's f32 rate at the shape's largest product: y (m, n) = x (m, k) w^T, with w
 /// stored (n, k); the median of 7 runs after one.
 fn kernel(name: &str) -> Res<()> {
-    let (m, k, n) = shape(name)?.largest_matmul(BATCH * SEQ);
+    let (m, k, n) = shape(name)?.largest_matmul(TOKENS);
     let x: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
     let w: Vec<f32> = (0..n * k).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
     let mut y = vec![0f32; m * n];
@@ -127,15 +131,19 @@ fn device() -> Res<Device> {
     Ok(plasticity::device::parse(&std::env::var("PLASTICITY_DEVICE").unwrap_or_else(|_| "cpu".into()))?)
 }
 
-/// A fixed batch of ids below min(vocab, 50,000) (the same formula the Python helper uses).
-fn batch(dev: &Device, vocab: usize) -> Res<Batch> {
-    let ids: Vec<u32> = (0..BATCH * SEQ).map(|i| ((i * 7919 + 13) % vocab.min(50000)) as u32).collect();
-    let ids = Tensor::from_vec(ids, (BATCH, SEQ), dev)?;
+/// A fixed batch of ids below min(vocab, 50,000) (the same formula the Python helper uses),
+/// in sequences of `seq`.
+fn batch(dev: &Device, vocab: usize, seq: usize) -> Res<Batch> {
+    let ids: Vec<u32> = (0..TOKENS).map(|i| ((i * 7919 + 13) % vocab.min(50000)) as u32).collect();
+    let ids = Tensor::from_vec(ids, (TOKENS / seq, seq), dev)?;
     let labels = ids.ones_like()?.to_dtype(DType::F32)?;
     Ok(Batch { ids, labels })
 }
 
-fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
+fn time(dir: &Path, steps: usize, warmup: usize, seq: usize) -> Res<()> {
+    if seq == 0 || TOKENS % seq != 0 {
+        return Err(format!("SEQ must divide {TOKENS}").into());
+    }
     let start = Instant::now();
     let dev = device()?;
     let model = plasticity::model::load(dir, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &dev)?;
@@ -143,14 +151,14 @@ fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
         optimizer: AdamWConfig::default(),
         warmup_steps: 0,
         max_grad_norm: 1.0,
-        batch_size: BATCH,
+        batch_size: TOKENS / seq,
         grad_accum: 1,
         steps,
         eval_every: 0,
         timing_warmup: warmup,
     };
     let mut trainer = Trainer::new(&model, &spec)?;
-    let b = batch(&dev, model.vocab_size)?;
+    let b = batch(&dev, model.vocab_size, seq)?;
     let load_s = start.elapsed().as_secs_f64();
     let mut times = Vec::new();
     for i in 0..warmup + steps {
@@ -163,14 +171,15 @@ fn time(dir: &Path, steps: usize, warmup: usize) -> Res<()> {
         }
     }
     let step_s = median(&times);
-    let (peak, bound) = (peak_rss_bytes().unwrap_or(0) as f64 / 1e6, memory_bound_bytes(dir, model.n_params)? / 1e6);
+    let (peak, bound) =
+        (peak_rss_bytes().unwrap_or(0) as f64 / 1e6, memory_bound_bytes(dir, model.n_params, seq)? / 1e6);
     println!(
         "{{\"stack\": \"plasticity\", \"device\": \"{:?}\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}, \"achieved_gflops\": {:.1}, \"peak_rss_mb\": {peak:.0}, \"bound_mb\": {bound:.0}, \"peak_over_bound\": {:.2}}}",
         dev.location(),
         model.model_type,
         model.n_params,
-        (BATCH * SEQ) as f64 / step_s,
-        (BATCH * SEQ) as f64 / step_s * model.flops_per_token(SEQ) / 1e9,
+        TOKENS as f64 / step_s,
+        TOKENS as f64 / step_s * model.flops_per_token(seq) / 1e9,
         peak / bound
     );
     Ok(())
@@ -186,7 +195,7 @@ fn peak_rss_bytes() -> Option<u64> {
 /// What one LoRA step needs resident, in bytes: the model's f32 weights plus one step's
 /// activations as `plasticity::model::activation_bytes` estimates them (the same estimate a
 /// scan checks against the memory available before loading a checkpoint).
-fn memory_bound_bytes(dir: &Path, params: usize) -> Res<f64> {
+fn memory_bound_bytes(dir: &Path, params: usize, seq: usize) -> Res<f64> {
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
-    Ok(4.0 * params as f64 + plasticity::model::activation_bytes(&cfg, BATCH, SEQ) as f64)
+    Ok(4.0 * params as f64 + plasticity::model::activation_bytes(&cfg, TOKENS / seq, seq) as f64)
 }
