@@ -89,7 +89,7 @@ pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize
     };
     let gated = matches!(
         config.get("model_type").and_then(|v| v.as_str()),
-        Some("llama" | "mistral" | "qwen2" | "olmo" | "olmo2")
+        Some("llama" | "mistral" | "qwen2" | "olmo" | "olmo2" | "olmo3")
     );
     let (tokens, t) = ((batch as u64).saturating_mul(seq_len as u64), seq_len as u64);
     // saturating: an absurd config must give a huge estimate (refused), not an overflow

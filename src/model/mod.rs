@@ -56,7 +56,7 @@ pub trait CausalLm: Send + Sync {
 }
 
 /// The model types plasticity knows, as written in config.json's `model_type`.
-pub const SUPPORTED: [&str; 7] = ["llama", "mistral", "qwen2", "olmo", "olmo2", "gpt_neox", "gpt2"];
+pub const SUPPORTED: [&str; 8] = ["llama", "mistral", "qwen2", "olmo", "olmo2", "olmo3", "gpt_neox", "gpt2"];
 
 /// A loaded checkpoint: the model with its adapters, ready to train.
 pub struct LoadedModel {
@@ -144,7 +144,7 @@ pub fn load_as(
     let w = Weights::new(&store);
     match model_type.as_str() {
         "llama" | "mistral" | "qwen2" => llama::load(dir, &config, w, spec, init, seed),
-        "olmo" | "olmo2" => olmo::load(dir, &config, w, spec, init, seed),
+        "olmo" | "olmo2" | "olmo3" => olmo::load(dir, &config, w, spec, init, seed),
         "gpt_neox" => gpt_neox::load(dir, &config, w, spec, init, seed),
         "gpt2" => gpt2::load(dir, &config, w, spec, init, seed),
         "" => {

@@ -1,4 +1,5 @@
-//! OLMo and OLMo 2 (AI2), as transformers' `modeling_olmo.py` and `modeling_olmo2.py`.
+//! OLMo, OLMo 2 and OLMo 3 (AI2), as transformers' `modeling_olmo.py`, `modeling_olmo2.py` and
+//! `modeling_olmo3.py`.
 //!
 //! Both are Llama-shaped decoders (grouped-query attention with rotary embeddings, a SwiGLU
 //! MLP without biases) that differ in their norms:
@@ -7,7 +8,11 @@
 //!   the heads are split;
 //! - `olmo2`: post-norm blocks, `x + norm(attn(x))` then `h + norm(mlp(h))`, with RMSNorm
 //!   (`rms_norm_eps`), and q and k RMS-normalised over the whole projected width (all heads
-//!   together) before the rotary embedding.
+//!   together) before the rotary embedding;
+//! - `olmo3`: OLMo 2's blocks, each layer attending fully or through a sliding window as its
+//!   config's `layer_types` says (by default three sliding layers, then a full one), with
+//!   rotary settings per layer type (`rope_parameters.full_attention` and
+//!   `.sliding_attention`; a transformers 4 `rope_scaling` applies to full attention only).
 //!
 //! PEFT has no default targets for either (it asks for `target_modules`); plasticity adapts
 //! q_proj and v_proj, as for Llama, and writes that list into exported adapters. This file
@@ -40,8 +45,11 @@ pub struct RawConfig {
     pub rms_norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
     pub rope_scaling: Option<RopeParameters>,
-    pub rope_parameters: Option<RopeParameters>,
+    /// Flat, or (OLMo 3) one set per layer type.
+    pub rope_parameters: Option<serde_json::Value>,
     pub attention_bias: Option<bool>,
+    pub layer_types: Option<Vec<String>>,
+    pub sliding_window: Option<usize>,
     pub clip_qkv: Option<f64>,
     pub tie_word_embeddings: Option<bool>,
     pub max_position_embeddings: Option<usize>,
@@ -55,6 +63,8 @@ pub enum Variant {
     Olmo,
     /// Post-norm RMSNorm, q/k norms.
     Olmo2,
+    /// OLMo 2's blocks with per-layer sliding windows and per-layer-type rotary settings.
+    Olmo3,
 }
 
 /// The checked settings the model is built from.
@@ -71,7 +81,12 @@ pub struct Config {
     pub act: Activation,
     /// OLMo 2's RMSNorm eps (OLMo's LayerNorm always uses 1e-5).
     pub rms_norm_eps: f64,
+    /// Rotary settings of full-attention layers (every layer before OLMo 3).
     pub rope: super::RopeConfig,
+    /// Rotary settings of sliding-window layers (OLMo 3).
+    pub sliding_rope: super::RopeConfig,
+    /// Per layer: attends through a window of this many keys (itself included), or fully.
+    pub windows: Vec<Option<usize>>,
     pub attention_bias: bool,
     pub clip_qkv: Option<f64>,
     pub tie_word_embeddings: bool,
@@ -86,6 +101,7 @@ impl RawConfig {
         let variant = match self.model_type.as_str() {
             "olmo" => Variant::Olmo,
             "olmo2" => Variant::Olmo2,
+            "olmo3" => Variant::Olmo3,
             other => return Err(Error::input(dir.join("config.json"), format!("not an OLMo model_type: {other:?}"))),
         };
         let heads = positive(dir, "num_attention_heads", self.num_attention_heads)?;
@@ -110,12 +126,60 @@ impl RawConfig {
             head_dim,
             act: Activation::parse(dir, self.hidden_act.as_deref().unwrap_or("silu"))?,
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-5),
-            rope: rope_settings(dir, self.rope_theta, &self.rope_scaling, &self.rope_parameters, 10000.0)?,
+            rope: self.rope(dir, variant, "full_attention")?,
+            sliding_rope: self.rope(dir, variant, "sliding_attention")?,
+            windows: self.windows(dir, variant)?,
             attention_bias: self.attention_bias.unwrap_or(false),
             clip_qkv: self.clip(dir, variant)?,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             attention_dropout: dropout_p(dir, "attention_dropout", self.attention_dropout, 0.0)?,
         })
+    }
+
+    /// The rotary settings of one layer type: OLMo 3 writes `rope_parameters` per type (a
+    /// transformers 4 `rope_scaling` applies to full attention only); the others write one set.
+    fn rope(&self, dir: &Path, variant: Variant, layer_type: &str) -> Result<super::RopeConfig> {
+        let path = dir.join("config.json");
+        let parse = |v: &serde_json::Value| -> Result<RopeParameters> {
+            serde_json::from_value(v.clone()).map_err(|e| Error::input(&path, format!("rope_parameters: {e}")))
+        };
+        let params = self.rope_parameters.as_ref();
+        let per_type = params.and_then(|v| v.get(layer_type));
+        let flat = params.filter(|v| v.get("full_attention").is_none() && v.get("sliding_attention").is_none());
+        let (parameters, scaling) = match (per_type, flat) {
+            (Some(p), _) => (Some(parse(p)?), None),
+            (None, Some(p)) => (Some(parse(p)?), self.rope_scaling.clone()),
+            (None, None) if layer_type == "full_attention" => (None, self.rope_scaling.clone()),
+            (None, None) => (None, None),
+        };
+        let default_theta = if variant == Variant::Olmo3 { 500000.0 } else { 10000.0 };
+        rope_settings(dir, self.rope_theta, &scaling, &parameters, default_theta)
+    }
+
+    /// Each layer's sliding window: OLMo 3's `layer_types` (by default every fourth layer full),
+    /// each `sliding_attention` layer with `sliding_window` keys; none before OLMo 3.
+    fn windows(&self, dir: &Path, variant: Variant) -> Result<Vec<Option<usize>>> {
+        let n = self.num_hidden_layers;
+        if variant != Variant::Olmo3 {
+            return Ok(vec![None; n]);
+        }
+        let path = dir.join("config.json");
+        let default = |i: usize| if (i + 1) % 4 != 0 { "sliding_attention" } else { "full_attention" };
+        let types: Vec<String> =
+            self.layer_types.clone().unwrap_or_else(|| (0..n).map(|i| default(i).into()).collect());
+        if types.len() != n {
+            return Err(Error::input(&path, format!("layer_types has {} entries for {n} layers", types.len())));
+        }
+        let window = positive(dir, "sliding_window", self.sliding_window.unwrap_or(4096))?;
+        let of = |t: &String| match t.as_str() {
+            "full_attention" => Ok(None),
+            "sliding_attention" => Ok(Some(window)),
+            other => Err(Error::input(
+                &path,
+                format!("layer type {other:?} is not supported (supported: full_attention, sliding_attention)"),
+            )),
+        };
+        types.iter().map(of).collect()
     }
 
     /// OLMo's clip_qkv (positive when set); OLMo 2's attention has no clipping.
@@ -125,7 +189,7 @@ impl RawConfig {
                 Err(Error::input(dir.join("config.json"), format!("clip_qkv must be a positive number, not {c}")))
             }
             (Variant::Olmo, clip) => Ok(clip),
-            (Variant::Olmo2, _) => Ok(None),
+            (Variant::Olmo2 | Variant::Olmo3, _) => Ok(None),
         }
     }
 }
@@ -139,10 +203,10 @@ impl Config {
         let bias = if self.attention_bias { q + 2 * kv + h } else { 0 };
         let norms = match self.variant {
             Variant::Olmo => 0,
-            Variant::Olmo2 => q + kv + 2 * h,
+            Variant::Olmo2 | Variant::Olmo3 => q + kv + 2 * h,
         };
         let layer = h * q + 2 * h * kv + q * h + bias + 3 * h * i + norms;
-        let final_norm = if self.variant == Variant::Olmo2 { h } else { 0 };
+        let final_norm = if self.variant == Variant::Olmo { 0 } else { h };
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + self.num_hidden_layers * layer + final_norm + head
     }
@@ -156,7 +220,7 @@ impl Config {
                 let zeros = Tensor::zeros(width, dtype, device).map_err(|e| Error::internal(e.to_string()))?;
                 Ok(Norm::Layer { weight: ones, bias: zeros, eps: OLMO_LAYER_NORM_EPS })
             }
-            Variant::Olmo2 => Norm::rms_scaled_in_f32(w, width, self.rms_norm_eps),
+            Variant::Olmo2 | Variant::Olmo3 => Norm::rms_scaled_in_f32(w, width, self.rms_norm_eps),
         }
     }
 }
@@ -178,12 +242,12 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &Config, w: &Weights, ctx: &mut LoraCtx) -> Result<Self> {
+    fn load(cfg: &Config, w: &Weights, ctx: &mut LoraCtx, sliding: bool) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
         let bias = cfg.attention_bias;
         let lin = |name: &str, i, o, ctx: &mut LoraCtx| linear(&w.pp(name), &w.path(name), i, o, bias, ctx);
-        let olmo2 = cfg.variant == Variant::Olmo2;
+        let olmo2 = cfg.variant != Variant::Olmo;
         Ok(Attention {
             q_proj: lin("q_proj", h, q, ctx)?,
             k_proj: lin("k_proj", h, kv, ctx)?,
@@ -195,7 +259,7 @@ impl Attention {
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
-            rope: Rope::new(d, &cfg.rope),
+            rope: Rope::new(d, if sliding { &cfg.sliding_rope } else { &cfg.rope }),
             attention_dropout: ctx.dropout_site(cfg.attention_dropout),
         })
     }
@@ -261,21 +325,24 @@ struct DecoderLayer {
     attn_norm: Norm,
     mlp_norm: Norm,
     variant: Variant,
+    /// Attends through the model's sliding-window mask (OLMo 3).
+    sliding: bool,
 }
 
 impl DecoderLayer {
-    fn load(cfg: &Config, w: &Weights, ctx: &mut LoraCtx) -> Result<Self> {
+    fn load(cfg: &Config, w: &Weights, ctx: &mut LoraCtx, sliding: bool) -> Result<Self> {
         let h = cfg.hidden_size;
         let (attn_norm, mlp_norm) = match cfg.variant {
             Variant::Olmo => ("input_layernorm", "post_attention_layernorm"),
-            Variant::Olmo2 => ("post_attention_layernorm", "post_feedforward_layernorm"),
+            Variant::Olmo2 | Variant::Olmo3 => ("post_attention_layernorm", "post_feedforward_layernorm"),
         };
         Ok(DecoderLayer {
-            self_attn: Attention::load(cfg, &w.pp("self_attn"), ctx)?,
+            self_attn: Attention::load(cfg, &w.pp("self_attn"), ctx, sliding)?,
             mlp: Mlp::load(cfg, &w.pp("mlp"), ctx)?,
             attn_norm: cfg.norm(&w.pp(attn_norm), h)?,
             mlp_norm: cfg.norm(&w.pp(mlp_norm), h)?,
             variant: cfg.variant,
+            sliding,
         })
     }
 
@@ -287,7 +354,7 @@ impl DecoderLayer {
                 let h = attn.o_proj.forward_residual(&attn.heads(&self.attn_norm.forward(x)?, mask)?, x)?;
                 mlp.down_proj.forward_residual(&mlp.hidden(&self.mlp_norm.forward(&h)?)?, &h)
             }
-            Variant::Olmo2 => {
+            Variant::Olmo2 | Variant::Olmo3 => {
                 // h = x + norm(attn(x)); h + norm(mlp(h))
                 let h = (x + self.attn_norm.forward(&attn.o_proj.forward(&attn.heads(x, mask)?)?)?)?;
                 &h + self.mlp_norm.forward(&mlp.down_proj.forward(&mlp.hidden(&h)?)?)?
@@ -302,6 +369,8 @@ pub struct Model {
     norm: Norm,
     /// The output head as (hidden, vocab): lm_head.weight^T, or embed_tokens^T when tied.
     lm_head_t: Tensor,
+    /// The window of the sliding layers (OLMo 3), when there are any.
+    window: Option<usize>,
 }
 
 impl Model {
@@ -309,29 +378,27 @@ impl Model {
         let m = w.pp("model");
         let table = m.get("embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(cfg, &m.pp("layers").pp(i), ctx))
+            .map(|i| DecoderLayer::load(cfg, &m.pp("layers").pp(i), ctx, cfg.windows[i].is_some()))
             .collect::<Result<Vec<_>>>()?;
         let lm_head_t = if cfg.tie_word_embeddings {
             table.t()?
         } else {
             w.get("lm_head.weight", &[cfg.vocab_size, cfg.hidden_size])?.t()?
         };
-        Ok(Model {
-            embed_tokens: Embedding { table },
-            layers,
-            norm: cfg.norm(&m.pp("norm"), cfg.hidden_size)?,
-            lm_head_t,
-        })
+        let norm = cfg.norm(&m.pp("norm"), cfg.hidden_size)?;
+        let window = cfg.windows.iter().flatten().next().copied();
+        Ok(Model { embed_tokens: Embedding { table }, layers, norm, lm_head_t, window })
     }
 }
 
 impl CausalLm for Model {
     fn hidden_states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_b, t) = ids.dims2()?;
-        let mask = causal_mask(t, None, ids.device())?; // (t, t)
+        let full = causal_mask(t, None, ids.device())?; // (t, t)
+        let sliding = self.window.map(|w| causal_mask(t, Some(w), ids.device())).transpose()?;
         let mut x = self.embed_tokens.forward(ids)?; // (b, t, hidden)
         for layer in &self.layers {
-            x = layer.forward(&x, &mask)?;
+            x = layer.forward(&x, if layer.sliding { sliding.as_ref().unwrap_or(&full) } else { &full })?;
         }
         self.norm.forward(&x) // (b, t, hidden)
     }
