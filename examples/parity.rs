@@ -96,6 +96,7 @@ fn main() -> Res<()> {
         "qwen2",
         "olmo",
         "olmo2",
+        "olmo3",
         "gpt_neox_parallel",
         "gpt_neox_sequential",
         "gpt2",
@@ -104,7 +105,7 @@ fn main() -> Res<()> {
         println!("{name:<22} {logits:>18.2e} {loss:>18.2e}");
     }
     println!("\n{:<22} {:>28}", "model", "PEFT 10-step loss max rel err");
-    for name in ["llama_gqa", "qwen2", "olmo", "olmo2", "gpt_neox_parallel", "gpt2"] {
+    for name in ["llama_gqa", "qwen2", "olmo", "olmo2", "olmo3", "gpt_neox_parallel", "gpt2"] {
         println!("{name:<22} {:>28.2e}", peft_error(name)?);
     }
     Ok(())

@@ -89,6 +89,7 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     Olmo2Config,
+    Olmo3Config,
     OlmoConfig,
     Qwen2Config,
     Trainer,
@@ -388,6 +389,14 @@ def model_specs():
         ("olmo2", Olmo2Config(**olmo, rms_norm_eps=1e-6, tie_word_embeddings=False,
                               rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
          1012, torch.float32, None),
+        # OLMo 3: a sliding layer (window 6, shorter than the 16- and 32-token inputs) then a
+        # full one, each layer type with its own rotary settings
+        ("olmo3", Olmo3Config(**olmo, rms_norm_eps=1e-6, tie_word_embeddings=False, sliding_window=6,
+                              layer_types=["sliding_attention", "full_attention"],
+                              rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                               "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                  "rope_theta": 500000.0}}),
+         1013, torch.float32, None),
     ]
 
 
@@ -482,10 +491,10 @@ def make_models(tok_path, eval_blocks):
 # PEFT LoRA parity traces
 # ---------------------------------------------------------------------------
 
-PEFT_MODELS = ["llama_gqa", "gpt_neox_parallel", "gpt2", "qwen2", "olmo", "olmo2"]
+PEFT_MODELS = ["llama_gqa", "gpt_neox_parallel", "gpt2", "qwen2", "olmo", "olmo2", "olmo3"]
 # PEFT has no default targets for these model types (it asks for target_modules); plasticity
 # adapts Llama's, and so do the traces.
-DEFAULT_TARGETS = {"olmo": ["q_proj", "v_proj"], "olmo2": ["q_proj", "v_proj"]}
+DEFAULT_TARGETS = {"olmo": ["q_proj", "v_proj"], "olmo2": ["q_proj", "v_proj"], "olmo3": ["q_proj", "v_proj"]}
 PEFT_STEPS, PEFT_BATCH = 10, 4
 LR, RANK, ALPHA, MAX_GRAD_NORM = 1e-3, 8, 16, 1.0
 BETAS, EPS, WD = (0.9, 0.999), 1e-8, 0.0
@@ -659,9 +668,10 @@ def _np_weights(d):
     return w
 
 
-def _rope(x, pos, theta, rot):
-    """HF rotate_half RoPE applied to the first `rot` dims of each head ([T, H, D])."""
-    inv = 1.0 / (theta ** (np.arange(0, rot, 2) / rot))
+def _rope(x, pos, theta, rot, factor=1.0):
+    """HF rotate_half RoPE applied to the first `rot` dims of each head ([T, H, D]); `factor`
+    divides the frequencies (the "linear" rule)."""
+    inv = 1.0 / (theta ** (np.arange(0, rot, 2) / rot)) / factor
     f = np.outer(pos, inv)
     emb = np.concatenate([f, f], -1)
     cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
@@ -670,12 +680,16 @@ def _rope(x, pos, theta, rot):
     return np.concatenate([xr * cos + rh * sin, xp], -1)
 
 
-def _attn(q, k, v):
-    """Causal softmax attention; GQA: kv head j serves query heads j*rep .. j*rep+rep-1."""
+def _attn(q, k, v, window=None):
+    """Causal softmax attention, optionally over the last `window` keys (itself included);
+    GQA: kv head j serves query heads j*rep .. j*rep+rep-1."""
     T, H, D = q.shape
     rep = H // k.shape[1]
     k, v = np.repeat(k, rep, 1), np.repeat(v, rep, 1)
-    s = np.einsum("thd,shd->hts", q, k) / math.sqrt(D) + np.triu(np.full((T, T), -np.inf), 1)
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    if window is not None:
+        mask = mask + np.tril(np.full((T, T), -np.inf), -window)
+    s = np.einsum("thd,shd->hts", q, k) / math.sqrt(D) + mask
     s = np.exp(s - s.max(-1, keepdims=True))
     s /= s.sum(-1, keepdims=True)
     return np.einsum("hts,shd->thd", s, v).reshape(T, H * D)
@@ -716,10 +730,15 @@ def _llama_fwd(cfg, w, ids):  # llama / mistral / qwen2
     return x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T  # tied: no lm_head in file
 
 
-def _olmo_fwd(cfg, w, ids):  # olmo (pre-norm, weightless LayerNorm, clip_qkv) / olmo2 (post-norm, q/k norms)
+def _olmo_fwd(cfg, w, ids):  # olmo (pre-norm, weightless LayerNorm, clip_qkv) / olmo2, olmo3 (post-norm, q/k norms)
     H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd, theta = cfg["hidden_size"] // H, cfg["rope_parameters"]["rope_theta"]
-    olmo2, clip = cfg["model_type"] == "olmo2", cfg.get("clip_qkv")
+    hd = cfg["hidden_size"] // H
+    olmo2, clip = cfg["model_type"] in ("olmo2", "olmo3"), cfg.get("clip_qkv")
+    types = cfg.get("layer_types") or ["full_attention"] * cfg["num_hidden_layers"]
+
+    def rope_of(layer_type):  # (theta, factor) of a layer type: per type in olmo3, one set before
+        p = cfg["rope_parameters"].get(layer_type, cfg["rope_parameters"])
+        return p["rope_theta"], p.get("factor", 1.0) if p.get("rope_type") == "linear" else 1.0
 
     def norm(x, name):
         return _rms(x, w[name + ".weight"], cfg["rms_norm_eps"]) if olmo2 else _ln(x, 1.0, 0.0, 1e-5)
@@ -733,10 +752,11 @@ def _olmo_fwd(cfg, w, ids):  # olmo (pre-norm, weightless LayerNorm, clip_qkv) /
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = x if olmo2 else norm(x, p + "input_layernorm")
-        q = _rope(proj(h, p + "self_attn.q_proj", p + "self_attn.q_norm").reshape(-1, H, hd), pos, theta, hd)
-        k = _rope(proj(h, p + "self_attn.k_proj", p + "self_attn.k_norm").reshape(-1, KV, hd), pos, theta, hd)
+        (theta, factor), sliding = rope_of(types[i]), types[i] == "sliding_attention"
+        q = _rope(proj(h, p + "self_attn.q_proj", p + "self_attn.q_norm").reshape(-1, H, hd), pos, theta, hd, factor)
+        k = _rope(proj(h, p + "self_attn.k_proj", p + "self_attn.k_norm").reshape(-1, KV, hd), pos, theta, hd, factor)
         v = proj(h, p + "self_attn.v_proj").reshape(-1, KV, hd)
-        a = _attn(q, k, v) @ w[p + "self_attn.o_proj.weight"].T
+        a = _attn(q, k, v, cfg["sliding_window"] if sliding else None) @ w[p + "self_attn.o_proj.weight"].T
         x = x + (norm(a, p + "post_attention_layernorm") if olmo2 else a)
         h = x if olmo2 else norm(x, p + "post_attention_layernorm")
         g = h @ w[p + "mlp.gate_proj.weight"].T
@@ -798,7 +818,7 @@ def _gpt2_fwd(cfg, w, ids):
     return x @ w["transformer.wte.weight"].T  # tied
 
 
-_NP_FWD = {"llama": _llama_fwd, "mistral": _llama_fwd, "qwen2": _llama_fwd, "olmo": _olmo_fwd, "olmo2": _olmo_fwd,
+_NP_FWD = {"llama": _llama_fwd, "mistral": _llama_fwd, "qwen2": _llama_fwd, "olmo": _olmo_fwd, "olmo2": _olmo_fwd, "olmo3": _olmo_fwd,
            "gpt_neox": _neox_fwd, "gpt2": _gpt2_fwd}
 
 

@@ -20,7 +20,7 @@ use super::peft::spec;
 use super::util::{fixtures, floats, json, model_dir, to_vec};
 
 /// The models with PEFT traces.
-const MODELS: [&str; 6] = ["llama_gqa", "qwen2", "gpt_neox_parallel", "gpt2", "olmo", "olmo2"];
+const MODELS: [&str; 7] = ["llama_gqa", "qwen2", "gpt_neox_parallel", "gpt2", "olmo", "olmo2", "olmo3"];
 /// Logits only: one head of 128, whose scale 1/sqrt(128) is not a bf16 number.
 const HD128: &str = "llama_hd128";
 

@@ -48,7 +48,7 @@ fn every_adapter_gets_a_gradient(name: &str, targets: Targets) {
 
 #[test]
 fn every_adapter_weight_gets_a_gradient() {
-    for name in ["llama_gqa", "qwen2", "olmo", "olmo2", "gpt_neox_parallel", "gpt_neox_sequential", "gpt2"] {
+    for name in ["llama_gqa", "qwen2", "olmo", "olmo2", "olmo3", "gpt_neox_parallel", "gpt_neox_sequential", "gpt2"] {
         every_adapter_gets_a_gradient(name, Targets::AllLinear);
     }
 }
@@ -71,7 +71,7 @@ fn default_targets_follow_peft() {
     );
     assert_eq!(modules("gpt2"), ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]);
     // PEFT has no default for OLMo: Llama's
-    for name in ["olmo", "olmo2"] {
+    for name in ["olmo", "olmo2", "olmo3"] {
         assert_eq!(modules(name), modules("llama_gqa"), "{name}");
     }
 }

@@ -10,7 +10,7 @@ use plasticity::train::eval_loss;
 use super::util::{fixtures, floats, json, load, load_with, model_dir, task_blocks, to_vec, Dir};
 
 /// (model folder, expected numbers): gpt2_pickle holds gpt2's weights as pytorch_model.bin.
-const MODELS: [(&str, &str); 13] = [
+const MODELS: [(&str, &str); 14] = [
     ("llama_gqa", "llama_gqa"),
     ("llama_tied_bf16", "llama_tied_bf16"),
     ("llama_sharded", "llama_sharded"),
@@ -20,6 +20,7 @@ const MODELS: [(&str, &str); 13] = [
     ("qwen2", "qwen2"),
     ("olmo", "olmo"),
     ("olmo2", "olmo2"),
+    ("olmo3", "olmo3"),
     ("gpt_neox_parallel", "gpt_neox_parallel"),
     ("gpt_neox_sequential", "gpt_neox_sequential"),
     ("gpt2", "gpt2"),
@@ -126,4 +127,27 @@ fn unsupported_rope_types_are_refused() {
         .unwrap()
         .to_string();
     assert!(err.contains("config.json") && err.contains("yarn"), "{err}");
+}
+
+/// OLMo 3's per-layer attention is read from `layer_types`; what plasticity cannot compute is
+/// refused by name, and so is a list that does not cover the layers.
+#[test]
+fn olmo3_layer_types_are_checked() {
+    let refused = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let dir = Dir::new();
+        let to = dir.copy_checkpoint(&model_dir("olmo3"), "olmo3");
+        let mut cfg = json(&to.join("config.json"));
+        edit(&mut cfg);
+        std::fs::write(to.join("config.json"), cfg.to_string()).unwrap();
+        plasticity::model::load(&to, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &Device::Cpu)
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    let err = refused(&|c| c["layer_types"][0] = "chunked_attention".into());
+    assert!(err.contains("config.json") && err.contains("chunked_attention"), "{err}");
+    let err = refused(&|c| c["layer_types"] = serde_json::json!(["full_attention"]));
+    assert!(err.contains("layer_types has 1 entries for 2 layers"), "{err}");
+    let err = refused(&|c| c["rope_parameters"]["full_attention"]["rope_type"] = "yarn".into());
+    assert!(err.contains("yarn"), "{err}");
 }
