@@ -23,11 +23,13 @@ pub fn applies(q: &Tensor) -> bool {
 }
 
 /// softmax(q k^T * scale + mask) v for q (b, h, t, d), k and v (b, kv, t, d) with kv dividing
-/// h, and an additive mask (t, t) (0 or -inf): returns (b, t, h * d).
+/// h, and an additive mask (t, t), or one per head (h, t, t) (ALiBi's slopes): returns
+/// (b, t, h * d). Every head's mask must hide the same entries (-inf).
 pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) -> candle_core::Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let kv = k.dim(1)?;
-    if kv == 0 || h % kv != 0 || k.dims4()? != (b, kv, t, d) || v.dims4()? != (b, kv, t, d) || mask.dims2()? != (t, t) {
+    let mask_fits = mask.dims() == [t, t] || mask.dims() == [h, t, t];
+    if kv == 0 || h % kv != 0 || k.dims4()? != (b, kv, t, d) || v.dims4()? != (b, kv, t, d) || !mask_fits {
         candle_core::bail!(
             "attention: q {:?}, k {:?}, v {:?}, mask {:?} do not fit",
             q.dims(),
@@ -61,7 +63,7 @@ impl Dims {
 struct Attention {
     dims: Dims,
     scale: f32,
-    /// (t, t), additive; -inf entries get probability exactly 0.
+    /// (t, t) or (h, t, t), additive; -inf entries get probability exactly 0.
     mask: Vec<f32>,
     /// The mask's row blocks; columns past a block's `cols` are never computed (they stay 0).
     blocks: Vec<Block>,
@@ -89,29 +91,37 @@ impl<'a> View<'a> {
     }
 }
 
+/// A head's (t, d) matrix and its (row, column) strides.
+type Operand<'a> = (&'a [f32], (usize, usize));
+
 fn lock_err<T>(_: T) -> candle_core::Error {
     candle_core::Error::Msg("attention: poisoned lock".into())
 }
 
 impl Attention {
+    /// Head `hi`'s additive (t, t) mask.
+    fn mask_of(&self, hi: usize) -> &[f32] {
+        let tt = self.dims.t * self.dims.t;
+        if self.mask.len() == tt {
+            &self.mask
+        } else {
+            &self.mask[hi * tt..(hi + 1) * tt]
+        }
+    }
+
     /// One query head's forward: probabilities into `p` (t, t), output into `out` (rows of
     /// stride h * d, starting at this head's columns).
-    fn head_forward(
-        &self,
-        (q, qs): (&[f32], (usize, usize)),
-        (k, ks): (&[f32], (usize, usize)),
-        (v, vs): (&[f32], (usize, usize)),
-        p: &mut [f32],
-        out: &mut [f32],
-    ) {
+    fn head_forward(&self, hi: usize, (q, k, v): (Operand, Operand, Operand), p: &mut [f32], out: &mut [f32]) {
+        let ((q, qs), (k, ks), (v, vs)) = (q, k, v);
         let Dims { h, t, d, .. } = self.dims;
+        let mask = self.mask_of(hi);
         for &Block { rows: (r0, r1), cols: c } in &self.blocks {
             let (m, p) = (r1 - r0, &mut p[r0 * t..r1 * t]);
             // scores = q k^T, (m, c): k^T has the strides of k swapped
             gemm_strided(p, (t, 1), &q[r0 * qs.0..], qs, k, (ks.1, ks.0), (m, d, c), Accumulate::No, 1.0);
             for (i, row) in p.chunks_mut(t).enumerate() {
                 let i = r0 + i;
-                masked_softmax(&mut row[..c], &self.mask[i * t..i * t + c], self.scale);
+                masked_softmax(&mut row[..c], &mask[i * t..i * t + c], self.scale);
             }
             // out = p v, (m, d) written with row stride h * d
             gemm_strided(&mut out[r0 * h * d..], (h * d, 1), p, (t, 1), v, vs, (m, c, d), Accumulate::No, 1.0);
@@ -166,7 +176,7 @@ impl CustomOp3 for Attention {
             |(bi, (out_b, probs_b))| {
                 for (hi, p) in probs_b.chunks_mut(t * t).enumerate() {
                     let kvi = hi / self.dims.rep();
-                    self.head_forward(q.head(bi, hi), k.head(bi, kvi), v.head(bi, kvi), p, &mut out_b[hi * d..]);
+                    self.head_forward(hi, (q.head(bi, hi), k.head(bi, kvi), v.head(bi, kvi)), p, &mut out_b[hi * d..]);
                 }
             },
         );
@@ -388,6 +398,32 @@ mod tests {
         let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
         let fused = fused_attention(&q, &k, &v, 0.3, &mask).unwrap();
         let reference = composed(&q, &k, &v, 0.3, &mask);
+        close(&fused, &reference);
+        let ga = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for x in [&q, &k, &v] {
+            close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        }
+    }
+
+    /// A mask per head (ALiBi's linear biases on a causal mask), over several row blocks.
+    #[test]
+    fn takes_a_mask_per_head() {
+        let dev = Device::Cpu;
+        let (b, h, t, d) = (2, 3, 40, 4);
+        let var = |shape: (usize, usize, usize, usize)| {
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap()
+        };
+        let (q, k, v) = (var((b, h, t, d)), var((b, h, t, d)), var((b, h, t, d)));
+        let causal = crate::model::causal_mask(t, None, &dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let per_head: Vec<f32> = [0.5f32, 0.25, 0.125]
+            .iter()
+            .flat_map(|&s| causal.iter().enumerate().map(move |(ij, &m)| m + s * (ij % t) as f32))
+            .collect();
+        let mask = Tensor::from_vec(per_head, (h, t, t), &dev).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
+        let fused = fused_attention(&q, &k, &v, 0.5, &mask).unwrap();
+        let reference = composed(&q, &k, &v, 0.5, &mask);
         close(&fused, &reference);
         let ga = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
