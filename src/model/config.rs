@@ -80,7 +80,7 @@ pub struct RopeParameters {
 /// from the config count as 0: the estimate is then low, never an error.
 pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize) -> u64 {
     let get = |keys: &[&str]| keys.iter().find_map(|k| config.get(*k).and_then(|v| v.as_u64())).unwrap_or(0);
-    let hidden = get(&["hidden_size", "n_embd"]);
+    let hidden = get(&["hidden_size", "n_embd", "n_embed"]);
     let layers = get(&["num_hidden_layers", "n_layer"]);
     let heads = get(&["num_attention_heads", "n_head"]);
     let inter = match get(&["intermediate_size", "n_inner"]) {

@@ -14,6 +14,7 @@
 //! model and the loading.
 
 mod attention;
+pub mod bloom;
 mod config;
 pub mod fused;
 pub mod gpt2;
@@ -56,7 +57,7 @@ pub trait CausalLm: Send + Sync {
 }
 
 /// The model types plasticity knows, as written in config.json's `model_type`.
-pub const SUPPORTED: [&str; 8] = ["llama", "mistral", "qwen2", "olmo", "olmo2", "olmo3", "gpt_neox", "gpt2"];
+pub const SUPPORTED: [&str; 9] = ["llama", "mistral", "qwen2", "olmo", "olmo2", "olmo3", "gpt_neox", "gpt2", "bloom"];
 
 /// A loaded checkpoint: the model with its adapters, ready to train.
 pub struct LoadedModel {
@@ -147,6 +148,7 @@ pub fn load_as(
         "olmo" | "olmo2" | "olmo3" => olmo::load(dir, &config, w, spec, init, seed),
         "gpt_neox" => gpt_neox::load(dir, &config, w, spec, init, seed),
         "gpt2" => gpt2::load(dir, &config, w, spec, init, seed),
+        "bloom" => bloom::load(dir, &config, w, spec, init, seed),
         "" => {
             Err(Error::input(dir.join("config.json"), format!("no model_type (supported: {})", SUPPORTED.join(", "))))
         }
