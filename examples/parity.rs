@@ -100,12 +100,14 @@ fn main() -> Res<()> {
         "gpt_neox_parallel",
         "gpt_neox_sequential",
         "gpt2",
+        "bloom",
+        "bloom_post_ln",
     ] {
         let (logits, loss) = forward_errors(name)?;
         println!("{name:<22} {logits:>18.2e} {loss:>18.2e}");
     }
     println!("\n{:<22} {:>28}", "model", "PEFT 10-step loss max rel err");
-    for name in ["llama_gqa", "qwen2", "olmo", "olmo2", "olmo3", "gpt_neox_parallel", "gpt2"] {
+    for name in ["llama_gqa", "qwen2", "olmo", "olmo2", "olmo3", "gpt_neox_parallel", "gpt2", "bloom"] {
         println!("{name:<22} {:>28.2e}", peft_error(name)?);
     }
     Ok(())

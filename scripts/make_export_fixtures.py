@@ -27,7 +27,7 @@ import json  # noqa: E402
 import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
 
-MODELS = ["llama_gqa", "gpt2", "olmo", "olmo2"]
+MODELS = ["llama_gqa", "gpt2", "olmo", "olmo2", "bloom"]
 EXPORT_FLAGS = ["--steps", "6", "--seq-len", "32", "--batch-size", "4", "--eval-blocks", "4", "--lr", "1e-2",
                 "--seed", "3", "--device", "cpu", "--threads", "1", "--quiet"]
 

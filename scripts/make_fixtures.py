@@ -84,6 +84,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    BloomConfig,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
@@ -347,6 +348,8 @@ COMMON = dict(
 def model_specs():
     llama = dict(COMMON, num_attention_heads=4, num_key_value_heads=2, intermediate_size=176,
                  rms_norm_eps=1e-6)
+    bloom = dict(vocab_size=VOCAB_SIZE, hidden_size=64, n_layer=2, bos_token_id=EOS_ID, eos_token_id=EOS_ID,
+                 initializer_range=INIT_STD, layer_norm_epsilon=1e-5, hidden_dropout=0.0, attention_dropout=0.0)
     olmo = dict(COMMON, num_attention_heads=4, num_key_value_heads=2, intermediate_size=176,
                 attention_bias=False)
     neox = dict(COMMON, num_attention_heads=4, intermediate_size=256, tie_word_embeddings=False,
@@ -397,6 +400,11 @@ def model_specs():
                                                "full_attention": {"rope_type": "linear", "factor": 2.0,
                                                                   "rope_theta": 500000.0}}),
          1013, torch.float32, None),
+        # BLOOM: ALiBi, interleaved query_key_value, embedding LayerNorm, tied head
+        ("bloom", BloomConfig(**bloom, n_head=4), 1014, torch.float32, None),
+        # six heads (ALiBi's slopes past a power of two), the residual taken after the norms
+        ("bloom_post_ln", BloomConfig(**dict(bloom, hidden_size=48), n_head=6,
+                                      apply_residual_connection_post_layernorm=True), 1015, torch.float32, None),
     ]
 
 
@@ -491,7 +499,7 @@ def make_models(tok_path, eval_blocks):
 # PEFT LoRA parity traces
 # ---------------------------------------------------------------------------
 
-PEFT_MODELS = ["llama_gqa", "gpt_neox_parallel", "gpt2", "qwen2", "olmo", "olmo2", "olmo3"]
+PEFT_MODELS = ["llama_gqa", "gpt_neox_parallel", "gpt2", "qwen2", "olmo", "olmo2", "olmo3", "bloom"]
 # PEFT has no default targets for these model types (it asks for target_modules); plasticity
 # adapts Llama's, and so do the traces.
 DEFAULT_TARGETS = {"olmo": ["q_proj", "v_proj"], "olmo2": ["q_proj", "v_proj"], "olmo3": ["q_proj", "v_proj"]}
@@ -766,6 +774,44 @@ def _olmo_fwd(cfg, w, ids):  # olmo (pre-norm, weightless LayerNorm, clip_qkv) /
     return x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
 
 
+def _alibi_slopes(heads):
+    closest = 2 ** math.floor(math.log2(heads))
+    base = 2 ** (-(2 ** -(math.log2(closest) - 3)))
+    slopes = [base ** p for p in range(1, closest + 1)]
+    if closest != heads:
+        extra = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
+        slopes += [extra ** p for p in range(1, 1 + 2 * min(closest, heads - closest), 2)]
+    return np.array(slopes)
+
+
+def _bloom_fwd(cfg, w, ids):  # ALiBi, per-head interleaved qkv, embedding LayerNorm, tied head
+    H, hid, eps = cfg["n_head"], cfg["hidden_size"], cfg["layer_norm_epsilon"]
+    hd, T, post = hid // H, len(ids), cfg["apply_residual_connection_post_layernorm"]
+    pre = "transformer." if "transformer.word_embeddings.weight" in w else ""
+
+    def lin(x, n):
+        return x @ w[n + ".weight"].T + w[n + ".bias"]
+
+    def ln(x, n):
+        return _ln(x, w[n + ".weight"], w[n + ".bias"], eps)
+
+    alibi = _alibi_slopes(H)[:, None, None] * np.arange(T)[None, None, :]
+    x = ln(w[pre + "word_embeddings.weight"][ids], pre + "word_embeddings_layernorm")
+    for i in range(cfg["n_layer"]):
+        p = f"{pre}h.{i}."
+        h = ln(x, p + "input_layernorm")
+        qkv = lin(h, p + "self_attention.query_key_value").reshape(T, H, 3, hd)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        s = np.einsum("thd,shd->hts", q, k) / math.sqrt(hd) + alibi + np.triu(np.full((T, T), -np.inf), 1)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        x = lin(np.einsum("hts,shd->thd", s, v).reshape(T, hid), p + "self_attention.dense") + (h if post else x)
+        h = ln(x, p + "post_attention_layernorm")
+        u = lin(h, p + "mlp.dense_h_to_4h")
+        x = lin(u * 0.5 * (1 + np.tanh(0.79788456 * u * (1 + 0.044715 * u * u))), p + "mlp.dense_4h_to_h") + (h if post else x)
+    return ln(x, pre + "ln_f") @ w[pre + "word_embeddings.weight"].T
+
+
 def _neox_fwd(cfg, w, ids):
     H = cfg["num_attention_heads"]
     hd, eps, rp = cfg["hidden_size"] // H, cfg["layer_norm_eps"], cfg["rope_parameters"]
@@ -818,7 +864,7 @@ def _gpt2_fwd(cfg, w, ids):
     return x @ w["transformer.wte.weight"].T  # tied
 
 
-_NP_FWD = {"llama": _llama_fwd, "mistral": _llama_fwd, "qwen2": _llama_fwd, "olmo": _olmo_fwd, "olmo2": _olmo_fwd, "olmo3": _olmo_fwd,
+_NP_FWD = {"llama": _llama_fwd, "mistral": _llama_fwd, "qwen2": _llama_fwd, "olmo": _olmo_fwd, "olmo2": _olmo_fwd, "olmo3": _olmo_fwd, "bloom": _bloom_fwd,
            "gpt_neox": _neox_fwd, "gpt2": _gpt2_fwd}
 
 

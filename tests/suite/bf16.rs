@@ -4,8 +4,8 @@
 //! Logits: bf16 rounds after every op, so an f32 computation, or one op rounded at another
 //! point than torch rounds it (a bias added after the matmul instead of inside it, a sum of
 //! three terms in another order), lands as far from transformers' bf16 logits as its f32 ones
-//! are. Ours must be within 0.6 of that distance (max and mean). gpt_neox, qwen2, olmo and
-//! olmo2 match bit for bit (OLMo rotates in f32 and rounds once, Llama rounds each op); llama and gpt2 differ where a transcendental function (cos, tanh) differs
+//! are. Ours must be within 0.6 of that distance (max and mean). gpt_neox, qwen2, olmo, olmo2
+//! and bloom match bit for bit (OLMo rotates in f32 and rounds once, Llama rounds each op); llama and gpt2 differ where a transcendental function (cos, tanh) differs
 //! from torch's in the last f32 bit and the bf16 rounding then flips.
 //!
 //! Training: PEFT's 10-step loss curve on the bf16 base with f32 adapters, within 5e-4
@@ -20,7 +20,7 @@ use super::peft::spec;
 use super::util::{fixtures, floats, json, model_dir, to_vec};
 
 /// The models with PEFT traces.
-const MODELS: [&str; 7] = ["llama_gqa", "qwen2", "gpt_neox_parallel", "gpt2", "olmo", "olmo2", "olmo3"];
+const MODELS: [&str; 8] = ["llama_gqa", "qwen2", "gpt_neox_parallel", "gpt2", "olmo", "olmo2", "olmo3", "bloom"];
 /// Logits only: one head of 128, whose scale 1/sqrt(128) is not a bf16 number.
 const HD128: &str = "llama_hd128";
 
@@ -71,6 +71,7 @@ fn bf16_logits_match_transformers_in_bf16() {
     assert_eq!(of("gpt_neox_parallel"), 0.0, "gpt_neox: bit for bit");
     assert_eq!(of("olmo"), 0.0, "olmo: bit for bit");
     assert_eq!(of("olmo2"), 0.0, "olmo2: bit for bit");
+    assert_eq!(of("bloom"), 0.0, "bloom: bit for bit");
     assert!(of("qwen2") < 1e-4, "qwen2: within one rounding");
     assert_eq!(of(HD128), 0.0, "llama with head_dim 128: bit for bit (the scale rounds once)");
     for (name, (err, moved)) in names.into_iter().zip(errors) {

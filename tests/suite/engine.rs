@@ -48,7 +48,9 @@ fn every_adapter_gets_a_gradient(name: &str, targets: Targets) {
 
 #[test]
 fn every_adapter_weight_gets_a_gradient() {
-    for name in ["llama_gqa", "qwen2", "olmo", "olmo2", "olmo3", "gpt_neox_parallel", "gpt_neox_sequential", "gpt2"] {
+    for name in
+        ["llama_gqa", "qwen2", "olmo", "olmo2", "olmo3", "bloom", "gpt_neox_parallel", "gpt_neox_sequential", "gpt2"]
+    {
         every_adapter_gets_a_gradient(name, Targets::AllLinear);
     }
 }
@@ -70,6 +72,10 @@ fn default_targets_follow_peft() {
         ["gpt_neox.layers.0.attention.query_key_value", "gpt_neox.layers.1.attention.query_key_value"]
     );
     assert_eq!(modules("gpt2"), ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]);
+    assert_eq!(
+        modules("bloom"),
+        ["transformer.h.0.self_attention.query_key_value", "transformer.h.1.self_attention.query_key_value"]
+    );
     // PEFT has no default for OLMo: Llama's
     for name in ["olmo", "olmo2", "olmo3"] {
         assert_eq!(modules(name), modules("llama_gqa"), "{name}");

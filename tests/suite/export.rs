@@ -60,7 +60,7 @@ fn check_names_and_shapes(dir: &Path, name: &str) {
 
 #[test]
 fn exported_adapters_are_peft_files() {
-    for name in ["llama_gqa", "gpt2", "olmo", "olmo2"] {
+    for name in ["llama_gqa", "gpt2", "olmo", "olmo2", "bloom"] {
         let committed = fixtures().join("exported").join(name);
         check_names_and_shapes(&committed, name);
         let dir = Dir::new();
@@ -84,7 +84,7 @@ fn exported_adapters_are_peft_files() {
 
 #[test]
 fn exported_adapters_give_pefts_logits() {
-    for name in ["llama_gqa", "gpt2", "olmo", "olmo2"] {
+    for name in ["llama_gqa", "gpt2", "olmo", "olmo2", "bloom"] {
         let dir = fixtures().join("exported").join(name);
         let expected = json(&dir.join("peft_logits.json"));
         let lora = PeftConfig::read(&dir).unwrap().spec(&dir).unwrap();

@@ -10,7 +10,7 @@ use plasticity::train::eval_loss;
 use super::util::{fixtures, floats, json, load, load_with, model_dir, task_blocks, to_vec, Dir};
 
 /// (model folder, expected numbers): gpt2_pickle holds gpt2's weights as pytorch_model.bin.
-const MODELS: [(&str, &str); 14] = [
+const MODELS: [(&str, &str); 16] = [
     ("llama_gqa", "llama_gqa"),
     ("llama_tied_bf16", "llama_tied_bf16"),
     ("llama_sharded", "llama_sharded"),
@@ -25,6 +25,8 @@ const MODELS: [(&str, &str); 14] = [
     ("gpt_neox_sequential", "gpt_neox_sequential"),
     ("gpt2", "gpt2"),
     ("gpt2_pickle", "gpt2"),
+    ("bloom", "bloom"),
+    ("bloom_post_ln", "bloom_post_ln"),
 ];
 
 /// Largest |ours - theirs| / max(1, |theirs|) over all logits.
@@ -150,4 +152,19 @@ fn olmo3_layer_types_are_checked() {
     assert!(err.contains("layer_types has 1 entries for 2 layers"), "{err}");
     let err = refused(&|c| c["rope_parameters"]["full_attention"]["rope_type"] = "yarn".into());
     assert!(err.contains("yarn"), "{err}");
+}
+
+/// BigScience's BLOOM configs say `n_embed` where transformers 5 writes `hidden_size`; the
+/// same checkpoint read either way gives the same logits.
+#[test]
+fn bloom_configs_with_n_embed_are_read() {
+    let dir = Dir::new();
+    let to = dir.copy_checkpoint(&model_dir("bloom"), "bloom");
+    let mut cfg = json(&to.join("config.json"));
+    let obj = cfg.as_object_mut().unwrap();
+    let hidden = obj.remove("hidden_size").unwrap();
+    obj.insert("n_embed".into(), hidden);
+    obj.insert("hidden_size".into(), 1.into()); // n_embed wins, as in transformers
+    std::fs::write(to.join("config.json"), cfg.to_string()).unwrap();
+    check_logits(&to, "bloom");
 }

@@ -96,6 +96,11 @@ fn olmo3_training_matches_peft() {
     check("olmo3");
 }
 
+#[test]
+fn bloom_training_matches_peft() {
+    check("bloom");
+}
+
 /// The losses, grad norms and adapters of three sharded steps, on a pool of `threads`.
 fn sharded_run(threads: usize) -> (Vec<(f64, f64)>, Vec<Vec<f32>>) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
