@@ -408,9 +408,9 @@ impl CausalLm for Model {
     }
 }
 
-/// Targets when none are given: PEFT has no default for OLMo, so Llama's.
-pub const DEFAULT_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
-pub const ALL_LINEAR: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// Targets when none are given: PEFT has no default for OLMo, so Llama's (the module names
+/// are the same), and the same list for "all-linear".
+pub use super::llama::{ALL_LINEAR, DEFAULT_TARGETS};
 
 pub fn load(
     dir: &Path,
