@@ -2,7 +2,7 @@
 //! benches/compare_peft.sh (which runs the same step in PyTorch + PEFT on the same files).
 //!
 //!     cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2
-//!     cargo run --release --example step_timing -- time DIR STEPS WARMUP [SEQ]  # prints one JSON line
+//!     cargo run --release --example step_timing -- time DIR STEPS WARMUP [SEQ [SHARD]]  # one JSON line
 //!     cargo run --release --example step_timing -- kernel SHAPE           # the gemm kernel alone
 //!
 //! SHAPE is tiny (4 x 128, vocab 2048), 14m (Pythia-14M), 70m-body (Pythia-70M's blocks, vocab
@@ -11,7 +11,8 @@
 //! threads RAYON_NUM_THREADS allows: the rate the engine's step is measured against.
 //!     PLASTICITY_DEVICE=cuda target/cuda/release/examples/step_timing time DIR 5 2  # on a GPU
 //!
-//! The batch is 8 x 128 tokens (1,024 tokens in sequences of SEQ when it is given), r = 8 on PEFT's default targets, AdamW, f32, on the threads
+//! The batch is 8 x 128 tokens (1,024 tokens in sequences of SEQ when it is given, trained in
+//! shards of SHARD tokens when that is given, else `train::shard::SHARD_TOKENS`), r = 8 on PEFT's default targets, AdamW, f32, on the threads
 //! RAYON_NUM_THREADS allows. Timing starts after WARMUP steps and reads the clock after
 //! synchronising the device.
 
@@ -38,12 +39,18 @@ fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["write", dir, arch, shape] => write(Path::new(dir), arch, shape),
-        ["time", dir, steps, warmup] => time(Path::new(dir), steps.parse()?, warmup.parse()?, SEQ),
-        ["time", dir, steps, warmup, seq] => time(Path::new(dir), steps.parse()?, warmup.parse()?, seq.parse()?),
+        ["time", dir, steps, warmup] => time(Path::new(dir), (steps.parse()?, warmup.parse()?), SEQ, None),
+        ["time", dir, steps, warmup, seq] => {
+            time(Path::new(dir), (steps.parse()?, warmup.parse()?), seq.parse()?, None)
+        }
+        ["time", dir, steps, warmup, seq, shard] => {
+            time(Path::new(dir), (steps.parse()?, warmup.parse()?), seq.parse()?, Some(shard.parse()?))
+        }
         ["matmul"] => matmul(),
         ["kernel", shape] => kernel(shape),
         _ => {
-            Err("usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ] | kernel SHAPE | matmul".into())
+            Err("usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ [SHARD]] | kernel SHAPE | matmul"
+                .into())
         }
     }
 }
@@ -140,7 +147,7 @@ fn batch(dev: &Device, vocab: usize, seq: usize) -> Res<Batch> {
     Ok(Batch { ids, labels })
 }
 
-fn time(dir: &Path, steps: usize, warmup: usize, seq: usize) -> Res<()> {
+fn time(dir: &Path, (steps, warmup): (usize, usize), seq: usize, shard: Option<usize>) -> Res<()> {
     if seq == 0 || TOKENS % seq != 0 {
         return Err(format!("SEQ must divide {TOKENS}").into());
     }
@@ -158,6 +165,9 @@ fn time(dir: &Path, steps: usize, warmup: usize, seq: usize) -> Res<()> {
         timing_warmup: warmup,
     };
     let mut trainer = Trainer::new(&model, &spec)?;
+    if let Some(tokens) = shard {
+        trainer = trainer.with_shard_tokens(tokens);
+    }
     let b = batch(&dev, model.vocab_size, seq)?;
     let load_s = start.elapsed().as_secs_f64();
     let mut times = Vec::new();

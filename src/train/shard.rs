@@ -22,9 +22,10 @@ use crate::error::{CandleContext, Result};
 use crate::model::LoadedModel;
 
 /// Tokens per shard. At 2 threads, 2 sequences of 128 were fastest (4 x 128 llama: 17,500-
-/// 19,600 tok/s, against 15,700-19,600 for 4 sequences, 14,900-15,100 for 1 and 10,000-12,200
+/// 19,000 tok/s, against 15,700-19,600 for 4 sequences, 14,900-15,100 for 1 and 10,000-12,200
 /// for the whole batch of 8); at 1 thread shards cost nothing (the 6 x 512 GPT-NeoX ran
-/// 855-908 tok/s in shards of 2 against 809-850 whole).
+/// 855-908 tok/s in shards of 2 against 809-850 whole). Measured with `examples/step_timing
+/// time DIR STEPS WARMUP 128 SHARD`.
 pub const SHARD_TOKENS: usize = 256;
 
 impl Batch {
