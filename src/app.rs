@@ -29,6 +29,11 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
     let reports = Reports::create(&opts.exports)?;
     let mut found = discover::scan(&opts.dir)?;
     found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
+    if let Some(selection) = &opts.selection {
+        let count = found.checkpoints.len();
+        found.checkpoints = selection.select(found.checkpoints)?;
+        eprintln!("scanning {} of the series' {count} snapshot(s)", found.checkpoints.len());
+    }
     if let Some(part) = opts.partition {
         found.checkpoints = part.select(found.checkpoints);
         eprintln!(

@@ -211,6 +211,20 @@ pub struct ScanArgs {
     /// Folder of checkpoints (checkpoint-N/, stepN/, ...) or one checkpoint folder.
     pub dir: PathBuf,
 
+    /// Scan only the snapshots these names or globs match (`*`, `?`), e.g. step1000,step*000;
+    /// each must match one.
+    #[arg(long, value_name = "NAME,GLOB,...", help_heading = "Snapshots")]
+    pub snapshots: Option<String>,
+
+    /// Scan at most N snapshots, spread evenly by step (first and last included).
+    #[arg(long, allow_hyphen_values = true, value_name = "N", help_heading = "Snapshots")]
+    pub max_snapshots: Option<usize>,
+
+    /// How --max-snapshots spreads them: evenly in step, or in log(step), which favours the
+    /// early snapshots where a series changes fastest.
+    #[arg(long, value_enum, default_value_t = Spacing::Linear, value_name = "linear|log", hide_possible_values = true, help_heading = "Snapshots")]
+    pub spacing: Spacing,
+
     /// Task data: .txt (one document) or .jsonl with "text" or "prompt"+"completion".
     /// Not needed for simulated single-index series, whose task is in their config.
     #[arg(long, value_name = "FILE", help_heading = "Task and data")]
@@ -353,6 +367,14 @@ pub struct ScanArgs {
 pub enum Dtype {
     F32,
     Bf16,
+}
+
+/// How `--max-snapshots` spreads the snapshots it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spacing {
+    Linear,
+    Log,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]

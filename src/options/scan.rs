@@ -52,6 +52,8 @@ pub struct ScanOptions {
     /// A previous report to resume from.
     pub resume: Option<PathBuf>,
     pub strategy: Strategy,
+    /// --snapshots, --max-snapshots, --spacing: which snapshots of the series are scanned.
+    pub selection: Option<super::Selection>,
     /// --partition: which part of the series this process scans.
     pub partition: Option<Partition>,
     /// --fail-if-last-slower X.
@@ -193,6 +195,7 @@ impl ScanOptions {
             price_per_hour,
             resume: args.resume.clone(),
             strategy: strategy(args.strategy, args.resume.is_some())?,
+            selection: super::Selection::new(args.snapshots.as_deref(), args.max_snapshots, args.spacing)?,
             partition: partition(args.partition.as_deref(), args.strategy, &|k| std::env::var(k).ok())?,
             fail_if_last_slower: args
                 .fail_if_last_slower

@@ -430,6 +430,7 @@ pub(super) fn settings_json(o: &ScanOptions) -> serde_json::Value {
         "fail_if_last_slower": o.fail_if_last_slower,
         "threads": o.threads,
         "strategy": o.strategy,
+        "snapshots": o.selection,
         "partition": o.partition.map(|p| p.to_string()),
         "dtype": o.dtype.as_str(),
         "pretrain_sample": o.pretrain_sample,

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::report::{CheckpointReport, Report, SeedFailure};
 
 /// Settings that do not change a measurement.
-const IGNORED: [&str; 2] = ["threads", "devices"];
+const IGNORED: [&str; 3] = ["threads", "devices", "snapshots"];
 
 /// The settings that differ between two reports, `ignored` apart; a setting one report does
 /// not record counts as null (a newer setting left unset).

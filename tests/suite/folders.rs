@@ -181,3 +181,30 @@ fn a_hub_cache_repository_is_a_series_of_its_step_revisions() {
     assert!(stderr.contains("skipping revision main"), "{stderr}");
     assert!(stderr.contains("skipping revision step3") && stderr.contains("\"cccc\""), "{stderr}");
 }
+
+/// `--snapshots` names snapshots (globs allowed), `--max-snapshots` thins the series to N spread
+/// by step with the first and last kept; the report records the selection. A name matching
+/// nothing, and N = 0, are refused with exit code 2.
+#[test]
+fn snapshots_are_selected_by_name_and_spread() {
+    let series = fixtures().join("series");
+    let names = |r: &serde_json::Value| -> Vec<String> {
+        r["checkpoints"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+    };
+    let (code, stderr, report) = run(&series, &["--max-snapshots", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(names(&report), ["checkpoint-30", "checkpoint-120"]);
+    assert!(stderr.contains("scanning 2 of the series' 4 snapshot(s)"), "{stderr}");
+    assert_eq!(report["settings"]["snapshots"]["max"], 2);
+    assert_eq!(report["settings"]["snapshots"]["spacing"], "linear");
+    let (code, stderr, report) = run(&series, &["--snapshots", "checkpoint-6*,checkpoint-90"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(names(&report), ["checkpoint-60", "checkpoint-90"]);
+    for flags in [&["--snapshots", "checkpoint-1000"][..], &["--max-snapshots", "0"][..]] {
+        let out =
+            scan(&series, &fixtures().join("task.jsonl"), &[&["--steps", "2"][..], flags].concat()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(flags[0]) && stderr.lines().count() <= 2, "{flags:?}: {stderr}");
+    }
+}

@@ -108,6 +108,7 @@ fn scan_groups_its_flags_under_headings() {
         [
             "Arguments:",
             "Options:",
+            "Snapshots:",
             "Task and data:",
             "LoRA:",
             "Training:",
