@@ -87,7 +87,7 @@ impl Sink {
             None => {
                 let tmp = crate::fs::temp_path(path);
                 plot::render(report, &tmp)?;
-                std::fs::rename(&tmp, path).map_err(|e| Error::input(path, format!("cannot write plot: {e}")))
+                crate::fs::commit(&tmp, path).map_err(|e| Error::input(path, format!("cannot write plot: {e}")))
             }
         }
     }
