@@ -1,9 +1,47 @@
-//! The progress bar on stderr: checkpoint i/n, step, loss, tokens/s and ETA. Hidden when
-//! stderr is not a terminal or with --quiet. It must not affect what is measured.
+//! The progress bars on stderr: checkpoint i/n, step, loss, tokens/s and ETA, and one bar per
+//! download of a Hub scan (bytes, MB/s, ETA) drawn with it. Hidden when stderr is not a
+//! terminal or with --quiet. It must not affect what is measured.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Every bar of the process, drawn together so that they do not overwrite each other.
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
+
+/// `bar` drawn with the others, or hidden.
+fn shown(bar: ProgressBar, enabled: bool) -> ProgressBar {
+    if enabled && std::io::stderr().is_terminal() {
+        bars().add(bar)
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+        bar
+    }
+}
+
+/// A bar for one download of `total` bytes, or hidden; `finish_and_clear` it when done.
+pub fn download_bar(prefix: String, total: u64, enabled: bool) -> ProgressBar {
+    let bar = shown(ProgressBar::new(total), enabled);
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} (ETA {eta})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(prefix);
+    bar
+}
+
+/// A line above the bars, or on stderr when they are hidden.
+pub fn println(bar: &ProgressBar, line: &str) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
 
 use crate::curve::StepEvent;
 
@@ -17,10 +55,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(checkpoints: usize, steps: usize, enabled: bool) -> Self {
-        let bar = ProgressBar::new((checkpoints * steps) as u64);
-        if !(enabled && std::io::stderr().is_terminal()) {
-            bar.set_draw_target(ProgressDrawTarget::hidden());
-        }
+        let bar = shown(ProgressBar::new((checkpoints * steps) as u64), enabled);
         let style = ProgressStyle::with_template("{prefix} [{bar:30}] {msg} (ETA {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
@@ -59,11 +94,7 @@ impl Progress {
 
     /// A line above the bar (or plain stderr when the bar is hidden).
     pub fn println(&self, line: &str) {
-        if self.bar.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            self.bar.println(line);
-        }
+        println(&self.bar, line);
     }
 
     pub fn finish(&self) {
