@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::cli::{DemoArgs, MergeArgs, ProbeArgs, ReportArgs, ScanArgs, ScanOnly, SelectArgs, SimulateArgs};
-use crate::discover;
+use crate::discover::{self, CheckpointRef};
 use crate::error::{exit, Error, Result};
+use crate::hub::{self, Fetcher, HubEnv};
 use crate::options::{self, ScanOptions};
 use crate::report::{headline, markdown, table, Report, Reports, ScanStatus, Status};
 use crate::runner::Scan;
@@ -27,30 +28,22 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
     crate::interrupt::install()?;
     let previous = opts.resume.as_deref().map(Report::read).transpose()?; // before the report files are created
     let reports = Reports::create(&opts.exports)?;
-    let mut found = discover::scan(&opts.dir)?;
-    found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
-    if let Some(selection) = &opts.selection {
-        let count = found.checkpoints.len();
-        found.checkpoints = selection.select(found.checkpoints)?;
-        eprintln!("scanning {} of the series' {count} snapshot(s)", found.checkpoints.len());
-    }
-    if let Some(part) = opts.partition {
-        found.checkpoints = part.select(found.checkpoints);
-        eprintln!(
-            "partition {part}: {} checkpoint(s) of the series; join the parts' reports with `plasticity merge`",
-            found.checkpoints.len()
-        );
-    }
+    let (checkpoints, fetcher) = snapshots(opts)?;
     let report = match &opts.sweep {
-        Some(sweep) => {
-            crate::runner::run_sweep(opts, sweep, &found.checkpoints, &reports, previous.zip(opts.resume.as_deref()))?
-        }
+        Some(sweep) => crate::runner::run_sweep(
+            opts,
+            sweep,
+            &checkpoints,
+            &reports,
+            previous.zip(opts.resume.as_deref()),
+            fetcher.as_ref(),
+        )?,
         None => {
-            let mut scan = Scan::new(opts, &found.checkpoints)?;
+            let mut scan = Scan::new(opts, &checkpoints)?.with_fetcher(fetcher.as_ref());
             if let (Some(prev), Some(path)) = (previous, &opts.resume) {
                 scan.resume_from(prev, path)?;
             }
-            scan.run(&found.checkpoints, &reports)?
+            scan.run(&checkpoints, &reports)?
         }
     };
     reports.finish(&report)?;
@@ -68,6 +61,32 @@ fn run_scan(opts: &ScanOptions) -> Result<Report> {
         append_step_summary(&report);
     }
     Ok(report)
+}
+
+/// The snapshots to scan, in step order: found in the folder or listed on the Hub, then
+/// selected and partitioned; for a Hub scan, the fetcher that downloads them.
+fn snapshots(opts: &ScanOptions) -> Result<(Vec<CheckpointRef>, Option<Fetcher>)> {
+    let mut listing = opts.hub.as_ref().map(|h| hub::list(&h.repo, HubEnv::from_process())).transpose()?;
+    let mut found = match &mut listing {
+        Some(l) => std::mem::take(&mut l.discovery),
+        None => discover::scan(&opts.dir)?,
+    };
+    found.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
+    if let Some(selection) = &opts.selection {
+        let count = found.checkpoints.len();
+        found.checkpoints = selection.select(found.checkpoints)?;
+        eprintln!("scanning {} of the series' {count} snapshot(s)", found.checkpoints.len());
+    }
+    if let Some(part) = opts.partition {
+        found.checkpoints = part.select(found.checkpoints);
+        eprintln!(
+            "partition {part}: {} checkpoint(s) of the series; join the parts' reports with `plasticity merge`",
+            found.checkpoints.len()
+        );
+    }
+    let keep = opts.hub.as_ref().is_none_or(|h| h.keep);
+    let fetcher = listing.map(|l| l.prepare(&found.checkpoints, keep, opts.progress));
+    Ok((found.checkpoints, fetcher))
 }
 
 /// --save-best: once the scan is complete, only the winner's adapter stays in `dir` (an

@@ -208,12 +208,13 @@ pub struct ScanOnly {
 
 #[derive(Debug, Args)]
 pub struct ScanArgs {
-    /// Folder of checkpoints (checkpoint-N/, stepN/, ...) or one checkpoint folder.
+    /// Folder of checkpoints (checkpoint-N/, stepN/, ...), one checkpoint folder, or
+    /// hf://ORG/NAME: a Hugging Face Hub repository whose branches are the snapshots.
     pub dir: PathBuf,
 
-    /// Scan only the snapshots these names or globs match (`*`, `?`), e.g. step1000,step*000;
-    /// each must match one.
-    #[arg(long, value_name = "NAME,GLOB,...", help_heading = "Snapshots")]
+    /// Scan only the snapshots (revisions) these names or globs match (`*`, `?`), e.g.
+    /// step1000,step*000; each must match one.
+    #[arg(long, visible_alias = "revisions", value_name = "NAME,GLOB,...", help_heading = "Snapshots")]
     pub snapshots: Option<String>,
 
     /// Scan at most N snapshots, spread evenly by step (first and last included).
@@ -224,6 +225,15 @@ pub struct ScanArgs {
     /// early snapshots where a series changes fastest.
     #[arg(long, value_enum, default_value_t = Spacing::Linear, value_name = "linear|log", hide_possible_values = true, help_heading = "Snapshots")]
     pub spacing: Spacing,
+
+    /// hf:// scans: remove each snapshot's weight files from the Hub cache once it is scanned,
+    /// so that at most two snapshots are on disk at a time.
+    #[arg(long, conflicts_with = "keep_downloads", help_heading = "Snapshots")]
+    pub delete_downloads: bool,
+
+    /// hf:// scans: keep every download in the Hub cache (the default).
+    #[arg(long, help_heading = "Snapshots")]
+    pub keep_downloads: bool,
 
     /// Task data: .txt (one document) or .jsonl with "text" or "prompt"+"completion".
     /// Not needed for simulated single-index series, whose task is in their config.

@@ -142,7 +142,7 @@ fn classify(path: &Path, found: &mut Discovery) {
 }
 
 /// Sorts by step and refuses two snapshots at the same step.
-fn order_by_step(mut found: Discovery) -> Result<Discovery> {
+pub fn order_by_step(mut found: Discovery) -> Result<Discovery> {
     found.checkpoints.sort_by(|a, b| (a.step, &a.name).cmp(&(b.step, &b.name)));
     let mut seen: BTreeMap<u64, &CheckpointRef> = BTreeMap::new();
     for c in &found.checkpoints {

@@ -17,6 +17,9 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// The scan finished, but at least one checkpoint failed (each is in the report).
     pub const SOME_FAILED: i32 = 3;
+    /// A Hub scan (`hf://ORG/NAME`) could not list the repository's revisions: the Hub
+    /// refused (gated, private, missing) or could not be reached, before any fine-tuning.
+    pub const HUB: i32 = 4;
     /// An unexpected internal error (a bug: please report it), or the system refused what the
     /// run needs (stdout, a temporary folder, a signal handler); EX_SOFTWARE of sysexits.h.
     pub const INTERNAL: i32 = 70;
@@ -35,6 +38,9 @@ pub enum Error {
     #[error("{}: {msg}", path.display())]
     Input { path: PathBuf, msg: String },
 
+    /// The Hugging Face Hub refused or could not be reached (one line, naming the repository).
+    #[error("{0}")]
+    Hub(String),
     /// A tensor operation failed (shape bug, out of memory, ...).
     #[error("{context}: {source}")]
     Compute { context: String, source: candle_core::Error },
@@ -87,6 +93,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Flag { .. } | Error::Input { .. } => exit::USAGE,
+            Error::Hub(_) => exit::HUB,
             Error::Compute { .. }
             | Error::System { .. }
             | Error::Encode { .. }

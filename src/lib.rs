@@ -1,6 +1,6 @@
 //! plasticity: which pre-training checkpoint adapts fastest under LoRA fine-tuning?
 //!
-//! The pipeline is checkpoint loader ([`discover`], [`checkpoint`], [`model`]) -> LoRA engine
+//! The pipeline is checkpoint loader ([`discover`], [`hub`], [`checkpoint`], [`model`]) -> LoRA engine
 //! ([`lora`], [`data`], [`train`], behind the [`engine::Engine`] trait) -> scorer ([`score`])
 //! -> reports ([`report`]), run by [`runner`] with settings resolved once in [`options`] from
 //! the flags of [`cli`]. [`app`] holds the commands that `main.rs` dispatches to. The
@@ -22,7 +22,7 @@
 //! | 5 | `options`, `cli` |
 //! | 4 | `report` |
 //! | 3 | `train`, `score` |
-//! | 2 | `model`, `lora`, `single_index`, `synth` |
+//! | 2 | `model`, `lora`, `single_index`, `synth`, `hub` |
 //! | 1 | `checkpoint`, `discover`, `data`, `dropout` |
 //! | 0 | `error`, `curve`, `device`, `fs`, `memory`, `interrupt`, `progress`, `rng`, `math`, `linalg` |
 
@@ -37,6 +37,7 @@ pub mod dropout;
 pub mod engine;
 pub mod error;
 pub mod fs;
+pub mod hub;
 pub mod interrupt;
 pub mod linalg;
 pub mod lora;

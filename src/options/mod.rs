@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub use export::exports;
 pub use partition::{partition, Partition};
 pub use probe::ProbeOptions;
-pub use scan::{budget, Explicit, ScanOptions};
+pub use scan::{budget, Explicit, HubScan, ScanOptions};
 pub use selection::Selection;
 pub use simulate::simulate_spec;
 pub use sweep::Sweep;

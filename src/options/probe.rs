@@ -36,6 +36,9 @@ pub struct ProbeOptions {
 impl ProbeOptions {
     pub fn from_args(args: ProbeArgs) -> Result<Self> {
         let threads = at_least("--threads", args.threads.unwrap_or_else(default_threads), 1)?;
+        if crate::hub::repo_of(&args.dir).is_some() {
+            return Err(crate::error::Error::input(&args.dir, "probe reads a folder: scan the repository first (its snapshots stay in the hub cache), then probe the cache folder models--ORG--NAME"));
+        }
         let mut lora = LoraSpec { rank: at_least("--rank", args.rank, 1)?, ..LoraSpec::default() };
         if let Some(t) = &args.targets {
             lora.targets = parse_targets(t)?;

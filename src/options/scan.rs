@@ -28,10 +28,22 @@ pub struct Explicit {
     pub batch_size: Option<usize>,
 }
 
+/// A scan of a Hugging Face Hub repository (`hf://ORG/NAME`).
+#[derive(Debug, Clone)]
+pub struct HubScan {
+    /// `ORG/NAME`.
+    pub repo: String,
+    /// Keep each snapshot's weights in the cache after it is scanned.
+    pub keep: bool,
+}
+
 /// Everything a scan needs, checked.
 #[derive(Debug, Clone)]
 pub struct ScanOptions {
+    /// The series' folder, or `hf://ORG/NAME` as given.
     pub dir: PathBuf,
+    /// Set when `dir` names a Hub repository.
+    pub hub: Option<HubScan>,
     pub task: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
     pub lora: LoraSpec,
@@ -179,6 +191,7 @@ impl ScanOptions {
         }
         let explicit = Explicit { lr: args.train.lr, steps: args.train.steps, batch_size: args.train.batch_size };
         Ok(ScanOptions {
+            hub: hub_scan(&args, sweep.is_some())?,
             dir: args.dir,
             task: args.task,
             tokenizer: args.tokenizer,
@@ -228,6 +241,25 @@ impl ScanOptions {
             HoursUnit::GpuHours
         }
     }
+}
+
+/// `hf://ORG/NAME`, and `--delete-downloads`, which needs a Hub scan that opens each snapshot
+/// once (a race or a sweep comes back to them).
+fn hub_scan(args: &ScanArgs, sweep: bool) -> Result<Option<HubScan>> {
+    let repo = crate::hub::repo_of(&args.dir).transpose()?;
+    if !args.delete_downloads {
+        return Ok(repo.map(|repo| HubScan { repo, keep: true }));
+    }
+    let Some(repo) = repo else {
+        return Err(Error::flag("--delete-downloads", "is for hf:// scans (a folder's files are the user's own)"));
+    };
+    if args.strategy == Strategy::Race || args.until_settled || sweep {
+        return Err(Error::flag(
+            "--delete-downloads",
+            "cannot be combined with --strategy race, --until-settled or a sweep: they come back to each snapshot",
+        ));
+    }
+    Ok(Some(HubScan { repo, keep: false }))
 }
 
 /// `--devices`: racing advances all snapshots rung by rung on one device.

@@ -72,6 +72,8 @@ pub struct Scan<'a> {
     race_rungs: Option<Vec<usize>>,
     /// What `--until-settled` did so far.
     settle: Option<crate::report::SettleInfo>,
+    /// Streams the snapshots of a Hub scan; None when they are all on disk.
+    fetcher: Option<&'a crate::hub::Fetcher>,
 }
 
 impl<'a> Scan<'a> {
@@ -83,7 +85,21 @@ impl<'a> Scan<'a> {
 
     /// A scan that fine-tunes with `engine`.
     pub fn with_engine(opts: &'a ScanOptions, engine: Box<dyn Engine + 'a>) -> Self {
-        Scan { opts, engine, results: Vec::new(), previous: HashMap::new(), race_rungs: None, settle: None }
+        Scan {
+            opts,
+            engine,
+            results: Vec::new(),
+            previous: HashMap::new(),
+            race_rungs: None,
+            settle: None,
+            fetcher: None,
+        }
+    }
+
+    /// A scan whose snapshots `fetcher` downloads as they are needed.
+    pub fn with_fetcher(mut self, fetcher: Option<&'a crate::hub::Fetcher>) -> Self {
+        self.fetcher = fetcher;
+        self
     }
 
     /// Fine-tunes every checkpoint, rewriting the reports after each one.
@@ -124,14 +140,17 @@ impl<'a> Scan<'a> {
     /// Fine-tunes one checkpoint on `device` (or reuses a resumed measurement): its result,
     /// failed or not; None when the scan was interrupted.
     fn measure(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Option<CheckpointResult> {
-        let fingerprint = crate::checkpoint::fingerprint::fingerprint(&c.path).ok();
+        let fingerprint = match self.fetcher {
+            Some(f) => f.fingerprint(c),
+            None => crate::checkpoint::fingerprint::fingerprint(&c.path).ok(),
+        };
         let mut diverged = false;
         let (runs, seed_failures) = match self.reusable(c, fingerprint.as_deref()) {
             Some(reused) => {
                 progress.println(&format!("reusing the measurement of {} from the resumed report", c.name));
                 (Ok(reused.0), reused.1)
             }
-            None => match self.run_seeds(c, device, progress) {
+            None => match self.fetched(c).and_then(|()| self.run_seeds(c, device, progress)) {
                 Err(Error::Interrupted) => return None,
                 Err(e) => {
                     diverged = matches!(e, Error::Diverged { .. });
@@ -143,6 +162,9 @@ impl<'a> Scan<'a> {
         if let Err(msg) = &runs {
             let what = if diverged { Status::Diverged } else { Status::Failed };
             progress.println(&format!("error: checkpoint {} {what}: {msg}", c.name));
+        }
+        if let Some(f) = self.fetcher {
+            f.release(c);
         }
         let pretrain_curve = assemble::pretrain_curve(&c.path);
         let pretrain_loss = pretrain_curve.last().map(|p| p.1);
@@ -159,6 +181,14 @@ impl<'a> Scan<'a> {
             pretrain_sample_loss,
             seed_failures,
         })
+    }
+
+    /// Waits for `c`'s download in a Hub scan; a download that failed fails the checkpoint.
+    pub(super) fn fetched(&self, c: &CheckpointRef) -> Result<()> {
+        match self.fetcher {
+            Some(f) => f.ready(c).map_err(Error::Hub),
+            None => Ok(()),
+        }
     }
 
     /// One fine-tune per seed: seeds --seed + i and --data-seed + i for i < --seeds. A seed

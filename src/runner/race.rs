@@ -171,6 +171,10 @@ impl Scan<'_> {
     fn run_rung(&mut self, e: &mut Entrant, rung: usize, progress: &Progress) -> Result<()> {
         super::memory::reset_peak();
         let Ok(runs) = std::mem::replace(&mut e.runs, Ok(Vec::new())) else { return Ok(()) };
+        if let Err(err) = self.fetched(&e.checkpoint) {
+            e.runs = Err(self.fail(e, err, progress));
+            return Ok(());
+        }
         let seeds: Vec<(u64, u64, Option<Paused>)> = if runs.is_empty() {
             (0..self.opts.seeds as u64)
                 .map(|i| (self.opts.seed.wrapping_add(i), self.opts.data_seed.wrapping_add(i), None))

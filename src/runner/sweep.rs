@@ -31,8 +31,9 @@ pub fn run(
     checkpoints: &[CheckpointRef],
     reports: &Reports,
     previous: Option<(Report, &Path)>,
+    fetcher: Option<&crate::hub::Fetcher>,
 ) -> Result<Report> {
-    run_with(opts, sweep, checkpoints, reports, previous, &|o| series(o, checkpoints))
+    run_with(opts, sweep, checkpoints, reports, previous, &|o| series(o, checkpoints), fetcher)
 }
 
 fn series<'o>(opts: &'o ScanOptions, checkpoints: &[CheckpointRef]) -> Result<Box<dyn Engine + 'o>> {
@@ -47,6 +48,7 @@ pub fn run_with(
     reports: &Reports,
     previous: Option<(Report, &Path)>,
     engine_for: &EngineFor,
+    fetcher: Option<&crate::hub::Fetcher>,
 ) -> Result<Report> {
     let variants = sweep.variants();
     let (mut done, mut target): (Done, Option<TargetSpec>) = (Vec::new(), opts.target);
@@ -60,7 +62,7 @@ pub fn run_with(
                 "a simulated single-index series has a rank-1 adapter: sweep --lrs only",
             ));
         }
-        let mut scan = Scan::with_engine(&vopts, engine);
+        let mut scan = Scan::with_engine(&vopts, engine).with_fetcher(fetcher);
         match &previous {
             Some((prev, path)) if i == 0 => scan.resume_from(prev.clone(), path)?, // checks the settings once
             Some((prev, _)) => scan.reuse(measurements(prev, v)),

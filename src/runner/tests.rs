@@ -223,8 +223,8 @@ fn a_sweep_runs_every_variant_with_its_own_settings() {
         e
     };
     let reports = Reports::create(&[]).unwrap();
-    let report =
-        super::sweep::run_with(&opts, &sweep, &refs, &reports, None, &|o| Ok(Box::new(engine_for(o)))).expect("sweep");
+    let report = super::sweep::run_with(&opts, &sweep, &refs, &reports, None, &|o| Ok(Box::new(engine_for(o))), None)
+        .expect("sweep");
     let s = report.sweep.as_ref().expect("sweep section");
     assert_eq!(s.variants.len(), 4);
     let final_loss = |rank: usize, lr: f64| {

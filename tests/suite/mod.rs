@@ -10,6 +10,8 @@ mod floors;
 mod folders;
 mod forecast;
 mod help;
+mod hub;
+mod hub_server;
 mod parity;
 mod partition;
 mod peft;

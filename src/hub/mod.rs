@@ -1,0 +1,260 @@
+//! `plasticity scan hf://ORG/NAME`: a Hugging Face Hub repository whose branches are the
+//! snapshots of a series (Pythia's `step1000`, OLMo's `stage1-step1000-tokens4B`, BLOOM's
+//! `global_step1000`), scanned without downloading the series first.
+//!
+//! The scan runs in three phases: [`list`] asks for the repository's branches and keeps those
+//! whose name carries a step, as `discover` reads folder names (the scan then selects and
+//! partitions them as it would folders); [`prepare`] fetches each kept revision's file list
+//! and small files (config, tokenizer, trainer state) into the standard hub cache; the
+//! [`Fetcher`] then streams the weights while the scan runs. With `HF_HUB_OFFLINE` set, no
+//! request is made: the revisions are those the cache holds. A snapshot is the folder
+//! `snapshots/COMMIT` of the cache, so a scan of the cache folder itself reads the same
+//! files. This module must not train or score.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::discover::{CheckpointRef, Discovery};
+use crate::error::{Error, Result};
+
+pub mod api;
+pub mod cache;
+mod env;
+mod fetch;
+
+pub use api::{Hub, RemoteFile, Retry};
+pub use cache::RepoCache;
+pub use env::HubEnv;
+pub use fetch::{Fetcher, Plan};
+
+/// The scheme that names a Hub repository where a folder is expected.
+pub const SCHEME: &str = "hf://";
+
+/// The repository id of `hf://ORG/NAME`, None for any other path; a malformed id is an error.
+pub fn repo_of(dir: &Path) -> Option<Result<String>> {
+    let rest = dir.to_str()?.strip_prefix(SCHEME)?;
+    let rest = rest.strip_prefix("models/").unwrap_or(rest).trim_end_matches('/');
+    let parts: Vec<&str> = rest.split('/').collect();
+    let valid = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    Some(if parts.len() == 2 && parts.iter().all(|p| valid(p)) && !rest.contains("..") {
+        Ok(rest.to_string())
+    } else {
+        Err(Error::input(dir, "expected hf://ORG/NAME (a model repository on the Hugging Face Hub)"))
+    })
+}
+
+/// The revisions of a Hub repository that carry a step, before any file is fetched.
+pub struct Listing {
+    pub repo: String,
+    pub discovery: Discovery,
+    /// Revision name -> commit.
+    commits: HashMap<String, String>,
+    hub: Hub,
+    cache: RepoCache,
+}
+
+/// Lists `repo`'s branches (the cache's refs when offline) as snapshots ordered by step.
+pub fn list(repo: &str, env: HubEnv) -> Result<Listing> {
+    let cache = RepoCache::new(&env.cache, repo);
+    let offline = env.offline;
+    let hub = Hub::new(env, Retry::default());
+    let refs: Vec<(String, String)> = if offline {
+        offline_refs(repo, &cache)?
+    } else {
+        let listed = hub.refs(repo).map_err(|e| Error::Hub(e.msg))?;
+        listed.into_iter().map(|r| (r.name, r.commit)).collect()
+    };
+    let mut discovery = Discovery::default();
+    for (name, commit) in &refs {
+        match crate::discover::parse_step(name) {
+            Some(step) => discovery.checkpoints.push(CheckpointRef {
+                name: name.clone(),
+                path: cache.snapshot(commit),
+                step,
+                step_source: "hub revision name",
+            }),
+            None => discovery.warnings.push(format!("skipping revision {name}: no step in its name")),
+        }
+    }
+    if discovery.checkpoints.is_empty() {
+        return Err(Error::Hub(format!("hf://{repo}: no revision names a step ({} revision(s): expected names such as step1000 or stage1-step1000-tokens4B)", refs.len())));
+    }
+    let discovery = crate::discover::order_by_step(discovery)?;
+    Ok(Listing { repo: repo.to_string(), discovery, commits: refs.into_iter().collect(), hub, cache })
+}
+
+/// HF_HUB_OFFLINE: the revisions the cache knows.
+fn offline_refs(repo: &str, cache: &RepoCache) -> Result<Vec<(String, String)>> {
+    let refs = cache.refs();
+    if refs.is_empty() {
+        return Err(Error::Hub(format!(
+            "hf://{repo}: HF_HUB_OFFLINE is set and the cache holds no revision of it ({} has no refs)",
+            cache.root.display()
+        )));
+    }
+    Ok(refs)
+}
+
+impl Listing {
+    /// Fetches the file lists and small files of `checkpoints` (the selected revisions) and
+    /// starts streaming their weights; `keep` keeps the weights after each is scanned.
+    pub fn prepare(self, checkpoints: &[CheckpointRef], keep: bool, bars: bool) -> Fetcher {
+        let plans: Vec<Plan> = checkpoints.iter().map(|c| self.plan(c)).collect();
+        if self.hub.env.offline {
+            let missing: Vec<&str> = plans.iter().filter(|p| p.failed.is_some()).map(|p| p.name.as_str()).collect();
+            if !missing.is_empty() {
+                eprintln!(
+                    "warning: HF_HUB_OFFLINE: revision(s) not in the cache, reported as failed: {}",
+                    missing.join(", ")
+                );
+            }
+        }
+        Fetcher::start(self.hub, self.cache, self.repo, plans, keep, bars)
+    }
+
+    /// One revision's plan: its weights to stream, or why it failed already.
+    fn plan(&self, c: &CheckpointRef) -> Plan {
+        let commit = self.commits.get(&c.name).cloned().unwrap_or_default();
+        let mut plan = Plan { name: c.name.clone(), commit, weights: Vec::new(), failed: None };
+        let found = if self.hub.env.offline {
+            self.cached_weights(&c.name, &plan.commit)
+        } else {
+            self.fetch_small(&c.name, &plan.commit).and_then(|files| weights(&c.name, files))
+        };
+        match found {
+            Ok(weights) => plan.weights = weights,
+            Err(e) => plan.failed = Some(e),
+        }
+        plan
+    }
+
+    /// Lists the revision's files, records its ref, and fetches every file but the weights.
+    fn fetch_small(&self, name: &str, commit: &str) -> std::result::Result<Vec<RemoteFile>, String> {
+        let revision = self.hub.revision(&self.repo, commit).map_err(|e| format!("revision {name}: {}", e.msg))?;
+        self.cache.write_ref(name, commit).map_err(|e| format!("{}: cannot write: {e}", self.cache.root.display()))?;
+        let small: Vec<&RemoteFile> = revision.files.iter().filter(|f| is_small(&f.name)).collect();
+        let need = small.iter().map(|f| self.cache.missing_bytes(commit, f)).sum();
+        check_disk(&self.hub.env, &self.cache, need).map_err(|e| format!("revision {name}: {e}"))?;
+        for f in small.into_iter().filter(|f| !self.cache.has(commit, f) && !self.cache.link_existing(commit, f)) {
+            let dest = self.cache.incomplete(&f.blob);
+            self.hub
+                .download(&self.repo, commit, f, &dest, &mut |_| true)
+                .map_err(|e| format!("revision {name}: {}", e.msg))?;
+            self.cache.complete(commit, f).map_err(|e| format!("revision {name}: {}: {e}", dest.display()))?;
+        }
+        Ok(revision.files)
+    }
+
+    /// Offline: the weight files the snapshot folder holds whole, as if listed.
+    fn cached_weights(&self, name: &str, commit: &str) -> std::result::Result<Vec<RemoteFile>, String> {
+        let missing = || format!("revision {name}: not in the cache, and HF_HUB_OFFLINE is set");
+        let entries = std::fs::read_dir(self.cache.snapshot(commit)).map_err(|_| missing())?;
+        let files = entries.flatten().filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let blob = std::fs::read_link(e.path()).ok()?.file_name()?.to_string_lossy().into_owned();
+            Some(RemoteFile { size: Some(std::fs::metadata(e.path()).ok()?.len()), name, blob })
+        });
+        weights(name, files.collect()).map_err(|_| missing())
+    }
+}
+
+/// Files a scan reads besides the weights: configs, tokenizers, trainer state (top level).
+fn is_small(name: &str) -> bool {
+    !name.contains('/') && [".json", ".txt", ".model"].iter().any(|ext| name.ends_with(ext))
+}
+
+/// The weight files to stream: every top-level safetensors file, else `pytorch_model.bin`.
+fn weights(revision: &str, files: Vec<RemoteFile>) -> std::result::Result<Vec<RemoteFile>, String> {
+    let top = |f: &RemoteFile| !f.name.contains('/');
+    let safetensors: Vec<RemoteFile> =
+        files.iter().filter(|f| top(f) && f.name.ends_with(".safetensors")).cloned().collect();
+    if !safetensors.is_empty() {
+        return Ok(safetensors);
+    }
+    let bin: Vec<RemoteFile> = files.iter().filter(|f| f.name == "pytorch_model.bin").cloned().collect();
+    if bin.is_empty() {
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        return Err(format!(
+            "revision {revision}: no model weights (no *.safetensors or pytorch_model.bin among {})",
+            names.join(", ")
+        ));
+    }
+    Ok(bin)
+}
+
+/// Refuses a download of `need` bytes that the cache's disk cannot hold, naming both.
+pub(crate) fn check_disk(env: &HubEnv, cache: &RepoCache, need: u64) -> std::result::Result<(), String> {
+    let Some(free) = env.disk_free.or_else(|| free_bytes(&cache.root)) else { return Ok(()) };
+    if need <= free {
+        return Ok(());
+    }
+    Err(format!(
+        "the download needs {} but {} has only {} free (free space, or choose another cache with HF_HUB_CACHE)",
+        size(need),
+        cache.root.display(),
+        size(free)
+    ))
+}
+
+/// Free bytes on the file system that holds `path` (or its nearest existing parent).
+#[cfg(unix)]
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs reads a NUL-terminated path and fills the zeroed struct it is given.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } == 0;
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    ok.then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_path: &Path) -> Option<u64> {
+    None
+}
+
+/// `1.2 GB`, `34.5 MB`, `512 B`.
+pub(crate) fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.1} kB", b as f64 / 1e3),
+        b => format!("{b} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_paths_name_a_repository() {
+        assert_eq!(repo_of(Path::new("hf://EleutherAI/pythia-14m")).unwrap().unwrap(), "EleutherAI/pythia-14m");
+        assert_eq!(repo_of(Path::new("hf://models/allenai/OLMo-1B-hf/")).unwrap().unwrap(), "allenai/OLMo-1B-hf");
+        assert!(repo_of(Path::new("./checkpoints")).is_none());
+        for bad in ["hf://pythia", "hf://a/b/c", "hf://a/..", "hf://a/b c"] {
+            assert!(repo_of(Path::new(bad)).unwrap().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn safetensors_are_preferred_and_a_revision_without_weights_is_named() {
+        let f = |name: &str| RemoteFile { name: name.into(), blob: name.into(), size: Some(1) };
+        let files = vec![
+            f("config.json"),
+            f("pytorch_model.bin"),
+            f("model-00001-of-00002.safetensors"),
+            f("model-00002-of-00002.safetensors"),
+        ];
+        let names: Vec<String> = weights("step1", files).unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]);
+        assert_eq!(
+            weights("step1", vec![f("config.json"), f("pytorch_model.bin")]).unwrap()[0].name,
+            "pytorch_model.bin"
+        );
+        let err = weights("step1", vec![f("config.json")]).unwrap_err();
+        assert!(err.contains("step1") && err.contains("config.json"), "{err}");
+        assert!(is_small("tokenizer.json") && is_small("merges.txt") && !is_small("onnx/config.json"));
+    }
+}

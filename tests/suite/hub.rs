@@ -1,0 +1,274 @@
+//! `plasticity scan hf://ORG/NAME` against a Hub served from the test process
+//! (`hub_server.rs`): the same report as a scan of the downloaded folders, revision
+//! selection, resumed downloads, and every fault a real Hub and network produce.
+
+use std::path::{Path, PathBuf};
+
+use super::hub_server::{branch_from, Branch, Faults, HubServer};
+use super::util::{self, fixtures, Dir};
+
+const REPO: &str = "org/tiny-series";
+
+/// The committed Trainer series as Pythia publishes one: a branch per step.
+fn series() -> Vec<Branch> {
+    [30, 60, 90, 120]
+        .iter()
+        .map(|s| branch_from(&fixtures().join("series").join(format!("checkpoint-{s}")), &format!("step{s}")))
+        .collect()
+}
+
+fn server(faults: Faults) -> HubServer {
+    HubServer::start(REPO, series(), faults)
+}
+
+/// `scan hf://org/tiny-series` against `server`, caching in `cache`, retrying fast.
+fn hub_scan(server: &HubServer, cache: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = util::scan(Path::new(&format!("hf://{}", server.repo)), &fixtures().join("task.jsonl"), extra);
+    cmd.env("HF_ENDPOINT", &server.endpoint)
+        .env("HF_HUB_CACHE", cache)
+        .env("PLASTICITY_HUB_BACKOFF_MS", "5")
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("PLASTICITY_DISK_FREE")
+        .env("HF_HOME", cache.join("no-home"));
+    cmd
+}
+
+fn repo_cache(cache: &Path) -> PathBuf {
+    cache.join("models--org--tiny-series")
+}
+
+fn checkpoint<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checkpoints"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What differs between a Hub scan and a folder scan by construction: timings, the source
+/// named in the settings, and the fingerprint (the commit, against sampled file contents).
+fn comparable(mut v: serde_json::Value) -> serde_json::Value {
+    util::without_timings(&mut v);
+    v["settings"]["dir"] = serde_json::Value::Null;
+    for key in ["created", "created_at", "tool", "device"] {
+        v.as_object_mut().unwrap().remove(key);
+    }
+    for c in v["checkpoints"].as_array_mut().unwrap() {
+        c.as_object_mut().unwrap().remove("fingerprint");
+    }
+    v
+}
+
+#[test]
+fn a_hub_scan_reports_what_a_scan_of_the_downloaded_folders_reports() {
+    let (server, dir) = (server(Faults::default()), Dir::new());
+    let cache = dir.path().join("hub");
+    let (hub_json, folder_json) = (dir.path().join("hub.json"), dir.path().join("folder.json"));
+    let out = hub_scan(&server, &cache, &["--json", hub_json.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("skipping revision main: no step in its name"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("downloaded step30:"), "{}", stderr(&out));
+    util::scan(&repo_cache(&cache), &fixtures().join("task.jsonl"), &["--json", folder_json.to_str().unwrap()])
+        .assert()
+        .success();
+    let (hub, folder) = (util::json(&hub_json), util::json(&folder_json));
+    util::assert_valid_report(&hub);
+    assert_eq!(hub["settings"]["dir"], "hf://org/tiny-series");
+    assert_eq!(checkpoint(&hub, "step60")["fingerprint"], server.branches()[1].commit.as_str());
+    assert_eq!(comparable(hub), comparable(folder));
+    // the standard layout: refs name commits, snapshot files are relative links into blobs/
+    let step30 = &server.branches()[0];
+    let root = repo_cache(&cache);
+    assert_eq!(std::fs::read_to_string(root.join("refs/step30")).unwrap(), step30.commit);
+    let link = std::fs::read_link(root.join("snapshots").join(&step30.commit).join("model.safetensors")).unwrap();
+    let weights = step30.files.iter().find(|f| f.name == "model.safetensors").unwrap();
+    assert_eq!(link, PathBuf::from(format!("../../blobs/{}", weights.blob)));
+}
+
+#[test]
+fn only_the_selected_revisions_are_fetched() {
+    let (server, dir) = (server(Faults::default()), Dir::new());
+    let json = dir.path().join("r.json");
+    hub_scan(&server, &dir.path().join("hub"), &["--revisions", "step60,step12*", "--json", json.to_str().unwrap()])
+        .assert()
+        .success();
+    let names: Vec<String> = util::json(&json)["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(names, ["step60", "step120"]);
+    let log = server.log();
+    for skipped in [&server.branches()[0], &server.branches()[2]] {
+        assert!(!log.iter().any(|r| r.path.contains(&skipped.commit)), "{} was fetched", skipped.name);
+        let blob = &skipped.files.iter().find(|f| f.name == "model.safetensors").unwrap().blob;
+        assert!(!log.iter().any(|r| r.path.contains(blob.as_str())), "{}'s weights were fetched", skipped.name);
+    }
+}
+
+#[test]
+fn a_cut_download_resumes_where_it_stopped() {
+    let faults = Faults { cuts: vec![("/cdn/".into(), 100_000, 1)], ..Faults::default() };
+    let (server, dir) = (server(faults), Dir::new());
+    let cache = dir.path().join("hub");
+    // a partial file left by an earlier process is resumed, not restarted
+    let step90 = server.branches()[2].files.iter().find(|f| f.name == "model.safetensors").unwrap().clone();
+    std::fs::create_dir_all(repo_cache(&cache).join("blobs")).unwrap();
+    std::fs::write(repo_cache(&cache).join(format!("blobs/{}.incomplete", step90.blob)), &step90.bytes[..1000])
+        .unwrap();
+    let json = dir.path().join("r.json");
+    let out = hub_scan(&server, &cache, &["--json", json.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ranges: Vec<Option<String>> =
+        server.log().into_iter().filter(|r| r.path.starts_with("/cdn/")).map(|r| r.range).collect();
+    assert!(ranges.contains(&Some("bytes=100000-".into())), "the cut file is resumed: {ranges:?}");
+    assert!(ranges.contains(&Some("bytes=1000-".into())), "the partial file is resumed: {ranges:?}");
+    let report = util::json(&json);
+    assert!(report["checkpoints"].as_array().unwrap().iter().all(|c| c["status"] == "ok"));
+    assert!(!std::fs::read_dir(repo_cache(&cache).join("blobs"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "incomplete")));
+}
+
+#[test]
+fn a_gated_repository_asks_for_hf_token_and_the_cdn_never_sees_it() {
+    let faults = Faults { token: Some("hf_secret".into()), ..Faults::default() };
+    let (server, dir) = (server(faults), Dir::new());
+    let cache = dir.path().join("hub");
+    let out = hub_scan(&server, &cache, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("hf://org/tiny-series") && err.contains("HTTP 401") && err.contains("HF_TOKEN"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    let out = hub_scan(&server, &cache, &["--revisions", "step30"]).env("HF_TOKEN", "hf_secret").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = server.log();
+    assert!(log.iter().any(|r| r.path.starts_with("/cdn/")));
+    assert!(log.iter().filter(|r| r.path.starts_with("/cdn/")).all(|r| r.authorization.is_none()));
+}
+
+#[test]
+fn a_missing_revision_fails_that_snapshot_and_the_scan_goes_on() {
+    let commit = series()[1].commit.clone();
+    let faults = Faults { statuses: vec![(format!("/revision/{commit}"), 404, u32::MAX)], ..Faults::default() };
+    let (server, dir) = (server(faults), Dir::new());
+    let json = dir.path().join("r.json");
+    let out = hub_scan(&server, &dir.path().join("hub"), &["--json", json.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report = util::json(&json);
+    let failed = checkpoint(&report, "step60");
+    assert_eq!(failed["status"], "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("revision step60") && error.contains("HTTP 404"), "{error}");
+    assert_eq!(checkpoint(&report, "step90")["status"], "ok");
+    // a repository that does not exist stops the scan before any fine-tuning
+    let mut cmd = util::scan(Path::new("hf://org/missing"), &fixtures().join("task.jsonl"), &[]);
+    let out = cmd.env("HF_ENDPOINT", &server.endpoint).env("HF_HUB_CACHE", dir.path().join("hub")).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out).contains("hf://org/missing: listing its revisions: HTTP 404"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_connection_cut_on_every_attempt_fails_the_snapshot_and_resume_completes_it() {
+    let weights = |b: &Branch| b.files.iter().find(|f| f.name == "model.safetensors").unwrap().blob.clone();
+    let blob = weights(&series()[2]);
+    let faults = Faults { cuts: vec![(format!("/cdn/{blob}"), 50_000, u32::MAX)], ..Faults::default() };
+    let (server, dir) = (server(faults), Dir::new());
+    let cache = dir.path().join("hub");
+    let json = dir.path().join("r.json");
+    let out = hub_scan(&server, &cache, &["--json", json.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report = util::json(&json);
+    let error = checkpoint(&report, "step90")["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("revision step90") && error.contains("connection lost") && error.contains("after 5 attempts"),
+        "{error}"
+    );
+    let snapshot = repo_cache(&cache).join("snapshots").join(&server.branches()[2].commit);
+    assert!(snapshot.join("config.json").is_file());
+    assert!(!snapshot.join("model.safetensors").exists(), "a partial file is not a cached file");
+    assert!(repo_cache(&cache).join(format!("blobs/{blob}.incomplete")).is_file());
+    // the connection recovers: --resume reuses the three snapshots and downloads the fourth
+    server.faults().cuts.clear();
+    server.clear_log();
+    let resumed = dir.path().join("resumed.json");
+    let out = hub_scan(&server, &cache, &["--resume", json.to_str().unwrap(), "--json", resumed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).matches("reusing the measurement").count(), 3, "{}", stderr(&out));
+    let cdn: Vec<_> = server.log().into_iter().filter(|r| r.path.starts_with("/cdn/")).collect();
+    assert_eq!(cdn.len(), 1, "only step90's weights are fetched: {cdn:?}");
+    assert!(cdn[0].range.as_deref().is_some_and(|r| r != "bytes=0-"), "{cdn:?}");
+    assert_eq!(checkpoint(&util::json(&resumed), "step90")["status"], "ok");
+}
+
+#[test]
+fn a_full_disk_is_refused_before_the_download_naming_both_sizes() {
+    let (server, dir) = (server(Faults::default()), Dir::new());
+    let json = dir.path().join("r.json");
+    let out = hub_scan(&server, &dir.path().join("hub"), &["--revisions", "step30", "--json", json.to_str().unwrap()])
+        .env("PLASTICITY_DISK_FREE", "100000")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let error = checkpoint(&util::json(&json), "step30")["error"].as_str().unwrap().to_string();
+    assert!(error.contains("needs 665.5 kB") && error.contains("only 100.0 kB free"), "{error}");
+    assert!(!server.log().iter().any(|r| r.path.starts_with("/cdn/")), "nothing was downloaded");
+}
+
+#[test]
+fn offline_mode_scans_the_cache_and_names_what_is_missing() {
+    let (server, dir) = (server(Faults::default()), Dir::new());
+    let cache = dir.path().join("hub");
+    hub_scan(&server, &cache, &[]).assert().success();
+    let step90 = &server.branches()[2];
+    std::fs::remove_file(repo_cache(&cache).join("snapshots").join(&step90.commit).join("model.safetensors")).unwrap();
+    server.clear_log();
+    let json = dir.path().join("r.json");
+    let out = hub_scan(&server, &cache, &["--json", json.to_str().unwrap()])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not in the cache, reported as failed: step90"), "{}", stderr(&out));
+    let report = util::json(&json);
+    assert_eq!(checkpoint(&report, "step60")["status"], "ok");
+    assert!(checkpoint(&report, "step90")["error"].as_str().unwrap().contains("HF_HUB_OFFLINE"));
+    assert!(server.log().is_empty(), "offline mode makes no request");
+    // an empty cache says so
+    let out = hub_scan(&server, &dir.path().join("empty"), &[]).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out).contains("HF_HUB_OFFLINE is set and the cache holds no revision"), "{}", stderr(&out));
+}
+
+#[test]
+fn delete_downloads_keeps_only_the_small_files() {
+    let (server, dir) = (server(Faults::default()), Dir::new());
+    let cache = dir.path().join("hub");
+    hub_scan(&server, &cache, &["--delete-downloads", "--revisions", "step30,step60"]).assert().success();
+    for b in &server.branches()[..2] {
+        let snapshot = repo_cache(&cache).join("snapshots").join(&b.commit);
+        assert!(snapshot.join("config.json").is_file() && !snapshot.join("model.safetensors").exists());
+        let blob = &b.files.iter().find(|f| f.name == "model.safetensors").unwrap().blob;
+        assert!(!repo_cache(&cache).join("blobs").join(blob).exists());
+    }
+    let out = util::scan(&fixtures().join("series"), &fixtures().join("task.jsonl"), &["--delete-downloads"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--delete-downloads: is for hf:// scans"), "{}", stderr(&out));
+}
+
+#[test]
+fn probe_asks_for_the_cache_folder_of_a_hub_repository() {
+    let mut cmd = assert_cmd::Command::cargo_bin("plasticity").unwrap();
+    let out =
+        cmd.args(["probe", "hf://org/tiny-series", "--task"]).arg(fixtures().join("task.jsonl")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("probe reads a folder"), "{}", stderr(&out));
+}
