@@ -14,9 +14,13 @@ use std::thread::JoinHandle;
 use super::api::{Hub, RemoteFile};
 use super::cache::RepoCache;
 use crate::discover::CheckpointRef;
+use crate::error::{Error, Result};
 
 /// How many snapshots are downloaded ahead of the last one the scan asked for.
 const AHEAD: usize = 1;
+
+/// How often a scan waiting for a download looks for Ctrl-C.
+const POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One snapshot's weights to fetch, or why it cannot be fetched.
 #[derive(Debug, Clone)]
@@ -31,7 +35,7 @@ pub struct Plan {
 #[derive(Default)]
 struct State {
     requested: Vec<bool>,
-    outcome: Vec<Option<Result<(), String>>>,
+    outcome: Vec<Option<std::result::Result<(), String>>>,
     stop: bool,
 }
 
@@ -64,19 +68,21 @@ impl Fetcher {
         Fetcher { shared, keep, thread }
     }
 
-    /// Blocks until `c`'s weights are in the cache; Err says why they never will be.
-    pub fn ready(&self, c: &CheckpointRef) -> Result<(), String> {
+    /// Blocks until `c`'s weights are in the cache: `Error::Hub` says why they never will
+    /// be; Ctrl-C while waiting is `Error::Interrupted`.
+    pub fn ready(&self, c: &CheckpointRef) -> Result<()> {
         let Some(i) = self.index(c) else { return Ok(()) };
         let mut state = self.shared.lock();
         state.requested[i] = true;
         self.shared.changed.notify_all();
         if self.thread.is_none() && state.outcome[i].is_none() {
-            return Err("cannot start the download thread".into());
+            return Err(Error::system("cannot start the download thread", std::io::Error::other("spawn failed")));
         }
         while state.outcome[i].is_none() {
-            state = self.shared.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            crate::interrupt::check()?;
+            state = self.shared.changed.wait_timeout(state, POLL).unwrap_or_else(|e| e.into_inner()).0;
         }
-        state.outcome[i].clone().unwrap_or(Ok(()))
+        state.outcome[i].clone().unwrap_or(Ok(())).map_err(Error::Hub)
     }
 
     /// The commit `c` was read from: a resumed scan reuses a measurement of the same commit.
@@ -141,7 +147,7 @@ impl Shared {
     }
 
     /// Fetches snapshot `i`'s weights that the cache lacks, after checking the disk.
-    fn fetch(&self, i: usize) -> Result<(), String> {
+    fn fetch(&self, i: usize) -> std::result::Result<(), String> {
         let plan = &self.plans[i];
         let cached = |f: &&RemoteFile| self.cache.has(&plan.commit, f) || self.cache.link_existing(&plan.commit, f);
         let missing: Vec<&RemoteFile> = plan.weights.iter().filter(|f| !cached(f)).collect();
@@ -161,7 +167,7 @@ impl Shared {
     }
 
     /// One file into `blobs/ETAG.incomplete`, then into place.
-    fn fetch_file(&self, plan: &Plan, f: &RemoteFile, bar: &indicatif::ProgressBar) -> Result<(), String> {
+    fn fetch_file(&self, plan: &Plan, f: &RemoteFile, bar: &indicatif::ProgressBar) -> std::result::Result<(), String> {
         let dest = self.cache.incomplete(&f.blob);
         let stop = || self.lock().stop;
         let mut on_bytes = |n: u64| {

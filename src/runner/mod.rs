@@ -186,7 +186,7 @@ impl<'a> Scan<'a> {
     /// Waits for `c`'s download in a Hub scan; a download that failed fails the checkpoint.
     pub(super) fn fetched(&self, c: &CheckpointRef) -> Result<()> {
         match self.fetcher {
-            Some(f) => f.ready(c).map_err(Error::Hub),
+            Some(f) => f.ready(c),
             None => Ok(()),
         }
     }

@@ -171,9 +171,13 @@ impl Scan<'_> {
     fn run_rung(&mut self, e: &mut Entrant, rung: usize, progress: &Progress) -> Result<()> {
         super::memory::reset_peak();
         let Ok(runs) = std::mem::replace(&mut e.runs, Ok(Vec::new())) else { return Ok(()) };
-        if let Err(err) = self.fetched(&e.checkpoint) {
-            e.runs = Err(self.fail(e, err, progress));
-            return Ok(());
+        match self.fetched(&e.checkpoint) {
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(err) => {
+                e.runs = Err(self.fail(e, err, progress));
+                return Ok(());
+            }
+            Ok(()) => {}
         }
         let seeds: Vec<(u64, u64, Option<Paused>)> = if runs.is_empty() {
             (0..self.opts.seeds as u64)

@@ -272,3 +272,41 @@ fn probe_asks_for_the_cache_folder_of_a_hub_repository() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("probe reads a folder"), "{}", stderr(&out));
 }
+
+#[test]
+fn ctrl_c_during_a_download_stops_it_and_keeps_the_partial_file() {
+    let faults = Faults { stalls: vec![("/cdn/".into(), 200)], ..Faults::default() };
+    let (server, dir) = (server(faults), Dir::new());
+    let cache = dir.path().join("hub");
+    let json = dir.path().join("r.json");
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
+        .args(["scan", "hf://org/tiny-series", "--task"])
+        .arg(fixtures().join("task.jsonl"))
+        .args(["--steps", "4", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4", "--json"])
+        .arg(&json)
+        .env("HF_ENDPOINT", &server.endpoint)
+        .env("HF_HUB_CACHE", &cache)
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_OFFLINE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !server.log().iter().any(|r| r.path.starts_with("/cdn/")) {
+        assert!(started.elapsed().as_secs() < 60, "no download started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let signalled = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(signalled.elapsed().as_secs_f64() < 5.0, "the scan waited for the slow download");
+    assert_eq!(util::json(&json)["status"], "interrupted");
+    let partial = std::fs::read_dir(repo_cache(&cache).join("blobs"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "incomplete") && e.metadata().unwrap().len() > 0);
+    assert!(partial, "the partial download stays for the next scan to resume");
+}

@@ -46,6 +46,8 @@ pub struct Faults {
     pub statuses: Vec<(String, u16, u32)>,
     /// (path fragment, bytes sent before the connection is cut, how many times).
     pub cuts: Vec<(String, usize, u32)>,
+    /// (path fragment, milliseconds to wait before each 16 kB of the body): a slow link.
+    pub stalls: Vec<(String, u64)>,
 }
 
 pub struct HubServer {
@@ -140,12 +142,14 @@ struct Reply {
     range: (usize, usize),
     /// Cut the connection after this many body bytes.
     cut: Option<usize>,
+    /// Wait this long before each 16 kB of the body.
+    stall: Option<std::time::Duration>,
 }
 
 impl Reply {
     fn new(status: u16, body: Vec<u8>) -> Self {
         let n = body.len();
-        Reply { status, headers: Vec::new(), body: Arc::new(body), range: (0, n), cut: None }
+        Reply { status, headers: Vec::new(), body: Arc::new(body), range: (0, n), cut: None, stall: None }
     }
 
     fn json(v: serde_json::Value) -> Self {
@@ -213,6 +217,9 @@ impl State {
         if let Some(hit) = faults.cuts.iter_mut().find(|(frag, _, n)| path.contains(frag.as_str()) && *n > 0) {
             hit.2 = hit.2.saturating_sub(if hit.2 == u32::MAX { 0 } else { 1 });
             reply.cut = Some(hit.1);
+        }
+        if let Some(stall) = faults.stalls.iter().find(|(frag, _)| path.contains(frag.as_str())) {
+            reply.stall = Some(std::time::Duration::from_millis(stall.1));
         }
         reply
     }
@@ -317,7 +324,17 @@ fn write_reply(stream: &mut TcpStream, r: Reply) {
     }
     head.push_str("\r\n");
     let sent = r.cut.map_or(body.len(), |c| c.min(body.len()));
-    let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body[..sent]));
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for chunk in body[..sent].chunks(16 << 10) {
+        if let Some(wait) = r.stall {
+            std::thread::sleep(wait);
+        }
+        if stream.write_all(chunk).is_err() {
+            return;
+        }
+    }
     let _ = stream.flush();
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
