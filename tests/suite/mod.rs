@@ -1,3 +1,4 @@
+mod austen;
 mod bf16;
 mod build;
 mod cli;
