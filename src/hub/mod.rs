@@ -99,6 +99,14 @@ impl Listing {
     /// Fetches the file lists and small files of `checkpoints` (the selected revisions) and
     /// starts streaming their weights; `keep` keeps the weights after each is scanned.
     pub fn prepare(self, checkpoints: &[CheckpointRef], keep: bool, bars: bool) -> Fetcher {
+        if !self.hub.env.offline {
+            eprintln!(
+                "hf://{}: fetching the file lists, configs and tokenizers of {} revision(s) from {}",
+                self.repo,
+                checkpoints.len(),
+                self.hub.env.endpoint
+            );
+        }
         let plans: Vec<Plan> = checkpoints.iter().map(|c| self.plan(c)).collect();
         if self.hub.env.offline {
             let missing: Vec<&str> = plans.iter().filter(|p| p.failed.is_some()).map(|p| p.name.as_str()).collect();
