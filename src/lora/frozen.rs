@@ -61,7 +61,8 @@ impl CustomOp3 for FrozenMatmulBias {
         if bias.len() != n {
             candle_core::bail!("frozen matmul: bias of {} for {n} outputs", bias.len());
         }
-        let mut y: Vec<f32> = bias.iter().copied().cycle().take(m * n).collect();
+        let mut y: Vec<f32> = Vec::with_capacity(m * n); // every row starts as the bias
+        (0..m).for_each(|_| y.extend_from_slice(bias));
         accumulate_matmul(&mut y, (m, n), s1, l1, s2, l2)?;
         Ok((CpuStorage::F32(y), out))
     }
