@@ -10,7 +10,9 @@
 //! ```
 //!
 //! A file counts as cached only when its link resolves to a blob of the size the Hub reported.
-//! This module moves files; it must not make requests.
+//! A blob is written under huggingface_hub's lock, `CACHE/.locks/models--ORG--NAME/ETAG.lock`
+//! (flock), so that processes sharing a cache (the parts of a partitioned scan, a Python
+//! download) never write one blob at once. This module moves files; it must not make requests.
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +41,38 @@ impl RepoCache {
     /// Where a download of `blob` grows until it is complete.
     pub fn incomplete(&self, blob: &str) -> PathBuf {
         self.root.join("blobs").join(format!("{blob}.incomplete"))
+    }
+
+    /// Takes the lock on `blob`, waiting while another process holds it; gives up (None) as
+    /// soon as `stop` says so. `waiting` hears once that the lock is held elsewhere.
+    pub fn lock(
+        &self,
+        blob: &str,
+        stop: &dyn Fn() -> bool,
+        waiting: &mut dyn FnMut(),
+    ) -> std::io::Result<Option<std::fs::File>> {
+        let dir =
+            self.root.parent().unwrap_or(Path::new(".")).join(".locks").join(self.root.file_name().unwrap_or_default());
+        std::fs::create_dir_all(&dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{blob}.lock")))?;
+        let mut told = false;
+        loop {
+            match try_lock(&file) {
+                Ok(true) => return Ok(Some(file)),
+                Ok(false) if stop() => return Ok(None),
+                Ok(false) => {
+                    if !std::mem::replace(&mut told, true) {
+                        waiting();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `file` of `commit` is in the cache, whole.
@@ -123,6 +157,28 @@ impl RepoCache {
             .flatten()
             .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.file_name().is_some_and(|n| n == blob)))
     }
+}
+
+/// An exclusive flock (huggingface_hub's filelock takes the same), without waiting: false
+/// when another process holds it. Closing the file releases it.
+#[cfg(unix)]
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this File owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(not(unix))]
+fn try_lock(_file: &std::fs::File) -> std::io::Result<bool> {
+    Ok(true)
 }
 
 fn collect_refs(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) {

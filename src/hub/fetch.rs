@@ -166,19 +166,16 @@ impl Shared {
         Ok(())
     }
 
-    /// One file into `blobs/ETAG.incomplete`, then into place.
+    /// One file into `blobs/ETAG.incomplete`, then into place (see `fetch_blob`).
     fn fetch_file(&self, plan: &Plan, f: &RemoteFile, bar: &indicatif::ProgressBar) -> std::result::Result<(), String> {
-        let dest = self.cache.incomplete(&f.blob);
         let stop = || self.lock().stop;
         let mut on_bytes = |n: u64| {
             bar.inc(n);
             !stop()
         };
-        let fail = |e: String| format!("revision {}: {e}", plan.name);
-        self.hub.download(&self.repo, &plan.commit, f, &dest, &mut on_bytes).map_err(|e| fail(e.msg))?;
-        self.cache
-            .complete(&plan.commit, f)
-            .map_err(|e| fail(format!("{}: cannot move into the cache: {e}", dest.display())))
+        let say = |line: &str| crate::progress::println(bar, line);
+        super::fetch_blob((&self.hub, &self.cache, &self.repo), &plan.commit, f, &stop, &mut on_bytes, &say)
+            .map_err(|e| format!("revision {}: {e}", plan.name))
     }
 }
 

@@ -143,12 +143,12 @@ impl Listing {
         let small: Vec<&RemoteFile> = revision.files.iter().filter(|f| is_small(&f.name)).collect();
         let need = small.iter().map(|f| self.cache.missing_bytes(commit, f)).sum();
         check_disk(&self.hub.env, &self.cache, need).map_err(|e| format!("revision {name}: {e}"))?;
-        for f in small.into_iter().filter(|f| !self.cache.has(commit, f) && !self.cache.link_existing(commit, f)) {
-            let dest = self.cache.incomplete(&f.blob);
-            self.hub
-                .download(&self.repo, commit, f, &dest, &mut |_| true)
-                .map_err(|e| format!("revision {name}: {}", e.msg))?;
-            self.cache.complete(commit, f).map_err(|e| format!("revision {name}: {}: {e}", dest.display()))?;
+        let stop = crate::interrupt::requested;
+        for f in small {
+            fetch_blob((&self.hub, &self.cache, &self.repo), commit, f, &stop, &mut |_| !stop(), &|line| {
+                eprintln!("{line}")
+            })
+            .map_err(|e| format!("revision {name}: {e}"))?;
         }
         Ok(revision.files)
     }
@@ -164,6 +164,35 @@ impl Listing {
         });
         weights(name, files.collect()).map_err(|_| missing())
     }
+}
+
+/// Fetches `f` of `commit` into the cache under its blob's lock, unless it is there (or
+/// another process put it there while this one waited); `say` prints a line.
+pub(crate) fn fetch_blob(
+    (hub, cache, repo): (&Hub, &RepoCache, &str),
+    commit: &str,
+    f: &RemoteFile,
+    stop: &dyn Fn() -> bool,
+    on_bytes: &mut dyn FnMut(u64) -> bool,
+    say: &dyn Fn(&str),
+) -> std::result::Result<(), String> {
+    if cache.has(commit, f) || cache.link_existing(commit, f) {
+        return Ok(());
+    }
+    let lock = cache.lock(&f.blob, stop, &mut || {
+        say(&format!("waiting for another process's download of {} ({})", f.name, cache.blob(&f.blob).display()))
+    });
+    let _held = match lock {
+        Ok(Some(held)) => held,
+        Ok(None) => return Err(format!("{}: stopped while waiting for another process's download", f.name)),
+        Err(e) => return Err(format!("{}: cannot lock: {e}", cache.root.display())),
+    };
+    if cache.link_existing(commit, f) {
+        return Ok(());
+    }
+    let dest = cache.incomplete(&f.blob);
+    hub.download(repo, commit, f, &dest, on_bytes).map_err(|e| e.msg)?;
+    cache.complete(commit, f).map_err(|e| format!("{}: cannot move into the cache: {e}", dest.display()))
 }
 
 /// Files a scan reads besides the weights: configs, tokenizers, trainer state (top level).

@@ -310,3 +310,44 @@ fn ctrl_c_during_a_download_stops_it_and_keeps_the_partial_file() {
         .any(|e| e.path().extension().is_some_and(|x| x == "incomplete") && e.metadata().unwrap().len() > 0);
     assert!(partial, "the partial download stays for the next scan to resume");
 }
+
+/// Two processes sharing a cache never write one blob at once: a download waits on
+/// huggingface_hub's lock (`.locks/models--ORG--NAME/ETAG.lock`), and takes the blob that the
+/// lock's holder finished instead of fetching it again.
+#[test]
+fn a_blob_another_process_is_downloading_is_waited_for_not_fetched_twice() {
+    let (server, dir) = (server(Faults::default()), Dir::new());
+    let cache = dir.path().join("hub");
+    let weights = server.branches()[0].files.iter().find(|f| f.name == "model.safetensors").unwrap().clone();
+    let locks = cache.join(".locks").join("models--org--tiny-series");
+    std::fs::create_dir_all(&locks).unwrap();
+    let held = std::fs::File::create(locks.join(format!("{}.lock", weights.blob))).unwrap();
+    // SAFETY: flock on a descriptor the File owns; closing it releases the lock.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
+        .args(["scan", "hf://org/tiny-series", "--revisions", "step30", "--task"])
+        .arg(fixtures().join("task.jsonl"))
+        .args(["--steps", "4", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4"])
+        .env("HF_ENDPOINT", &server.endpoint)
+        .env("HF_HUB_CACHE", &cache)
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_OFFLINE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !server.log().iter().any(|r| r.path.contains("/revision/")) {
+        assert!(started.elapsed().as_secs() < 60, "the scan never listed the revision");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // the lock's holder finishes its download, then lets go
+    let blobs = cache.join("models--org--tiny-series").join("blobs");
+    std::fs::write(blobs.join(&weights.blob), &weights.bytes[..]).unwrap();
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("waiting for another process's download of model.safetensors"), "{}", stderr(&out));
+    assert!(!server.log().iter().any(|r| r.path.contains(weights.blob.as_str())), "the blob was fetched twice");
+}
