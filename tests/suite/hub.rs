@@ -88,7 +88,9 @@ fn a_hub_scan_reports_what_a_scan_of_the_downloaded_folders_reports() {
 
 #[test]
 fn only_the_selected_revisions_are_fetched() {
-    let (server, dir) = (server(Faults::default()), Dir::new());
+    // the Hub is briefly unavailable: the listing is retried
+    let faults = Faults { statuses: vec![("/refs".into(), 503, 2)], ..Faults::default() };
+    let (server, dir) = (server(faults), Dir::new());
     let json = dir.path().join("r.json");
     hub_scan(&server, &dir.path().join("hub"), &["--revisions", "step60,step12*", "--json", json.to_str().unwrap()])
         .assert()
@@ -101,6 +103,7 @@ fn only_the_selected_revisions_are_fetched() {
         .collect();
     assert_eq!(names, ["step60", "step120"]);
     let log = server.log();
+    assert_eq!(log.iter().filter(|r| r.path.ends_with("/refs")).count(), 3, "two 503s, then the listing");
     for skipped in [&server.branches()[0], &server.branches()[2]] {
         assert!(!log.iter().any(|r| r.path.contains(&skipped.commit)), "{} was fetched", skipped.name);
         let blob = &skipped.files.iter().find(|f| f.name == "model.safetensors").unwrap().blob;
@@ -143,6 +146,9 @@ fn a_gated_repository_asks_for_hf_token_and_the_cdn_never_sees_it() {
     let err = stderr(&out);
     assert!(err.contains("hf://org/tiny-series") && err.contains("HTTP 401") && err.contains("HF_TOKEN"), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    let out = hub_scan(&server, &cache, &[]).env("HF_TOKEN", "hf_other").output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the token in HF_TOKEN has no access"), "{}", stderr(&out));
     let out = hub_scan(&server, &cache, &["--revisions", "step30"]).env("HF_TOKEN", "hf_secret").output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let log = server.log();
