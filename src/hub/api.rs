@@ -100,6 +100,8 @@ impl Hub {
             .timeout_connect(Some(Duration::from_secs(20)))
             .timeout_per_read(Some(Duration::from_secs(60)))
             .user_agent(concat!("plasticity/", env!("CARGO_PKG_VERSION")))
+            // a renamed repository redirects within the Hub, with the token; the CDN gets none
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
             .build();
         Hub { agent: config.into(), env, retry }
     }
@@ -141,12 +143,23 @@ impl Hub {
             siblings: Vec<Sibling>,
         }
         let url = format!("{}/api/models/{repo}/revision/{}?blobs=true", self.env.endpoint, encode(revision, false));
-        let info: Info = self.json(&url, &format!("hf://{repo}: revision {revision}"))?;
+        let what = format!("hf://{repo}: revision {revision}");
+        let info: Info = self.json(&url, &what)?;
         let files = info.siblings.into_iter().map(|s| {
             let blob = s.lfs.map(|l| l.sha256).or(s.blob_id).unwrap_or_default();
             RemoteFile { name: s.rfilename, blob, size: s.size }
         });
-        Ok(Revision { commit: info.sha, files: files.collect() })
+        // names and ids become paths in the cache: only plain ones are taken
+        let (files, odd): (Vec<RemoteFile>, Vec<RemoteFile>) = files.partition(|f| {
+            super::is_hex_id(&f.blob) && f.name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+        });
+        if !super::is_hex_id(&info.sha) || odd.iter().any(|f| !f.name.contains('/')) {
+            return Err(HubError {
+                status: None,
+                msg: format!("{what}: unexpected commit or file entries in the Hub's answer"),
+            });
+        }
+        Ok(Revision { commit: info.sha, files })
     }
 
     /// Downloads `file` of `commit` into `dest`, resuming from the bytes `dest` already holds;
@@ -162,7 +175,12 @@ impl Hub {
     ) -> Result<(), HubError> {
         let url = format!("{}/{repo}/resolve/{commit}/{}", self.env.endpoint, encode(&file.name, true));
         let what = format!("hf://{repo}: {}", file.name);
-        self.retrying(|| self.download_once(&url, &what, file.size, dest, on_bytes))
+        self.retrying(|| {
+            if !on_bytes(0) {
+                return Err(CopyError::Stopped.into_failure(&what, dest));
+            }
+            self.download_once(&url, &what, file.size, dest, on_bytes)
+        })
     }
 
     /// `url`'s JSON body, retried while the failure is transient.
@@ -177,7 +195,8 @@ impl Hub {
     }
 
     /// One attempt at a download: appends from the partial file's end when the server honours
-    /// `Range`, else starts over.
+    /// `Range` from that very byte, else starts over. A partial file longer than the listed
+    /// size, or one the server cannot resume (416), is discarded.
     fn download_once(
         &self,
         url: &str,
@@ -186,12 +205,26 @@ impl Hub {
         dest: &Path,
         on_bytes: &mut dyn FnMut(u64) -> bool,
     ) -> Attempt<()> {
-        let have = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+        let mut have = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
         if have > 0 && size == Some(have) {
             return Ok(());
         }
-        let mut response = self.get(url, (have > 0).then_some(have), what)?;
+        if size.is_some_and(|s| have > s) {
+            let _ = std::fs::remove_file(dest);
+            have = 0;
+        }
+        let mut response = match self.get(url, (have > 0).then_some(have), what) {
+            Err(Failure::Fatal(e)) if e.status == Some(416) => {
+                let _ = std::fs::remove_file(dest); // the next attempt starts over
+                return Err(Failure::Transient(e));
+            }
+            other => other?,
+        };
         let resumed = response.status().as_u16() == 206;
+        if resumed && range_start(&response) != Some(have) {
+            let _ = std::fs::remove_file(dest);
+            return Err(Failure::Transient(network(what, "the server resumed from another byte; starting over")));
+        }
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| CopyError::Write(e).into_failure(what, dest))?;
         }
@@ -235,7 +268,7 @@ impl Hub {
                 }
                 Err(Failure::Transient(_)) => std::thread::sleep(wait),
             }
-            (i, wait) = (i + 1, wait * 2);
+            (i, wait) = (i + 1, wait.saturating_mul(2));
         }
     }
 }
@@ -278,15 +311,24 @@ fn copy(
     }
 }
 
+/// The first byte of a 206 answer (`Content-Range: bytes FROM-TO/SIZE`).
+fn range_start(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    let value = response.headers().get("content-range")?.to_str().ok()?;
+    value.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
 /// A complete download has the listed size; a short one is resumed by the next attempt.
 fn check_size(what: &str, dest: &Path, size: Option<u64>) -> Attempt<()> {
     let got = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
     match size {
         Some(want) if got < want => Err(Failure::Transient(network(what, &format!("got {got} of {want} bytes")))),
-        Some(want) if got > want => Err(Failure::Fatal(network(
-            what,
-            &format!("got {got} bytes, the Hub lists {want} (the file changed during the download?)"),
-        ))),
+        Some(want) if got > want => {
+            let _ = std::fs::remove_file(dest); // never resumed: the next scan starts over
+            Err(Failure::Fatal(network(
+                what,
+                &format!("got {got} bytes, the Hub lists {want} (the file changed during the download?)"),
+            )))
+        }
         _ => Ok(()),
     }
 }

@@ -1,8 +1,9 @@
 //! The Hugging Face environment a Hub scan honours, read once: the endpoint (`HF_ENDPOINT`),
-//! the token (`HF_TOKEN`, else the file `HF_TOKEN_PATH` or `$HF_HOME/token` that
-//! `hf auth login` writes), the cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-//! `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`) and offline mode
-//! (`HF_HUB_OFFLINE`), with huggingface_hub's precedence and spelling of true. It also reads
+//! the token (`HF_TOKEN` or the older `HUGGING_FACE_HUB_TOKEN`, else the file `HF_TOKEN_PATH`
+//! or `$HF_HOME/token` that `hf auth login` writes), the cache (`HF_HUB_CACHE` or the older
+//! `HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
+//! `~/.cache/huggingface/hub`; a leading `~` is the home folder) and offline mode
+//! (`HF_HUB_OFFLINE`), with huggingface_hub's precedence, spelling of true and token cleaning. It also reads
 //! the free-space override `PLASTICITY_DISK_FREE` (bytes). This module must not make requests.
 
 use std::path::PathBuf;
@@ -33,7 +34,10 @@ impl HubEnv {
         HubEnv {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             token: token(&var, &home),
-            cache: var("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| home.join("hub")),
+            cache: var("HF_HUB_CACHE")
+                .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
+                .map(|p| expand_home(&p, &var))
+                .unwrap_or_else(|| home.join("hub")),
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| is_true(&v)),
             disk_free: var("PLASTICITY_DISK_FREE").and_then(|v| v.trim().parse().ok()),
         }
@@ -43,22 +47,31 @@ impl HubEnv {
 /// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
 fn hf_home(var: &impl Fn(&str) -> Option<String>) -> PathBuf {
     if let Some(home) = var("HF_HOME") {
-        return PathBuf::from(home);
+        return expand_home(&home, var);
     }
     let cache = var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
+        .map(|p| expand_home(&p, var))
         .unwrap_or_else(|| PathBuf::from(var("HOME").unwrap_or_else(|| ".".into())).join(".cache"));
     cache.join("huggingface")
 }
 
-/// `HF_TOKEN`, else the first line of the stored token file; blank counts as none.
+/// `~` or `~/...` with the home folder in place of the `~` (Python's `expanduser`).
+fn expand_home(path: &str, var: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    match (path.strip_prefix('~'), var("HOME")) {
+        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => PathBuf::from(format!("{home}{rest}")),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// `HF_TOKEN` (or `HUGGING_FACE_HUB_TOKEN`), else the stored token file, cleaned as
+/// huggingface_hub cleans it (line breaks removed, spaces trimmed); blank counts as none.
 fn token(var: &impl Fn(&str) -> Option<String>, home: &std::path::Path) -> Option<String> {
     let stored = || {
-        let path = var("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| home.join("token"));
+        let path = var("HF_TOKEN_PATH").map(|p| expand_home(&p, var)).unwrap_or_else(|| home.join("token"));
         std::fs::read_to_string(path).ok()
     };
-    let token = var("HF_TOKEN").or_else(stored)?;
-    Some(token.trim().to_string()).filter(|t| !t.is_empty())
+    let token = var("HF_TOKEN").or_else(|| var("HUGGING_FACE_HUB_TOKEN")).or_else(stored)?;
+    Some(token.replace(['\r', '\n'], "").trim().to_string()).filter(|t| !t.is_empty())
 }
 
 /// huggingface_hub's `_is_true`: 1, ON, YES, TRUE in any case.
@@ -111,5 +124,16 @@ mod tests {
         assert_eq!(env(&[("HF_HOME", home)]).token.as_deref(), Some("hf_stored"));
         assert_eq!(env(&[("HF_HOME", home), ("HF_TOKEN", "hf_var")]).token.as_deref(), Some("hf_var"));
         assert_eq!(env(&[("HF_HOME", "/nonexistent")]).token, None);
+        std::fs::write(dir.path().join("token"), "hf_a\r\nb\n").unwrap();
+        assert_eq!(env(&[("HF_HOME", home)]).token.as_deref(), Some("hf_ab"));
+        assert_eq!(env(&[("HUGGING_FACE_HUB_TOKEN", "hf_old")]).token.as_deref(), Some("hf_old"));
+    }
+
+    #[test]
+    fn older_names_and_a_leading_tilde_are_read() {
+        let e = env(&[("HOME", "/home/u"), ("HUGGINGFACE_HUB_CACHE", "~/hub")]);
+        assert_eq!(e.cache, PathBuf::from("/home/u/hub"));
+        assert_eq!(env(&[("HOME", "/home/u"), ("HF_HOME", "~/hf")]).cache, PathBuf::from("/home/u/hf/hub"));
+        assert_eq!(env(&[("HOME", "/h"), ("HF_HUB_CACHE", "~x/c")]).cache, PathBuf::from("~x/c"));
     }
 }

@@ -35,6 +35,8 @@ pub struct Plan {
 #[derive(Default)]
 struct State {
     requested: Vec<bool>,
+    /// Scanned (or skipped): its weights may leave the cache.
+    released: Vec<bool>,
     outcome: Vec<Option<std::result::Result<(), String>>>,
     stop: bool,
 }
@@ -61,7 +63,7 @@ impl Fetcher {
     pub fn start(hub: Hub, cache: RepoCache, repo: String, plans: Vec<Plan>, keep: bool, bars: bool) -> Self {
         let n = plans.len();
         let outcome = plans.iter().map(|p| p.failed.clone().map(Err)).collect();
-        let state = Mutex::new(State { requested: vec![false; n], outcome, stop: false });
+        let state = Mutex::new(State { requested: vec![false; n], released: vec![false; n], outcome, stop: false });
         let shared = Arc::new(Shared { hub, cache, repo, plans, state, changed: Condvar::new(), bars });
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("hub-download".into()).spawn(move || worker.run()).ok();
@@ -71,6 +73,7 @@ impl Fetcher {
     /// Blocks until `c`'s weights are in the cache: `Error::Hub` says why they never will
     /// be; Ctrl-C while waiting is `Error::Interrupted`.
     pub fn ready(&self, c: &CheckpointRef) -> Result<()> {
+        crate::interrupt::check()?;
         let Some(i) = self.index(c) else { return Ok(()) };
         let mut state = self.shared.lock();
         state.requested[i] = true;
@@ -90,11 +93,33 @@ impl Fetcher {
         self.index(c).map(|i| self.shared.plans[i].commit.clone())
     }
 
-    /// `c` is scanned: its weight files leave the cache unless downloads are kept.
+    /// `name` will not be asked for (a resumed scan reuses its measurement): nothing is
+    /// downloaded for it.
+    pub fn skip(&self, name: &str) {
+        let Some(i) = self.shared.plans.iter().position(|p| p.name == name) else { return };
+        let mut state = self.shared.lock();
+        if state.outcome[i].is_none() {
+            state.outcome[i] = Some(Ok(()));
+        }
+        state.released[i] = true;
+    }
+
+    /// `c` is scanned: its weight files leave the cache unless downloads are kept, or another
+    /// revision still to be scanned points to the same commit.
     pub fn release(&self, c: &CheckpointRef) {
-        let Some(i) = self.index(c).filter(|_| !self.keep) else { return };
-        let plan = &self.shared.plans[i];
-        let _ = self.shared.cache.remove(&plan.commit, &plan.weights);
+        let Some(i) = self.index(c) else { return };
+        let mut state = self.shared.lock();
+        state.released[i] = true;
+        let plans = &self.shared.plans;
+        let shared = (0..plans.len()).any(|j| !state.released[j] && plans[j].commit == plans[i].commit);
+        if !self.keep && !shared {
+            let _ = self.shared.cache.remove(&plans[i].commit, &plans[i].weights);
+        }
+    }
+
+    /// The commit of the revision called `name`.
+    pub fn fingerprint_of(&self, name: &str) -> Option<String> {
+        self.shared.plans.iter().find(|p| p.name == name).map(|p| p.commit.clone())
     }
 
     fn index(&self, c: &CheckpointRef) -> Option<usize> {
@@ -118,11 +143,22 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Downloads the next snapshot due until told to stop.
+    /// Downloads the next snapshot due until told to stop. A panic (a bug, here or in a
+    /// library) fails the snapshot in work and every one still pending, so no scan waits on
+    /// a thread that is gone.
     fn run(&self) {
         while let Some(i) = self.next_due() {
-            let outcome = self.fetch(i);
-            self.lock().outcome[i] = Some(outcome);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.fetch(i)));
+            let mut state = self.lock();
+            match outcome {
+                Ok(outcome) => state.outcome[i] = Some(outcome),
+                Err(_) => {
+                    let bug = "internal error in the download thread (a panic, please report it)".to_string();
+                    state.outcome.iter_mut().filter(|o| o.is_none()).for_each(|o| *o = Some(Err(bug.clone())));
+                    state.stop = true;
+                }
+            }
+            drop(state);
             self.changed.notify_all();
         }
     }

@@ -66,6 +66,10 @@ pub fn list(repo: &str, env: HubEnv) -> Result<Listing> {
     };
     let mut discovery = Discovery::default();
     for (name, commit) in &refs {
+        if !is_ref_name(name) || !is_hex_id(commit) {
+            discovery.warnings.push(format!("skipping revision {name:?}: not a usable name or commit ({commit:?})"));
+            continue;
+        }
         match crate::discover::parse_step(name) {
             Some(step) => discovery.checkpoints.push(CheckpointRef {
                 name: name.clone(),
@@ -81,6 +85,17 @@ pub fn list(repo: &str, env: HubEnv) -> Result<Listing> {
     }
     let discovery = crate::discover::order_by_step(discovery)?;
     Ok(Listing { repo: repo.to_string(), discovery, commits: refs.into_iter().collect(), hub, cache })
+}
+
+/// A commit or blob id as the Hub writes them: 40 (git) or 64 (sha256) lower-case hex digits.
+/// Anything else never becomes a path.
+pub(crate) fn is_hex_id(id: &str) -> bool {
+    matches!(id.len(), 40 | 64) && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A branch name that stays inside `refs/`: no empty, `.` or `..` part, no backslash.
+fn is_ref_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('\\') && name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
 /// HF_HUB_OFFLINE: the revisions the cache knows.
@@ -124,10 +139,13 @@ impl Listing {
     fn plan(&self, c: &CheckpointRef) -> Plan {
         let commit = self.commits.get(&c.name).cloned().unwrap_or_default();
         let mut plan = Plan { name: c.name.clone(), commit, weights: Vec::new(), failed: None };
-        let found = if self.hub.env.offline {
+        let found = if crate::interrupt::requested() {
+            Err(format!("revision {}: not fetched, the scan was interrupted", c.name))
+        } else if self.hub.env.offline {
             self.cached_weights(&c.name, &plan.commit)
         } else {
-            self.fetch_small(&c.name, &plan.commit).and_then(|files| weights(&c.name, files))
+            let index = || shard_names(&self.cache.snapshot(&plan.commit));
+            self.fetch_small(&c.name, &plan.commit).and_then(|files| weights(&c.name, files, index()))
         };
         match found {
             Ok(weights) => plan.weights = weights,
@@ -162,7 +180,14 @@ impl Listing {
             let blob = std::fs::read_link(e.path()).ok()?.file_name()?.to_string_lossy().into_owned();
             Some(RemoteFile { size: Some(std::fs::metadata(e.path()).ok()?.len()), name, blob })
         });
-        weights(name, files.collect()).map_err(|_| missing())
+        let index = shard_names(&self.cache.snapshot(commit));
+        let weights = weights(name, files.collect(), index.clone()).map_err(|_| missing())?;
+        let all_there = index.is_none_or(|shards| shards.len() == weights.len());
+        if all_there {
+            Ok(weights)
+        } else {
+            Err(missing())
+        }
     }
 }
 
@@ -200,23 +225,41 @@ fn is_small(name: &str) -> bool {
     !name.contains('/') && [".json", ".txt", ".model"].iter().any(|ext| name.ends_with(ext))
 }
 
-/// The weight files to stream: every top-level safetensors file, else `pytorch_model.bin`.
-fn weights(revision: &str, files: Vec<RemoteFile>) -> std::result::Result<Vec<RemoteFile>, String> {
-    let top = |f: &RemoteFile| !f.name.contains('/');
-    let safetensors: Vec<RemoteFile> =
-        files.iter().filter(|f| top(f) && f.name.ends_with(".safetensors")).cloned().collect();
-    if !safetensors.is_empty() {
-        return Ok(safetensors);
-    }
-    let bin: Vec<RemoteFile> = files.iter().filter(|f| f.name == "pytorch_model.bin").cloned().collect();
-    if bin.is_empty() {
+/// The shard files `model.safetensors.index.json` in `snapshot` names, when there is one.
+fn shard_names(snapshot: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(snapshot.join("model.safetensors.index.json")).ok()?;
+    let index: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let mut names: Vec<String> =
+        index.get("weight_map")?.as_object()?.values().filter_map(|v| v.as_str().map(String::from)).collect();
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+/// The weight files to stream, chosen as the loader chooses them: the shards the index names,
+/// else `model.safetensors`, else `pytorch_model.bin`.
+fn weights(
+    revision: &str,
+    files: Vec<RemoteFile>,
+    index: Option<Vec<String>>,
+) -> std::result::Result<Vec<RemoteFile>, String> {
+    let wanted: Vec<String> = match index {
+        Some(shards) => shards,
+        None if files.iter().any(|f| f.name == "model.safetensors") => vec!["model.safetensors".into()],
+        None => vec!["pytorch_model.bin".into()],
+    };
+    let found: Vec<RemoteFile> = files.iter().filter(|f| wanted.contains(&f.name)).cloned().collect();
+    if found.is_empty() {
         let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
         return Err(format!(
-            "revision {revision}: no model weights (no *.safetensors or pytorch_model.bin among {})",
+            "revision {revision}: no model weights (no model.safetensors, index or pytorch_model.bin among {})",
             names.join(", ")
         ));
     }
-    Ok(bin)
+    if found.len() < wanted.len() {
+        return Err(format!("revision {revision}: model.safetensors.index.json names shards the revision lacks"));
+    }
+    Ok(found)
 }
 
 /// Refuses a download of `need` bytes that the cache's disk cannot hold, naming both.
@@ -276,22 +319,29 @@ mod tests {
     }
 
     #[test]
-    fn safetensors_are_preferred_and_a_revision_without_weights_is_named() {
+    fn weights_are_chosen_as_the_loader_reads_them_and_a_revision_without_is_named() {
         let f = |name: &str| RemoteFile { name: name.into(), blob: name.into(), size: Some(1) };
-        let files = vec![
-            f("config.json"),
-            f("pytorch_model.bin"),
-            f("model-00001-of-00002.safetensors"),
-            f("model-00002-of-00002.safetensors"),
-        ];
-        let names: Vec<String> = weights("step1", files).unwrap().into_iter().map(|f| f.name).collect();
-        assert_eq!(names, ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]);
-        assert_eq!(
-            weights("step1", vec![f("config.json"), f("pytorch_model.bin")]).unwrap()[0].name,
-            "pytorch_model.bin"
-        );
-        let err = weights("step1", vec![f("config.json")]).unwrap_err();
+        let shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+        let files = vec![f("config.json"), f("pytorch_model.bin"), f("model.safetensors"), f(shards[0]), f(shards[1])];
+        let names = |w: Vec<RemoteFile>| w.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        let index = Some(shards.iter().map(|s| s.to_string()).collect());
+        assert_eq!(names(weights("step1", files.clone(), index).unwrap()), shards);
+        assert_eq!(names(weights("step1", files.clone(), None).unwrap()), ["model.safetensors"]);
+        assert!(weights("step1", files[..2].to_vec(), Some(vec![shards[0].into()])).is_err(), "a missing shard");
+        let bin = weights("step1", vec![f("config.json"), f("pytorch_model.bin")], None).unwrap();
+        assert_eq!(names(bin), ["pytorch_model.bin"]);
+        let err = weights("step1", vec![f("config.json")], None).unwrap_err();
         assert!(err.contains("step1") && err.contains("config.json"), "{err}");
         assert!(is_small("tokenizer.json") && is_small("merges.txt") && !is_small("onnx/config.json"));
+    }
+
+    #[test]
+    fn only_hex_ids_and_contained_ref_names_become_paths() {
+        assert!(is_hex_id(&"a".repeat(40)) && is_hex_id(&"0".repeat(64)));
+        assert!(!is_hex_id("") && !is_hex_id(&"A".repeat(40)) && !is_hex_id(&format!("../{}", "a".repeat(37))));
+        assert!(is_ref_name("step1000") && is_ref_name("pr/1"));
+        for bad in ["", "step1000-/../../x", "/step1", "a//b", "..", "a\\b"] {
+            assert!(!is_ref_name(bad), "{bad}");
+        }
     }
 }

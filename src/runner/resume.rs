@@ -44,13 +44,18 @@ impl Scan<'_> {
         Ok(())
     }
 
-    /// Offers `checkpoints` (measured with these very settings) for reuse by name.
+    /// Offers `checkpoints` (measured with these very settings) for reuse by name; a Hub
+    /// scan's fetcher then skips the snapshots whose commit was measured.
     pub fn reuse(&mut self, checkpoints: Vec<CheckpointReport>) {
         self.previous = checkpoints
             .into_iter()
             .filter(|c| c.status == crate::report::Status::Ok)
             .map(|c| (c.name.clone(), c))
             .collect();
+        if let Some(f) = self.fetcher {
+            let same = |name: &str, fp: &Option<String>| fp.is_some() && f.fingerprint_of(name) == *fp;
+            self.previous.iter().filter(|(n, c)| same(n, &c.fingerprint)).for_each(|(n, _)| f.skip(n));
+        }
     }
 
     /// The previous runs of `c` and its seeds that failed, when its files have not changed.

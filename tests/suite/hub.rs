@@ -151,6 +151,17 @@ fn a_gated_repository_asks_for_hf_token_and_the_cdn_never_sees_it() {
     assert!(stderr(&out).contains("the token in HF_TOKEN has no access"), "{}", stderr(&out));
     let out = hub_scan(&server, &cache, &["--revisions", "step30"]).env("HF_TOKEN", "hf_secret").output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    // a renamed repository redirects within the Hub: the token follows
+    server.faults().renamed_from = Some("org/old-name".into());
+    let mut cmd =
+        util::scan(Path::new("hf://org/old-name"), &fixtures().join("task.jsonl"), &["--revisions", "step60"]);
+    let out = cmd
+        .env("HF_ENDPOINT", &server.endpoint)
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_TOKEN", "hf_secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     let log = server.log();
     assert!(log.iter().any(|r| r.path.starts_with("/cdn/")));
     assert!(log.iter().filter(|r| r.path.starts_with("/cdn/")).all(|r| r.authorization.is_none()));
@@ -185,7 +196,7 @@ fn a_connection_cut_on_every_attempt_fails_the_snapshot_and_resume_completes_it(
     let (server, dir) = (server(faults), Dir::new());
     let cache = dir.path().join("hub");
     let json = dir.path().join("r.json");
-    let out = hub_scan(&server, &cache, &["--json", json.to_str().unwrap()]).output().unwrap();
+    let out = hub_scan(&server, &cache, &["--delete-downloads", "--json", json.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let report = util::json(&json);
     let error = checkpoint(&report, "step90")["error"].as_str().unwrap().to_string();
@@ -201,13 +212,12 @@ fn a_connection_cut_on_every_attempt_fails_the_snapshot_and_resume_completes_it(
     server.faults().cuts.clear();
     server.clear_log();
     let resumed = dir.path().join("resumed.json");
-    let out = hub_scan(&server, &cache, &["--resume", json.to_str().unwrap(), "--json", resumed.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let resume = ["--delete-downloads", "--resume", json.to_str().unwrap(), "--json", resumed.to_str().unwrap()];
+    let out = hub_scan(&server, &cache, &resume).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out).matches("reusing the measurement").count(), 3, "{}", stderr(&out));
     let cdn: Vec<_> = server.log().into_iter().filter(|r| r.path.starts_with("/cdn/")).collect();
-    assert_eq!(cdn.len(), 1, "only step90's weights are fetched: {cdn:?}");
+    assert_eq!(cdn.len(), 1, "only step90's weights are fetched, none for the reused snapshots: {cdn:?}");
     assert!(cdn[0].range.as_deref().is_some_and(|r| r != "bytes=0-"), "{cdn:?}");
     assert_eq!(checkpoint(&util::json(&resumed), "step90")["status"], "ok");
 }
@@ -279,42 +289,68 @@ fn probe_asks_for_the_cache_folder_of_a_hub_repository() {
     assert!(stderr(&out).contains("probe reads a folder"), "{}", stderr(&out));
 }
 
-#[test]
-fn ctrl_c_during_a_download_stops_it_and_keeps_the_partial_file() {
-    let faults = Faults { stalls: vec![("/cdn/".into(), 200)], ..Faults::default() };
-    let (server, dir) = (server(faults), Dir::new());
-    let cache = dir.path().join("hub");
-    let json = dir.path().join("r.json");
+/// Starts a scan against `server`, sends SIGINT once `started` sees the log reach the phase
+/// to interrupt, and returns the output and the seconds from the signal to the exit.
+fn interrupted_scan(
+    server: &HubServer,
+    cache: &Path,
+    json: &Path,
+    started: impl Fn(&[super::hub_server::Logged]) -> bool,
+) -> (std::process::Output, f64) {
     let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
         .args(["scan", "hf://org/tiny-series", "--task"])
         .arg(fixtures().join("task.jsonl"))
         .args(["--steps", "4", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4", "--json"])
-        .arg(&json)
+        .arg(json)
         .env("HF_ENDPOINT", &server.endpoint)
-        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_CACHE", cache)
         .env_remove("HF_TOKEN")
         .env_remove("HF_HUB_OFFLINE")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while !server.log().iter().any(|r| r.path.starts_with("/cdn/")) {
-        assert!(started.elapsed().as_secs() < 60, "no download started");
+    let t0 = std::time::Instant::now();
+    while !started(&server.log()) {
+        assert!(t0.elapsed().as_secs() < 60, "the phase to interrupt never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(std::time::Duration::from_millis(300));
     std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let signalled = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
+    (out, signalled.elapsed().as_secs_f64())
+}
+
+#[test]
+fn ctrl_c_during_a_download_stops_it_and_keeps_the_partial_file() {
+    let faults = Faults { stalls: vec![("/cdn/".into(), 200)], ..Faults::default() };
+    let (server, dir) = (server(faults), Dir::new());
+    let cache = dir.path().join("hub");
+    let json = dir.path().join("r.json");
+    let (out, waited) = interrupted_scan(&server, &cache, &json, |log| log.iter().any(|r| r.path.starts_with("/cdn/")));
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
-    assert!(signalled.elapsed().as_secs_f64() < 5.0, "the scan waited for the slow download");
+    assert!(waited < 5.0, "the scan waited for the slow download");
     assert_eq!(util::json(&json)["status"], "interrupted");
     let partial = std::fs::read_dir(repo_cache(&cache).join("blobs"))
         .unwrap()
         .flatten()
         .any(|e| e.path().extension().is_some_and(|x| x == "incomplete") && e.metadata().unwrap().len() > 0);
     assert!(partial, "the partial download stays for the next scan to resume");
+}
+
+#[test]
+fn ctrl_c_while_the_small_files_come_in_interrupts_the_scan() {
+    let faults = Faults { stalls: vec![("/resolve/".into(), 300)], ..Faults::default() };
+    let (server, dir) = (server(faults), Dir::new());
+    let json = dir.path().join("r.json");
+    let (out, waited) = interrupted_scan(&server, &dir.path().join("hub"), &json, |log| {
+        log.iter().any(|r| r.path.contains("/resolve/"))
+    });
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(waited < 5.0, "the scan went on fetching after Ctrl-C");
+    let revisions = server.log().iter().filter(|r| r.path.contains("/revision/")).count();
+    assert!(revisions < 4, "revisions were listed after Ctrl-C ({revisions})");
 }
 
 /// Two processes sharing a cache never write one blob at once: a download waits on

@@ -48,6 +48,8 @@ pub struct Faults {
     pub cuts: Vec<(String, usize, u32)>,
     /// (path fragment, milliseconds to wait before each 16 kB of the body): a slow link.
     pub stalls: Vec<(String, u64)>,
+    /// An old name of the repository: its paths redirect (307) to the current name.
+    pub renamed_from: Option<String>,
 }
 
 pub struct HubServer {
@@ -183,6 +185,10 @@ impl State {
         if let Some(r) = self.injected(path) {
             return r;
         }
+        let old = self.faults.lock().unwrap().renamed_from.clone();
+        if let Some(old) = old.filter(|o| path.contains(&format!("/{o}/"))) {
+            return Reply::new(307, Vec::new()).header("Location", path.replace(&old, &self.repo));
+        }
         let gated = self.faults.lock().unwrap().token.clone();
         if let Some(token) = gated {
             let cdn = path.starts_with("/cdn/");
@@ -261,7 +267,9 @@ impl State {
         let Some(f) = b.files.iter().find(|f| f.name == name) else { return Reply::error(404, "EntryNotFound") };
         let common = |r: Reply| r.header("X-Repo-Commit", b.commit.clone());
         if f.lfs {
-            let location = format!("{}/cdn/{}", self.endpoint.lock().unwrap(), f.blob);
+            // the CDN is another host, as on the Hub: same server, named `localhost`
+            let cdn = self.endpoint.lock().unwrap().replace("127.0.0.1", "localhost");
+            let location = format!("{cdn}/cdn/{}", f.blob);
             let r = Reply::new(302, Vec::new())
                 .header("Location", location)
                 .header("X-Linked-Etag", format!("\"{}\"", f.blob));
