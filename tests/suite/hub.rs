@@ -289,19 +289,13 @@ fn probe_asks_for_the_cache_folder_of_a_hub_repository() {
     assert!(stderr(&out).contains("probe reads a folder"), "{}", stderr(&out));
 }
 
-/// Starts a scan against `server`, sends SIGINT once `started` sees the log reach the phase
-/// to interrupt, and returns the output and the seconds from the signal to the exit.
-fn interrupted_scan(
-    server: &HubServer,
-    cache: &Path,
-    json: &Path,
-    started: impl Fn(&[super::hub_server::Logged]) -> bool,
-) -> (std::process::Output, f64) {
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
+/// A scan of hf://org/tiny-series against `server` in a child process, with `extra` flags.
+fn spawn_scan(server: &HubServer, cache: &Path, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
         .args(["scan", "hf://org/tiny-series", "--task"])
         .arg(fixtures().join("task.jsonl"))
-        .args(["--steps", "4", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4", "--json"])
-        .arg(json)
+        .args(["--steps", "4", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4"])
+        .args(extra)
         .env("HF_ENDPOINT", &server.endpoint)
         .env("HF_HUB_CACHE", cache)
         .env_remove("HF_TOKEN")
@@ -309,12 +303,28 @@ fn interrupted_scan(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits (at most a minute) until the server's log satisfies `reached`.
+fn wait_for(server: &HubServer, reached: impl Fn(&[super::hub_server::Logged]) -> bool) {
     let t0 = std::time::Instant::now();
-    while !started(&server.log()) {
-        assert!(t0.elapsed().as_secs() < 60, "the phase to interrupt never started");
+    while !reached(&server.log()) {
+        assert!(t0.elapsed().as_secs() < 60, "the scan never reached the awaited request");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Starts a scan, sends SIGINT once the log reaches `started`, and returns the output and the
+/// seconds from the signal to the exit.
+fn interrupted_scan(
+    server: &HubServer,
+    cache: &Path,
+    json: &Path,
+    started: impl Fn(&[super::hub_server::Logged]) -> bool,
+) -> (std::process::Output, f64) {
+    let child = spawn_scan(server, cache, &["--json", json.to_str().unwrap()]);
+    wait_for(server, started);
     std::thread::sleep(std::time::Duration::from_millis(300));
     std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let signalled = std::time::Instant::now();
@@ -366,23 +376,8 @@ fn a_blob_another_process_is_downloading_is_waited_for_not_fetched_twice() {
     let held = std::fs::File::create(locks.join(format!("{}.lock", weights.blob))).unwrap();
     // SAFETY: flock on a descriptor the File owns; closing it releases the lock.
     assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasticity"))
-        .args(["scan", "hf://org/tiny-series", "--revisions", "step30", "--task"])
-        .arg(fixtures().join("task.jsonl"))
-        .args(["--steps", "4", "--seq-len", "32", "--eval-blocks", "4", "--batch-size", "4"])
-        .env("HF_ENDPOINT", &server.endpoint)
-        .env("HF_HUB_CACHE", &cache)
-        .env_remove("HF_TOKEN")
-        .env_remove("HF_HUB_OFFLINE")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !server.log().iter().any(|r| r.path.contains("/revision/")) {
-        assert!(started.elapsed().as_secs() < 60, "the scan never listed the revision");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let child = spawn_scan(&server, &cache, &["--revisions", "step30"]);
+    wait_for(&server, |log| log.iter().any(|r| r.path.contains("/revision/")));
     std::thread::sleep(std::time::Duration::from_millis(1000));
     // the lock's holder finishes its download, then lets go
     let blobs = cache.join("models--org--tiny-series").join("blobs");
