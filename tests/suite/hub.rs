@@ -388,3 +388,21 @@ fn a_blob_another_process_is_downloading_is_waited_for_not_fetched_twice() {
     assert!(stderr(&out).contains("waiting for another process's download of model.safetensors"), "{}", stderr(&out));
     assert!(!server.log().iter().any(|r| r.path.contains(weights.blob.as_str())), "the blob was fetched twice");
 }
+
+/// Every way the runner opens snapshots waits for the fetcher: two workers (--devices), a
+/// race, a sweep. Each fetches every snapshot's weights once and fails none.
+#[test]
+fn workers_races_and_sweeps_stream_each_snapshot_once() {
+    for flags in [&["--devices", "cpu,cpu"][..], &["--strategy", "race"], &["--lrs", "1e-3,3e-3"]] {
+        let (server, dir) = (server(Faults::default()), Dir::new());
+        let json = dir.path().join("r.json");
+        let out = hub_scan(&server, &dir.path().join("hub"), &[flags, &["--json", json.to_str().unwrap()]].concat())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{flags:?}: {}", stderr(&out));
+        let report = util::json(&json);
+        assert!(report["checkpoints"].as_array().unwrap().iter().all(|c| c["status"] == "ok"), "{flags:?}");
+        let cdn = server.log().iter().filter(|r| r.path.starts_with("/cdn/")).count();
+        assert_eq!(cdn, 4, "{flags:?}: each snapshot's weights are fetched once");
+    }
+}
