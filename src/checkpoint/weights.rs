@@ -66,6 +66,11 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The shard files of a sharded checkpoint, each checked to stay inside the checkpoint folder.
 fn shards_of(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
+    shard_names(index)?.iter().map(|name| shard_path(dir, index, name)).collect()
+}
+
+/// The shard file names a `model.safetensors.index.json` maps its tensors to, sorted, once each.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
     #[derive(serde::Deserialize)]
     struct Index {
         weight_map: HashMap<String, String>,
@@ -73,10 +78,10 @@ fn shards_of(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::input(index, format!("cannot read: {e}")))?;
     let parsed: Index =
         serde_json::from_str(&text).map_err(|e| Error::input(index, format!("invalid shard index: {e}")))?;
-    let mut names: Vec<&String> = parsed.weight_map.values().collect();
+    let mut names: Vec<String> = parsed.weight_map.into_values().collect();
     names.sort();
     names.dedup();
-    names.into_iter().map(|name| shard_path(dir, index, name)).collect()
+    Ok(names)
 }
 
 fn shard_path(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {

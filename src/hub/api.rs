@@ -39,13 +39,6 @@ pub struct RemoteFile {
     pub size: Option<u64>,
 }
 
-/// A revision's commit and files.
-#[derive(Debug, Clone)]
-pub struct Revision {
-    pub commit: String,
-    pub files: Vec<RemoteFile>,
-}
-
 /// A request that failed for good: the status (None for a network failure) and one line.
 #[derive(Debug, Clone)]
 pub struct HubError {
@@ -123,8 +116,9 @@ impl Hub {
         Ok(refs.branches.into_iter().map(|b| Ref { name: b.name, commit: b.target_commit }).collect())
     }
 
-    /// `revision`'s commit and files with their sizes.
-    pub fn revision(&self, repo: &str, revision: &str) -> Result<Revision, HubError> {
+    /// The files of `commit` with their sizes and blob ids; entries whose name or id could not
+    /// be a cache path are refused.
+    pub fn files(&self, repo: &str, commit: &str) -> Result<Vec<RemoteFile>, HubError> {
         #[derive(Deserialize)]
         struct Lfs {
             sha256: String,
@@ -139,27 +133,24 @@ impl Hub {
         }
         #[derive(Deserialize)]
         struct Info {
-            sha: String,
             siblings: Vec<Sibling>,
         }
-        let url = format!("{}/api/models/{repo}/revision/{}?blobs=true", self.env.endpoint, encode(revision, false));
-        let what = format!("hf://{repo}: revision {revision}");
+        let url = format!("{}/api/models/{repo}/revision/{commit}?blobs=true", self.env.endpoint);
+        let what = format!("hf://{repo}: commit {commit}");
         let info: Info = self.json(&url, &what)?;
         let files = info.siblings.into_iter().map(|s| {
             let blob = s.lfs.map(|l| l.sha256).or(s.blob_id).unwrap_or_default();
             RemoteFile { name: s.rfilename, blob, size: s.size }
         });
-        // names and ids become paths in the cache: only plain ones are taken
-        let (files, odd): (Vec<RemoteFile>, Vec<RemoteFile>) = files.partition(|f| {
-            super::is_hex_id(&f.blob) && f.name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
-        });
-        if !super::is_hex_id(&info.sha) || odd.iter().any(|f| !f.name.contains('/')) {
-            return Err(HubError {
-                status: None,
-                msg: format!("{what}: unexpected commit or file entries in the Hub's answer"),
-            });
+        // names and ids become paths in the cache: a file in a sub-folder with an odd entry is
+        // left out (a scan reads top-level files), a top-level one fails the revision
+        let (files, odd): (Vec<RemoteFile>, Vec<RemoteFile>) =
+            files.partition(|f| super::is_hex_id(&f.blob) && super::is_plain_path(&f.name));
+        if let Some(f) = odd.iter().find(|f| !f.name.contains('/')) {
+            let msg = format!("{what}: unexpected file entry in the Hub's answer ({:?}, blob {:?})", f.name, f.blob);
+            return Err(HubError { status: None, msg });
         }
-        Ok(Revision { commit: info.sha, files })
+        Ok(files)
     }
 
     /// Downloads `file` of `commit` into `dest`, resuming from the bytes `dest` already holds;

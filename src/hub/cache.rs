@@ -84,14 +84,17 @@ impl RepoCache {
     /// Links `file` of `commit` to a whole blob another revision brought (a tokenizer many
     /// revisions share); false when there is none.
     pub fn link_existing(&self, commit: &str, file: &RemoteFile) -> bool {
-        let blob = std::fs::metadata(self.blob(&file.blob));
-        blob.is_ok_and(|m| file.size.is_none_or(|s| m.len() == s)) && self.link(commit, file).is_ok()
+        self.has_blob(file) && self.link(commit, file).is_ok()
+    }
+
+    /// `file`'s blob is in `blobs/`, of the listed size.
+    fn has_blob(&self, file: &RemoteFile) -> bool {
+        std::fs::metadata(self.blob(&file.blob)).is_ok_and(|m| file.size.is_none_or(|s| m.len() == s))
     }
 
     /// Bytes still to fetch for `file`: its size less what an interrupted download left.
     pub fn missing_bytes(&self, commit: &str, file: &RemoteFile) -> u64 {
-        if self.has(commit, file) || std::fs::metadata(self.blob(&file.blob)).is_ok_and(|m| Some(m.len()) == file.size)
-        {
+        if self.has(commit, file) || self.has_blob(file) {
             return 0;
         }
         let partial = std::fs::metadata(self.incomplete(&file.blob)).map(|m| m.len()).unwrap_or(0);

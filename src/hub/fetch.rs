@@ -74,7 +74,7 @@ impl Fetcher {
     /// be; Ctrl-C while waiting is `Error::Interrupted`.
     pub fn ready(&self, c: &CheckpointRef) -> Result<()> {
         crate::interrupt::check()?;
-        let Some(i) = self.index(c) else { return Ok(()) };
+        let Some(i) = self.index(&c.name) else { return Ok(()) };
         let mut state = self.shared.lock();
         state.requested[i] = true;
         self.shared.changed.notify_all();
@@ -88,15 +88,16 @@ impl Fetcher {
         state.outcome[i].clone().unwrap_or(Ok(())).map_err(Error::Hub)
     }
 
-    /// The commit `c` was read from: a resumed scan reuses a measurement of the same commit.
-    pub fn fingerprint(&self, c: &CheckpointRef) -> Option<String> {
-        self.index(c).map(|i| self.shared.plans[i].commit.clone())
+    /// The commit the revision called `name` was read from: a resumed scan reuses a
+    /// measurement of the same commit.
+    pub fn fingerprint(&self, name: &str) -> Option<String> {
+        self.index(name).map(|i| self.shared.plans[i].commit.clone())
     }
 
     /// `name` will not be asked for (a resumed scan reuses its measurement): nothing is
     /// downloaded for it.
     pub fn skip(&self, name: &str) {
-        let Some(i) = self.shared.plans.iter().position(|p| p.name == name) else { return };
+        let Some(i) = self.index(name) else { return };
         let mut state = self.shared.lock();
         if state.outcome[i].is_none() {
             state.outcome[i] = Some(Ok(()));
@@ -107,7 +108,7 @@ impl Fetcher {
     /// `c` is scanned: its weight files leave the cache unless downloads are kept, or another
     /// revision still to be scanned points to the same commit.
     pub fn release(&self, c: &CheckpointRef) {
-        let Some(i) = self.index(c) else { return };
+        let Some(i) = self.index(&c.name) else { return };
         let mut state = self.shared.lock();
         state.released[i] = true;
         let plans = &self.shared.plans;
@@ -117,13 +118,8 @@ impl Fetcher {
         }
     }
 
-    /// The commit of the revision called `name`.
-    pub fn fingerprint_of(&self, name: &str) -> Option<String> {
-        self.shared.plans.iter().find(|p| p.name == name).map(|p| p.commit.clone())
-    }
-
-    fn index(&self, c: &CheckpointRef) -> Option<usize> {
-        self.shared.plans.iter().position(|p| p.name == c.name)
+    fn index(&self, name: &str) -> Option<usize> {
+        self.shared.plans.iter().position(|p| p.name == name)
     }
 }
 
@@ -197,7 +193,8 @@ impl Shared {
         }
         bar.finish_and_clear();
         if !missing.is_empty() {
-            crate::progress::println(&bar, &downloaded(&plan.name, total, started.elapsed().as_secs_f64()));
+            // the rate counts the bytes this download fetched, not a resumed file's earlier part
+            crate::progress::println(&bar, &downloaded(&plan.name, need, started.elapsed().as_secs_f64()));
         }
         Ok(())
     }

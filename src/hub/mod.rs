@@ -4,7 +4,7 @@
 //!
 //! The scan runs in three phases: [`list`] asks for the repository's branches and keeps those
 //! whose name carries a step, as `discover` reads folder names (the scan then selects and
-//! partitions them as it would folders); [`prepare`] fetches each kept revision's file list
+//! partitions them as it would folders); [`Listing::prepare`] fetches each kept revision's file list
 //! and small files (config, tokenizer, trainer state) into the standard hub cache; the
 //! [`Fetcher`] then streams the weights while the scan runs. With `HF_HUB_OFFLINE` set, no
 //! request is made: the revisions are those the cache holds. A snapshot is the folder
@@ -17,15 +17,16 @@ use std::path::Path;
 use crate::discover::{CheckpointRef, Discovery};
 use crate::error::{Error, Result};
 
-pub mod api;
-pub mod cache;
+mod api;
+mod cache;
 mod env;
 mod fetch;
 
-pub use api::{Hub, RemoteFile, Retry};
-pub use cache::RepoCache;
+use api::{Hub, RemoteFile, Retry};
+use cache::RepoCache;
 pub use env::HubEnv;
-pub use fetch::{Fetcher, Plan};
+pub use fetch::Fetcher;
+use fetch::Plan;
 
 /// The scheme that names a Hub repository where a folder is expected.
 pub const SCHEME: &str = "hf://";
@@ -66,7 +67,7 @@ pub fn list(repo: &str, env: HubEnv) -> Result<Listing> {
     };
     let mut discovery = Discovery::default();
     for (name, commit) in &refs {
-        if !is_ref_name(name) || !is_hex_id(commit) {
+        if !is_plain_path(name) || !is_hex_id(commit) {
             discovery.warnings.push(format!("skipping revision {name:?}: not a usable name or commit ({commit:?})"));
             continue;
         }
@@ -93,8 +94,9 @@ pub(crate) fn is_hex_id(id: &str) -> bool {
     matches!(id.len(), 40 | 64) && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A branch name that stays inside `refs/`: no empty, `.` or `..` part, no backslash.
-fn is_ref_name(name: &str) -> bool {
+/// A branch or file name that stays inside its folder (`refs/`, `snapshots/COMMIT/`): no
+/// empty, `.` or `..` part, no backslash.
+pub(crate) fn is_plain_path(name: &str) -> bool {
     !name.is_empty() && !name.contains('\\') && name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
@@ -156,9 +158,9 @@ impl Listing {
 
     /// Lists the revision's files, records its ref, and fetches every file but the weights.
     fn fetch_small(&self, name: &str, commit: &str) -> std::result::Result<Vec<RemoteFile>, String> {
-        let revision = self.hub.revision(&self.repo, commit).map_err(|e| format!("revision {name}: {}", e.msg))?;
+        let files = self.hub.files(&self.repo, commit).map_err(|e| format!("revision {name}: {}", e.msg))?;
         self.cache.write_ref(name, commit).map_err(|e| format!("{}: cannot write: {e}", self.cache.root.display()))?;
-        let small: Vec<&RemoteFile> = revision.files.iter().filter(|f| is_small(&f.name)).collect();
+        let small: Vec<&RemoteFile> = files.iter().filter(|f| is_small(&f.name)).collect();
         let need = small.iter().map(|f| self.cache.missing_bytes(commit, f)).sum();
         check_disk(&self.hub.env, &self.cache, need).map_err(|e| format!("revision {name}: {e}"))?;
         let stop = crate::interrupt::requested;
@@ -168,7 +170,7 @@ impl Listing {
             })
             .map_err(|e| format!("revision {name}: {e}"))?;
         }
-        Ok(revision.files)
+        Ok(files)
     }
 
     /// Offline: the weight files the snapshot folder holds whole, as if listed.
@@ -227,25 +229,20 @@ fn is_small(name: &str) -> bool {
 
 /// The shard files `model.safetensors.index.json` in `snapshot` names, when there is one.
 fn shard_names(snapshot: &Path) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(snapshot.join("model.safetensors.index.json")).ok()?;
-    let index: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let mut names: Vec<String> =
-        index.get("weight_map")?.as_object()?.values().filter_map(|v| v.as_str().map(String::from)).collect();
-    names.sort();
-    names.dedup();
-    Some(names)
+    crate::checkpoint::weights::shard_names(&snapshot.join("model.safetensors.index.json")).ok()
 }
 
-/// The weight files to stream, chosen as the loader chooses them: the shards the index names,
-/// else `model.safetensors`, else `pytorch_model.bin`.
+/// The weight files to stream, chosen as the loader (`checkpoint::weights::weight_files`)
+/// chooses them: `model.safetensors`, else the shards the index names, else
+/// `pytorch_model.bin`.
 fn weights(
     revision: &str,
     files: Vec<RemoteFile>,
     index: Option<Vec<String>>,
 ) -> std::result::Result<Vec<RemoteFile>, String> {
     let wanted: Vec<String> = match index {
+        _ if files.iter().any(|f| f.name == "model.safetensors") => vec!["model.safetensors".into()],
         Some(shards) => shards,
-        None if files.iter().any(|f| f.name == "model.safetensors") => vec!["model.safetensors".into()],
         None => vec!["pytorch_model.bin".into()],
     };
     let found: Vec<RemoteFile> = files.iter().filter(|f| wanted.contains(&f.name)).cloned().collect();
@@ -322,11 +319,12 @@ mod tests {
     fn weights_are_chosen_as_the_loader_reads_them_and_a_revision_without_is_named() {
         let f = |name: &str| RemoteFile { name: name.into(), blob: name.into(), size: Some(1) };
         let shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
-        let files = vec![f("config.json"), f("pytorch_model.bin"), f("model.safetensors"), f(shards[0]), f(shards[1])];
+        let files = vec![f("config.json"), f("pytorch_model.bin"), f(shards[0]), f(shards[1]), f("model.safetensors")];
         let names = |w: Vec<RemoteFile>| w.into_iter().map(|f| f.name).collect::<Vec<_>>();
-        let index = Some(shards.iter().map(|s| s.to_string()).collect());
-        assert_eq!(names(weights("step1", files.clone(), index).unwrap()), shards);
-        assert_eq!(names(weights("step1", files.clone(), None).unwrap()), ["model.safetensors"]);
+        let index: Option<Vec<String>> = Some(shards.iter().map(|s| s.to_string()).collect());
+        assert_eq!(names(weights("step1", files[..4].to_vec(), index.clone()).unwrap()), shards);
+        // the loader reads model.safetensors before an index, so only it is fetched
+        assert_eq!(names(weights("step1", files.clone(), index).unwrap()), ["model.safetensors"]);
         assert!(weights("step1", files[..2].to_vec(), Some(vec![shards[0].into()])).is_err(), "a missing shard");
         let bin = weights("step1", vec![f("config.json"), f("pytorch_model.bin")], None).unwrap();
         assert_eq!(names(bin), ["pytorch_model.bin"]);
@@ -339,9 +337,9 @@ mod tests {
     fn only_hex_ids_and_contained_ref_names_become_paths() {
         assert!(is_hex_id(&"a".repeat(40)) && is_hex_id(&"0".repeat(64)));
         assert!(!is_hex_id("") && !is_hex_id(&"A".repeat(40)) && !is_hex_id(&format!("../{}", "a".repeat(37))));
-        assert!(is_ref_name("step1000") && is_ref_name("pr/1"));
+        assert!(is_plain_path("step1000") && is_plain_path("pr/1"));
         for bad in ["", "step1000-/../../x", "/step1", "a//b", "..", "a\\b"] {
-            assert!(!is_ref_name(bad), "{bad}");
+            assert!(!is_plain_path(bad), "{bad}");
         }
     }
 }

@@ -141,7 +141,7 @@ impl<'a> Scan<'a> {
     /// failed or not; None when the scan was interrupted.
     fn measure(&self, c: &CheckpointRef, device: &Device, progress: &Progress) -> Option<CheckpointResult> {
         let fingerprint = match self.fetcher {
-            Some(f) => f.fingerprint(c),
+            Some(f) => f.fingerprint(&c.name),
             None => crate::checkpoint::fingerprint::fingerprint(&c.path).ok(),
         };
         let mut diverged = false;

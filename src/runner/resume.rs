@@ -53,7 +53,7 @@ impl Scan<'_> {
             .map(|c| (c.name.clone(), c))
             .collect();
         if let Some(f) = self.fetcher {
-            let same = |name: &str, fp: &Option<String>| fp.is_some() && f.fingerprint_of(name) == *fp;
+            let same = |name: &str, fp: &Option<String>| fp.is_some() && f.fingerprint(name) == *fp;
             self.previous.iter().filter(|(n, c)| same(n, &c.fingerprint)).for_each(|(n, _)| f.skip(n));
         }
     }
