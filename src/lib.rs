@@ -24,7 +24,7 @@
 //! | 3 | `train`, `score` |
 //! | 2 | `model`, `lora`, `single_index`, `synth`, `hub` |
 //! | 1 | `checkpoint`, `discover`, `data`, `dropout` |
-//! | 0 | `error`, `curve`, `device`, `fs`, `memory`, `interrupt`, `progress`, `rng`, `math`, `linalg` |
+//! | 0 | `error`, `curve`, `device`, `fs`, `memory`, `interrupt`, `progress`, `rng`, `math`, `linalg`, `matmul` |
 
 pub mod app;
 pub mod checkpoint;
@@ -42,6 +42,7 @@ pub mod interrupt;
 pub mod linalg;
 pub mod lora;
 pub mod math;
+pub mod matmul;
 pub mod memory;
 pub mod model;
 pub mod options;

@@ -1,0 +1,174 @@
+//! A bounds-checked f32 matrix product over strided slices, for the CPU custom ops of the
+//! engine: a call into the `gemm` crate's unsafe entry point through [`matmul`] or [`product`]
+//! checks each operand's extent against its slice first, and [`product`] writes a new matrix
+//! without zero-filling it. This module must not know tensors, models or adapters.
+
+/// A read-only matrix inside a slice: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows` x `cols` matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, rs: cols, cs: 1 }
+    }
+
+    /// The transpose, as a view of the same elements.
+    pub fn t(self) -> Self {
+        Mat { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// Whether every element's index lies inside the slice.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// How the product meets what the destination holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dst {
+    /// dst = scale * lhs @ rhs; dst's old contents are never read.
+    Overwrite,
+    /// dst += scale * lhs @ rhs.
+    Accumulate,
+}
+
+/// The threads candle's own matmul would use (the engine's shards set it to 1).
+pub fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// dst (m x n, row-major) = or += `scale * lhs @ rhs`, on `threads` threads (1: the calling one).
+pub fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32, dst_is: Dst, threads: usize) -> Result<(), String> {
+    check(dst.len(), lhs, rhs)?;
+    // SAFETY: `check` bounds both operands and dst's length; dst is borrowed mutably, so it
+    // overlaps neither operand.
+    unsafe { run(dst.as_mut_ptr(), lhs, rhs, scale, dst_is, threads) };
+    Ok(())
+}
+
+/// A new row-major matrix `scale * lhs @ rhs`, written without being zero-filled first.
+pub fn product(lhs: Mat, rhs: Mat, scale: f32, threads: usize) -> Result<Vec<f32>, String> {
+    let len = lhs.rows * rhs.cols;
+    check(len, lhs, rhs)?;
+    let mut dst: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: as in `matmul`, into the vector's own allocation of `len` elements. An
+    // overwritten destination is never read (the tests fill one with NaN to check it), and
+    // `run` writes every one of its m x n elements (zeros when k = 0) before `set_len`
+    // exposes them.
+    unsafe {
+        run(dst.as_mut_ptr(), lhs, rhs, scale, Dst::Overwrite, threads);
+        dst.set_len(len);
+    }
+    Ok(dst)
+}
+
+/// Refuses operands whose shapes do not chain or whose elements lie outside their slices.
+fn check(dst_len: usize, lhs: Mat, rhs: Mat) -> Result<(), String> {
+    if rhs.rows == lhs.cols && dst_len == lhs.rows * rhs.cols && lhs.in_bounds() && rhs.in_bounds() {
+        return Ok(());
+    }
+    Err(format!(
+        "matmul: ({} x {}) @ ({} x {}) into {dst_len} values, or an operand out of its bounds",
+        lhs.rows, lhs.cols, rhs.rows, rhs.cols
+    ))
+}
+
+/// The product into `dst`, after [`check`].
+///
+/// # Safety
+/// `dst` must be valid for writes (and, to accumulate, reads) of m x n elements and overlap
+/// neither operand, and [`check`] must have passed for these operands.
+unsafe fn run(dst: *mut f32, lhs: Mat, rhs: Mat, scale: f32, dst_is: Dst, threads: usize) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if dst_is == Dst::Overwrite {
+            std::ptr::write_bytes(dst, 0, m * n); // 0u32 bits are 0.0
+        }
+        return;
+    }
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // every index gemm forms into lhs or rhs is at most (rows - 1) rs + (cols - 1) cs of that
+    // operand, which `check` bounded; dst is m x n with row stride n
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        dst_is == Dst::Accumulate,
+        lhs.data.as_ptr(),
+        lhs.cs as isize,
+        lhs.rs as isize,
+        rhs.data.as_ptr(),
+        rhs.cs as isize,
+        rhs.rs as isize,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product by the definition, in f64.
+    fn naive(lhs: Mat, rhs: Mat) -> Vec<f32> {
+        let mut out = vec![0f32; lhs.rows * rhs.cols];
+        for i in 0..lhs.rows {
+            for j in 0..rhs.cols {
+                let s: f64 = (0..lhs.cols)
+                    .map(|p| lhs.data[i * lhs.rs + p * lhs.cs] as f64 * rhs.data[p * rhs.rs + j * rhs.cs] as f64)
+                    .sum();
+                out[i * rhs.cols + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 * 0.37 + seed).sin() * 2.0).round() / 4.0).collect()
+    }
+
+    #[test]
+    fn products_over_transposed_views_match_the_definition() {
+        let (a, b) = (values(5 * 3, 0.1), values(4 * 3, 0.7)); // a (5, 3), b stored (4, 3)
+        let (lhs, rhs) = (Mat::rows(&a, 5, 3), Mat::rows(&b, 4, 3).t()); // (5, 3) @ (3, 4)
+        let mut dst = vec![f32::NAN; 5 * 4];
+        matmul(&mut dst, lhs, rhs, 1.0, Dst::Overwrite, 1).unwrap();
+        assert_eq!(dst, naive(lhs, rhs), "an overwritten destination's old values are never read");
+        matmul(&mut dst, lhs, rhs, -0.5, Dst::Accumulate, 1).unwrap();
+        let half: Vec<f32> = naive(lhs, rhs).iter().map(|v| v * 0.5).collect();
+        assert_eq!(dst, half);
+    }
+
+    #[test]
+    fn mismatched_or_out_of_bounds_operands_are_refused() {
+        let a = values(6, 0.0);
+        let mut dst = vec![0f32; 4];
+        assert!(matmul(&mut dst, Mat::rows(&a, 2, 3), Mat::rows(&a, 2, 2), 1.0, Dst::Overwrite, 1).is_err());
+        let short = Mat { data: &a, rows: 3, cols: 2, rs: 3, cs: 1 }; // last index 7 of 6
+        assert!(matmul(&mut dst, Mat::rows(&a, 2, 3), short, 1.0, Dst::Overwrite, 1).is_err());
+        assert_eq!(
+            product(Mat::rows(&a, 2, 3), Mat::rows(&a, 3, 2), 1.0, 1).unwrap(),
+            naive(Mat::rows(&a, 2, 3), Mat::rows(&a, 3, 2))
+        );
+        let mut zero_k = vec![1f32; 4];
+        matmul(&mut zero_k, Mat::rows(&[], 2, 0), Mat::rows(&[], 0, 2), 1.0, Dst::Overwrite, 1).unwrap();
+        assert_eq!(zero_k, vec![0.0; 4]);
+    }
+}
