@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 
 use super::frozen::{frozen_linear, FrozenLinearResidual};
+use super::fused::LoraLinear;
 use super::peft::{peft_tensor, read_peft_adapter};
 use super::spec::{AdapterInit, LoraSpec, Targets};
 use crate::dropout::{Dropout, DropoutState};
@@ -190,6 +191,11 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(ad) = self.adapter.as_ref().filter(|ad| self.fuses(ad, x)) {
+            let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
+            let op = LoraLinear { wt: self.wt.clone(), bias, scale: ad.scale as f32 };
+            return x.contiguous()?.apply_op3(ad.a.as_tensor(), ad.b.as_tensor(), op);
+        }
         let y = frozen_linear(x, &self.wt, self.bias.as_ref())?; // (..., out)
         match &self.adapter {
             None => Ok(y),
@@ -197,6 +203,19 @@ impl Linear {
             // PEFT with a bf16 base: the f32 adapter sees x cast to f32; the sum is cast back
             Some(ad) => y.to_dtype(ad.a.dtype())?.add(&ad.forward(&x.to_dtype(ad.a.dtype())?)?)?.to_dtype(x.dtype()),
         }
+    }
+
+    /// Whether the layer runs as one [`LoraLinear`] node: on the CPU, everything in f32, A a
+    /// real factor, and no adapter dropout in force.
+    fn fuses(&self, ad: &Adapter, x: &Tensor) -> bool {
+        let f32 = |t: &Tensor| t.dtype() == DType::F32;
+        x.device().is_cpu()
+            && f32(x)
+            && f32(&self.wt)
+            && f32(ad.a.as_tensor())
+            && self.bias.as_ref().is_none_or(|b| f32(b) && b.dims1().ok() == self.wt.dim(1).ok())
+            && !ad.identity_a
+            && !ad.dropout.as_ref().is_some_and(Dropout::active)
     }
 
     /// `residual + forward(x)`, the residual connection after a block's output projection.

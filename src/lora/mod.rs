@@ -8,11 +8,13 @@
 //!
 //! Each concept has its file, re-exported here: `spec.rs` (the hyper-parameters and where the
 //! initial weights come from), `adapter.rs` (the adapters a model collects and the adapted
-//! linear layer), `frozen.rs` (the custom ops of the frozen matmul) and `peft.rs` (PEFT's
+//! linear layer), `frozen.rs` (the custom ops of the frozen matmul), `fused.rs` (the adapted layer as one CPU
+//! node) and `peft.rs` (PEFT's
 //! files, read and written).
 
 mod adapter;
 mod frozen;
+mod fused;
 pub mod peft;
 mod spec;
 
