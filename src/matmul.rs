@@ -1,7 +1,8 @@
 //! A bounds-checked f32 matrix product over strided slices, for the CPU custom ops of the
 //! engine: a call into the `gemm` crate's unsafe entry point through [`matmul`] or [`product`]
 //! checks each operand's extent against its slice first, and [`product`] writes a new matrix
-//! without zero-filling it. This module must not know tensors, models or adapters.
+//! without zero-filling it; [`with_mat`] lends a CPU tensor's elements as such a view. This
+//! module must not know models or adapters.
 
 /// A read-only matrix inside a slice: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -28,6 +29,17 @@ impl<'a> Mat<'a> {
     fn in_bounds(&self) -> bool {
         self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
+}
+
+/// A 2-D f32 tensor on the CPU as a view of its storage, with its strides, lent to `f`.
+pub fn with_mat<T>(t: &candle_core::Tensor, f: impl FnOnce(Mat) -> candle_core::Result<T>) -> candle_core::Result<T> {
+    let (rows, cols) = t.dims2()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("matmul: a {rows} x {cols} operand is not on the CPU")
+    };
+    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+    f(Mat { data, rows, cols, rs: layout.stride()[0], cs: layout.stride()[1] })
 }
 
 /// How the product meets what the destination holds.

@@ -10,7 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 
-use crate::matmul::{matmul, product, threads, Dst, Mat};
+use crate::matmul::{matmul, product, threads, with_mat, Dst, Mat};
 
 /// The op: `wt` (in, out) and the bias are frozen; the three arguments are x, A (r, in) and B
 /// (out, r).
@@ -38,15 +38,6 @@ fn dims(x: &Layout, n: usize) -> candle_core::Result<(usize, usize, Shape)> {
     Ok((lead.iter().product(), k, Shape::from([lead, &[n]].concat())))
 }
 
-/// The frozen weight (in, out) as a strided view of its CPU storage, to `f`.
-fn with_weight<T>(wt: &Tensor, f: impl FnOnce(Mat) -> candle_core::Result<T>) -> candle_core::Result<T> {
-    let (storage, layout) = wt.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { return Err(err("the frozen weight is not on the CPU")) };
-    let (k, n) = layout.shape().dims2()?;
-    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
-    f(Mat { data, rows: k, cols: n, rs: layout.stride()[0], cs: layout.stride()[1] })
-}
-
 impl CustomOp3 for LoraLinear {
     fn name(&self) -> &'static str {
         "lora-linear"
@@ -66,7 +57,7 @@ impl CustomOp3 for LoraLinear {
         let x = Mat::rows(slice(sx, lx, "input")?, m, k);
         let (a, b) = (Mat::rows(slice(sa, la, "A")?, r, k), Mat::rows(slice(sb, lb, "B")?, n, r));
         let h = product(x, a.t(), self.scale, threads()).map_err(err)?; // (m, r), scaled while small
-        let y = with_weight(&self.wt, |wt| match &self.bias {
+        let y = with_mat(&self.wt, |wt| match &self.bias {
             Some(bias) => {
                 let mut y: Vec<f32> = Vec::with_capacity(m * n); // every row starts as the bias
                 (0..m).for_each(|_| y.extend_from_slice(bias));
@@ -124,7 +115,7 @@ fn cpu_slice<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<
 impl LoraLinear {
     /// dx (m, k) = g wt^T + gu A, in one buffer.
     fn input_grad(&self, g: Mat, gu: Mat, a: Mat) -> candle_core::Result<Vec<f32>> {
-        let mut dx = with_weight(&self.wt, |wt| product(g, wt.t(), 1.0, threads()).map_err(err))?;
+        let mut dx = with_mat(&self.wt, |wt| product(g, wt.t(), 1.0, threads()).map_err(err))?;
         matmul(&mut dx, gu, a, 1.0, Dst::Accumulate, threads()).map_err(err)?;
         Ok(dx)
     }
