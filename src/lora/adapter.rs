@@ -205,6 +205,15 @@ impl Linear {
         }
     }
 
+    /// The frozen weight (in, out) and bias, when no adapter sits on the layer: for callers
+    /// that fuse the layer into a larger CPU op.
+    pub fn frozen(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        match self.adapter {
+            None => Some((&self.wt, self.bias.as_ref())),
+            Some(_) => None,
+        }
+    }
+
     /// Whether the layer runs as one [`LoraLinear`] node: on the CPU, everything in f32, A a
     /// real factor, and no adapter dropout in force.
     fn fuses(&self, ad: &Adapter, x: &Tensor) -> bool {

@@ -178,7 +178,7 @@ impl Mlp {
 
     /// residual + dropout(mlp(x)), with BLOOM's tanh GELU (FastGELU's formula).
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let inner = Activation::GeluFast.apply(&self.dense_h_to_4h.forward(x)?)?; // (b, t, 4h)
+        let inner = Activation::GeluFast.apply_linear(&self.dense_h_to_4h, x)?; // (b, t, 4h)
         self.dense_4h_to_h.forward_residual_dropped(&inner, residual, self.hidden_dropout.as_ref())
     }
 }

@@ -203,11 +203,12 @@ macro_rules! per_act {
         }
     };
 }
+pub(super) use per_act;
 
 impl Act {
     /// (f(x), f'(x)).
     #[inline(always)]
-    fn eval(self, x: f32) -> (f32, f32) {
+    pub(super) fn eval(self, x: f32) -> (f32, f32) {
         match self {
             Act::Silu => {
                 let s = fast_sigmoid(x);

@@ -9,6 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 
 use super::fused;
+use super::fused_mlp::{GatedLinear, LinearAct, Proj};
 use crate::checkpoint::weights::Weights;
 use crate::error::{Error, Result};
 use crate::lora::{Linear, LoraCtx};
@@ -62,6 +63,31 @@ impl Activation {
         }
     }
 
+    /// act(linear(x)): one node (`fused_mlp.rs`) when the projection is frozen and x is f32
+    /// on the CPU.
+    pub fn apply_linear(self, linear: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        match (self.fused(), linear.frozen()) {
+            (Some(act), Some((wt, bias))) if fusable(x, wt, bias) => {
+                x.contiguous()?.apply_op1(LinearAct::new(Proj::new(wt, bias)?, act, x.track_op()))
+            }
+            _ => self.apply(&linear.forward(x)?),
+        }
+    }
+
+    /// act(gate(x)) * up(x), for gated MLPs: one node when both projections are frozen and x is
+    /// f32 on the CPU.
+    pub fn gated_linear(self, gate: &Linear, up: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        match (self.fused(), gate.frozen(), up.frozen()) {
+            (Some(act), Some((wg, bg)), Some((wu, bu)))
+                if fusable(x, wg, bg) && fusable(x, wu, bu) && wg.dims() == wu.dims() =>
+            {
+                let op = GatedLinear::new(Proj::new(wg, bg)?, Proj::new(wu, bu)?, act, x.track_op());
+                x.contiguous()?.apply_op1(op)
+            }
+            _ => self.gated(&gate.forward(x)?, &up.forward(x)?),
+        }
+    }
+
     fn fused(self) -> Option<fused::Act> {
         match self {
             Activation::Silu => Some(fused::Act::Silu),
@@ -70,6 +96,18 @@ impl Activation {
             Activation::Relu => None,
         }
     }
+}
+
+/// Whether the fused MLP ops take x through the frozen weight (in, out) and bias.
+fn fusable(x: &Tensor, wt: &Tensor, bias: Option<&Tensor>) -> bool {
+    let f32 = |t: &Tensor| t.dtype() == DType::F32;
+    let n = wt.dims().get(1).copied();
+    x.device().is_cpu()
+        && f32(x)
+        && f32(wt)
+        && wt.rank() == 2
+        && x.dims().last() == wt.dims().first()
+        && bias.is_none_or(|b| f32(b) && b.rank() == 1 && b.dims().first().copied() == n)
 }
 
 /// NewGELUActivation in a low precision, op by op as torch rounds it:

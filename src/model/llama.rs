@@ -187,8 +187,8 @@ impl Mlp {
 
     /// residual + mlp(x).
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?); // (b, t, i)
-        self.down_proj.forward_residual(&self.act.gated(&gate, &up)?, residual)
+        let inner = self.act.gated_linear(&self.gate_proj, &self.up_proj, x)?; // (b, t, i)
+        self.down_proj.forward_residual(&inner, residual)
     }
 }
 

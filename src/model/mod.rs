@@ -10,13 +10,15 @@
 //! The shared pieces live one concept per file and are re-exported here, so an architecture
 //! imports them all from this module: `config.rs` (config.json's fields), `rope.rs` (rotary
 //! embeddings), `attention.rs` (the causal mask and eager attention) and `layers.rs` (norms,
-//! activations, linear layers, embeddings). This file keeps the model trait, the loaded
+//! activations, linear layers, embeddings), with the CPU kernels behind them in `fused.rs`,
+//! `fused_mlp.rs` (an MLP's projections and activation as one node) and `sdpa.rs`. This file keeps the model trait, the loaded
 //! model and the loading.
 
 mod attention;
 pub mod bloom;
 mod config;
 pub mod fused;
+mod fused_mlp;
 pub mod gpt2;
 pub mod gpt_neox;
 mod layers;

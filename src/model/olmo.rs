@@ -313,7 +313,7 @@ impl Mlp {
 
     /// act(gate(x)) * up(x), (b, t, intermediate).
     fn hidden(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.act.gated(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)
+        self.act.gated_linear(&self.gate_proj, &self.up_proj, x)
     }
 }
 
