@@ -56,6 +56,38 @@ pub fn fast_phi(x: f32) -> f32 {
     }
 }
 
+/// Reduces `xs` with `op` over eight independent lanes, which the compiler turns into SIMD
+/// (a single running value is a serial dependency chain it must keep in order).
+#[inline(always)]
+pub fn lanes_reduce(xs: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = op(*a, x);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(init, |a, &x| op(a, x));
+    acc.iter().fold(tail, |a, &x| op(a, x))
+}
+
+/// The dot product of `a` and `b` (as long as the shorter) over eight independent lanes, as
+/// [`lanes_reduce`] sums.
+#[inline(always)]
+pub fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail = ca.remainder().iter().zip(cb.remainder()).fold(0.0, |s, (x, y)| s + x * y);
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
 /// Runs `body` compiled for AVX2 and FMA when the CPU has them, else as is: the crate is built
 /// for baseline x86-64 (SSE2), where the loops above vectorise four lanes wide at best and the
 /// float-to-int steps do not vectorise at all; with AVX2 the elementwise kernels run about twice
@@ -84,6 +116,19 @@ pub fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lane_reductions_match_serial_ones() {
+        let a: Vec<f32> = (0..37).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| ((i as f32) * 0.11).cos()).collect();
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+        assert!((lanes_dot(&a, &b) as f64 - dot).abs() < 1e-5);
+        assert_eq!(lanes_dot(&a[..3], &b), a[0] * b[0] + a[1] * b[1] + a[2] * b[2]);
+        let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(lanes_reduce(&a, f32::NEG_INFINITY, f32::max), max);
+        let sum: f64 = a.iter().map(|&x| x as f64).sum();
+        assert!((lanes_reduce(&a, 0.0, |x, y| x + y) as f64 - sum).abs() < 1e-5);
+    }
 
     #[test]
     fn exp_matches_libm() {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::math::{fast_exp, with_avx2};
+use crate::math::{fast_exp, lanes_dot, lanes_reduce, with_avx2};
 
 /// Whether the fused op applies (CPU, f32).
 pub fn applies(q: &Tensor) -> bool {
@@ -260,10 +260,7 @@ fn softmax_grad_rows(ds: &mut [f32], p: &[f32], t: usize, c: usize) {
         || {
             for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
                 let (ds_row, p_row) = (&mut ds_row[..c], &p_row[..c]);
-                let mut dot = 0f32;
-                for j in 0..c {
-                    dot += ds_row[j] * p_row[j];
-                }
+                let dot = lanes_dot(ds_row, p_row);
                 for j in 0..c {
                     ds_row[j] = p_row[j] * (ds_row[j] - dot);
                 }
@@ -282,21 +279,20 @@ fn masked_softmax(row: &mut [f32], mask: &[f32], scale: f32) {
 
 #[inline(always)]
 fn masked_softmax_body(row: &mut [f32], mask: &[f32], scale: f32) {
-    let mut max = f32::NEG_INFINITY;
+    // each loop free of a serial reduction, so each vectorises; the two reductions run over
+    // eight lanes
     for (x, &m) in row.iter_mut().zip(mask) {
         *x = *x * scale + m;
-        max = max.max(*x);
     }
+    let max = lanes_reduce(row, f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         row.fill(0.0); // a fully masked row attends to nothing
         return;
     }
-    let mut sum = 0.0;
     for (x, &m) in row.iter_mut().zip(mask) {
         *x = if m == f32::NEG_INFINITY { 0.0 } else { fast_exp(*x - max) };
-        sum += *x;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lanes_reduce(row, 0.0, |a, b| a + b);
     row.iter_mut().for_each(|x| *x *= inv);
 }
 

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::math::fast_exp;
+use crate::math::{fast_exp, lanes_reduce};
 
 /// Rows handled together. Each chunk streams the head twice, so fewer rows re-read it more
 /// often, and more rows leave fewer chunks to share among threads; 128 was fastest at
@@ -231,21 +231,6 @@ fn scaled_softmax_portable(row: &mut [f32], scale: f32) -> f32 {
     let factor = scale / sum;
     row.iter_mut().for_each(|x| *x *= factor);
     max + sum.ln()
-}
-
-/// Reduces `xs` with `op` over eight independent lanes, which the compiler turns into SIMD
-/// (a single running value is a serial dependency chain it must keep in order).
-#[inline(always)]
-fn lanes_reduce(xs: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 8];
-    let mut chunks = xs.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a = op(*a, x);
-        }
-    }
-    let tail = chunks.remainder().iter().fold(init, |a, &x| op(a, x));
-    acc.iter().fold(tail, |a, &x| op(a, x))
 }
 
 #[cfg(test)]
