@@ -3,7 +3,11 @@
 # `perf record` (after WARMUP) on a random-weight checkpoint, and sums the samples' self time by
 # category. Reports figures; asserts nothing. Needs `perf` and permission to use it.
 #
-#   benches/profile_step.sh ARCH SHAPE [THREADS] [STEPS]   (defaults: 2 threads, 30 steps)
+#   benches/profile_step.sh ARCH SHAPE [THREADS] [STEPS] [ops]   (defaults: 2 threads, 30 steps)
+#
+# With `ops`, the steps are recorded with call graphs instead and the samples are summed by the
+# engine's operation (benches/profile_ops.py: the fused MLP, the adapted linear layer, attention
+# forward and backward, candle's backward sums, ...).
 #
 # ARCH: llama, gpt_neox or gpt2; SHAPE: tiny, 14m, 70m-body, 70m or 160m (see step_timing).
 # The categories are matched on symbol names (first match wins; the fused kernels run inside
@@ -16,11 +20,17 @@ arch=$1
 shape=$2
 threads=${3:-2}
 steps=${4:-30}
+mode=${5:-categories}
 cargo build -q --release --example step_timing
 bin=${CARGO_TARGET_DIR:-target}/release/examples/step_timing
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$bin" write "$work/model" "$arch" "$shape"
+if [ "$mode" = ops ]; then
+  RAYON_NUM_THREADS=$threads perf record -q --call-graph dwarf,32768 -F 300 -o "$work/perf.data" "$bin" time "$work/model" "$steps" 3 2>/dev/null
+  perf script -i "$work/perf.data" --no-inline -F ip,sym 2>/dev/null | sed 's/+0x[0-9a-f]*//' | python3 benches/profile_ops.py
+  exit
+fi
 RAYON_NUM_THREADS=$threads perf record -q -F 1999 -o "$work/perf.data" "$bin" time "$work/model" "$steps" 3 >"$work/step.json" 2>/dev/null
 perf report -i "$work/perf.data" --no-children --sort symbol --percent-limit 0 --stdio 2>/dev/null |
   python3 -c '
