@@ -24,7 +24,7 @@
 //! | 3 | `train`, `score` |
 //! | 2 | `model`, `lora`, `single_index`, `synth`, `hub` |
 //! | 1 | `checkpoint`, `discover`, `data`, `dropout` |
-//! | 0 | `error`, `curve`, `device`, `fs`, `memory`, `interrupt`, `progress`, `rng`, `math`, `linalg`, `matmul` |
+//! | 0 | `error`, `curve`, `device`, `fs`, `memory`, `interrupt`, `progress`, `rng`, `math`, `linalg`, `matmul`, `testing` |
 
 pub mod app;
 pub mod checkpoint;
@@ -54,4 +54,6 @@ pub mod runner;
 pub mod score;
 pub mod single_index;
 pub mod synth;
+#[cfg(test)]
+pub mod testing;
 pub mod train;

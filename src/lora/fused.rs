@@ -124,13 +124,8 @@ impl LoraLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn values(shape: &[usize], seed: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731 + seed).sin()).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::testing::{max_rel, values};
+    use candle_core::Var;
 
     /// The layer composed from candle's own ops, as `adapter.rs` builds it off the CPU.
     fn composed(x: &Tensor, wt: &Tensor, bias: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Tensor {
@@ -138,11 +133,6 @@ mod tests {
         let base = x2.matmul(wt).unwrap().broadcast_add(bias).unwrap();
         let lora = x2.matmul(&a.t().unwrap()).unwrap().affine(scale, 0.0).unwrap().matmul(&b.t().unwrap()).unwrap();
         (base + lora).unwrap().reshape((2, 5, 4)).unwrap()
-    }
-
-    fn max_rel(got: &Tensor, want: &Tensor) -> f32 {
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        diff / want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
     }
 
     #[test]

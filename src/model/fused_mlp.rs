@@ -230,13 +230,8 @@ impl CustomOp1 for GatedLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn values(shape: &[usize], seed: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731 + seed).sin()).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::testing::{max_rel, values};
+    use candle_core::Var;
 
     /// candle's own ops: bias + x @ wt over the flattened rows.
     fn linear(x: &Tensor, wt: &Tensor, bias: Option<&Tensor>) -> Tensor {
@@ -255,11 +250,6 @@ mod tests {
             Act::GeluErf => z.gelu_erf().unwrap(),
             Act::GeluTanh => z.gelu().unwrap(),
         }
-    }
-
-    fn max_rel(got: &Tensor, want: &Tensor) -> f32 {
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        diff / want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
     }
 
     /// The fused output and dL/dx against candle's composed ops, for a loss that weights every
