@@ -8,8 +8,8 @@
 //! SHAPE is tiny (4 x 128, vocab 2048), 14m (Pythia-14M), 70m-body (Pythia-70M's blocks, vocab
 //! 2048), 70m (Pythia-70M) or 160m (Pythia-160M). `kernel` times the `gemm` crate itself at the
 //! shape's largest matrix product (the weight stored (out, in) as in a checkpoint), on the
-//! threads RAYON_NUM_THREADS allows, each multiplying its own shard as the engine does: the
-//! rate the engine's step is measured against.
+//! threads RAYON_NUM_THREADS allows, per shard as the engine multiplies and as one product:
+//! the better of the two is the rate the engine's step is measured against.
 //!     PLASTICITY_DEVICE=cuda target/cuda/release/examples/step_timing time DIR 5 2  # on a GPU
 //!
 //! The batch is 8 x 128 tokens (1,024 tokens in sequences of SEQ when it is given, trained in
