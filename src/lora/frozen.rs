@@ -6,6 +6,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
+use crate::matmul::{matmul, product, threads, with_mat, Dst, Mat};
+
 /// `x @ wt` where `wt` (in, out) is frozen: the backward pass returns dL/dx only.
 pub fn frozen_matmul(x: &Tensor, wt: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2(wt, FrozenMatmul)
@@ -150,55 +152,24 @@ fn accumulate_matmul(
         candle_core::bail!("frozen matmul needs a contiguous input");
     }
     let k = l2.dims()[0];
-    let x = &s1.as_slice::<f32>()?[l1.start_offset()..l1.start_offset() + m * k];
-    let w = s2.as_slice::<f32>()?;
-    let (w_rs, w_cs) = (l2.stride()[0], l2.stride()[1]);
-    let w_last = l2.start_offset() + (k - 1) * w_rs + (n - 1) * w_cs;
-    if y.len() != m * n || w_last >= w.len() {
-        candle_core::bail!("frozen matmul: output of {} for {m} x {n}, or weight out of bounds", y.len());
-    }
-    // SAFETY: y is m x n (row stride n), x is m x k (row stride k), and the weight's
-    // largest index, start + (k-1) rs + (n-1) cs, was checked against its length above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr().add(l2.start_offset()),
-            w_cs as isize,
-            w_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm_parallelism(),
-        );
-    }
-    Ok(())
+    let x = s1.as_slice::<f32>()?.get(l1.start_offset()..l1.start_offset() + m * k);
+    let x = x.ok_or_else(|| candle_core::Error::Msg(format!("frozen matmul: input shorter than {m} x {k}")))?;
+    let w = s2.as_slice::<f32>()?.get(l2.start_offset()..).unwrap_or(&[]);
+    let wt = Mat { data: w, rows: k, cols: n, rs: l2.stride()[0], cs: l2.stride()[1] };
+    matmul(y, Mat::rows(x, m, k), wt, 1.0, Dst::Accumulate, threads()).map_err(candle_core::Error::Msg)
 }
 
 /// dL/dx = dL/dy @ wt^T for y = x @ wt, as one (tokens, out) x (out, in) matmul: a batched
-/// matmul against the broadcast weight would repack the weight for every sequence.
+/// matmul against the broadcast weight would repack the weight for every sequence. On the CPU
+/// in f32 the product is written into a buffer that is never zero-filled first.
 fn input_grad(x: &Tensor, wt: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
     let out = wt.dim(1)?;
     let g2 = grad.contiguous()?.reshape(((), out))?; // (tokens, out)
-    g2.matmul(&wt.t()?)?.reshape(x.shape())
-}
-
-/// The threads candle's own matmul would use.
-fn gemm_parallelism() -> gemm::Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
+    if !(g2.device().is_cpu() && g2.dtype() == DType::F32 && wt.dtype() == DType::F32) {
+        return g2.matmul(&wt.t()?)?.reshape(x.shape());
     }
+    let dx = with_mat(&g2, |g| with_mat(wt, |w| product(g, w.t(), 1.0, threads()).map_err(candle_core::Error::Msg)))?;
+    Tensor::from_vec(dx, x.shape(), x.device())
 }
 
 /// The custom op behind [`frozen_matmul`].
