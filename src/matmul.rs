@@ -58,66 +58,124 @@ pub fn threads() -> usize {
 
 /// dst (m x n, row-major) = or += `scale * lhs @ rhs`, on `threads` threads (1: the calling one).
 pub fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32, dst_is: Dst, threads: usize) -> Result<(), String> {
-    check(dst.len(), lhs, rhs)?;
-    // SAFETY: `check` bounds both operands and dst's length; dst is borrowed mutably, so it
-    // overlaps neither operand.
-    unsafe { run(dst.as_mut_ptr(), lhs, rhs, scale, dst_is, threads) };
+    if dst.len() != lhs.rows * rhs.cols {
+        return Err(refusal(dst.len(), lhs, rhs));
+    }
+    matmul_rows(dst, rhs.cols, lhs, rhs, scale, dst_is, threads)
+}
+
+/// [`matmul`] into the m x n rows of `dst` that start `dst_rs` elements apart (dst_rs >= n): a
+/// block of a wider matrix.
+pub fn matmul_rows(
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+    dst_is: Dst,
+    threads: usize,
+) -> Result<(), String> {
+    let (m, n) = (lhs.rows, rhs.cols);
+    let fits = m == 0 || n == 0 || (dst_rs >= n && (m - 1) * dst_rs + n <= dst.len());
+    if !fits {
+        return Err(refusal(dst.len(), lhs, rhs));
+    }
+    if !chains(lhs, rhs) {
+        return Err(refusal(dst.len(), lhs, rhs));
+    }
+    // SAFETY: `chains` bounds both operands and the test above dst's rows; dst is borrowed
+    // mutably, so it overlaps neither operand.
+    unsafe { run(dst.as_mut_ptr(), dst_rs, lhs, rhs, scale, dst_is, threads) };
     Ok(())
 }
 
 /// A new row-major matrix `scale * lhs @ rhs`, written without being zero-filled first.
 pub fn product(lhs: Mat, rhs: Mat, scale: f32, threads: usize) -> Result<Vec<f32>, String> {
     let len = lhs.rows * rhs.cols;
-    check(len, lhs, rhs)?;
+    if !chains(lhs, rhs) {
+        return Err(refusal(len, lhs, rhs));
+    }
     let mut dst: Vec<f32> = Vec::with_capacity(len);
     // SAFETY: as in `matmul`, into the vector's own allocation of `len` elements. An
     // overwritten destination is never read (the tests fill one with NaN to check it), and
     // `run` writes every one of its m x n elements (zeros when k = 0) before `set_len`
     // exposes them.
     unsafe {
-        run(dst.as_mut_ptr(), lhs, rhs, scale, Dst::Overwrite, threads);
+        run(dst.as_mut_ptr(), rhs.cols, lhs, rhs, scale, Dst::Overwrite, threads);
         dst.set_len(len);
     }
     Ok(dst)
 }
 
-/// Refuses operands whose shapes do not chain or whose elements lie outside their slices.
-fn check(dst_len: usize, lhs: Mat, rhs: Mat) -> Result<(), String> {
-    if rhs.rows == lhs.cols && dst_len == lhs.rows * rhs.cols && lhs.in_bounds() && rhs.in_bounds() {
-        return Ok(());
+/// bias + x @ wt for every row of x (m, k), with wt (k, n): a new (m, n) matrix whose rows
+/// start as the bias (the product accumulates onto it, as torch's addmm rounds it), or that is
+/// never zero-filled without one.
+pub fn linear(x: Mat, wt: Mat, bias: Option<&[f32]>, threads: usize) -> Result<Vec<f32>, String> {
+    let Some(bias) = bias else { return product(x, wt, 1.0, threads) };
+    if bias.len() != wt.cols {
+        return Err(format!("linear: a bias of {} for {} outputs", bias.len(), wt.cols));
     }
-    Err(format!(
-        "matmul: ({} x {}) @ ({} x {}) into {dst_len} values, or an operand out of its bounds",
-        lhs.rows, lhs.cols, rhs.rows, rhs.cols
-    ))
+    let mut y: Vec<f32> = Vec::with_capacity(x.rows * wt.cols);
+    (0..x.rows).for_each(|_| y.extend_from_slice(bias));
+    matmul(&mut y, x, wt, 1.0, Dst::Accumulate, threads)?;
+    Ok(y)
 }
 
-/// The product into `dst`, after [`check`].
+/// A contiguous CPU argument (..., k) of a custom op as its (m, k) rows, and the shape
+/// (..., n) of an output with n features per row.
+pub fn rows_of<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    n: usize,
+) -> candle_core::Result<(Mat<'a>, candle_core::Shape)> {
+    let (start, end) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("matmul: input is not contiguous".into()))?;
+    let d = l.dims();
+    let Some((&k, lead)) = d.split_last() else { candle_core::bail!("matmul: input is a scalar") };
+    let x = Mat::rows(&s.as_slice::<f32>()?[start..end], lead.iter().product(), k);
+    Ok((x, candle_core::Shape::from([lead, &[n]].concat())))
+}
+
+/// Whether the operands' shapes chain and all their elements lie inside their slices.
+fn chains(lhs: Mat, rhs: Mat) -> bool {
+    rhs.rows == lhs.cols && lhs.in_bounds() && rhs.in_bounds()
+}
+
+fn refusal(dst_len: usize, lhs: Mat, rhs: Mat) -> String {
+    format!(
+        "matmul: ({} x {}) @ ({} x {}) into {dst_len} values, or an operand out of its bounds",
+        lhs.rows, lhs.cols, rhs.rows, rhs.cols
+    )
+}
+
+/// The product into `dst`, after [`chains`].
 ///
 /// # Safety
-/// `dst` must be valid for writes (and, to accumulate, reads) of m x n elements and overlap
-/// neither operand, and [`check`] must have passed for these operands.
-unsafe fn run(dst: *mut f32, lhs: Mat, rhs: Mat, scale: f32, dst_is: Dst, threads: usize) {
+/// `dst` must be valid for writes (and, to accumulate, reads) of m rows of n elements,
+/// `dst_rs` apart, and overlap neither operand, and [`chains`] must hold for these
+/// operands.
+unsafe fn run(dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat, scale: f32, dst_is: Dst, threads: usize) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if dst_is == Dst::Overwrite {
-            std::ptr::write_bytes(dst, 0, m * n); // 0u32 bits are 0.0
+            (0..m).for_each(|i| std::ptr::write_bytes(dst.add(i * dst_rs), 0, n));
+            // 0u32 bits are 0.0
         }
         return;
     }
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // every index gemm forms into lhs or rhs is at most (rows - 1) rs + (cols - 1) cs of that
-    // operand, which `check` bounded; dst is m x n with row stride n
+    // operand, which `chains` bounded; dst is m rows of n, dst_rs apart
     gemm::gemm(
         m,
         n,
         k,
         dst,
         1,
-        n as isize,
+        dst_rs as isize,
         dst_is == Dst::Accumulate,
         lhs.data.as_ptr(),
         lhs.cs as isize,
@@ -166,6 +224,22 @@ mod tests {
         matmul(&mut dst, lhs, rhs, -0.5, Dst::Accumulate, 1).unwrap();
         let half: Vec<f32> = naive(lhs, rhs).iter().map(|v| v * 0.5).collect();
         assert_eq!(dst, half);
+    }
+
+    #[test]
+    fn a_block_of_a_wider_destination_leaves_the_other_columns_alone() {
+        let (a, b) = (values(3 * 2, 0.2), values(2 * 4, 0.4)); // (3, 2) @ (2, 4)
+        let (lhs, rhs) = (Mat::rows(&a, 3, 2), Mat::rows(&b, 2, 4));
+        let mut wide = vec![7f32; 2 * 6 + 4]; // rows of 6, the product in columns 0..4
+        matmul_rows(&mut wide, 6, lhs, rhs, 1.0, Dst::Overwrite, 1).unwrap();
+        let want = naive(lhs, rhs);
+        for i in 0..3 {
+            assert_eq!(&wide[i * 6..i * 6 + 4], &want[i * 4..i * 4 + 4]);
+        }
+        assert_eq!((wide[4], wide[5], wide[10], wide[11]), (7.0, 7.0, 7.0, 7.0));
+        assert!(matmul_rows(&mut wide, 6, lhs, rhs, 1.0, Dst::Overwrite, 1).is_ok());
+        assert!(matmul_rows(&mut wide[..15], 6, lhs, rhs, 1.0, Dst::Overwrite, 1).is_err(), "a last row cut short");
+        assert!(matmul_rows(&mut wide, 3, lhs, rhs, 1.0, Dst::Overwrite, 1).is_err(), "rows overlapping");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-use crate::matmul::{matmul, product, threads, with_mat, Dst, Mat};
+use crate::matmul::{linear, matmul, product, threads, with_mat, Dst, Mat};
 
 /// `x @ wt` where `wt` (in, out) is frozen: the backward pass returns dL/dx only.
 pub fn frozen_matmul(x: &Tensor, wt: &Tensor) -> candle_core::Result<Tensor> {
@@ -60,12 +60,8 @@ impl CustomOp3 for FrozenMatmulBias {
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("frozen matmul needs a contiguous bias".into()))?;
         let bias = &s3.as_slice::<f32>()?[bs..be];
-        if bias.len() != n {
-            candle_core::bail!("frozen matmul: bias of {} for {n} outputs", bias.len());
-        }
-        let mut y: Vec<f32> = Vec::with_capacity(m * n); // every row starts as the bias
-        (0..m).for_each(|_| y.extend_from_slice(bias));
-        accumulate_matmul(&mut y, (m, n), s1, l1, s2, l2)?;
+        let (x, wt) = operands((m, n), s1, l1, s2, l2)?;
+        let y = linear(x, wt, Some(bias), threads()).map_err(candle_core::Error::Msg)?;
         Ok((CpuStorage::F32(y), out))
     }
 
@@ -121,7 +117,8 @@ impl CustomOp3 for FrozenLinearResidual {
         if let Some(b) = &self.bias {
             y.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(v, &bi)| *v += bi));
         }
-        accumulate_matmul(&mut y, (m, n), s1, l1, s2, l2)?;
+        let (x, wt) = operands((m, n), s1, l1, s2, l2)?;
+        matmul(&mut y, x, wt, 1.0, Dst::Accumulate, threads()).map_err(candle_core::Error::Msg)?;
         Ok((CpuStorage::F32(y), out))
     }
 
@@ -138,16 +135,14 @@ impl CustomOp3 for FrozenLinearResidual {
     }
 }
 
-/// y (m x n, row stride n) += x @ wt for a contiguous x (m, k) and a weight of any strides,
-/// on candle's threads.
-fn accumulate_matmul(
-    y: &mut [f32],
+/// A contiguous x (m, k) and a weight (k, n) of any strides, as views of their storages.
+fn operands<'a>(
     (m, n): (usize, usize),
-    s1: &CpuStorage,
+    s1: &'a CpuStorage,
     l1: &Layout,
-    s2: &CpuStorage,
+    s2: &'a CpuStorage,
     l2: &Layout,
-) -> candle_core::Result<()> {
+) -> candle_core::Result<(Mat<'a>, Mat<'a>)> {
     if !l1.is_contiguous() {
         candle_core::bail!("frozen matmul needs a contiguous input");
     }
@@ -155,8 +150,7 @@ fn accumulate_matmul(
     let x = s1.as_slice::<f32>()?.get(l1.start_offset()..l1.start_offset() + m * k);
     let x = x.ok_or_else(|| candle_core::Error::Msg(format!("frozen matmul: input shorter than {m} x {k}")))?;
     let w = s2.as_slice::<f32>()?.get(l2.start_offset()..).unwrap_or(&[]);
-    let wt = Mat { data: w, rows: k, cols: n, rs: l2.stride()[0], cs: l2.stride()[1] };
-    matmul(y, Mat::rows(x, m, k), wt, 1.0, Dst::Accumulate, threads()).map_err(candle_core::Error::Msg)
+    Ok((Mat::rows(x, m, k), Mat { data: w, rows: k, cols: n, rs: l2.stride()[0], cs: l2.stride()[1] }))
 }
 
 /// dL/dx = dL/dy @ wt^T for y = x @ wt, as one (tokens, out) x (out, in) matmul: a batched

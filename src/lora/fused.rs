@@ -10,7 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 
-use crate::matmul::{matmul, product, threads, with_mat, Dst, Mat};
+use crate::matmul::{linear, matmul, product, rows_of, threads, with_mat, Dst, Mat};
 
 /// The op: `wt` (in, out) and the bias are frozen; the three arguments are x, A (r, in) and B
 /// (out, r).
@@ -30,14 +30,6 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
-/// (m, k) for x's flattened leading dims, and the output's shape (..., n).
-fn dims(x: &Layout, n: usize) -> candle_core::Result<(usize, usize, Shape)> {
-    let d = x.dims();
-    let k = *d.last().ok_or_else(|| err("input is a scalar"))?;
-    let lead = &d[..d.len() - 1];
-    Ok((lead.iter().product(), k, Shape::from([lead, &[n]].concat())))
-}
-
 impl CustomOp3 for LoraLinear {
     fn name(&self) -> &'static str {
         "lora-linear"
@@ -53,20 +45,12 @@ impl CustomOp3 for LoraLinear {
         lb: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let ((r, _), (n, _)) = (la.shape().dims2()?, lb.shape().dims2()?);
-        let (m, k, out) = dims(lx, n)?;
-        let x = Mat::rows(slice(sx, lx, "input")?, m, k);
+        let (x, out) = rows_of(sx, lx, n)?;
+        let (m, k) = (x.rows, x.cols);
         let (a, b) = (Mat::rows(slice(sa, la, "A")?, r, k), Mat::rows(slice(sb, lb, "B")?, n, r));
         let h = product(x, a.t(), self.scale, threads()).map_err(err)?; // (m, r), scaled while small
-        let y = with_mat(&self.wt, |wt| match &self.bias {
-            Some(bias) => {
-                let mut y: Vec<f32> = Vec::with_capacity(m * n); // every row starts as the bias
-                (0..m).for_each(|_| y.extend_from_slice(bias));
-                matmul(&mut y, x, wt, 1.0, Dst::Accumulate, threads()).map_err(err)?;
-                Ok(y)
-            }
-            None => product(x, wt, 1.0, threads()).map_err(err),
-        })?;
-        let mut y = y; // (m, n): the frozen branch, then the adapter's onto it
+                                                                        // (m, n): the frozen branch, then the adapter's onto it
+        let mut y = with_mat(&self.wt, |wt| linear(x, wt, self.bias.as_deref(), threads()).map_err(err))?;
         matmul(&mut y, Mat::rows(&h, m, r), b.t(), 1.0, Dst::Accumulate, threads()).map_err(err)?;
         Ok((CpuStorage::F32(y), out))
     }

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::fused::{per_act, Act};
 use crate::math::with_avx2;
-use crate::matmul::{matmul, product, threads, with_mat, Dst, Mat};
+use crate::matmul::{linear, matmul, product, rows_of, threads, with_mat, Dst, Mat};
 
 /// Elements per parallel task in the elementwise passes.
 const CHUNK: usize = 4096;
@@ -44,15 +44,7 @@ impl Proj {
 
     /// bias + x @ wt, (m, out).
     fn forward(&self, x: Mat) -> candle_core::Result<Vec<f32>> {
-        with_mat(&self.wt, |wt| match &self.bias {
-            Some(bias) => {
-                let mut z: Vec<f32> = Vec::with_capacity(x.rows * wt.cols); // every row starts as the bias
-                (0..x.rows).for_each(|_| z.extend_from_slice(bias));
-                matmul(&mut z, x, wt, 1.0, Dst::Accumulate, threads()).map_err(err)?;
-                Ok(z)
-            }
-            None => product(x, wt, 1.0, threads()).map_err(err),
-        })
+        with_mat(&self.wt, |wt| linear(x, wt, self.bias.as_deref(), threads()).map_err(err))
     }
 
     /// dx (m, in) = or += dz @ wt^T.
@@ -65,16 +57,6 @@ impl Proj {
             }
         })
     }
-}
-
-/// x as (m, in) rows from an op's contiguous argument, and the output shape (..., out).
-fn rows<'a>(s: &'a CpuStorage, l: &Layout, out: usize) -> candle_core::Result<(Mat<'a>, Shape)> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| err("input is not contiguous"))?;
-    let d = l.dims();
-    let k = *d.last().ok_or_else(|| err("input is a scalar"))?;
-    let lead = &d[..d.len() - 1];
-    let x = Mat::rows(&s.as_slice::<f32>()?[start..end], lead.iter().product(), k);
-    Ok((x, Shape::from([lead, &[out]].concat())))
 }
 
 /// `v[i] *= g[i]` for dL/dy's contiguous elements g.
@@ -123,7 +105,7 @@ impl CustomOp1 for LinearAct {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, shape) = rows(s, l, self.proj.out()?)?;
+        let (x, shape) = rows_of(s, l, self.proj.out()?)?;
         let mut z = self.proj.forward(x)?; // (m, out), the activation's input, then its output
         if !self.keep {
             z.par_chunks_mut(CHUNK).for_each(|z| {
@@ -185,7 +167,7 @@ impl CustomOp1 for GatedLinear {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, shape) = rows(s, l, self.gate.out()?)?;
+        let (x, shape) = rows_of(s, l, self.gate.out()?)?;
         let (mut g, mut u) = (self.gate.forward(x)?, self.up.forward(x)?); // (m, i) each
         if g.len() != u.len() {
             return Err(err(format!("gate of {} values and up of {}", g.len(), u.len())));

@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::math::{fast_exp, lanes_dot, lanes_reduce, with_avx2};
+use crate::matmul::{matmul_rows, Dst, Mat};
 
 /// Whether the fused op applies (CPU, f32).
 pub fn applies(q: &Tensor) -> bool {
@@ -118,13 +119,13 @@ impl Attention {
         for &Block { rows: (r0, r1), cols: c } in &self.blocks {
             let (m, p) = (r1 - r0, &mut p[r0 * t..r1 * t]);
             // scores = q k^T, (m, c): k^T has the strides of k swapped
-            gemm_strided(p, (t, 1), &q[r0 * qs.0..], qs, k, (ks.1, ks.0), (m, d, c), Accumulate::No, 1.0);
+            gemm_strided(p, t, &q[r0 * qs.0..], qs, k, (ks.1, ks.0), (m, d, c), Dst::Overwrite, 1.0);
             for (i, row) in p.chunks_mut(t).enumerate() {
                 let i = r0 + i;
                 masked_softmax(&mut row[..c], &mask[i * t..i * t + c], self.scale);
             }
             // out = p v, (m, d) written with row stride h * d
-            gemm_strided(&mut out[r0 * h * d..], (h * d, 1), p, (t, 1), v, vs, (m, c, d), Accumulate::No, 1.0);
+            gemm_strided(&mut out[r0 * h * d..], h * d, p, (t, 1), v, vs, (m, c, d), Dst::Overwrite, 1.0);
         }
     }
 }
@@ -237,14 +238,14 @@ impl Attention {
                         let (p, ds) = (&p[r0 * t..r1 * t], &mut ds[r0 * t..r1 * t]);
                         let (doh, qh) = (&doh[r0 * h * d..], &qh[r0 * d..]);
                         // dv += p^T dout
-                        gemm_strided(dv_g, (d, 1), p, (1, t), doh, (h * d, 1), (c, m, d), Accumulate::Yes, 1.0);
+                        gemm_strided(dv_g, d, p, (1, t), doh, (h * d, 1), (c, m, d), Dst::Accumulate, 1.0);
                         // dp = dout v^T, then ds = p * (dp - rowsum(dp * p))
-                        gemm_strided(ds, (t, 1), doh, (h * d, 1), vh, (1, d), (m, d, c), Accumulate::No, 1.0);
+                        gemm_strided(ds, t, doh, (h * d, 1), vh, (1, d), (m, d, c), Dst::Overwrite, 1.0);
                         softmax_grad_rows(ds, p, t, c);
                         // dq = ds k * scale; dk += ds^T q * scale
                         let dq_rows = &mut dq_h[r0 * d..];
-                        gemm_strided(dq_rows, (d, 1), ds, (t, 1), kh, (d, 1), (m, c, d), Accumulate::No, self.scale);
-                        gemm_strided(dk_g, (d, 1), ds, (1, t), qh, (d, 1), (c, m, d), Accumulate::Yes, self.scale);
+                        gemm_strided(dq_rows, d, ds, (t, 1), kh, (d, 1), (m, c, d), Dst::Overwrite, self.scale);
+                        gemm_strided(dk_g, d, ds, (1, t), qh, (d, 1), (c, m, d), Dst::Accumulate, self.scale);
                     }
                 }
             });
@@ -296,57 +297,23 @@ fn masked_softmax_body(row: &mut [f32], mask: &[f32], scale: f32) {
     row.iter_mut().for_each(|x| *x *= inv);
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Accumulate {
-    No,
-    Yes,
-}
-
-/// dst (m, n) [+]= beta * lhs (m, k) @ rhs (k, n), each given as (row stride, column stride).
+/// dst (m, n, rows `d_rs` apart) [+]= beta * lhs (m, k) @ rhs (k, n), each operand given as
+/// (row stride, column stride). Operands out of their bounds are a bug: this panics.
 #[allow(clippy::too_many_arguments)]
 fn gemm_strided(
     dst: &mut [f32],
-    (d_rs, d_cs): (usize, usize),
+    d_rs: usize,
     lhs: &[f32],
     (l_rs, l_cs): (usize, usize),
     rhs: &[f32],
     (r_rs, r_cs): (usize, usize),
     (m, k, n): (usize, usize, usize),
-    acc: Accumulate,
+    dst_is: Dst,
     beta: f32,
 ) {
-    let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(m > 0 && k > 0 && n > 0, "empty matmul");
-    assert!(
-        last(d_rs, d_cs, m, n) < dst.len() && last(l_rs, l_cs, m, k) < lhs.len() && last(r_rs, r_cs, k, n) < rhs.len(),
-        "matmul operand out of bounds"
-    );
-    let alpha = if acc == Accumulate::Yes { 1.0 } else { 0.0 };
-    // SAFETY: the assert above bounds the largest index gemm forms for each operand from its
-    // strides and sizes; dst is borrowed mutably, so it overlaps neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            d_cs as isize,
-            d_rs as isize,
-            acc == Accumulate::Yes,
-            lhs.as_ptr(),
-            l_cs as isize,
-            l_rs as isize,
-            rhs.as_ptr(),
-            r_cs as isize,
-            r_rs as isize,
-            alpha,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let lhs = Mat { data: lhs, rows: m, cols: k, rs: l_rs, cs: l_cs };
+    let rhs = Mat { data: rhs, rows: k, cols: n, rs: r_rs, cs: r_cs };
+    matmul_rows(dst, d_rs, lhs, rhs, beta, dst_is, 1).expect("attention operands in bounds");
 }
 
 #[cfg(test)]

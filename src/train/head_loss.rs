@@ -19,6 +19,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::math::{fast_exp, lanes_reduce};
+use crate::matmul::{self, Dst, Mat};
 
 /// Rows handled together. Each chunk streams the head twice, so fewer rows re-read it more
 /// often, and more rows leave fewer chunks to share among threads; 128 was fastest at
@@ -167,40 +168,16 @@ enum Rhs {
     AsStored,
 }
 
-/// dst (m, n) = lhs (m, k) @ rhs, all row-major, on the calling thread.
+/// dst (m, n) = lhs (m, k) @ rhs, all row-major, on the calling thread. Operands of other
+/// sizes are a bug: this panics.
 fn matmul(dst: &mut [f32], lhs: &[f32], rhs: &[f32], (m, k, n): (usize, usize, usize), layout: Rhs) {
-    assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == k * n, "matmul operand sizes");
-    let (rhs_cs, rhs_rs) = match layout {
-        Rhs::Transposed => (k as isize, 1),
-        Rhs::AsStored => (1, n as isize),
+    let rhs = match layout {
+        Rhs::Transposed => Mat::rows(rhs, n, k).t(),
+        Rhs::AsStored => Mat::rows(rhs, k, n),
     };
-    // SAFETY: the assert above bounds every index gemm forms from these strides: dst is
-    // m x n with row stride n, lhs m x k with row stride k, and rhs k x n read either with
-    // row stride n (as stored) or column stride k (its (n, k) transpose); the slices do not
-    // overlap because dst is borrowed mutably.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let sized = lhs.len() == m * k && rhs.data.len() == k * n;
+    let done = sized && matmul::matmul(dst, Mat::rows(lhs, m, k), rhs, 1.0, Dst::Overwrite, 1).is_ok();
+    assert!(done, "matmul operand sizes");
 }
 
 /// Replaces `row` by `scale * softmax(row)` and returns the row's log-sum-exp, with AVX2
