@@ -400,10 +400,42 @@ impl CustomOp3 for GatedGrad {
 // ---------------------------------------------------------------------------------------
 // Rotary embeddings
 
-/// HF's `rotate_half` rotary embedding of the first `cos.len() / t` features of each row of
-/// x (b, h, t, d), with cos and sin tables (t, rot_dim); the other features pass through.
-pub fn rotary(x: &Tensor, cos: Vec<f32>, sin: Vec<f32>, rot_dim: usize) -> candle_core::Result<Tensor> {
+/// The rotation of HF's `rotate_half` rotary embedding at each position: cos and sin tables
+/// (t, rot_dim), applied to the first `rot_dim` features of a head's row.
+#[derive(Clone)]
+pub struct Rotation {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub rot_dim: usize,
+}
+
+impl Rotation {
+    /// Positions the tables cover.
+    pub fn positions(&self) -> usize {
+        self.cos.len() / self.rot_dim.max(1)
+    }
+
+    /// out = x cos + rotate_half(x) sin at position `pos`, rotate_half(x) = (-x2, x1); with
+    /// `inverse` the sin is negated, which is also the backward of the rotation. Features past
+    /// `rot_dim` are copied.
+    pub fn rotate(&self, out: &mut [f32], x: &[f32], pos: usize, inverse: bool) {
+        let (r, half) = (self.rot_dim, self.rot_dim / 2);
+        let (cos, sin) = (&self.cos[pos * r..(pos + 1) * r], &self.sin[pos * r..(pos + 1) * r]);
+        let sign = if inverse { -1.0 } else { 1.0 };
+        for i in 0..half {
+            out[i] = x[i] * cos[i] - sign * x[i + half] * sin[i];
+            out[i + half] = x[i + half] * cos[i + half] + sign * x[i] * sin[i + half];
+        }
+        out[r..].copy_from_slice(&x[r..]);
+    }
+}
+
+/// HF's `rotate_half` rotary embedding of x (b, h, t, d) by `rotation`; the features past its
+/// `rot_dim` pass through.
+pub fn rotary(x: &Tensor, rotation: Rotation) -> candle_core::Result<Tensor> {
     let (_b, _h, t, d) = x.dims4()?;
+    let Rotation { cos, sin, rot_dim } = &rotation;
+    let rot_dim = *rot_dim;
     if rot_dim == 0 || rot_dim % 2 == 1 || rot_dim > d || cos.len() != t * rot_dim || sin.len() != t * rot_dim {
         candle_core::bail!(
             "rotary: rot_dim {rot_dim} with head size {d}, {} cos and {} sin values for {t} positions",
@@ -411,33 +443,17 @@ pub fn rotary(x: &Tensor, cos: Vec<f32>, sin: Vec<f32>, rot_dim: usize) -> candl
             sin.len()
         );
     }
-    x.contiguous()?.apply_op1(RotaryOp { cos, sin, rot_dim, t, d, inverse: false })
+    x.contiguous()?.apply_op1(RotaryOp { rotation, t, d, inverse: false })
 }
 
 /// Rotation by the positions' angles, or by their negatives (`inverse`): the backward of a
 /// rotation is the rotation back, dx = dy * cos + rotate_half^T(dy * sin).
 #[derive(Clone)]
 struct RotaryOp {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    rot_dim: usize,
+    rotation: Rotation,
     t: usize,
     d: usize,
     inverse: bool,
-}
-
-impl RotaryOp {
-    /// out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); inverse: sin negated.
-    fn rotate_row(&self, out: &mut [f32], x: &[f32], pos: usize) {
-        let (r, half) = (self.rot_dim, self.rot_dim / 2);
-        let (cos, sin) = (&self.cos[pos * r..(pos + 1) * r], &self.sin[pos * r..(pos + 1) * r]);
-        let sign = if self.inverse { -1.0 } else { 1.0 };
-        for i in 0..half {
-            out[i] = x[i] * cos[i] - sign * x[i + half] * sin[i];
-            out[i + half] = x[i + half] * cos[i + half] + sign * x[i] * sin[i + half];
-        }
-        out[r..].copy_from_slice(&x[r..]);
-    }
 }
 
 impl CustomOp1 for RotaryOp {
@@ -450,7 +466,7 @@ impl CustomOp1 for RotaryOp {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(self.t * self.d).zip(x.par_chunks(self.t * self.d)).for_each(|(out, head)| {
             for (pos, (o, row)) in out.chunks_mut(self.d).zip(head.chunks(self.d)).enumerate() {
-                self.rotate_row(o, row, pos);
+                self.rotation.rotate(o, row, pos, self.inverse);
             }
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))

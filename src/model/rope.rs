@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::RopeParameters;
-use super::fused;
+use super::fused::{self, Rotation};
 use crate::error::{Error, Result};
 
 /// How rotary frequencies are rescaled (transformers' `ROPE_INIT_FUNCTIONS`).
@@ -105,9 +105,19 @@ impl Rope {
         if !(x.device().is_cpu() && x.dtype() == DType::F32) {
             return self.apply_composed(x);
         }
-        let (cos, sin) = self.tables(x.dim(2)?, &Device::Cpu)?;
+        fused::rotary(x, self.rotation(x.dim(2)?)?)
+    }
+
+    /// The f32 rotation at positions 0..t, for the CPU kernels.
+    pub fn rotation(&self, t: usize) -> candle_core::Result<Rotation> {
+        let (cos, sin) = self.tables(t, &Device::Cpu)?;
         let (cos, sin) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
-        fused::rotary(x, cos, sin, self.rot_dim)
+        Ok(Rotation { cos, sin, rot_dim: self.rot_dim })
+    }
+
+    /// Features of each head that rotate (0: none).
+    pub fn rot_dim(&self) -> usize {
+        self.rot_dim
     }
 
     /// [`Self::apply`] computed in f32 and rounded once, as OLMo's `apply_rotary_pos_emb` does
