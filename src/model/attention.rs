@@ -1,11 +1,11 @@
 //! Causal self-attention as transformers' eager attention computes it: the additive causal
 //! mask (with Mistral's sliding window), grouped-query heads, and dropout on the attention
-//! probabilities. The fused kernel lives in `sdpa.rs`; this file only decides when it applies.
-//! It must not hold projections or weights: an architecture passes q, k and v.
+//! probabilities, from candle's differentiable ops: the path on other devices and dtypes, and
+//! under attention dropout (on the CPU in f32 without dropout, `qkv_attention.rs` runs the fused
+//! kernel instead). It must not hold projections or weights: an architecture passes q, k and v.
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::sdpa;
 use crate::dropout::Dropout;
 
 /// Additive causal mask (t, t): 0 where key j may be seen from query i, -inf elsewhere.
@@ -27,7 +27,7 @@ pub fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> candle_c
 
 /// softmax(q k^T * scale + mask) v for q (b, h, t, d) and k, v (b, kv, t, d), kv dividing h,
 /// with `dropout` on the attention probabilities while training (transformers' eager
-/// attention). The fused kernel applies when nothing is dropped.
+/// attention).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -36,9 +36,6 @@ pub fn attention(
     mask: &Tensor,
     dropout: Option<&Dropout>,
 ) -> candle_core::Result<Tensor> {
-    if sdpa::applies(q) && !crate::dropout::active(dropout) {
-        return sdpa::fused_attention(q, k, v, scale, mask);
-    }
     let (b, h, t, d) = q.dims4()?;
     let kv = k.dim(1)?;
     let (k, v) = (repeat_kv(&k.contiguous()?, h / kv)?, repeat_kv(&v.contiguous()?, h / kv)?); // (b, h, t, d)

@@ -12,8 +12,8 @@ use std::path::Path;
 use candle_core::{DType, Tensor, D};
 use serde::Deserialize;
 
-use super::{attention, causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive};
-use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts};
+use super::{causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive, qkv_attention};
+use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Packing, Parts};
 use crate::checkpoint::weights::Weights;
 use crate::dropout::Dropout;
 use crate::error::Result;
@@ -125,16 +125,14 @@ impl Attention {
 
     /// residual + dropout(dense(attention(x))).
     fn forward(&self, x: &Tensor, mask: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let hd = self.head_dim;
-        // interleaved per head: (b, t, heads, 3, hd)
-        let qkv = self.query_key_value.forward(x)?.reshape((b, t, self.heads, 3 * hd))?.transpose(1, 2)?; // (b, h, t, 3hd)
-        let (q, k, v) =
-            (qkv.narrow(D::Minus1, 0, hd)?, qkv.narrow(D::Minus1, hd, hd)?, qkv.narrow(D::Minus1, 2 * hd, hd)?);
-        let (scale, dropout) = (1.0 / (hd as f64).sqrt(), self.attention_dropout.as_ref());
-        let y = match q.dtype() {
-            DType::F32 => attention(&q, &k, &v, scale, mask, dropout)?,
-            _ => attention_rounded_once(&q, &k, &v, scale, mask, dropout)?,
+        let qkv = self.query_key_value.forward(x)?; // (b, t, 3 hidden), interleaved per head
+        let (scale, dropout) = (1.0 / (self.head_dim as f64).sqrt(), self.attention_dropout.as_ref());
+        let y = match qkv.dtype() {
+            DType::F32 => qkv_attention(&qkv, self.heads, Packing::PerHead, None, scale, mask, dropout)?,
+            _ => {
+                let (q, k, v) = Packing::PerHead.split(&qkv, self.heads)?;
+                attention_rounded_once(&q, &k, &v, scale, mask, dropout)?
+            }
         }; // (b, t, hidden)
         self.dense.forward_residual_dropped(&y, residual, self.hidden_dropout.as_ref())
     }

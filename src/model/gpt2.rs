@@ -10,8 +10,8 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::Deserialize;
 
-use super::{attention, causal_mask, divides, dropout_p, eos_of, parse_config, positive};
-use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts};
+use super::{causal_mask, divides, dropout_p, eos_of, parse_config, positive, qkv_attention};
+use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Packing, Parts};
 use crate::checkpoint::weights::Weights;
 use crate::dropout::Dropout;
 use crate::error::{Error, Result};
@@ -132,12 +132,8 @@ impl Attention {
 
     /// residual + attention(x).
     fn forward(&self, x: &Tensor, mask: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let hd = h / self.heads;
         let qkv = self.c_attn.forward(x)?; // (b, t, 3h) = [q | k | v]
-        let qkv = qkv.reshape((b, t, 3, self.heads, hd))?;
-        let split = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2); // (b, nh, t, hd), a view
-        let y = attention(&split(0)?, &split(1)?, &split(2)?, self.scale, mask, self.attn_dropout.as_ref())?; // (b, t, h)
+        let y = qkv_attention(&qkv, self.heads, Packing::Blocked, None, self.scale, mask, self.attn_dropout.as_ref())?; // (b, t, h)
         self.c_proj.forward_residual_dropped(&y, residual, self.resid_dropout.as_ref())
     }
 }

@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use serde::Deserialize;
 
-use super::{attention, causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive, rope_settings};
-use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts, Rope, RopeParameters};
+use super::{causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive, qkv_attention, rope_settings};
+use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Packing, Parts, Rope, RopeParameters};
 use crate::checkpoint::weights::Weights;
 use crate::dropout::Dropout;
 use crate::error::Result;
@@ -136,14 +136,10 @@ impl Attention {
     /// `residual + attn(x)`, or attn(x) alone without a residual; attn(x) passes the
     /// post-attention dropout.
     fn forward(&self, x: &Tensor, mask: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let hs = self.head_size;
-        // The fused projection is laid out per head: [q_h | k_h | v_h] for each head h.
-        let qkv = self.query_key_value.forward(x)?.reshape((b, t, self.heads, 3 * hs))?.transpose(1, 2)?; // (b, h, t, 3hs)
-        let q = self.rope.apply(&qkv.narrow(D::Minus1, 0, hs)?)?; // (b, h, t, hs)
-        let k = self.rope.apply(&qkv.narrow(D::Minus1, hs, hs)?)?;
-        let v = qkv.narrow(D::Minus1, 2 * hs, hs)?;
-        let y = attention(&q, &k, &v, 1.0 / (hs as f64).sqrt(), mask, self.attention_dropout.as_ref())?; // (b, t, hidden)
+        let qkv = self.query_key_value.forward(x)?; // (b, t, 3 hidden), [q_h | k_h | v_h] per head h
+        let scale = 1.0 / (self.head_size as f64).sqrt();
+        let dropout = self.attention_dropout.as_ref();
+        let y = qkv_attention(&qkv, self.heads, Packing::PerHead, Some(&self.rope), scale, mask, dropout)?; // (b, t, hidden)
         let dropout = self.post_attention_dropout.as_ref();
         match residual {
             Some(r) => self.dense.forward_residual_dropped(&y, r, dropout),

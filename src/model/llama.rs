@@ -7,7 +7,9 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::Deserialize;
 
-use super::{attention, causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive, rope_settings};
+use super::{
+    causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive, projections_attention, rope_settings,
+};
 use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts, Rope, RopeParameters};
 use crate::checkpoint::weights::Weights;
 use crate::dropout::Dropout;
@@ -156,12 +158,9 @@ impl Attention {
 
     /// residual + attention(x).
     fn forward(&self, x: &Tensor, mask: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let split = |y: Tensor, n| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2); // (b, n, t, d)
-        let q = self.rope.apply(&split(self.q_proj.forward(x)?, self.heads)?)?;
-        let k = self.rope.apply(&split(self.k_proj.forward(x)?, self.kv_heads)?)?;
-        let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
-        let y = attention(&q, &k, &v, 1.0 / (self.head_dim as f64).sqrt(), mask, self.attention_dropout.as_ref())?; // (b, t, h*d)
+        let (q, k, v) = (self.q_proj.forward(x)?, self.k_proj.forward(x)?, self.v_proj.forward(x)?); // (b, t, n * d)
+        let (heads, scale) = ((self.heads, self.kv_heads), 1.0 / (self.head_dim as f64).sqrt());
+        let y = projections_attention((&q, &k, &v), heads, &self.rope, scale, mask, self.attention_dropout.as_ref())?; // (b, t, h*d)
         self.o_proj.forward_residual(&y, residual)
     }
 }

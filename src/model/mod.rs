@@ -11,8 +11,9 @@
 //! imports them all from this module: `config.rs` (config.json's fields), `rope.rs` (rotary
 //! embeddings), `attention.rs` (the causal mask and eager attention) and `layers.rs` (norms,
 //! activations, linear layers, embeddings), with the CPU kernels behind them in `fused.rs`,
-//! `fused_mlp.rs` (an MLP's projections and activation as one node) and `sdpa.rs`. This file keeps the model trait, the loaded
-//! model and the loading.
+//! `fused_mlp.rs` (an MLP's projections and activation as one node), `qkv_attention.rs` (attention
+//! straight from the q, k and v projections, rotation included) and `sdpa.rs` (its kernel). This
+//! file keeps the model trait, the loaded model and the loading.
 
 mod attention;
 pub mod bloom;
@@ -24,6 +25,7 @@ pub mod gpt_neox;
 mod layers;
 pub mod llama;
 pub mod olmo;
+mod qkv_attention;
 mod rope;
 pub mod sdpa;
 
@@ -40,6 +42,7 @@ pub use config::{activation_bytes, parse_config, RopeParameters};
 pub(crate) use config::{divides, dropout_p, eos_of, positive};
 pub(crate) use layers::linear;
 pub use layers::{Activation, Embedding, Norm};
+pub(crate) use qkv_attention::{projections_attention, qkv_attention, Packing};
 pub(crate) use rope::rope_settings;
 pub use rope::{Rope, RopeConfig, RopeScaling};
 

@@ -20,10 +20,11 @@
 
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
-use super::{attention, causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive, rope_settings};
+use super::{attention, causal_mask, divides, dropout_p, eos_of, linear, parse_config, positive};
+use super::{projections_attention, rope_settings};
 use super::{Activation, CausalLm, Embedding, LoadedModel, Norm, Parts, Rope, RopeParameters};
 use crate::checkpoint::weights::Weights;
 use crate::dropout::Dropout;
@@ -279,16 +280,18 @@ impl Attention {
     /// The attention output before o_proj's residual, (b, t, heads * d).
     fn heads(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        let q = self.project(&self.q_proj, self.q_norm.as_ref(), x)?; // (b, t, heads * d)
+        let k = self.project(&self.k_proj, self.k_norm.as_ref(), x)?;
+        let v = self.project(&self.v_proj, None, x)?;
+        let (scale, dropout) = (1.0 / (self.head_dim as f64).sqrt(), self.attention_dropout.as_ref());
+        if q.dtype() == DType::F32 {
+            return projections_attention((&q, &k, &v), (self.heads, self.kv_heads), &self.rope, scale, mask, dropout);
+        }
+        // OLMo's cos and sin tables stay f32: in bf16 the rotation rounds once
         let split = |y: Tensor, n| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2); // (b, n, t, d)
-                                                                                         // OLMo's cos and sin tables stay f32: in bf16 the rotation rounds once
-        let q =
-            self.rope.apply_rounded_once(&split(self.project(&self.q_proj, self.q_norm.as_ref(), x)?, self.heads)?)?;
-        let k = self
-            .rope
-            .apply_rounded_once(&split(self.project(&self.k_proj, self.k_norm.as_ref(), x)?, self.kv_heads)?)?;
-        let v = split(self.project(&self.v_proj, None, x)?, self.kv_heads)?;
-        attention(&q, &k, &v, 1.0 / (self.head_dim as f64).sqrt(), mask, self.attention_dropout.as_ref())
-        // (b, t, h*d)
+        let q = self.rope.apply_rounded_once(&split(q, self.heads)?)?;
+        let k = self.rope.apply_rounded_once(&split(k, self.kv_heads)?)?;
+        attention(&q, &k, &split(v, self.kv_heads)?, scale, mask, dropout) // (b, t, h*d)
     }
 }
 

@@ -1,18 +1,17 @@
-//! Scaled dot-product attention, softmax(q k^T * scale + mask) v, as one CPU op with its own
-//! backward.
+//! The scaled dot-product attention kernel, softmax(q k^T * scale + mask) v, forward and
+//! backward, over (b, heads, t, d) views of f32 data on the CPU.
 //!
 //! Composed from candle ops this is about ten graph nodes over (b, heads, t, t) tensors
 //! (scores, scaled, masked, the softmax's five steps, the transposed output) plus copies of
-//! repeated key/value heads for grouped-query attention. Here each (batch, key/value head)
-//! group is one task: per query head two small matmuls forward and four backward, the
-//! probabilities kept for the backward pass, and the output written straight into the
-//! (b, t, heads * d) layout the output projection reads. Grouped-query heads are never
-//! copied: the key/value gradients of a group are summed in place. This module must not
-//! know about rotary embeddings or projections.
+//! repeated key/value heads for grouped-query attention. Here each batch row (forward) or each
+//! (batch, key/value head) group (backward) is one task: per query head two small matmuls
+//! forward and four backward, the probabilities kept for the backward pass, and the output
+//! written straight into the (b, t, heads * d) layout the output projection reads.
+//! Grouped-query heads are never copied: the key/value gradients of a group are summed in
+//! place. The candle op that feeds it lives in `qkv_attention.rs`; this module must not know
+//! about rotary embeddings, projections or candle's graph.
 
-use std::sync::Mutex;
-
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use crate::math::{fast_exp, lanes_dot, lanes_reduce, with_avx2};
@@ -23,35 +22,14 @@ pub fn applies(q: &Tensor) -> bool {
     q.device().is_cpu() && q.dtype() == DType::F32
 }
 
-/// softmax(q k^T * scale + mask) v for q (b, h, t, d), k and v (b, kv, t, d) with kv dividing
-/// h, and an additive mask (t, t), or one per head (h, t, t) (ALiBi's slopes): returns
-/// (b, t, h * d). Every head's mask must hide the same entries (-inf).
-pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let kv = k.dim(1)?;
-    let mask_fits = mask.dims() == [t, t] || mask.dims() == [h, t, t];
-    if kv == 0 || h % kv != 0 || k.dims4()? != (b, kv, t, d) || v.dims4()? != (b, kv, t, d) || !mask_fits {
-        candle_core::bail!(
-            "attention: q {:?}, k {:?}, v {:?}, mask {:?} do not fit",
-            q.dims(),
-            k.dims(),
-            v.dims(),
-            mask.dims()
-        );
-    }
-    let mask = mask.flatten_all()?.to_vec1::<f32>()?;
-    let blocks = blocks_of(&mask, t);
-    let op = Attention { dims: Dims { b, h, kv, t, d }, scale: scale as f32, mask, blocks, probs: Mutex::new(None) };
-    q.apply_op3(k, v, op) // strided views are read in place: no copies of q, k, v
-}
-
+/// Batch rows, query heads, key/value heads, positions and head size.
 #[derive(Clone, Copy)]
-struct Dims {
-    b: usize,
-    h: usize,
-    kv: usize,
-    t: usize,
-    d: usize,
+pub(super) struct Dims {
+    pub b: usize,
+    pub h: usize,
+    pub kv: usize,
+    pub t: usize,
+    pub d: usize,
 }
 
 impl Dims {
@@ -61,29 +39,28 @@ impl Dims {
     }
 }
 
-struct Attention {
+/// The attention arithmetic over (b, heads, t, d) views: the forward pass, which returns
+/// the probabilities its backward needs, and the backward pass.
+pub(super) struct Kernel {
     dims: Dims,
     scale: f32,
     /// (t, t) or (h, t, t), additive; -inf entries get probability exactly 0.
     mask: Vec<f32>,
     /// The mask's row blocks; columns past a block's `cols` are never computed (they stay 0).
     blocks: Vec<Block>,
-    /// The softmax probabilities (b, h, t, t) of the forward pass, for the backward.
-    probs: Mutex<Option<Vec<f32>>>,
 }
 
 /// A (b, heads, t, d) tensor read through its layout: any strides, no copy.
-struct View<'a> {
-    data: &'a [f32],
-    start: usize,
-    stride: [usize; 4],
+pub(super) struct View<'a> {
+    pub data: &'a [f32],
+    pub start: usize,
+    pub stride: [usize; 4],
 }
 
 impl<'a> View<'a> {
-    fn new(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Self> {
-        let stride: [usize; 4] =
-            l.stride().try_into().map_err(|_| candle_core::Error::Msg("attention needs 4-d inputs".into()))?;
-        Ok(View { data: s.as_slice::<f32>()?, start: l.start_offset(), stride })
+    /// A contiguous (b, heads, t, d) buffer.
+    pub fn contiguous(data: &'a [f32], (heads, t, d): (usize, usize, usize)) -> Self {
+        View { data, start: 0, stride: [heads * t * d, t * d, d, 1] }
     }
 
     /// Head (b, h) as a (t, d) matrix: its data from the first element, and (row, column) strides.
@@ -95,11 +72,40 @@ impl<'a> View<'a> {
 /// A head's (t, d) matrix and its (row, column) strides.
 type Operand<'a> = (&'a [f32], (usize, usize));
 
-fn lock_err<T>(_: T) -> candle_core::Error {
-    candle_core::Error::Msg("attention: poisoned lock".into())
-}
+impl Kernel {
+    /// The kernel for `dims` with an additive mask (t, t), or one per head (h, t, t) (ALiBi's
+    /// slopes). Every head's mask must hide the same entries (-inf).
+    pub fn new(dims: Dims, scale: f64, mask: &Tensor) -> candle_core::Result<Self> {
+        let Dims { h, t, .. } = dims;
+        if mask.dims() != [t, t] && mask.dims() != [h, t, t] {
+            candle_core::bail!("attention: a mask {:?} for {h} heads over {t} positions", mask.dims());
+        }
+        let mask = mask.flatten_all()?.to_vec1::<f32>()?;
+        let blocks = blocks_of(&mask, t);
+        Ok(Kernel { dims, scale: scale as f32, mask, blocks })
+    }
 
-impl Attention {
+    pub fn dims(&self) -> Dims {
+        self.dims
+    }
+
+    /// The probabilities (b, h, t, t) and the output (b, t, h * d); one task per batch row,
+    /// whose output rows (t, h * d) are contiguous.
+    pub fn forward(&self, q: &View, k: &View, v: &View) -> (Vec<f32>, Vec<f32>) {
+        let Dims { b, h, t, d, .. } = self.dims;
+        let mut probs = vec![0f32; b * h * t * t];
+        let mut out = vec![0f32; b * t * h * d];
+        out.par_chunks_mut(t * h * d).zip(probs.par_chunks_mut(h * t * t)).enumerate().for_each(
+            |(bi, (out_b, probs_b))| {
+                for (hi, p) in probs_b.chunks_mut(t * t).enumerate() {
+                    let kvi = hi / self.dims.rep();
+                    self.head_forward(hi, (q.head(bi, hi), k.head(bi, kvi), v.head(bi, kvi)), p, &mut out_b[hi * d..]);
+                }
+            },
+        );
+        (probs, out)
+    }
+
     /// Head `hi`'s additive (t, t) mask.
     fn mask_of(&self, hi: usize) -> &[f32] {
         let tt = self.dims.t * self.dims.t;
@@ -128,6 +134,59 @@ impl Attention {
             gemm_strided(&mut out[r0 * h * d..], h * d, p, (t, 1), v, vs, (m, c, d), Dst::Overwrite, 1.0);
         }
     }
+
+    /// dq (b, h, t, d), dk and dv (b, kv, t, d) from the saved probabilities and dL/dout
+    /// (b, t, h * d); one task per (batch, key/value head), which owns that head's dk and dv.
+    pub fn backward(&self, probs: &[f32], q: &View, k: &View, v: &View, dout: &[f32]) -> [Vec<f32>; 3] {
+        let Dims { b, h, kv, t, d } = self.dims;
+        let mut dq = vec![0f32; b * h * t * d];
+        let mut dk = vec![0f32; b * kv * t * d];
+        let mut dv = vec![0f32; b * kv * t * d];
+        let rep = self.dims.rep();
+        dq.par_chunks_mut(rep * t * d)
+            .zip(dk.par_chunks_mut(t * d))
+            .zip(dv.par_chunks_mut(t * d))
+            .enumerate()
+            .for_each(|(g, ((dq_g, dk_g), dv_g))| {
+                let (bi, kvi) = (g / kv, g % kv);
+                let (kh, vh) = (k.head(bi, kvi), v.head(bi, kvi));
+                let mut ds = vec![0f32; t * t];
+                for (r, dq_h) in dq_g.chunks_mut(t * d).enumerate() {
+                    let hi = kvi * rep + r;
+                    let p = &probs[(bi * h + hi) * t * t..][..t * t];
+                    let qh = q.head(bi, hi);
+                    let doh = &dout[bi * t * h * d + hi * d..];
+                    self.head_backward((p, doh, qh, kh, vh), &mut ds, dq_h, dk_g, dv_g);
+                }
+            });
+        [dq, dk, dv]
+    }
+
+    /// One query head's backward over its row blocks: dq_h overwritten, dk and dv (its
+    /// key/value head's) accumulated; `ds` is (t, t) scratch.
+    fn head_backward(
+        &self,
+        (p, doh, (q, qs), (k, ks), (v, vs)): (&[f32], &[f32], Operand, Operand, Operand),
+        ds: &mut [f32],
+        dq_h: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) {
+        let Dims { h, t, d, .. } = self.dims;
+        for &Block { rows: (r0, r1), cols: c } in &self.blocks {
+            let m = r1 - r0;
+            let (p, ds) = (&p[r0 * t..r1 * t], &mut ds[r0 * t..r1 * t]);
+            let (doh, q) = (&doh[r0 * h * d..], &q[r0 * qs.0..]);
+            // dv += p^T dout
+            gemm_strided(dv, d, p, (1, t), doh, (h * d, 1), (c, m, d), Dst::Accumulate, 1.0);
+            // dp = dout v^T, then ds = p * (dp - rowsum(dp * p))
+            gemm_strided(ds, t, doh, (h * d, 1), v, (vs.1, vs.0), (m, d, c), Dst::Overwrite, 1.0);
+            softmax_grad_rows(ds, p, t, c);
+            // dq = ds k * scale; dk += ds^T q * scale
+            gemm_strided(&mut dq_h[r0 * d..], d, ds, (t, 1), k, ks, (m, c, d), Dst::Overwrite, self.scale);
+            gemm_strided(dk, d, ds, (1, t), q, qs, (c, m, d), Dst::Accumulate, self.scale);
+        }
+    }
 }
 
 /// Query rows `rows.0..rows.1`, whose keys past `cols` are all masked: their scores, softmax
@@ -152,105 +211,6 @@ fn blocks_of(mask: &[f32], t: usize) -> Vec<Block> {
             Block { rows: (r0, r1), cols: (r0..r1).map(seen).max().unwrap_or(0).max(1) }
         })
         .collect()
-}
-
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Dims { b, h, t, d, .. } = self.dims;
-        let (q, k, v) = (View::new(s1, l1)?, View::new(s2, l2)?, View::new(s3, l3)?);
-        let mut probs = vec![0f32; b * h * t * t];
-        let mut out = vec![0f32; b * t * h * d];
-        // one task per batch row: its output rows (t, h * d) are contiguous
-        out.par_chunks_mut(t * h * d).zip(probs.par_chunks_mut(h * t * t)).enumerate().for_each(
-            |(bi, (out_b, probs_b))| {
-                for (hi, p) in probs_b.chunks_mut(t * t).enumerate() {
-                    let kvi = hi / self.dims.rep();
-                    self.head_forward(hi, (q.head(bi, hi), k.head(bi, kvi), v.head(bi, kvi)), p, &mut out_b[hi * d..]);
-                }
-            },
-        );
-        *self.probs.lock().map_err(lock_err)? = Some(probs);
-        Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
-    }
-
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _out: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let probs = self
-            .probs
-            .lock()
-            .map_err(lock_err)?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("attention: backward without forward".into()))?;
-        let flat = |x: &Tensor| x.contiguous()?.flatten_all()?.to_vec1::<f32>();
-        let (dq, dk, dv) = self.backward(&probs, &flat(q)?, &flat(k)?, &flat(v)?, &flat(grad)?);
-        let Dims { b, h, kv, t, d } = self.dims;
-        let dev = q.device();
-        Ok((
-            Some(Tensor::from_vec(dq, (b, h, t, d), dev)?),
-            Some(Tensor::from_vec(dk, (b, kv, t, d), dev)?),
-            Some(Tensor::from_vec(dv, (b, kv, t, d), dev)?),
-        ))
-    }
-}
-
-impl Attention {
-    /// dq, dk, dv from the saved probabilities and dL/dout (b, t, h * d); one task per
-    /// (batch, key/value head), which owns that head's dk and dv.
-    fn backward(&self, probs: &[f32], q: &[f32], k: &[f32], v: &[f32], dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let Dims { b, h, kv, t, d } = self.dims;
-        let mut dq = vec![0f32; b * h * t * d];
-        let mut dk = vec![0f32; b * kv * t * d];
-        let mut dv = vec![0f32; b * kv * t * d];
-        let rep = self.dims.rep();
-        dq.par_chunks_mut(rep * t * d)
-            .zip(dk.par_chunks_mut(t * d))
-            .zip(dv.par_chunks_mut(t * d))
-            .enumerate()
-            .for_each(|(g, ((dq_g, dk_g), dv_g))| {
-                let (bi, kvi) = (g / kv, g % kv);
-                let (kh, vh) = (&k[g * t * d..][..t * d], &v[g * t * d..][..t * d]);
-                let mut ds = vec![0f32; t * t];
-                for (r, dq_h) in dq_g.chunks_mut(t * d).enumerate() {
-                    let hi = kvi * rep + r;
-                    let p = &probs[(bi * h + hi) * t * t..][..t * t];
-                    let qh = &q[(bi * h + hi) * t * d..][..t * d];
-                    let doh = &dout[bi * t * h * d + hi * d..];
-                    for &Block { rows: (r0, r1), cols: c } in &self.blocks {
-                        let m = r1 - r0;
-                        let (p, ds) = (&p[r0 * t..r1 * t], &mut ds[r0 * t..r1 * t]);
-                        let (doh, qh) = (&doh[r0 * h * d..], &qh[r0 * d..]);
-                        // dv += p^T dout
-                        gemm_strided(dv_g, d, p, (1, t), doh, (h * d, 1), (c, m, d), Dst::Accumulate, 1.0);
-                        // dp = dout v^T, then ds = p * (dp - rowsum(dp * p))
-                        gemm_strided(ds, t, doh, (h * d, 1), vh, (1, d), (m, d, c), Dst::Overwrite, 1.0);
-                        softmax_grad_rows(ds, p, t, c);
-                        // dq = ds k * scale; dk += ds^T q * scale
-                        let dq_rows = &mut dq_h[r0 * d..];
-                        gemm_strided(dq_rows, d, ds, (t, 1), kh, (d, 1), (m, c, d), Dst::Overwrite, self.scale);
-                        gemm_strided(dk_g, d, ds, (1, t), qh, (d, 1), (c, m, d), Dst::Accumulate, self.scale);
-                    }
-                }
-            });
-        (dq, dk, dv)
-    }
 }
 
 /// ds = p * (dp - rowsum(dp * p)) in place over the first `c` columns of each row of
@@ -314,107 +274,6 @@ fn gemm_strided(
     let lhs = Mat { data: lhs, rows: m, cols: k, rs: l_rs, cs: l_cs };
     let rhs = Mat { data: rhs, rows: k, cols: n, rs: r_rs, cs: r_cs };
     matmul_rows(dst, d_rs, lhs, rhs, beta, dst_is, 1).expect("attention operands in bounds");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var, D};
-
-    /// The composed reference: repeat kv heads, scores, mask, softmax, weighted sum.
-    fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Tensor) -> Tensor {
-        let (b, h, t, d) = q.dims4().unwrap();
-        let rep = h / k.dim(1).unwrap();
-        let expand = |x: &Tensor| {
-            let (b, kv, t, d) = x.dims4().unwrap();
-            x.unsqueeze(2).unwrap().broadcast_as((b, kv, rep, t, d)).unwrap().reshape((b, kv * rep, t, d)).unwrap()
-        };
-        let scores = (q.matmul(&expand(k).t().unwrap()).unwrap() * scale).unwrap().broadcast_add(mask).unwrap();
-        let p = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
-        p.matmul(&expand(v)).unwrap().transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
-    }
-
-    fn close(a: &Tensor, b: &Tensor) {
-        let (a, b) =
-            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / q.abs().max(1.0)).fold(0f32, f32::max);
-        assert!(worst < 1e-5, "max relative difference {worst}");
-    }
-
-    /// Short and long sequences (several row blocks, the last one partial), causal and with
-    /// a sliding window (masked columns at both ends of a row).
-    #[test]
-    fn equals_the_composed_ops_with_grouped_heads() {
-        for (t, window) in [(7, Some(4)), (70, None), (70, Some(40))] {
-            equals_the_composed_ops(t, window);
-        }
-    }
-
-    fn equals_the_composed_ops(t: usize, window: Option<usize>) {
-        let dev = Device::Cpu;
-        let (b, h, kv, d) = (2, 4, 2, 8);
-        let var = |shape: (usize, usize, usize, usize)| {
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap()
-        };
-        let (q, k, v) = (var((b, h, t, d)), var((b, kv, t, d)), var((b, kv, t, d)));
-        let mask = crate::model::causal_mask(t, window, &dev).unwrap();
-        let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
-        let fused = fused_attention(&q, &k, &v, 0.3, &mask).unwrap();
-        let reference = composed(&q, &k, &v, 0.3, &mask);
-        close(&fused, &reference);
-        let ga = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for x in [&q, &k, &v] {
-            close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
-        }
-    }
-
-    /// A mask per head (ALiBi's linear biases on a causal mask), over several row blocks.
-    #[test]
-    fn takes_a_mask_per_head() {
-        let dev = Device::Cpu;
-        let (b, h, t, d) = (2, 3, 40, 4);
-        let var = |shape: (usize, usize, usize, usize)| {
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap()
-        };
-        let (q, k, v) = (var((b, h, t, d)), var((b, h, t, d)), var((b, h, t, d)));
-        let causal = crate::model::causal_mask(t, None, &dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let per_head: Vec<f32> = [0.5f32, 0.25, 0.125]
-            .iter()
-            .flat_map(|&s| causal.iter().enumerate().map(move |(ij, &m)| m + s * (ij % t) as f32))
-            .collect();
-        let mask = Tensor::from_vec(per_head, (h, t, t), &dev).unwrap();
-        let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
-        let fused = fused_attention(&q, &k, &v, 0.5, &mask).unwrap();
-        let reference = composed(&q, &k, &v, 0.5, &mask);
-        close(&fused, &reference);
-        let ga = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for x in [&q, &k, &v] {
-            close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
-        }
-    }
-
-    /// q, k, v as strided views into one packed (b, t, 3, h, d) projection, as GPT-2 splits it;
-    /// two row blocks.
-    #[test]
-    fn reads_strided_views_in_place() {
-        let dev = Device::Cpu;
-        let (b, h, t, d) = (2, 3, 45, 4);
-        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, 3, h, d), &dev).unwrap()).unwrap();
-        let split = |i: usize| qkv.as_tensor().narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap();
-        let (q, k, v) = (split(0), split(1), split(2));
-        assert!(!q.is_contiguous());
-        let mask = crate::model::causal_mask(t, None, &dev).unwrap();
-        let weights = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
-        let fused = fused_attention(&q, &k, &v, 0.5, &mask).unwrap();
-        let reference =
-            composed(&q.contiguous().unwrap(), &k.contiguous().unwrap(), &v.contiguous().unwrap(), 0.5, &mask);
-        close(&fused, &reference);
-        let ga = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        close(ga.get(qkv.as_tensor()).unwrap(), gb.get(qkv.as_tensor()).unwrap());
-    }
 }
 
 #[cfg(test)]
