@@ -2,8 +2,9 @@
 # Side by side: one LoRA training step (forward, backward, clipping, AdamW) in plasticity and in
 # PyTorch + transformers + PEFT, on the same random-weight checkpoint, the same batch and the
 # same thread count, over a matrix of architectures x shapes x thread counts. Next to each row:
-# the gemm kernel's own rate at that model's largest matrix product, measured in the same run,
-# and the fraction of it plasticity's step achieves. Reports figures; asserts nothing.
+# the gemm kernel's own rate at the largest matrix product in that model's blocks (the output
+# head left out: the kernel runs it slower than the step does), measured in the same run, and
+# the fraction of it plasticity's step achieves. Reports figures; asserts nothing.
 #
 #   benches/compare_peft.sh [THREADS] [STEPS] [ROUNDS] [SHAPES] [ARCHS]
 #

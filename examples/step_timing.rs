@@ -7,7 +7,8 @@
 //!
 //! SHAPE is tiny (4 x 128, vocab 2048), 14m (Pythia-14M), 70m-body (Pythia-70M's blocks, vocab
 //! 2048), 70m (Pythia-70M) or 160m (Pythia-160M). `kernel` times the `gemm` crate itself at the
-//! shape's largest matrix product (the weight stored (out, in) as in a checkpoint), on the
+//! largest matrix product in the shape's blocks (the weight stored (out, in) as in a
+//! checkpoint; the output head is left out, see `Shape::largest_block_matmul`), on the
 //! threads RAYON_NUM_THREADS allows, per shard as the engine multiplies and as one product:
 //! the better of the two is the rate the engine's step is measured against.
 //!     PLASTICITY_DEVICE=cuda target/cuda/release/examples/step_timing time DIR 5 2  # on a GPU
@@ -88,8 +89,8 @@ fn write(dir: &Path, arch: &str, name: &str) -> Res<()> {
     Ok(write_checkpoint(dir, arch, shape(name)?, 0)?)
 }
 
-/// The `gemm` crate's f32 rate at the shape's largest product y = x w^T, with w stored (n, k)
-/// as in a checkpoint, measured two ways on the threads RAYON_NUM_THREADS allows, each the
+/// The `gemm` crate's f32 rate at the largest product in the shape's blocks, y = x w^T with w
+/// stored (n, k) as in a checkpoint, measured two ways on the threads RAYON_NUM_THREADS allows, each the
 /// median of 7 runs after one:
 /// - `shard_gflops`: as the engine multiplies, each thread its own shard of SHARD_TOKENS rows
 ///   on one core, all threads at once;
@@ -97,7 +98,7 @@ fn write(dir: &Path, arch: &str, name: &str) -> Res<()> {
 ///
 /// `gflops`, the rate the step is measured against, is the better of the two.
 fn kernel(name: &str) -> Res<()> {
-    let (m, k, n) = shape(name)?.largest_matmul(TOKENS);
+    let (m, k, n) = shape(name)?.largest_block_matmul(TOKENS);
     let threads = rayon::current_num_threads();
     let shard = plasticity::train::shard::SHARD_TOKENS.min(m);
     let x: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
