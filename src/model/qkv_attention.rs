@@ -101,7 +101,6 @@ pub fn qkv_attention(
 /// (b, t, h d) and k, v (b, t, kv d) with kv dividing h (grouped-query attention), with `rope`
 /// on the queries and keys and `dropout` on the probabilities while training: returns
 /// (b, t, h d).
-#[allow(clippy::too_many_arguments)]
 pub fn projections_attention(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     (heads, kv_heads): (usize, usize),
