@@ -410,11 +410,6 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// Positions the tables cover.
-    pub fn positions(&self) -> usize {
-        self.cos.len() / self.rot_dim.max(1)
-    }
-
     /// out = x cos + rotate_half(x) sin at position `pos`, rotate_half(x) = (-x2, x1); with
     /// `inverse` the sin is negated, which is also the backward of the rotation. Features past
     /// `rot_dim` are copied.
