@@ -18,7 +18,7 @@ fn fused(x: &Tensor) -> bool {
 }
 
 /// Borrowed contiguous f32 data of a CPU tensor argument.
-fn data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(super) fn data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let (start, end) =
         l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("fused op needs contiguous inputs".into()))?;
     Ok(&s.as_slice::<f32>()?[start..end])

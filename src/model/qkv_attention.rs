@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tens
 use rayon::prelude::*;
 
 use super::attention::attention;
-use super::fused::Rotation;
+use super::fused::{data, Rotation};
 use super::sdpa::{self, Dims, Kernel, View};
 use super::Rope;
 use crate::dropout::Dropout;
@@ -335,14 +335,6 @@ impl CustomOp3 for QkvAttention {
             Some(Tensor::from_vec(dv, v.shape(), cpu)?),
         ))
     }
-}
-
-/// A contiguous f32 CPU argument's data.
-fn data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("attention: a source is not contiguous".into()))?;
-    Ok(&s.as_slice::<f32>()?[start..end])
 }
 
 /// A contiguous f32 CPU tensor's data, from its storage guard.
