@@ -3,12 +3,13 @@
 //!
 //!     cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2
 //!     cargo run --release --example step_timing -- time DIR STEPS WARMUP [SEQ [SHARD]]  # one JSON line
-//!     cargo run --release --example step_timing -- kernel SHAPE           # the gemm kernel alone
+//!     cargo run --release --example step_timing -- kernel SHAPE [head]    # the gemm kernel alone
 //!
 //! SHAPE is tiny (4 x 128, vocab 2048), 14m (Pythia-14M), 70m-body (Pythia-70M's blocks, vocab
 //! 2048), 70m (Pythia-70M) or 160m (Pythia-160M). `kernel` times the `gemm` crate itself at the
 //! largest matrix product in the shape's blocks (the weight stored (out, in) as in a
-//! checkpoint; the output head is left out, see `Shape::largest_block_matmul`), on the
+//! checkpoint; the output head is left out, see `Shape::largest_block_matmul`; `kernel SHAPE
+//! head` measures the head's product alone), on the
 //! threads RAYON_NUM_THREADS allows, per shard as the engine multiplies and as one product:
 //! the better of the two is the rate the engine's step is measured against.
 //!     PLASTICITY_DEVICE=cuda target/cuda/release/examples/step_timing time DIR 5 2  # on a GPU
@@ -50,11 +51,12 @@ fn main() -> Res<()> {
             time(Path::new(dir), (steps.parse()?, warmup.parse()?), seq.parse()?, Some(shard.parse()?))
         }
         ["matmul"] => matmul(),
-        ["kernel", shape] => kernel(shape),
-        _ => {
-            Err("usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ [SHARD]] | kernel SHAPE | matmul"
-                .into())
-        }
+        ["kernel", name] => kernel(shape(name)?.largest_block_matmul(TOKENS)),
+        ["kernel", name, "head"] => kernel(shape(name)?.head_matmul(TOKENS)),
+        _ => Err(
+            "usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ [SHARD]] | kernel SHAPE [head] | matmul"
+                .into(),
+        ),
     }
 }
 
@@ -89,16 +91,16 @@ fn write(dir: &Path, arch: &str, name: &str) -> Res<()> {
     Ok(write_checkpoint(dir, arch, shape(name)?, 0)?)
 }
 
-/// The `gemm` crate's f32 rate at the largest product in the shape's blocks, y = x w^T with w
-/// stored (n, k) as in a checkpoint, measured two ways on the threads RAYON_NUM_THREADS allows, each the
-/// median of 7 runs after one:
+/// The `gemm` crate's f32 rate at the product (m, k, n), y = x w^T with w stored (n, k) as in
+/// a checkpoint: the largest product in the shape's blocks, or with `head` the output head's.
+/// Measured two ways on the threads RAYON_NUM_THREADS allows, each the median of 7 runs after
+/// one:
 /// - `shard_gflops`: as the engine multiplies, each thread its own shard of SHARD_TOKENS rows
 ///   on one core, all threads at once;
 /// - `whole_gflops`: the whole batch of 1,024 rows as one product split over the threads.
 ///
 /// `gflops`, the rate the step is measured against, is the better of the two.
-fn kernel(name: &str) -> Res<()> {
-    let (m, k, n) = shape(name)?.largest_block_matmul(TOKENS);
+fn kernel((m, k, n): (usize, usize, usize)) -> Res<()> {
     let threads = rayon::current_num_threads();
     let shard = plasticity::train::shard::SHARD_TOKENS.min(m);
     let x: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();

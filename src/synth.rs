@@ -57,6 +57,11 @@ impl Shape {
     pub fn largest_block_matmul(&self, tokens: usize) -> (usize, usize, usize) {
         (tokens, self.hidden, self.intermediate.max(3 * self.hidden))
     }
+
+    /// The (m, k, n) of the output head's product over a batch of `tokens`.
+    pub fn head_matmul(&self, tokens: usize) -> (usize, usize, usize) {
+        (tokens, self.hidden, self.vocab)
+    }
 }
 
 /// Writes a random `model_type` ("llama", "gpt_neox" or "gpt2") checkpoint of `shape` to `dir`.
