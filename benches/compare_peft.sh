@@ -8,13 +8,17 @@
 #
 #   benches/compare_peft.sh [THREADS] [STEPS] [ROUNDS] [SHAPES] [ARCHS]
 #
-# THREADS: a comma list (default 1,2); STEPS timed steps after 2 warm-up ones (default 5);
+# THREADS: a comma list (default 1,2); STEPS timed steps after 2 warm-up ones (default 5; ten
+# times as many at tiny and twice at 14m, whose steps take 50-250 ms, so that each median
+# spans seconds rather than a fraction of one);
 # ROUNDS (default 3); SHAPES a comma list of tiny, 14m, 70m-body, 70m, 160m (default all);
 # ARCHS a comma list of llama, gpt_neox, gpt2 (default all).
 #
 # Each round runs plasticity, then PyTorch+PEFT, then the kernel, so all three see the same
-# machine conditions; the table gives medians over the rounds (a shared machine drifts by tens
-# of percent between runs a minute apart).
+# machine conditions. The tokens/s columns are medians over the rounds; the ratio and the
+# achieved fraction are medians of each round's own ratio, with the rounds' range beside the
+# ratio: a shared machine drifts by tens of percent between runs a minute apart, and a ratio
+# taken within one round cancels most of that drift.
 #
 # Creates .venv-bench (ignored by git) with the pinned PyTorch, transformers and PEFT of
 # benches/requirements-bench.txt from PyPI on first use, and reinstalls when that file changes.
@@ -39,18 +43,19 @@ cargo build -q --release --example step_timing
 bin=${CARGO_TARGET_DIR:-target}/release/examples/step_timing
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); batch 8 x 128, r = 8, f32; medians of $rounds rounds"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); batch 8 x 128, r = 8, f32; medians of $rounds rounds, ratios paired within each round"
 echo "pytorch side: $("$venv/bin/python" -c 'import torch, transformers, peft; print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")')"
-printf '%-9s %-9s %3s %14s %14s %7s %12s %12s %9s %9s\n' arch shape thr plasticity pytorch+peft ratio 'GFLOP/s' 'kernel' achieved 'peak/bnd'
+printf '%-9s %-9s %3s %14s %14s %7s %13s %9s %9s %9s %9s\n' arch shape thr plasticity pytorch+peft ratio 'rounds' 'GFLOP/s' 'kernel' achieved 'peak/bnd'
 for shape in ${shapes//,/ }; do
   for arch in ${archs//,/ }; do
     dir="$work/$arch-$shape"
     "$bin" write "$dir" "$arch" "$shape"
+    case $shape in tiny) timed=$((steps * 10)) ;; 14m) timed=$((steps * 2)) ;; *) timed=$steps ;; esac
     for threads in ${thread_list//,/ }; do
       ours=(); theirs=(); kernel=()
       for _ in $(seq "$rounds"); do
-        ours+=("$(RAYON_NUM_THREADS=$threads "$bin" time "$dir" "$steps" "$warmup")")
-        theirs+=("$(OMP_NUM_THREADS=$threads "$venv/bin/python" benches/compare_peft.py "$dir" "$steps" "$warmup" "$threads" 2>/dev/null | tail -1)")
+        ours+=("$(RAYON_NUM_THREADS=$threads "$bin" time "$dir" "$timed" "$warmup")")
+        theirs+=("$(OMP_NUM_THREADS=$threads "$venv/bin/python" benches/compare_peft.py "$dir" "$timed" "$warmup" "$threads" 2>/dev/null | tail -1)")
         kernel+=("$(RAYON_NUM_THREADS=$threads "$bin" kernel "$shape")")
       done
       python3 - "$arch" "$shape" "$threads" "$(printf '%s\n' "${ours[@]}")" "$(printf '%s\n' "${theirs[@]}")" "$(printf '%s\n' "${kernel[@]}")" <<'PY'
@@ -59,9 +64,13 @@ arch, shape, threads = sys.argv[1:4]
 rows = lambda text: [json.loads(l) for l in text.splitlines() if l.strip()]
 ours, theirs, kernel = rows(sys.argv[4]), rows(sys.argv[5]), rows(sys.argv[6])
 med = lambda xs, key: statistics.median(x[key] for x in xs)
+paired = lambda xs, ys, kx, ky: [x[kx] / y[ky] for x, y in zip(xs, ys)]
 a, b = med(ours, "tokens_per_s"), med(theirs, "tokens_per_s")
+ratios = paired(ours, theirs, "tokens_per_s", "tokens_per_s")
+fractions = paired(ours, kernel, "achieved_gflops", "gflops")
 flops, rate, peak = med(ours, "achieved_gflops"), med(kernel, "gflops"), med(ours, "peak_over_bound")
-print(f"{arch:<9} {shape:<9} {threads:>3} {a:>10.0f} t/s {b:>10.0f} t/s {a / b:>6.2f}x {flops:>12.1f} {rate:>12.1f} {flops / rate:>8.0%} {peak:>9.2f}")
+spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+print(f"{arch:<9} {shape:<9} {threads:>3} {a:>10.0f} t/s {b:>10.0f} t/s {statistics.median(ratios):>6.2f}x {spread:>13} {flops:>9.1f} {rate:>9.1f} {statistics.median(fractions):>8.0%} {peak:>9.2f}")
 PY
     done
   done
