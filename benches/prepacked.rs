@@ -4,10 +4,10 @@
 //! transposed from the (out, in) checkpoint layout), and `perf` counts that copy as about a tenth
 //! of a step's product samples. A frozen weight could be packed once per checkpoint instead, at
 //! the cost of a second copy of every block weight in memory. This program measures what that
-//! would buy: `x @ W^T` through `gemm::gemm` against the same product through the crate's own
-//! AVX2 micro-kernel over a weight packed beforehand (16-row panels, 256-deep blocks; the
-//! activations packed per call, as the crate does), and `dy @ W` (the backward's dL/dx) through
-//! `gemm::gemm` for reference. One thread, medians of 15 calls after 3, three rounds.
+//! would buy: `x @ W^T` through `gemm::gemm` (by `plasticity::matmul`, as the engine calls it)
+//! against the same product through the crate's own AVX2 micro-kernel over a weight packed
+//! beforehand (16-row panels, 256-deep blocks; the activations packed per call, as the crate
+//! does), and `dy @ W` (the backward's dL/dx) through `gemm::gemm` for reference. One thread, medians of 15 calls after 3, three rounds.
 //! Reports figures; asserts nothing but that both products agree.
 //!
 //!     cargo bench --bench prepacked -- [TOKENS IN OUT]...   (default: the shapes below)
@@ -15,6 +15,8 @@
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use std::time::Instant;
+
+use plasticity::matmul::{matmul, Dst, Mat};
 
 /// Rows of a packed panel and columns of a micro-tile of the AVX2 f32 kernel `x2x6`.
 const MR: usize = 16;
@@ -100,62 +102,17 @@ fn prepacked_forward(y: &mut [f32], x: &[f32], w: &Packed, tokens: usize, rhs: &
     }
 }
 
-/// y (tokens, out) = x (tokens, in) @ W^T through `gemm::gemm`, W read in its (out, in) layout.
+/// y (tokens, out) = x (tokens, in) @ W^T through `gemm::gemm` (the engine's own call), W
+/// read in its (out, in) layout.
 fn crate_forward(y: &mut [f32], x: &[f32], w: &[f32], (tokens, inner, out): (usize, usize, usize)) {
-    assert!(y.len() >= tokens * out && x.len() >= tokens * inner && w.len() >= out * inner);
-    // SAFETY: the extents are checked above; column-major views of the row-major buffers.
-    unsafe {
-        gemm::gemm(
-            out,
-            tokens,
-            inner,
-            y.as_mut_ptr(),
-            out as isize,
-            1,
-            false,
-            w.as_ptr(),
-            1,
-            inner as isize,
-            x.as_ptr(),
-            inner as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let (x, w) = (Mat::rows(x, tokens, inner), Mat::rows(w, out, inner).t());
+    matmul(y, x, w, 1.0, Dst::Overwrite, 1).expect("x @ W^T");
 }
 
 /// dx (tokens, in) = dy (tokens, out) @ W through `gemm::gemm`.
 fn crate_backward(dx: &mut [f32], dy: &[f32], w: &[f32], (tokens, inner, out): (usize, usize, usize)) {
-    assert!(dx.len() >= tokens * inner && dy.len() >= tokens * out && w.len() >= out * inner);
-    // SAFETY: as in `crate_forward`.
-    unsafe {
-        gemm::gemm(
-            inner,
-            tokens,
-            out,
-            dx.as_mut_ptr(),
-            inner as isize,
-            1,
-            false,
-            w.as_ptr(),
-            inner as isize,
-            1,
-            dy.as_ptr(),
-            out as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let (dy, w) = (Mat::rows(dy, tokens, out), Mat::rows(w, out, inner));
+    matmul(dx, dy, w, 1.0, Dst::Overwrite, 1).expect("dy @ W");
 }
 
 /// GFLOP/s of `f`: the median of 15 calls after 3.
