@@ -7,7 +7,8 @@
 //! would buy: `x @ W^T` through `gemm::gemm` (by `plasticity::matmul`, as the engine calls it)
 //! against the same product through the crate's own AVX2 micro-kernel over a weight packed
 //! beforehand (16-row panels, 256-deep blocks; the activations packed per call, as the crate
-//! does), and `dy @ W` (the backward's dL/dx) through `gemm::gemm` for reference. One thread, medians of 15 calls after 3, three rounds.
+//! does), and `dy @ W` (the backward's dL/dx) through `gemm::gemm` for reference; a product
+//! deeper than 512 is also timed as a sum of 512-deep ones. One thread, medians of 15 calls after 3, three rounds.
 //! Reports figures; asserts nothing but that both products agree.
 //!
 //!     cargo bench --bench prepacked -- [TOKENS IN OUT]...   (default: the shapes below)
@@ -23,6 +24,8 @@ const MR: usize = 16;
 const NR: usize = 6;
 /// Depth of a packed block.
 const KC: usize = 256;
+/// Depth of the parts of a deeper product summed by `crate_forward_split`.
+const SPLIT: usize = 512;
 
 /// Default shapes (tokens of a shard, in, out): the 70m-body MLP and fused qkv, the 160m MLP and
 /// the Pythia-160M output head for a chunk of 128 rows.
@@ -109,6 +112,17 @@ fn crate_forward(y: &mut [f32], x: &[f32], w: &[f32], (tokens, inner, out): (usi
     matmul(y, x, w, 1.0, Dst::Overwrite, 1).expect("x @ W^T");
 }
 
+/// [`crate_forward`] as a sum of products `depth` deep (in a multiple of it): another blocking
+/// of a deep product, through the same calls.
+fn crate_forward_split(y: &mut [f32], x: &[f32], w: &[f32], (tokens, inner, out): (usize, usize, usize), depth: usize) {
+    for c in (0..inner).step_by(depth) {
+        let x = Mat { data: &x[c..], rows: tokens, cols: depth, rs: inner, cs: 1 };
+        let w = Mat { data: &w[c..], rows: out, cols: depth, rs: inner, cs: 1 }.t();
+        let dst_is = if c == 0 { Dst::Overwrite } else { Dst::Accumulate };
+        matmul(y, x, w, 1.0, dst_is, 1).expect("x @ W^T in parts");
+    }
+}
+
 /// dx (tokens, in) = dy (tokens, out) @ W through `gemm::gemm`.
 fn crate_backward(dx: &mut [f32], dy: &[f32], w: &[f32], (tokens, inner, out): (usize, usize, usize)) {
     let (dy, w) = (Mat::rows(dy, tokens, out), Mat::rows(w, out, inner));
@@ -156,7 +170,12 @@ fn measure([tokens, inner, out]: [usize; 3]) {
         let a = rate(flops, || crate_forward(&mut y1, &x, &w, (tokens, inner, out)));
         let b = rate(flops, || prepacked_forward(&mut y2, &x, &packed, tokens, &mut rhs));
         let c = rate(flops, || crate_backward(&mut dx, &dy, &w, (tokens, inner, out)));
-        println!("  round {round}: gemm x W^T {a:6.1}   prepacked x W^T {b:6.1}   gemm dy W {c:6.1}");
+        let parts = if inner % SPLIT == 0 && inner > SPLIT {
+            format!("{:6.1}", rate(flops, || crate_forward_split(&mut y1, &x, &w, (tokens, inner, out), SPLIT)))
+        } else {
+            "     -".to_string()
+        };
+        println!("  round {round}: gemm x W^T {a:6.1}   prepacked x W^T {b:6.1}   gemm dy W {c:6.1}   gemm x W^T in {SPLIT}-deep parts {parts}");
     }
 }
 
