@@ -2,7 +2,7 @@
 //!
 //! The `gemm` crate copies the weight into its packed panel layout on every call (its lhs, read
 //! transposed from the (out, in) checkpoint layout), and `perf` counts that copy as about a tenth
-//! of a step's product samples. A frozen weight could be packed once per checkpoint instead, at
+//! of a step's samples (`benches/profile_step.sh ARCH 70m-body`). A frozen weight could be packed once per checkpoint instead, at
 //! the cost of a second copy of every block weight in memory. This program measures what that
 //! would buy: `x @ W^T` through `gemm::gemm` (by `plasticity::matmul`, as the engine calls it)
 //! against the same product through the crate's own AVX2 micro-kernel over a weight packed

@@ -11,7 +11,9 @@
 #
 # ARCH: llama, gpt_neox or gpt2; SHAPE: tiny, 14m, 70m-body, 70m or 160m (see step_timing).
 # The categories are matched on symbol names (first match wins; the fused kernels run inside
-# one AVX2 wrapper, so attention, norms and activations share a line). "idle and synchronisation"
+# one AVX2 wrapper, so attention, norms and activations share a line); the products' line also
+# gives their share outside gemm's micro-kernel, mostly the packing of operands that gemm does on
+# every call. "idle and synchronisation"
 # is worker threads waiting for work: with 2 threads it measures how much of the step runs on
 # one core only.
 set -euo pipefail
@@ -47,7 +49,7 @@ categories = [
     ("idle and synchronisation", r"__rust_begin_short_backtrace|rayon|Barrier|sched|yield|futex|finish_task_switch|spin|schedule|syscall"),
 ]
 totals = {name: 0.0 for name, _ in categories}
-other = 0.0
+other = packing = 0.0
 for line in sys.stdin:
     m = re.match(r"\s*([0-9.]+)%\s+\[[.k]\]\s+(.*)", line)
     if not m:
@@ -56,6 +58,7 @@ for line in sys.stdin:
     for name, pattern in categories:
         if re.search(pattern, sym):
             totals[name] += pct
+            packing += pct if name.startswith("matrix") and "microkernel" not in sym else 0.0
             break
     else:
         other += pct
@@ -63,5 +66,7 @@ model, tps, gflops = step["model_type"], step["tokens_per_s"], step["achieved_gf
 print(f"{model} {sys.argv[2]}, {sys.argv[3]} threads: {tps:.0f} tokens/s, {gflops:.1f} GFLOP/s")
 for name, _ in categories:
     print(f"  {name:<44} {totals[name]:5.1f}%")
+    if name.startswith("matrix"):
+        print("    %-42s %5.1f%%" % ("of which outside the micro-kernel (packing)", packing))
 print("  %-44s %5.1f%%" % ("everything else", other))
 ' "$work/step.json" "$shape" "$threads"
