@@ -1,10 +1,12 @@
 """Times the same LoRA training step as examples/step_timing.rs in PyTorch + transformers + PEFT.
 
-    python benches/compare_peft.py DIR STEPS WARMUP THREADS
+    python benches/compare_peft.py DIR STEPS WARMUP THREADS [ATTN]
 
 Same checkpoint files, same batch (8 x 128 ids from the same formula, below min(vocab, 50000)), LoRA r=8, alpha=8,
 dropout 0 on PEFT's default targets, AdamW (torch defaults but weight_decay=0), grad-norm
-clipping at 1.0, f32, eager attention, torch.set_num_threads(THREADS). Prints one JSON line.
+clipping at 1.0, f32, torch.set_num_threads(THREADS). ATTN is transformers' attention
+implementation, eager unless given (transformers' own default is sdpa, which trained no faster
+on the CPU: BENCHMARKS.md, "One LoRA step against PyTorch + PEFT"). Prints one JSON line.
 """
 import json
 import sys
@@ -19,10 +21,11 @@ BATCH, SEQ = 8, 128
 
 def main():
     path, steps, warmup, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    attn = sys.argv[5] if len(sys.argv) > 5 else "eager"
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM"))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -42,7 +45,7 @@ def main():
             times.append(time.perf_counter() - t)
     times.sort()
     step_s = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
-    print(json.dumps({"stack": "pytorch+peft", "torch": torch.__version__, "load_s": round(load_s, 3),
+    print(json.dumps({"stack": "pytorch+peft", "torch": torch.__version__, "attn": attn, "load_s": round(load_s, 3),
                       "median_step_s": round(step_s, 4), "tokens_per_s": round(BATCH * SEQ / step_s, 1)}))
 
 
