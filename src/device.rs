@@ -1,8 +1,7 @@
 //! Devices by name: `--device`/`--devices` values parsed into candle devices, the labels and
 //! hardware names reports and progress lines show, and the sizing of the CPU kernels' thread
-//! pools and of the memory the allocator keeps (`configure_cpu_threads`, once per process). A CPU
-//! build refuses CUDA by name with a reason; this module never trains and never decides which
-//! device a snapshot runs on.
+//! pools (`configure_cpu_threads`, once per process). A CPU build refuses CUDA by name with a
+//! reason; this module never trains and never decides which device a snapshot runs on.
 
 use candle_core::{Device, DeviceLocation};
 
@@ -150,7 +149,6 @@ pub fn label(device: &Device) -> String {
 /// `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set too. Call it before any tensor operation: the pools
 /// are built on first use.
 pub fn configure_cpu_threads(threads: usize) {
-    keep_freed_heaps();
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
@@ -159,50 +157,4 @@ pub fn configure_cpu_threads(threads: usize) {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
     }
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-}
-
-/// Keeps the memory a training step frees for the next step, where the C library is glibc.
-/// Each shard thread allocates from an arena of its own. With glibc's defaults, a step that
-/// outgrew an arena's first 64 MiB heap mapped a second one, and freeing it at the end of the
-/// step unmapped it again, so every step faulted those pages in afresh and each unmapping made
-/// the kernel flush the other threads' address translations (6 x 512 GPT-NeoX, 2 threads:
-/// about 7,000 page faults, 100 unmappings and over 2,000 flushes per step; none after). A top
-/// pad as large as a heap keeps the heap, and a fixed mmap threshold of 32 MiB keeps every block
-/// the engine allocates inside the heaps rather than in mappings of its own. Peak memory is
-/// unchanged: what is kept is what the step before used.
-fn keep_freed_heaps() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes glibc's thresholds; it takes the arena locks itself.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
-}
-
-#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
-mod tests {
-    /// The calling thread's minor page faults so far.
-    fn thread_faults() -> i64 {
-        // SAFETY: rusage is plain data, and getrusage only writes into the one it is given.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
-        usage.ru_minflt
-    }
-
-    /// The page faults taken while 96 MiB is written in blocks of 2 MiB, as a shard's
-    /// activations are, and then freed.
-    fn one_step() -> i64 {
-        let before = thread_faults();
-        let blocks: Vec<Vec<u8>> = (0..48).map(|_| vec![1u8; 2 << 20]).collect();
-        drop(std::hint::black_box(blocks));
-        thread_faults() - before
-    }
-
-    #[test]
-    fn a_thread_reuses_the_memory_its_last_step_freed() {
-        super::keep_freed_heaps();
-        let (first, second) = std::thread::spawn(|| (one_step(), one_step())).join().unwrap();
-        // 24,576 pages of 4 KiB the first time (fewer where the kernel backs them with huge pages)
-        assert!(second <= first.max(1_000) / 10, "the second step faulted {second} pages in again (the first {first})");
-    }
 }
