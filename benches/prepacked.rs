@@ -2,14 +2,14 @@
 //!
 //! The `gemm` crate copies the weight into its packed panel layout on every call (its lhs, read
 //! transposed from the (out, in) checkpoint layout), and `perf` counts that copy as about a tenth
-//! of a step's samples (`benches/profile_step.sh ARCH 70m-body`). A frozen weight could be packed once per checkpoint instead, at
-//! the cost of a second copy of every block weight in memory. This program measures what that
-//! would buy: `x @ W^T` through `gemm::gemm` (by `plasticity::matmul`, as the engine calls it)
-//! against the same product through the crate's own AVX2 micro-kernel over a weight packed
-//! beforehand (16-row panels, 256-deep blocks; the activations packed per call, as the crate
-//! does), and `dy @ W` (the backward's dL/dx) through `gemm::gemm` for reference; a product
-//! deeper than 512 is also timed as a sum of 512-deep ones. One thread, medians of 15 calls after 3, three rounds.
-//! Reports figures; asserts nothing but that both products agree.
+//! of a step's samples (`benches/profile_step.sh ARCH 70m-body`). A frozen weight could be packed
+//! once per checkpoint instead, at the cost of a second copy of every block weight in memory. This
+//! program measures what that would buy: `x @ W^T` through `gemm::gemm` (by `plasticity::matmul`,
+//! as the engine calls it) against the same product through the crate's own AVX2 micro-kernel over
+//! a weight packed beforehand (16-row panels, 256-deep blocks; the activations packed per call, as
+//! the crate does), and `dy @ W` (the backward's dL/dx) through `gemm::gemm` for reference; a
+//! product deeper than 512 is also timed as a sum of 512-deep ones. One thread, medians of 15 calls
+//! after 3, three rounds. Reports figures; asserts nothing but that both products agree.
 //!
 //!     cargo bench --bench prepacked -- [TOKENS IN OUT]...   (default: the shapes below)
 
