@@ -3,6 +3,7 @@
 //!
 //!     cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2
 //!     cargo run --release --example step_timing -- time DIR STEPS WARMUP [SEQ [SHARD]]  # one JSON line
+//!     cargo run --release --example step_timing -- serve DIR WARMUP [SEQ [SHARD]]  # a step per stdin line
 //!     cargo run --release --example step_timing -- kernel SHAPE [head]    # the gemm kernel alone
 //!
 //! SHAPE is tiny (4 x 128, vocab 2048), 14m (Pythia-14M), 70m-body (Pythia-70M's blocks, vocab
@@ -43,18 +44,19 @@ fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["write", dir, arch, shape] => write(Path::new(dir), arch, shape),
-        ["time", dir, steps, warmup] => time(Path::new(dir), (steps.parse()?, warmup.parse()?), SEQ, None),
-        ["time", dir, steps, warmup, seq] => {
-            time(Path::new(dir), (steps.parse()?, warmup.parse()?), seq.parse()?, None)
+        ["time", dir, steps, warmup, rest @ ..] if rest.len() <= 2 => {
+            let (seq, shard) = seq_and_shard(rest)?;
+            time(Path::new(dir), Drive::Steps(steps.parse()?), warmup.parse()?, seq, shard)
         }
-        ["time", dir, steps, warmup, seq, shard] => {
-            time(Path::new(dir), (steps.parse()?, warmup.parse()?), seq.parse()?, Some(shard.parse()?))
+        ["serve", dir, warmup, rest @ ..] if rest.len() <= 2 => {
+            let (seq, shard) = seq_and_shard(rest)?;
+            time(Path::new(dir), Drive::Stdin, warmup.parse()?, seq, shard)
         }
         ["matmul"] => matmul(),
         ["kernel", name] => kernel(shape(name)?.largest_block_matmul(TOKENS)),
         ["kernel", name, "head"] => kernel(shape(name)?.head_matmul(TOKENS)),
         _ => Err(
-            "usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ [SHARD]] | kernel SHAPE [head] | matmul"
+            "usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ [SHARD]] | serve DIR WARMUP [SEQ [SHARD]] | kernel SHAPE [head] | matmul"
                 .into(),
         ),
     }
@@ -81,6 +83,12 @@ fn matmul() -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// The optional SEQ and SHARD arguments of `time` and `serve`.
+fn seq_and_shard(rest: &[&str]) -> Res<(usize, Option<usize>)> {
+    let seq = rest.first().map_or(Ok(SEQ), |s| s.parse())?;
+    Ok((seq, rest.get(1).map(|s| s.parse()).transpose()?))
 }
 
 fn shape(name: &str) -> Res<Shape> {
@@ -148,7 +156,13 @@ fn batch(dev: &Device, vocab: usize, seq: usize) -> Res<Batch> {
     Ok(Batch { ids, labels })
 }
 
-fn time(dir: &Path, (steps, warmup): (usize, usize), seq: usize, shard: Option<usize>) -> Res<()> {
+/// How the timed steps are asked for: a fixed number, or one per line on stdin (`serve`).
+enum Drive {
+    Steps(usize),
+    Stdin,
+}
+
+fn time(dir: &Path, drive: Drive, warmup: usize, seq: usize, shard: Option<usize>) -> Res<()> {
     if seq == 0 || TOKENS % seq != 0 {
         return Err(format!("SEQ must divide {TOKENS}").into());
     }
@@ -161,7 +175,10 @@ fn time(dir: &Path, (steps, warmup): (usize, usize), seq: usize, shard: Option<u
         max_grad_norm: 1.0,
         batch_size: TOKENS / seq,
         grad_accum: 1,
-        steps,
+        steps: match drive {
+            Drive::Steps(n) => n,
+            Drive::Stdin => usize::MAX,
+        },
         eval_every: 0,
         timing_warmup: warmup,
     };
@@ -171,15 +188,22 @@ fn time(dir: &Path, (steps, warmup): (usize, usize), seq: usize, shard: Option<u
     }
     let b = batch(&dev, model.vocab_size, seq)?;
     let load_s = start.elapsed().as_secs_f64();
-    let mut times = Vec::new();
-    for i in 0..warmup + steps {
+    let mut step = || -> Res<f64> {
         dev.synchronize()?;
         let t = Instant::now();
         trainer.step(std::slice::from_ref(&b))?;
         dev.synchronize()?;
-        if i >= warmup {
-            times.push(t.elapsed().as_secs_f64());
-        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for _ in 0..warmup {
+        step()?;
+    }
+    let times = match drive {
+        Drive::Steps(n) => (0..n).map(|_| step()).collect::<Res<Vec<_>>>()?,
+        Drive::Stdin => serve(&mut step)?,
+    };
+    if times.is_empty() {
+        return Err("no step was timed".into());
     }
     let step_s = median(&times);
     let (peak, bound) =
@@ -194,6 +218,23 @@ fn time(dir: &Path, (steps, warmup): (usize, usize), seq: usize, shard: Option<u
         peak / bound
     );
     Ok(())
+}
+
+/// After warm-up: prints `ready`, then answers each line read from stdin with one step's
+/// seconds, until stdin closes (benches/interleave_peft.py alternates two such processes).
+fn serve(step: &mut dyn FnMut() -> Res<f64>) -> Res<Vec<f64>> {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let mut times = Vec::new();
+    for line in std::io::stdin().lines() {
+        line?;
+        times.push(step()?);
+        writeln!(out, "{:.6}", times[times.len() - 1])?;
+        out.flush()?;
+    }
+    Ok(times)
 }
 
 /// The process's peak resident memory (Linux VmHWM).
