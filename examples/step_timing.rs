@@ -5,6 +5,7 @@
 //!     cargo run --release --example step_timing -- time DIR STEPS WARMUP [SEQ [SHARD]]  # one JSON line
 //!     cargo run --release --example step_timing -- serve DIR WARMUP [SEQ [SHARD]]  # a step per stdin line
 //!     cargo run --release --example step_timing -- kernel SHAPE [head]    # the gemm kernel alone
+//!     cargo run --release --example step_timing -- peak                   # the cores' f32 FMA ceiling
 //!
 //! SHAPE is tiny (4 x 128, vocab 2048), 14m (Pythia-14M), 70m-body (Pythia-70M's blocks, vocab
 //! 2048), 70m (Pythia-70M) or 160m (Pythia-160M). `kernel` times the `gemm` crate itself at the
@@ -53,10 +54,11 @@ fn main() -> Res<()> {
             time(Path::new(dir), Drive::Stdin, warmup.parse()?, seq, shard)
         }
         ["matmul"] => matmul(),
+        ["peak"] => peak(),
         ["kernel", name] => kernel(shape(name)?.largest_block_matmul(TOKENS)),
         ["kernel", name, "head"] => kernel(shape(name)?.head_matmul(TOKENS)),
         _ => Err(
-            "usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ [SHARD]] | serve DIR WARMUP [SEQ [SHARD]] | kernel SHAPE [head] | matmul"
+            "usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ [SHARD]] | serve DIR WARMUP [SEQ [SHARD]] | kernel SHAPE [head] | peak | matmul"
                 .into(),
         ),
     }
@@ -140,6 +142,51 @@ fn kernel((m, k, n): (usize, usize, usize)) -> Res<()> {
         sharded.max(whole)
     );
     Ok(())
+}
+
+/// The f32 rate no matrix product can pass on this CPU: every thread RAYON_NUM_THREADS allows
+/// runs 12 independent chains of 8-wide fused multiply-adds (AVX2 + FMA; as many chains as the
+/// gemm crate's AVX2 micro-kernel keeps), all at once, for about 0.2 s, seven times; prints the
+/// median and the best of the summed rates.
+fn peak() -> Res<()> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        let threads = rayon::current_num_threads();
+        const ITERS: usize = 4_000_000;
+        let mut rates = Vec::new();
+        for _ in 0..7 {
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                let runs: Vec<_> = (0..threads).map(|_| s.spawn(|| fma_chains(ITERS))).collect();
+                runs.into_iter().for_each(|h| drop(h.join()));
+            });
+            rates.push((threads * ITERS * 12 * 16) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+        let best = rates.iter().copied().fold(0.0, f64::max);
+        println!("{{\"threads\": {threads}, \"gflops\": {:.1}, \"best_gflops\": {best:.1}}}", median(&rates));
+        return Ok(());
+    }
+    Err("peak: needs an x86-64 CPU with AVX2 and FMA".into())
+}
+
+/// `iters` rounds of 12 independent 8-wide FMAs; returns a lane so the work is not optimised out.
+#[cfg(target_arch = "x86_64")]
+fn fma_chains(iters: usize) -> f32 {
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run(iters: usize) -> f32 {
+        use std::arch::x86_64::*;
+        let (b, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, b, c);
+            }
+        }
+        let sum = acc.iter().fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
+        _mm256_cvtss_f32(sum)
+    }
+    // SAFETY: the caller checked that the CPU has AVX2 and FMA
+    unsafe { run(iters) }
 }
 
 /// `PLASTICITY_DEVICE` (cpu, cuda, cuda:N, auto), cpu when unset.
