@@ -19,7 +19,8 @@
 //! The batch is 8 x 128 tokens (1,024 tokens in sequences of SEQ when it is given, trained in
 //! shards of SHARD tokens when that is given, else `train::shard::SHARD_TOKENS`), r = 8 on PEFT's default targets, AdamW, f32, on the threads
 //! RAYON_NUM_THREADS allows. Timing starts after WARMUP steps and reads the clock after
-//! synchronising the device.
+//! synchronising the device. Built with `--features matmul-stats`, `time` also prints every
+//! matrix product of the timed steps by shape to stderr, with its rate per thread.
 
 use std::path::Path;
 use std::time::Instant;
@@ -245,6 +246,8 @@ fn time(dir: &Path, drive: Drive, warmup: usize, seq: usize, shard: Option<usize
     for _ in 0..warmup {
         step()?;
     }
+    #[cfg(feature = "matmul-stats")]
+    plasticity::matmul::stats::reset();
     let times = match drive {
         Drive::Steps(n) => (0..n).map(|_| step()).collect::<Res<Vec<_>>>()?,
         Drive::Stdin => serve(&mut step)?,
@@ -252,6 +255,8 @@ fn time(dir: &Path, drive: Drive, warmup: usize, seq: usize, shard: Option<usize
     if times.is_empty() {
         return Err("no step was timed".into());
     }
+    #[cfg(feature = "matmul-stats")]
+    plasticity::matmul::stats::report(&mut std::io::stderr())?;
     let step_s = median(&times);
     let (peak, bound) =
         (peak_rss_bytes().unwrap_or(0) as f64 / 1e6, memory_bound_bytes(dir, model.n_params, seq)? / 1e6);

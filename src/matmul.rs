@@ -166,6 +166,8 @@ unsafe fn run(dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat, scale: f32, dst_
         }
         return;
     }
+    #[cfg(feature = "matmul-stats")]
+    let _timer = stats::Timer::start((m, k, n), (lhs.cs != 1, rhs.cs != 1));
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // every index gemm forms into lhs or rhs is at most (rows - 1) rs + (cols - 1) cs of that
     // operand, which `chains` bounded; dst is m rows of n, dst_rs apart
@@ -190,6 +192,62 @@ unsafe fn run(dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat, scale: f32, dst_
         false,
         parallelism,
     );
+}
+
+/// Time and work of every product by shape, for the benchmarks (`--features matmul-stats`;
+/// each product then takes a lock, so a build for use never has it).
+#[cfg(feature = "matmul-stats")]
+pub mod stats {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    /// (m, k, n) and whether lhs and rhs are read with their columns strided (transposed).
+    type Key = ((usize, usize, usize), (bool, bool));
+
+    /// Per shape: seconds, flops and calls.
+    static SHAPES: Mutex<Vec<(Key, f64, f64, usize)>> = Mutex::new(Vec::new());
+
+    /// Records one product's time when dropped.
+    pub(super) struct Timer(Key, Instant);
+
+    impl Timer {
+        pub(super) fn start(mkn: (usize, usize, usize), transposed: (bool, bool)) -> Self {
+            Timer((mkn, transposed), Instant::now())
+        }
+    }
+
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            let (seconds, ((m, k, n), _)) = (self.1.elapsed().as_secs_f64(), self.0);
+            let mut shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner());
+            match shapes.iter_mut().find(|s| s.0 == self.0) {
+                Some(s) => (s.1, s.2, s.3) = (s.1 + seconds, s.2 + 2.0 * (m * k * n) as f64, s.3 + 1),
+                None => shapes.push((self.0, seconds, 2.0 * (m * k * n) as f64, 1)),
+            }
+        }
+    }
+
+    /// Forgets what was recorded (after warm-up steps).
+    pub fn reset() {
+        SHAPES.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// One JSON line per shape, the most time first, then the total: seconds summed over the
+    /// threads that ran them, share of that time, and GFLOP/s per thread.
+    pub fn report(out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        shapes.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (seconds, flops) = shapes.iter().fold((0.0, 0.0), |(s, f), x| (s + x.1, f + x.2));
+        for (((m, k, n), (lhs_t, rhs_t)), s, f, calls) in &shapes {
+            writeln!(
+                out,
+                "{{\"m\": {m}, \"k\": {k}, \"n\": {n}, \"lhs_t\": {lhs_t}, \"rhs_t\": {rhs_t}, \"calls\": {calls}, \"seconds\": {s:.4}, \"share\": {:.4}, \"gflops\": {:.1}}}",
+                s / seconds,
+                f / s / 1e9
+            )?;
+        }
+        writeln!(out, "{{\"products\": \"all\", \"seconds\": {seconds:.4}, \"gflops\": {:.1}}}", flops / seconds / 1e9)
+    }
 }
 
 #[cfg(test)]
