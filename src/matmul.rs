@@ -51,9 +51,16 @@ pub enum Dst {
     Accumulate,
 }
 
-/// The threads candle's own matmul would use (the engine's shards set it to 1).
+/// The threads a product may split over: 1 on a rayon worker, which is running one of a batch's
+/// shards while the other workers run the rest (`train::shard`; a product split there would
+/// hand its halves to threads that are busy, or take theirs while it waits), else the threads
+/// candle's own matmul would use.
 pub fn threads() -> usize {
-    candle_core::utils::get_num_threads()
+    if rayon::current_thread_index().is_some() {
+        1
+    } else {
+        candle_core::utils::get_num_threads()
+    }
 }
 
 /// dst (m x n, row-major) = or += `scale * lhs @ rhs`, on `threads` threads (1: the calling one).
@@ -232,8 +239,9 @@ pub mod stats {
         SHAPES.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// One JSON line per shape, the most time first, then the total: seconds summed over the
-    /// threads that ran them, share of that time, and GFLOP/s per thread.
+    /// One JSON line per shape, the most time first, then the total: the products' wall time
+    /// summed, its share, and GFLOP/s over that time (per thread where each product runs on
+    /// one, as inside a batch's shards).
     pub fn report(out: &mut impl std::io::Write) -> std::io::Result<()> {
         let mut shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner()).clone();
         shapes.sort_by(|a, b| b.1.total_cmp(&a.1));
