@@ -323,4 +323,11 @@ mod tests {
         matmul(&mut zero_k, Mat::rows(&[], 2, 0), Mat::rows(&[], 0, 2), 1.0, Dst::Overwrite, 1).unwrap();
         assert_eq!(zero_k, vec![0.0; 4]);
     }
+
+    #[test]
+    fn a_product_on_a_rayon_worker_stays_on_its_thread() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        assert_eq!(pool.install(threads), 1);
+        assert_eq!(threads(), candle_core::utils::get_num_threads());
+    }
 }
