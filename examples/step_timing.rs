@@ -211,7 +211,7 @@ enum Drive {
 }
 
 fn time(dir: &Path, drive: Drive, warmup: usize, seq: usize, shard: Option<usize>) -> Res<()> {
-    if seq == 0 || TOKENS % seq != 0 {
+    if seq == 0 || !TOKENS.is_multiple_of(seq) {
         return Err(format!("SEQ must divide {TOKENS}").into());
     }
     let start = Instant::now();

@@ -79,7 +79,7 @@ impl Scripted {
     /// As the LoRA engine: every `eval_every` updates and at the end of the run (which is
     /// `until` when settling goes beyond the probe).
     fn is_eval(&self, step: usize, until: usize) -> bool {
-        step == until.max(self.schedule.steps) || step % self.schedule.eval_every.max(1) == 0
+        step == until.max(self.schedule.steps) || step.is_multiple_of(self.schedule.eval_every.max(1))
     }
 }
 

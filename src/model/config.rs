@@ -51,7 +51,7 @@ pub(crate) fn positive(dir: &Path, field: &str, value: usize) -> Result<usize> {
 }
 
 pub(crate) fn divides(dir: &Path, what: &str, part: usize, whole: usize) -> Result<()> {
-    if part == 0 || whole % part != 0 {
+    if part == 0 || !whole.is_multiple_of(part) {
         return Err(Error::input(dir.join("config.json"), format!("{what}: {whole} is not divisible by {part}")));
     }
     Ok(())

@@ -165,7 +165,7 @@ impl RawConfig {
             return Ok(vec![None; n]);
         }
         let path = dir.join("config.json");
-        let default = |i: usize| if (i + 1) % 4 != 0 { "sliding_attention" } else { "full_attention" };
+        let default = |i: usize| if !(i + 1).is_multiple_of(4) { "sliding_attention" } else { "full_attention" };
         let types: Vec<String> =
             self.layer_types.clone().unwrap_or_else(|| (0..n).map(|i| default(i).into()).collect());
         if types.len() != n {

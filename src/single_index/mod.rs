@@ -199,7 +199,7 @@ fn is_curve_step(step: usize) -> bool {
     while step >= 100 * grain {
         grain *= 10;
     }
-    step % grain == 0
+    step.is_multiple_of(grain)
 }
 
 /// The state of one fine-tune.

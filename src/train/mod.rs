@@ -336,7 +336,7 @@ pub fn fine_tune_until(
 }
 
 fn is_eval_step(step: usize, spec: &TrainSpec) -> bool {
-    step == spec.steps || (spec.eval_every > 0 && step % spec.eval_every == 0)
+    step == spec.steps || (spec.eval_every > 0 && step.is_multiple_of(spec.eval_every))
 }
 
 /// The micro-batches of update `update` (0-based), in the seeded order.
