@@ -1,11 +1,13 @@
 //! Times LoRA training steps on a random-weight checkpoint at a realistic shape, for
 //! benches/compare_peft.sh (which runs the same step in PyTorch + PEFT on the same files).
 //!
-//!     cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2
-//!     cargo run --release --example step_timing -- time DIR STEPS WARMUP [SEQ [SHARD]]  # one JSON line
-//!     cargo run --release --example step_timing -- serve DIR WARMUP [SEQ [SHARD]]  # a step per stdin line
-//!     cargo run --release --example step_timing -- kernel SHAPE [head]    # the gemm kernel alone
-//!     cargo run --release --example step_timing -- peak                   # the cores' f32 FMA ceiling
+//! ```text
+//! cargo run --release --example step_timing -- write DIR ARCH SHAPE   # ARCH: llama|gpt_neox|gpt2
+//! cargo run --release --example step_timing -- time DIR STEPS WARMUP [SEQ [SHARD]]  # one JSON line
+//! cargo run --release --example step_timing -- serve DIR WARMUP [SEQ [SHARD]]  # a step per stdin line
+//! cargo run --release --example step_timing -- kernel SHAPE [head]    # the gemm kernel alone
+//! cargo run --release --example step_timing -- peak                   # the cores' f32 FMA ceiling
+//! ```
 //!
 //! SHAPE is tiny (4 x 128, vocab 2048), 14m (Pythia-14M), 70m-body (Pythia-70M's blocks, vocab
 //! 2048), 70m (Pythia-70M) or 160m (Pythia-160M). `kernel` times the `gemm` crate itself at the
@@ -13,8 +15,11 @@
 //! checkpoint; the output head is left out, see `Shape::largest_block_matmul`; `kernel SHAPE
 //! head` measures the head's product alone), on the
 //! threads RAYON_NUM_THREADS allows, per shard as the engine multiplies and as one product:
-//! the better of the two is the rate the engine's step is measured against.
-//!     PLASTICITY_DEVICE=cuda target/cuda/release/examples/step_timing time DIR 5 2  # on a GPU
+//! the better of the two is the rate the engine's step is measured against. On a GPU:
+//!
+//! ```text
+//! PLASTICITY_DEVICE=cuda target/cuda/release/examples/step_timing time DIR 5 2
+//! ```
 //!
 //! The batch is 8 x 128 tokens (1,024 tokens in sequences of SEQ when it is given, trained in
 //! shards of SHARD tokens when that is given, else `train::shard::SHARD_TOKENS`), r = 8 on PEFT's default targets, AdamW, f32, on the threads

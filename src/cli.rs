@@ -1,4 +1,7 @@
 //! Command-line flags and their help text; nothing else. `options/` checks and resolves them.
+//! The items' comments are clap's `--help` text, written for a terminal rather than as
+//! markdown (`cuda[:N]`, `DIR/<snapshot>/`), so rustdoc's link and HTML checks are off here.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! files. Hashes config.json, trainer_state.json, tokenizer.json and, for each weight file,
 //! its name, size, first 1 MiB (the safetensors header and the first tensors) and 64 KiB
 //! windows at eight evenly spaced offsets: cheap on multi-GB files, and any retraining changes
-//! the sampled values. [`file`] samples any other input (task, tokenizer) the same way. It must
+//! the sampled values. [`file()`] samples any other input (task, tokenizer) the same way. It must
 //! not read whole weight files.
 
 use std::fs::File;

@@ -2,7 +2,7 @@
 //! the same seeds and batches, scored against one target (the main variant's), then one report:
 //! the main variant's ranking with a `sweep` section holding every variant and what changes
 //! with rank and rate. The reports are rewritten after each variant. With `--save-adapters
-//! DIR` each variant's adapters go to DIR/r<rank>-lr<lr>/; with `--resume` every variant reuses
+//! DIR` each variant's adapters go to `DIR/r<rank>-lr<lr>/`; with `--resume` every variant reuses
 //! what the previous sweep report measured. (Should the main variant reach no target, the rest
 //! keep their own, and the summary says so.) This module must not score (see `score::sweep`)
 //! or format anything; its sentences restate the variants' reports.
@@ -113,7 +113,7 @@ fn measurements(prev: &Report, v: (usize, f64)) -> Vec<CheckpointReport> {
 }
 
 /// --save-best after a sweep: only the adapter of the fastest (variant, snapshot) stays, at
-/// DIR/<variant>/<snapshot>; None when no variant ranked a snapshot that has one.
+/// `DIR/<variant>/<snapshot>`; None when no variant ranked a snapshot that has one.
 pub fn keep_best_adapter(dir: &Path, report: &Report) -> Result<Option<PathBuf>> {
     let Some(s) = &report.sweep else { return Ok(None) };
     let winners = s.variants.iter().filter_map(|v| {

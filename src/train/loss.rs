@@ -4,7 +4,7 @@
 
 use candle_core::{Tensor, D};
 
-/// Per-row losses w_i * (logsumexp(x_i) - x_i[t_i]) for logits (n, v), targets (n) u32 and
+/// Per-row losses `w_i * (logsumexp(x_i) - x_i[t_i])` for logits (n, v), targets (n) u32 and
 /// weights (n) f32.
 pub fn weighted_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
