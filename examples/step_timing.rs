@@ -189,6 +189,7 @@ fn summed_rates(width: usize, chains: fn(usize) -> f32) -> (f64, f64) {
 }
 
 /// `iters` rounds of 12 independent 8-wide FMAs; returns a lane so the work is not optimised out.
+/// Panics on a CPU without AVX2 and FMA (`peak` checks first).
 #[cfg(target_arch = "x86_64")]
 fn fma_chains(iters: usize) -> f32 {
     #[target_feature(enable = "avx2,fma")]
@@ -204,11 +205,12 @@ fn fma_chains(iters: usize) -> f32 {
         let sum = acc.iter().fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
         _mm256_cvtss_f32(sum)
     }
-    // SAFETY: the caller checked that the CPU has AVX2 and FMA
+    assert!(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
+    // SAFETY: the CPU has AVX2 and FMA (checked just above)
     unsafe { run(iters) }
 }
 
-/// [`fma_chains`] 16 wide.
+/// [`fma_chains`] 16 wide; panics on a CPU without AVX-512F.
 #[cfg(target_arch = "x86_64")]
 fn fma_chains_512(iters: usize) -> f32 {
     #[target_feature(enable = "avx512f")]
@@ -223,7 +225,8 @@ fn fma_chains_512(iters: usize) -> f32 {
         }
         _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a)))
     }
-    // SAFETY: the caller checked that the CPU has AVX-512F
+    assert!(std::is_x86_feature_detected!("avx512f"));
+    // SAFETY: the CPU has AVX-512F (checked just above)
     unsafe { run(iters) }
 }
 
