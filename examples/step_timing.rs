@@ -337,9 +337,9 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// What one LoRA step needs resident, in bytes: the model's f32 weights plus one step's
-/// activations as `plasticity::model::activation_bytes` estimates them (the same estimate a
+/// activations as `plasticity::train::activation_bytes` estimates them (the same estimate a
 /// scan checks against the memory available before loading a checkpoint).
 fn memory_bound_bytes(dir: &Path, params: usize, seq: usize) -> Res<f64> {
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
-    Ok(4.0 * params as f64 + plasticity::model::activation_bytes(&cfg, TOKENS / seq, seq) as f64)
+    Ok(4.0 * params as f64 + plasticity::train::activation_bytes(&cfg, TOKENS / seq, seq) as f64)
 }

@@ -32,7 +32,7 @@ pub fn memory_needed(dir: &Path, batch_size: usize, seq_len: usize) -> Result<(u
 /// bound in bf16, where the adapters' path and the softmax stay f32).
 pub fn memory_needed_as(dir: &Path, batch_size: usize, seq_len: usize, dtype: DType) -> Result<(u64, u64)> {
     let weights = crate::checkpoint::weights::WeightStore::open(dir, &Device::Cpu)?.bytes_as(dtype);
-    Ok((weights, model::activation_bytes(&model::read_config(dir)?, batch_size, seq_len)))
+    Ok((weights, train::activation_bytes(&model::read_config(dir)?, batch_size, seq_len)))
 }
 
 /// Fine-tunes language-model snapshots with LoRA.

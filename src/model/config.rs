@@ -72,12 +72,13 @@ pub struct RopeParameters {
     pub original_max_position_embeddings: Option<f64>,
 }
 
-/// One training step's activations in bytes (f32), estimated from config.json: what the
-/// backward pass keeps per layer and token (the block input and its norm, q, k, v and the
+/// One training step's activations in the transformer blocks, in bytes (f32), estimated from
+/// config.json: what the backward pass keeps per layer and token (the block input and its norm, q, k, v and the
 /// rotated q, k, the attention output, the second norm: 9 x hidden; the MLP's intermediate
 /// tensors: 2 x intermediate, 3 for a gated MLP), per layer and sequence the attention
-/// probabilities (heads x t^2), and the fused output head's per-thread chunks. Fields missing
-/// from the config count as 0: the estimate is then low, never an error.
+/// probabilities (heads x t^2). The output head's buffers depend on how the loss is computed
+/// and are counted by `train::activation_bytes`. Fields missing from the config count as 0:
+/// the estimate is then low, never an error.
 pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize) -> u64 {
     let get = |keys: &[&str]| keys.iter().find_map(|k| config.get(*k).and_then(|v| v.as_u64())).unwrap_or(0);
     let hidden = get(&["hidden_size", "n_embd", "n_embed"]);
@@ -97,6 +98,5 @@ pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize
     let per_layer = tokens
         .saturating_mul(hidden.saturating_mul(9).saturating_add(mlp))
         .saturating_add((batch as u64).saturating_mul(heads).saturating_mul(t).saturating_mul(t));
-    let head_chunks = (rayon::current_num_threads() as u64 * 128).saturating_mul(get(&["vocab_size"]));
-    layers.saturating_mul(per_layer).saturating_add(head_chunks).saturating_mul(4)
+    layers.saturating_mul(per_layer).saturating_mul(4)
 }

@@ -21,11 +21,21 @@ use rayon::prelude::*;
 use crate::math::{fast_exp, lanes_reduce};
 use crate::matmul::{self, Dst, Mat};
 
-/// Rows handled together. Each chunk streams the head twice, so fewer rows re-read it more
-/// often, and more rows leave fewer chunks to share among threads; 128 was fastest at
-/// both benchmark shapes (14M: 32 rows 0.94 s, 64 rows 0.81 s, 128 rows 0.59 s, 256 rows
-/// 0.90 s per step on 2 threads).
-const ROWS_PER_CHUNK: usize = 128;
+/// Rows handled together. Each chunk streams the head twice (packed by the matmul on every
+/// call), so fewer rows re-read and re-pack it more often; more rows need a larger logits
+/// buffer per thread (rows x vocab f32: 51 MB at 256 rows and a 50k vocabulary). A batch is
+/// trained in shards of 256 tokens, one thread each (`shard.rs`), so 256 rows is one chunk per
+/// shard. Against 128 rows it trained up to 10% more tokens/s where the head is a large share
+/// of the step (the medians over Pythia-14M, 70M and 160M shapes, 1 and 2 threads, 0.97-1.10
+/// after / before, with `benches/ab_step.sh`; BENCHMARKS.md) and the same at a 2k vocabulary.
+pub const ROWS_PER_CHUNK: usize = 256;
+
+/// Bytes of the logits buffers the op keeps (one per thread that runs a chunk) for `tokens`
+/// rows of a `vocab`-wide head on `threads` threads: the figure a memory estimate adds.
+pub fn logits_buffer_bytes(vocab: u64, tokens: u64, threads: u64) -> u64 {
+    let rows = threads.saturating_mul(ROWS_PER_CHUNK as u64).min(tokens.next_multiple_of(ROWS_PER_CHUNK as u64));
+    rows.saturating_mul(vocab).saturating_mul(4)
+}
 
 /// Per-row weighted cross-entropy of `hidden (n, h) @ head_t (h, v)` against `targets` (n).
 /// With `with_grad`, the result's backward yields dL/dhidden (and nothing for the head).
@@ -59,7 +69,7 @@ pub fn head_cross_entropy(
 }
 
 thread_local! {
-    /// Each thread's logits buffer (rows x vocab, 25 MB at 128 rows and a 50k vocabulary),
+    /// Each thread's logits buffer (rows x vocab, 51 MB at 256 rows and a 50k vocabulary),
     /// kept between chunks and steps: allocating it afresh each time cost a page fault per 4 kB.
     static LOGITS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -220,7 +230,7 @@ mod tests {
     #[test]
     fn fused_equals_composed() {
         let dev = Device::Cpu;
-        let (n, h, v) = (70, 16, 300);
+        let (n, h, v) = (2 * ROWS_PER_CHUNK + 70, 16, 300); // two whole chunks and a part
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, h), &dev).unwrap()).unwrap();
         let head = Tensor::randn(0f32, 1.0, (v, h), &dev).unwrap();
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 37) % v as u32).collect();
@@ -251,5 +261,15 @@ mod tests {
         assert!(close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap()));
         let eval = head_cross_entropy(x.as_tensor(), &head.t().unwrap(), targets, weights, false).unwrap();
         assert!(close(&eval, &composed) && !eval.track_op());
+    }
+
+    /// One buffer per thread that runs a chunk: never more chunks than the rows make.
+    #[test]
+    fn logits_buffers_counted_per_running_chunk() {
+        let chunk = ROWS_PER_CHUNK as u64 * 10 * 4;
+        assert_eq!(logits_buffer_bytes(10, 4 * ROWS_PER_CHUNK as u64, 2), 2 * chunk);
+        assert_eq!(logits_buffer_bytes(10, 4 * ROWS_PER_CHUNK as u64, 16), 4 * chunk);
+        assert_eq!(logits_buffer_bytes(10, 1, 16), chunk);
+        assert_eq!(logits_buffer_bytes(10, 0, 16), 0);
     }
 }

@@ -94,6 +94,16 @@ pub fn model_loss_sum(model: &dyn CausalLm, batch: &Batch, with_grad: bool) -> c
     Ok((losses.sum_all()?, count))
 }
 
+/// One training step's activations in bytes (f32), estimated from config.json: the blocks'
+/// ([`crate::model::activation_bytes`]) and the fused head's logits buffers, one per chunk
+/// that can run at once on this process's threads ([`head_loss::logits_buffer_bytes`]).
+pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize) -> u64 {
+    let vocab = config.get("vocab_size").and_then(|v| v.as_u64()).unwrap_or(0);
+    let tokens = (batch as u64).saturating_mul(seq_len as u64);
+    let head = head_loss::logits_buffer_bytes(vocab, tokens, rayon::current_num_threads() as u64);
+    crate::model::activation_bytes(config, batch, seq_len).saturating_add(head)
+}
+
 /// Targets (b*t,) u32 and loss weights (b*t,) f32: position i predicts token i+1; the last
 /// position of each block predicts nothing and has weight 0.
 fn shifted_targets(batch: &Batch) -> candle_core::Result<(Tensor, Tensor)> {
