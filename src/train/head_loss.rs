@@ -202,8 +202,7 @@ fn scaled_softmax(row: &mut [f32], scale: f32) -> f32 {
 }
 
 /// # Safety
-/// The CPU must support AVX2. (An `unsafe fn`: safe `#[target_feature]` functions need Rust
-/// 1.86, and the crate supports 1.85.)
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn scaled_softmax_avx2(row: &mut [f32], scale: f32) -> f32 {
