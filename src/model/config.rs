@@ -73,10 +73,10 @@ pub struct RopeParameters {
 }
 
 /// One training step's activations in the transformer blocks, in bytes (f32), estimated from
-/// config.json: what the backward pass keeps per layer and token (the block input and its norm, q, k, v and the
-/// rotated q, k, the attention output, the second norm: 9 x hidden; the MLP's intermediate
-/// tensors: 2 x intermediate, 3 for a gated MLP), per layer and sequence the attention
-/// probabilities (heads x t^2). The output head's buffers depend on how the loss is computed
+/// config.json: what the backward pass keeps per layer and token (the block input and its
+/// norm, q, k, v and the rotated q, k, the attention output, the second norm: 9 x hidden; the
+/// MLP's intermediate tensors: 2 x intermediate, 3 for a gated MLP), per layer and sequence
+/// the attention probabilities (heads x t^2). The output head's buffers depend on how the loss is computed
 /// and are counted by `train::activation_bytes`. Fields missing from the config count as 0:
 /// the estimate is then low, never an error.
 pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize) -> u64 {
