@@ -301,8 +301,9 @@ fn time(dir: &Path, drive: Drive, warmup: usize, seq: usize, shard: Option<usize
     let (peak, bound) =
         (peak_rss_bytes().unwrap_or(0) as f64 / 1e6, memory_bound_bytes(dir, model.n_params, seq)? / 1e6);
     println!(
-        "{{\"stack\": \"plasticity\", \"device\": \"{:?}\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}, \"achieved_gflops\": {:.1}, \"peak_rss_mb\": {peak:.0}, \"bound_mb\": {bound:.0}, \"peak_over_bound\": {:.2}}}",
+        "{{\"stack\": \"plasticity\", \"device\": \"{:?}\", \"kernels\": \"{}\", \"model_type\": \"{}\", \"params\": {}, \"load_s\": {load_s:.3}, \"median_step_s\": {step_s:.4}, \"tokens_per_s\": {:.1}, \"achieved_gflops\": {:.1}, \"peak_rss_mb\": {peak:.0}, \"bound_mb\": {bound:.0}, \"peak_over_bound\": {:.2}}}",
         dev.location(),
+        plasticity::isa::kernels().name(),
         model.model_type,
         model.n_params,
         TOKENS as f64 / step_s,

@@ -24,7 +24,7 @@ pub fn scan(args: ScanArgs) -> Result<i32> {
 }
 
 fn run_scan(opts: &ScanOptions) -> Result<Report> {
-    crate::device::configure_cpu_threads(opts.threads);
+    configure_cpu(opts.threads)?;
     crate::interrupt::install()?;
     let previous = opts.resume.as_deref().map(Report::read).transpose()?; // before the report files are created
     let reports = Reports::create(&opts.exports)?;
@@ -147,10 +147,17 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
     Ok(exit_code(&report))
 }
 
+/// The CPU's thread pools and kernel family, before any tensor operation; a
+/// `PLASTICITY_KERNELS` this CPU cannot honour is refused here.
+fn configure_cpu(threads: usize) -> Result<()> {
+    crate::device::configure_cpu_threads(threads);
+    crate::isa::from_env().map(drop).map_err(|why| Error::flag(crate::isa::ENV, why))
+}
+
 /// `plasticity probe`: the forecast table (and --against's correlations), optionally as JSON.
 pub fn probe(args: ProbeArgs) -> Result<i32> {
     let opts = options::ProbeOptions::from_args(args)?;
-    crate::device::configure_cpu_threads(opts.threads);
+    configure_cpu(opts.threads)?;
     let report = crate::probe::run(&opts)?;
     let json = serde_json::to_string_pretty(&report).map_err(|source| Error::Encode { what: "report", source })?;
     let stdout_taken = match &opts.json {

@@ -105,21 +105,22 @@ fn cuda_device(_ordinal: usize) -> std::result::Result<Device, String> {
     Err("this plasticity was built without CUDA support (scripts/build-cuda.sh builds one with it)".into())
 }
 
-/// The CPU's model name, or the GPU's with its ordinal: "NVIDIA H200 (cuda:0)".
+/// The CPU's model name with the kernel family its products run on ("Intel(R) Xeon(R)
+/// Processor (avx512 kernels)": the family decides the products' rounding, `crate::isa`), or
+/// the GPU's with its ordinal: "NVIDIA H200 (cuda:0)".
 pub fn name(device: &Device) -> String {
     match device.location() {
         DeviceLocation::Cuda { gpu_id } => {
             format!("{} (cuda:{gpu_id})", gpu_name(device).unwrap_or_else(|| "unknown GPU".into()))
         }
-        _ => std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| {
-                    l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-                })
-            })
-            .unwrap_or_else(|| "cpu".into()),
+        _ => format!("{} ({} kernels)", cpu_model().unwrap_or_else(|| "cpu".into()), crate::isa::kernels().name()),
     }
+}
+
+/// /proc/cpuinfo's first "model name".
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
 }
 
 #[cfg(feature = "cuda")]

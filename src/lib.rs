@@ -24,7 +24,7 @@
 //! | 3 | `train`, `score` |
 //! | 2 | `model`, `lora`, `single_index`, `synth`, `hub` |
 //! | 1 | `checkpoint`, `discover`, `data`, `dropout` |
-//! | 0 | `error`, `curve`, `device`, `fs`, `memory`, `interrupt`, `progress`, `rng`, `math`, `linalg`, `matmul`, `testing` |
+//! | 0 | `error`, `curve`, `device`, `fs`, `memory`, `interrupt`, `isa`, `progress`, `rng`, `math`, `linalg`, `matmul`, `testing` |
 
 pub mod app;
 pub mod checkpoint;
@@ -39,6 +39,7 @@ pub mod error;
 pub mod fs;
 pub mod hub;
 pub mod interrupt;
+pub mod isa;
 pub mod linalg;
 pub mod lora;
 pub mod math;

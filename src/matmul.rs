@@ -178,27 +178,143 @@ unsafe fn run(dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat, scale: f32, dst_
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // every index gemm forms into lhs or rhs is at most (rows - 1) rs + (cols - 1) cs of that
     // operand, which `chains` bounded; dst is m rows of n, dst_rs apart
-    gemm::gemm(
-        m,
-        n,
-        k,
+    let call = kernels::Call {
+        mnk: (m, n, k),
         dst,
-        1,
-        dst_rs as isize,
-        dst_is == Dst::Accumulate,
-        lhs.data.as_ptr(),
-        lhs.cs as isize,
-        lhs.rs as isize,
-        rhs.data.as_ptr(),
-        rhs.cs as isize,
-        rhs.rs as isize,
-        1.0,
-        scale,
-        false,
-        false,
-        false,
+        dst_rs: dst_rs as isize,
+        read_dst: dst_is == Dst::Accumulate,
+        lhs: (lhs.data.as_ptr(), lhs.cs as isize, lhs.rs as isize),
+        rhs: (rhs.data.as_ptr(), rhs.cs as isize, rhs.rs as isize),
+        beta: scale,
         parallelism,
-    );
+    };
+    kernels::run(call, crate::isa::kernels());
+}
+
+/// The `gemm` crate's f32 product on the kernel family [`crate::isa`] chose, entered below the
+/// crate's own dispatch (which takes AVX-512 wherever the CPU has AVX-512F): the same generic
+/// driver, micro-kernels and arguments as `gemm::gemm` passes them for a row-major destination
+/// with positive strides.
+mod kernels {
+    use gemm::Parallelism;
+
+    /// A pointer with its column and row strides.
+    pub type Operand = (*const f32, isize, isize);
+
+    /// dst (m x n, row stride `dst_rs`, column stride 1) = `beta * lhs @ rhs`, or += it with
+    /// `read_dst`.
+    pub struct Call {
+        pub mnk: (usize, usize, usize),
+        pub dst: *mut f32,
+        pub dst_rs: isize,
+        pub read_dst: bool,
+        pub lhs: Operand,
+        pub rhs: Operand,
+        pub beta: f32,
+        pub parallelism: Parallelism,
+    }
+
+    /// The product on `family`, or on the crate's own choice where this CPU cannot run it.
+    ///
+    /// # Safety
+    /// As `gemm::gemm`'s.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    pub unsafe fn run(c: Call, family: crate::isa::Kernels) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::isa::Kernels;
+            use gemm_common::simd::{V3, V4};
+            match family {
+                Kernels::Avx512 => {
+                    if let Some(simd) = V4::try_new() {
+                        use gemm_f32::microkernel::avx512f::f32::{H_M, H_N, H_UKR, MR_DIV_N, NR, UKR};
+                        return drive::<_, 16, { MR_DIV_N * 16 }, NR, MR_DIV_N, H_M, H_N>(simd, &UKR, &H_UKR, c);
+                    }
+                }
+                Kernels::Avx2 => {
+                    if let Some(simd) = V3::try_new() {
+                        use gemm_f32::microkernel::fma::f32::{H_M, H_N, H_UKR, MR_DIV_N, NR, UKR};
+                        return drive::<_, 8, { MR_DIV_N * 8 }, NR, MR_DIV_N, H_M, H_N>(simd, &UKR, &H_UKR, c);
+                    }
+                }
+                Kernels::Crate => {}
+            }
+        }
+        let Call { mnk: (m, n, k), dst, dst_rs, read_dst, lhs, rhs, beta, parallelism } = c;
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            read_dst,
+            lhs.0,
+            lhs.1,
+            lhs.2,
+            rhs.0,
+            rhs.1,
+            rhs.2,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+
+    /// `gemm::gemm`'s orientation (a destination with unit column stride is computed
+    /// transposed, as the micro-kernels prefer), then its driver with these micro-kernels.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn drive<
+        S: gemm_common::simd::MixedSimd<f32, f32, f32, f32>,
+        const N: usize,
+        const MR: usize,
+        const NR: usize,
+        const MR_DIV_N: usize,
+        const H_M: usize,
+        const H_N: usize,
+    >(
+        simd: S,
+        ukr: &[[gemm_common::microkernel::MicroKernelFn<f32>; NR]; MR_DIV_N],
+        h_ukr: &[[gemm_common::microkernel::HMicroKernelFn<f32>; H_N]; H_M],
+        c: Call,
+    ) {
+        let Call { mnk: (m, n, k), dst, dst_rs, read_dst, lhs, rhs, beta, parallelism } = c;
+        let (m, n, dst_cs, dst_rs, lhs, rhs) = if 1 < dst_rs {
+            (n, m, dst_rs, 1, (rhs.0, rhs.2, rhs.1), (lhs.0, lhs.2, lhs.1))
+        } else {
+            (m, n, 1, dst_rs, lhs, rhs)
+        };
+        gemm_common::gemm::gemm_basic_generic::<S, f32, N, MR, NR, MR_DIV_N, H_M, H_N>(
+            simd,
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            read_dst,
+            lhs.0,
+            lhs.1,
+            lhs.2,
+            rhs.0,
+            rhs.1,
+            rhs.2,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            |a, b, c| a * b + c,
+            ukr,
+            h_ukr,
+            false,
+            parallelism,
+        );
+    }
 }
 
 /// Time and work of every product by shape, for the benchmarks (`--features matmul-stats`;
@@ -290,6 +406,44 @@ mod tests {
         matmul(&mut dst, lhs, rhs, -0.5, Dst::Accumulate, 1).unwrap();
         let half: Vec<f32> = naive(lhs, rhs).iter().map(|v| v * 0.5).collect();
         assert_eq!(dst, half);
+    }
+
+    /// Every kernel family this CPU has, through the driver the engine enters, on a product
+    /// large enough to be packed and blocked (and split over 2 threads), into a block of a
+    /// wider destination, overwritten then accumulated onto.
+    #[test]
+    fn every_kernel_family_this_cpu_has_matches_the_definition() {
+        use crate::isa::Kernels;
+        let (m, k, n, wide) = (70, 300, 130, 137);
+        let (a, b) = (values(m * k, 0.3), values(n * k, 0.9)); // a (m, k), b stored (n, k)
+        let (lhs, rhs) = (Mat::rows(&a, m, k), Mat::rows(&b, n, k).t());
+        let want = naive(lhs, rhs);
+        for family in [Kernels::Avx512, Kernels::Avx2, Kernels::Crate] {
+            for (threads, parallelism) in [(1, gemm::Parallelism::None), (2, gemm::Parallelism::Rayon(2))] {
+                let mut dst = vec![f32::NAN; m * wide];
+                for (read_dst, beta) in [(false, 1.0), (true, -0.5)] {
+                    let call = kernels::Call {
+                        mnk: (m, n, k),
+                        dst: dst.as_mut_ptr(),
+                        dst_rs: wide as isize,
+                        read_dst,
+                        lhs: (lhs.data.as_ptr(), lhs.cs as isize, lhs.rs as isize),
+                        rhs: (rhs.data.as_ptr(), rhs.cs as isize, rhs.rs as isize),
+                        beta,
+                        parallelism,
+                    };
+                    // SAFETY: dst holds m rows of `wide` >= n; both operands are whole matrices
+                    unsafe { kernels::run(call, family) };
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        let (got, want) = (dst[i * wide + j], 0.5 * want[i * n + j]);
+                        assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{family:?} {threads}t ({i}, {j})");
+                    }
+                    assert!(dst[i * wide + n..(i + 1) * wide].iter().all(|v| v.is_nan()), "{family:?} wrote past n");
+                }
+            }
+        }
     }
 
     #[test]

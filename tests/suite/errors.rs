@@ -214,6 +214,32 @@ fn a_checkpoint_too_large_for_memory_is_refused_before_loading() {
     assert_eq!(fits.status.code(), Some(0));
 }
 
+/// `PLASTICITY_KERNELS` names the CPU kernel family: an unknown one is refused on one line
+/// with the usage exit code, and a granted one is named in the report's device.
+#[test]
+fn a_kernel_family_is_chosen_by_name_or_refused() {
+    let out = scan(&model_dir("gpt2"), &task(), &[]).env("PLASTICITY_KERNELS", "sse").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(USAGE), "{stderr}");
+    assert!(stderr.contains("PLASTICITY_KERNELS: \"sse\": give avx2, avx512 or auto"), "{stderr}");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        granted_avx2_is_named();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn granted_avx2_is_named() {
+    let out = scan(&model_dir("gpt2"), &task(), &["--json", "-", "--steps", "2"])
+        .env("PLASTICITY_KERNELS", "avx2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let device = report["device"]["name"].as_str().unwrap();
+    assert!(device.ends_with("(avx2 kernels)"), "{device}");
+}
+
 #[test]
 fn missing_tensor_is_named() {
     assert_broken(
