@@ -207,7 +207,13 @@ impl CustomOp2 for FrozenMatmul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Self::fwd(s1, l1, s2, l2)
+        if !matches!((s1, s2), (CpuStorage::F32(_), CpuStorage::F32(_))) {
+            return Self::fwd(s1, l1, s2, l2);
+        }
+        // f32: the engine's own product, on the kernels `crate::isa` chose for this CPU
+        let (m, _, n, out) = Self::dims(l1, l2)?;
+        let (x, wt) = operands((m, n), s1, l1, s2, l2)?;
+        Ok((CpuStorage::F32(product(x, wt, 1.0, threads()).map_err(candle_core::Error::Msg)?), out))
     }
 
     #[cfg(feature = "cuda")]
