@@ -51,16 +51,36 @@ pub enum Dst {
     Accumulate,
 }
 
-/// The threads a product may split over: 1 on a rayon worker, which is running one of a batch's
-/// shards while the other workers run the rest (`train::shard`; a product split there would
-/// hand its halves to threads that are busy, or take theirs while it waits), else the threads
-/// candle's own matmul would use.
+/// The threads a product may split over: the share [`with_threads`] set on this thread, else 1
+/// on a rayon worker, which is running one of a batch's shards while the other workers run the
+/// rest (`train::shard`; a product split there would hand its halves to threads that are busy,
+/// or take theirs while it waits), else the threads candle's own matmul would use.
 pub fn threads() -> usize {
-    if rayon::current_thread_index().is_some() {
-        1
-    } else {
-        candle_core::utils::get_num_threads()
+    match SHARE.get() {
+        Some(share) => share,
+        None if rayon::current_thread_index().is_some() => 1,
+        None => candle_core::utils::get_num_threads(),
     }
+}
+
+thread_local! {
+    /// The threads products on this thread may split over, while [`with_threads`] runs.
+    static SHARE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// `f` with the products it runs on this thread split over `threads` (at least 1): a shard's
+/// share of the pool (`train::shard`). The previous share comes back when `f` returns or
+/// unwinds, so a worker that steals another shard while it waits inside a product keeps each
+/// shard's own.
+pub fn with_threads<T>(threads: usize, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SHARE.set(self.0);
+        }
+    }
+    let _restore = Restore(SHARE.replace(Some(threads.max(1))));
+    f()
 }
 
 /// dst (m x n, row-major) = or += `scale * lhs @ rhs`, on `threads` threads (1: the calling one).
@@ -478,10 +498,54 @@ mod tests {
         assert_eq!(zero_k, vec![0.0; 4]);
     }
 
+    /// lhs @ rhs on `family`'s kernels, split over `threads`.
+    fn on(family: crate::isa::Kernels, threads: usize, lhs: Mat, rhs: Mat) -> Vec<f32> {
+        let mut dst = vec![f32::NAN; lhs.rows * rhs.cols];
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let call = kernels::Call {
+            mnk: (lhs.rows, rhs.cols, lhs.cols),
+            dst: dst.as_mut_ptr(),
+            dst_rs: rhs.cols as isize,
+            read_dst: false,
+            lhs: (lhs.data.as_ptr(), lhs.cs as isize, lhs.rs as isize),
+            rhs: (rhs.data.as_ptr(), rhs.cs as isize, rhs.rs as isize),
+            beta: 1.0,
+            parallelism,
+        };
+        // SAFETY: dst holds the m x n product; both operands are whole matrices
+        unsafe { kernels::run(call, family) };
+        dst
+    }
+
+    /// gemm splits a product's output between threads, never its depth: every element sums
+    /// its terms in the same order on any number of threads, so a shard's products may take
+    /// idle threads without changing a loss. (A depth split would round differently with
+    /// these values.)
     #[test]
-    fn a_product_on_a_rayon_worker_stays_on_its_thread() {
+    fn a_product_rounds_the_same_on_any_number_of_threads() {
+        use crate::isa::Kernels;
+        let (m, k, n) = (256, 512, 1536);
+        let inexact =
+            |len: usize, seed: f32| -> Vec<f32> { (0..len).map(|i| (i as f32 * 0.37 + seed).sin()).collect() };
+        let (a, b) = (inexact(m * k, 0.3), inexact(n * k, 0.9));
+        let x = Mat::rows(&a, m, k);
+        for (w, orientation) in [(Mat::rows(&b, n, k).t(), "x @ W^T"), (Mat::rows(&b, k, n), "dy @ W")] {
+            for family in [Kernels::Avx512, Kernels::Avx2, Kernels::Crate] {
+                let one = on(family, 1, x, w);
+                for threads in [2, 3, 4] {
+                    assert!(on(family, threads, x, w) == one, "{orientation} on {family:?}, {threads} threads");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_product_on_a_rayon_worker_stays_on_its_thread_unless_given_a_share() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         assert_eq!(pool.install(threads), 1);
+        assert_eq!(pool.install(|| with_threads(3, threads)), 3);
+        assert_eq!(pool.install(|| with_threads(2, || (with_threads(0, threads), threads()))), (1, 2));
+        assert_eq!(pool.install(threads), 1, "the share ends with with_threads");
         assert_eq!(threads(), candle_core::utils::get_num_threads());
     }
 }
