@@ -22,7 +22,7 @@
 //! ```
 //!
 //! The batch is 8 x 128 tokens (1,024 tokens in sequences of SEQ when it is given, trained in
-//! shards of SHARD tokens when that is given, else `train::shard::SHARD_TOKENS`), r = 8 on PEFT's default targets, AdamW, f32, on the threads
+//! shards of SHARD tokens when that is given, else `train::shard::shard_tokens` of its width), r = 8 on PEFT's default targets, AdamW, f32, on the threads
 //! RAYON_NUM_THREADS allows. Timing starts after WARMUP steps and reads the clock after
 //! synchronising the device. Built with `--features matmul-stats`, `time` also prints every
 //! matrix product of the timed steps by shape to stderr, with its rate per thread.
@@ -36,6 +36,7 @@ use plasticity::lora::{AdapterInit, LoraSpec};
 use plasticity::matmul::{product, Mat};
 use plasticity::synth::{write_checkpoint, Shape};
 use plasticity::train::optim::AdamWConfig;
+use plasticity::train::shard::shard_tokens;
 use plasticity::train::{Batch, TrainSpec, Trainer};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -61,8 +62,14 @@ fn main() -> Res<()> {
         }
         ["matmul"] => matmul(),
         ["peak"] => peak(),
-        ["kernel", name] => kernel(shape(name)?.largest_block_matmul(TOKENS)),
-        ["kernel", name, "head"] => kernel(shape(name)?.head_matmul(TOKENS)),
+        ["kernel", name] => {
+            let s = shape(name)?;
+            kernel(s.largest_block_matmul(TOKENS), shard_tokens(s.hidden))
+        }
+        ["kernel", name, "head"] => {
+            let s = shape(name)?;
+            kernel(s.head_matmul(TOKENS), shard_tokens(s.hidden))
+        }
         _ => Err(
             "usage: step_timing write DIR ARCH SHAPE | time DIR STEPS WARMUP [SEQ [SHARD]] | serve DIR WARMUP [SEQ [SHARD]] | kernel SHAPE [head] | peak | matmul"
                 .into(),
@@ -111,14 +118,15 @@ fn write(dir: &Path, arch: &str, name: &str) -> Res<()> {
 /// a checkpoint: the largest product in the shape's blocks, or with `head` the output head's.
 /// Measured two ways on the threads RAYON_NUM_THREADS allows, each the median of 7 runs after
 /// one:
-/// - `shard_gflops`: as the engine multiplies, each thread its own shard of SHARD_TOKENS rows
+/// - `shard_gflops`: as the engine multiplies, each thread its own shard of `shard` rows (the
+///   engine's shard for the model's width)
 ///   on one core, all threads at once;
 /// - `whole_gflops`: the whole batch of 1,024 rows as one product split over the threads.
 ///
 /// `gflops`, the rate the step is measured against, is the better of the two.
-fn kernel((m, k, n): (usize, usize, usize)) -> Res<()> {
+fn kernel((m, k, n): (usize, usize, usize), shard: usize) -> Res<()> {
     let threads = rayon::current_num_threads();
-    let shard = plasticity::train::shard::SHARD_TOKENS.min(m);
+    let shard = shard.min(m);
     let x: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
     let w: Vec<f32> = (0..n * k).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
     let w_t = Mat { data: &w, rows: n, cols: k, rs: k, cs: 1 }.t(); // (k, n), strided

@@ -96,6 +96,11 @@ impl LoadedModel {
         4.0 * self.matmul_params as f64 + 12.0 * (self.layers * seq_len * self.hidden) as f64
     }
 
+    /// The width of the residual stream (config.json's `hidden_size`).
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
     /// Whether a forward pass now draws dropout masks (see [`crate::dropout::DropoutState::draws`]).
     pub fn draws_dropout(&self) -> bool {
         self.dropout.draws()

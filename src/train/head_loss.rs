@@ -24,8 +24,8 @@ use crate::matmul::{self, Dst, Mat};
 /// Rows handled together. Each chunk streams the head twice (packed by the matmul on every
 /// call), so fewer rows re-read and re-pack it more often; more rows need a larger logits
 /// buffer per thread (rows x vocab f32: 51 MB at 256 rows and a 50k vocabulary). A batch is
-/// trained in shards of 256 tokens, one thread each (`shard.rs`), so 256 rows is one chunk per
-/// shard. Against 128 rows it trained up to 10% more tokens/s where the head is a large share
+/// trained in shards of 256 tokens, one thread each, or 512 for models 512 wide or wider
+/// (`shard.rs`), so 256 rows is one chunk per shard, or two that run on the shard's threads. Against 128 rows it trained up to 10% more tokens/s where the head is a large share
 /// of the step (the medians over Pythia-14M, 70M and 160M shapes, 1 and 2 threads, 0.97-1.10
 /// after / before, with `benches/ab_step.sh`; BENCHMARKS.md) and the same at a 2k vocabulary.
 pub const ROWS_PER_CHUNK: usize = 256;

@@ -130,11 +130,12 @@ impl<'a> Trainer<'a> {
     pub fn new(model: &'a LoadedModel, spec: &TrainSpec) -> Result<Self> {
         let vars: Vec<Var> = model.adapters.iter().flat_map(|a| [a.a.clone(), a.b.clone()]).collect();
         let opt = AdamW::new(&vars, spec.optimizer)?;
-        Ok(Trainer { model, vars, opt, spec: spec.clone(), updates: 0, shard_tokens: shard::SHARD_TOKENS })
+        let shard_tokens = shard::shard_tokens(model.hidden_size());
+        Ok(Trainer { model, vars, opt, spec: spec.clone(), updates: 0, shard_tokens })
     }
 
-    /// Cuts each batch into shards of about `tokens` tokens ([`shard::SHARD_TOKENS`] unless
-    /// set): the losses change only by rounding, as the tests check.
+    /// Cuts each batch into shards of about `tokens` tokens ([`shard::shard_tokens`] of the
+    /// model's width unless set): the losses change only by rounding, as the tests check.
     pub fn with_shard_tokens(mut self, tokens: usize) -> Self {
         self.shard_tokens = tokens;
         self

@@ -24,29 +24,29 @@ pub(super) fn spec(expected: &serde_json::Value) -> TrainSpec {
 }
 
 fn check(name: &str) {
-    check_in_shards(name, plasticity::train::shard::SHARD_TOKENS); // the whole batch of 4 x 32
-    check_in_shards(name, 32); // four shards of one sequence, on as many threads
+    check_in_shards(name, None); // the trainer's own cut: the whole batch of 4 x 32
+    check_in_shards(name, Some(32)); // four shards of one sequence, on as many threads
 }
 
-fn check_in_shards(name: &str, shard_tokens: usize) {
+fn check_in_shards(name: &str, shard_tokens: Option<usize>) {
     let dir = fixtures().join("peft").join(name);
     let expected = json(&dir.join("expected.json"));
     let lora = PeftConfig::read(&dir).unwrap().spec(&dir).unwrap();
     let model = load_with(&model_dir(name), &lora, &AdapterInit::Peft(dir.clone()));
     let batches = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu).unwrap();
     let ids = batches["input_ids"].to_dtype(DType::U32).unwrap(); // (steps, b, t)
-    let mut trainer = Trainer::new(&model, &spec(&expected)).unwrap().with_shard_tokens(shard_tokens);
+    let mut trainer = Trainer::new(&model, &spec(&expected)).unwrap();
+    if let Some(tokens) = shard_tokens {
+        trainer = trainer.with_shard_tokens(tokens);
+    }
+    let shards = shard_tokens.map_or("the trainer's".to_string(), |t| format!("{t}-token"));
     let (want_loss, want_norm) = (floats(&expected["losses"]), floats(&expected["grad_norms"]));
     for step in 0..want_loss.len() {
         let step_ids = ids.get(step).unwrap();
         let labels = step_ids.ones_like().unwrap().to_dtype(DType::F32).unwrap();
         let (loss, norm) = trainer.step(&[Batch { ids: step_ids, labels }]).unwrap();
         let rel = (loss - want_loss[step]).abs() / want_loss[step];
-        assert!(
-            rel < 1e-3,
-            "{name} in {shard_tokens}-token shards, step {step}: loss {loss} vs PEFT {}",
-            want_loss[step]
-        );
+        assert!(rel < 1e-3, "{name} in {shards} shards, step {step}: loss {loss} vs PEFT {}", want_loss[step]);
         let rel = (norm - want_norm[step]).abs() / want_norm[step];
         assert!(rel < 1e-3, "{name} step {step}: grad norm {norm} vs PEFT {}", want_norm[step]);
     }
@@ -101,8 +101,9 @@ fn bloom_training_matches_peft() {
     check("bloom");
 }
 
-/// The losses, grad norms and adapters of three sharded steps, on a pool of `threads`.
-fn sharded_run(threads: usize) -> (Vec<(f64, f64)>, Vec<Vec<f32>>) {
+/// The losses, grad norms and adapters of three steps in shards of `shard_tokens`, on a pool of
+/// `threads`.
+fn sharded_run(threads: usize, shard_tokens: usize) -> (Vec<(f64, f64)>, Vec<Vec<f32>>) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     pool.install(|| {
         let dir = fixtures().join("peft").join("llama_gqa");
@@ -112,7 +113,7 @@ fn sharded_run(threads: usize) -> (Vec<(f64, f64)>, Vec<Vec<f32>>) {
         let ids = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu).unwrap()["input_ids"]
             .to_dtype(DType::U32)
             .unwrap();
-        let mut trainer = Trainer::new(&model, &spec(&expected)).unwrap().with_shard_tokens(32);
+        let mut trainer = Trainer::new(&model, &spec(&expected)).unwrap().with_shard_tokens(shard_tokens);
         let steps = (0..3)
             .map(|step| {
                 let step_ids = ids.get(step).unwrap();
@@ -127,7 +128,11 @@ fn sharded_run(threads: usize) -> (Vec<(f64, f64)>, Vec<Vec<f32>>) {
 
 #[test]
 fn sharded_steps_do_not_depend_on_the_thread_count() {
-    let (one, four) = (sharded_run(1), sharded_run(4));
-    assert_eq!(one, four);
-    assert!(one.1.iter().flatten().any(|&w| w != 0.0), "the adapters did not train");
+    // a batch of 4 x 32: four shards, one per thread; two, whose products take two threads
+    // each; the whole batch, whose products take all four
+    for shard_tokens in [32, 64, 128] {
+        let (one, four) = (sharded_run(1, shard_tokens), sharded_run(4, shard_tokens));
+        assert_eq!(one, four, "shards of {shard_tokens} tokens");
+        assert!(one.1.iter().flatten().any(|&w| w != 0.0), "the adapters did not train");
+    }
 }
