@@ -4,12 +4,16 @@
 //! transposed from the (out, in) checkpoint layout), and `perf` counts that copy as about a tenth
 //! of a step's samples (`benches/profile_step.sh ARCH 70m-body`). A frozen weight could be packed
 //! once per checkpoint instead, at the cost of a second copy of every block weight in memory. This
-//! program measures what that would buy: `x @ W^T` through `gemm::gemm` (by `plasticity::matmul`,
-//! as the engine calls it) against the same product through the crate's own AVX2 micro-kernel over
-//! a weight packed beforehand (16-row panels, 256-deep blocks; the activations packed per call, as
-//! the crate does), and `dy @ W` (the backward's dL/dx) through `gemm::gemm` for reference; a
-//! product deeper than 512 is also timed as a sum of 512-deep ones. One thread, medians of 15 calls
-//! after 3, three rounds. Reports figures; asserts nothing but that both products agree.
+//! program measures what that would buy, on the micro-kernels of the family the engine runs
+//! (`src/isa.rs`: AVX-512, 64-row panels, or AVX2, 16-row panels; six columns per tile):
+//! - `x @ W^T` through `gemm::gemm` (by `plasticity::matmul`, as the engine calls it) against the
+//!   same product over a weight packed beforehand, in blocks 256 and 512 deep (the activations
+//!   packed per call, as the crate does), and as a sum of 512-deep products where it is deeper;
+//! - `dy @ W` (the backward's dL/dx) through `gemm::gemm` against the micro-kernel reading W
+//!   where it lies, unpacked (its rows are the kernel's panels of consecutive inputs).
+//!
+//! One thread, medians of 15 calls after 3, three rounds. Reports figures; asserts nothing but
+//! that the products agree.
 //!
 //!     cargo bench --bench prepacked -- [TOKENS IN OUT]...   (default: the shapes below)
 
@@ -19,11 +23,8 @@ use std::time::Instant;
 
 use plasticity::matmul::{matmul, Dst, Mat};
 
-/// Rows of a packed panel and columns of a micro-tile of the AVX2 f32 kernel `x2x6`.
-const MR: usize = 16;
+/// Columns of a micro-tile of the crate's f32 kernels (AVX2 `x2x6`, AVX-512 `x4x6`).
 const NR: usize = 6;
-/// Depth of a packed block.
-const KC: usize = 256;
 /// Depth of the parts of a deeper product summed by `crate_forward_split`.
 const SPLIT: usize = 512;
 
@@ -31,36 +32,55 @@ const SPLIT: usize = 512;
 /// the Pythia-160M output head for a chunk of 128 rows.
 const SHAPES: [[usize; 3]; 4] = [[256, 512, 2048], [256, 512, 1536], [256, 768, 3072], [128, 768, 50304]];
 
-/// A weight (out, in) in panels of MR rows, per block of KC columns; each panel column-major.
+/// One of the crate's f32 micro-kernel families: panels of `mr`
+/// rows, and the kernel for an m x n tile (m <= mr, n <= NR).
+#[derive(Clone, Copy)]
+struct Kernel {
+    name: &'static str,
+    mr: usize,
+    tile: fn(usize, usize) -> gemm_common::microkernel::MicroKernelFn<f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+const AVX2: Kernel =
+    Kernel { name: "avx2", mr: 16, tile: |m, n| gemm_f32::microkernel::fma::f32::UKR[m.div_ceil(8) - 1][n - 1] };
+
+#[cfg(target_arch = "x86_64")]
+const AVX512: Kernel =
+    Kernel { name: "avx512", mr: 64, tile: |m, n| gemm_f32::microkernel::avx512f::f32::UKR[m.div_ceil(16) - 1][n - 1] };
+
+/// A weight (out, in) in panels of `mr` rows, per block of `kc` columns; each panel
+/// column-major.
 struct Packed {
     data: Vec<f32>,
     out: usize,
     inner: usize,
     panels: usize,
+    mr: usize,
+    kc: usize,
 }
 
 impl Packed {
-    fn new(w: &[f32], out: usize, inner: usize) -> Self {
-        let panels = out.div_ceil(MR);
-        let mut data = vec![0f32; panels * MR * inner]; // rows past `out` stay zero
+    fn new(w: &[f32], (out, inner): (usize, usize), mr: usize, kc: usize) -> Self {
+        let panels = out.div_ceil(mr);
+        let mut data = vec![0f32; panels * mr * inner]; // rows past `out` stay zero
         for o in 0..out {
             for i in 0..inner {
-                let (kb, kk) = (i / KC, i % KC);
-                let kc = KC.min(inner - kb * KC);
-                data[kb * KC * panels * MR + (o / MR) * kc * MR + kk * MR + o % MR] = w[o * inner + i];
+                let (kb, kk) = (i / kc, i % kc);
+                let depth = kc.min(inner - kb * kc);
+                data[kb * kc * panels * mr + (o / mr) * depth * mr + kk * mr + o % mr] = w[o * inner + i];
             }
         }
-        Packed { data, out, inner, panels }
+        Packed { data, out, inner, panels, mr, kc }
     }
 }
 
 /// y (tokens, out) = x (tokens, in) @ W^T over the packed weight.
 #[cfg(target_arch = "x86_64")]
-fn prepacked_forward(y: &mut [f32], x: &[f32], w: &Packed, tokens: usize, rhs: &mut Vec<f32>) {
-    use gemm_f32::microkernel::fma::f32 as kernel;
-    let tiles = tokens.div_ceil(NR);
-    for kb in 0..w.inner.div_ceil(KC) {
-        let (k0, kc) = (kb * KC, KC.min(w.inner - kb * KC));
+fn prepacked_forward(y: &mut [f32], x: &[f32], w: &Packed, kernel: Kernel, tokens: usize, rhs: &mut Vec<f32>) {
+    let (tiles, mr) = (tokens.div_ceil(NR), w.mr);
+    for kb in 0..w.inner.div_ceil(w.kc) {
+        let (k0, kc) = (kb * w.kc, w.kc.min(w.inner - kb * w.kc));
         // x's block, packed: per tile of NR tokens, kc rows of NR contiguous values
         rhs.clear();
         rhs.resize(tiles * NR * kc, 0.0);
@@ -71,24 +91,24 @@ fn prepacked_forward(y: &mut [f32], x: &[f32], w: &Packed, tokens: usize, rhs: &
         }
         let (alpha, status) = if kb == 0 { (0.0, 0) } else { (1.0, 1) }; // overwrite, then accumulate
         for p in 0..w.panels {
-            let m = MR.min(w.out - p * MR);
-            let lhs = w.data[kb * KC * w.panels * MR + p * kc * MR..].as_ptr();
+            let m = mr.min(w.out - p * mr);
+            let lhs = w.data[kb * w.kc * w.panels * mr + p * kc * mr..].as_ptr();
             for j in 0..tiles {
                 let n = NR.min(tokens - j * NR);
-                let tile = kernel::UKR[m.div_ceil(8) - 1][n - 1];
-                // SAFETY: the packed panel holds kc x MR values (zero-padded rows), the packed
+                let tile = (kernel.tile)(m, n);
+                // SAFETY: the packed panel holds kc x mr values (zero-padded rows), the packed
                 // tile kc x NR, and y's tile (m x n at row stride out) lies inside y.
                 unsafe {
                     tile(
                         m,
                         n,
                         kc,
-                        y.as_mut_ptr().add(j * NR * w.out + p * MR),
+                        y.as_mut_ptr().add(j * NR * w.out + p * mr),
                         lhs,
                         rhs[j * NR * kc..].as_ptr(),
                         w.out as isize,
                         1,
-                        MR as isize,
+                        mr as isize,
                         NR as isize,
                         1,
                         alpha,
@@ -154,28 +174,106 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// dx (tokens, in) = dy (tokens, out) @ W through the micro-kernel, W read where it lies: the
+/// kernel's panels are `mr` consecutive inputs of one weight row, rows `in` apart, so only dy
+/// is packed.
 #[cfg(target_arch = "x86_64")]
-fn measure([tokens, inner, out]: [usize; 3]) {
+fn direct_backward(
+    dx: &mut [f32],
+    dy: &[f32],
+    w: &[f32],
+    kernel: Kernel,
+    dims: (usize, usize, usize),
+    kc: usize,
+    rhs: &mut Vec<f32>,
+) {
+    let ((tokens, inner, out), mr) = (dims, kernel.mr);
+    let tiles = tokens.div_ceil(NR);
+    for kb in 0..out.div_ceil(kc) {
+        let (o0, depth) = (kb * kc, kc.min(out - kb * kc));
+        rhs.clear();
+        rhs.resize(tiles * NR * depth, 0.0);
+        for t in 0..tokens {
+            for kk in 0..depth {
+                rhs[(t / NR) * NR * depth + kk * NR + t % NR] = dy[t * out + o0 + kk];
+            }
+        }
+        let (alpha, status) = if kb == 0 { (0.0, 0) } else { (1.0, 1) };
+        for p in 0..inner.div_ceil(mr) {
+            let m = mr.min(inner - p * mr);
+            let lhs = w[o0 * inner + p * mr..].as_ptr();
+            for j in 0..tiles {
+                let n = NR.min(tokens - j * NR);
+                // SAFETY: the kernel reads m values at lhs + c * inner for c < depth, inside w;
+                // the packed tile holds depth x NR; dx's tile (m x n, row stride inner) lies in dx.
+                unsafe {
+                    (kernel.tile)(m, n)(
+                        m,
+                        n,
+                        depth,
+                        dx.as_mut_ptr().add(j * NR * inner + p * mr),
+                        lhs,
+                        rhs[j * NR * depth..].as_ptr(),
+                        inner as isize,
+                        1,
+                        inner as isize,
+                        NR as isize,
+                        1,
+                        alpha,
+                        1.0,
+                        status,
+                        false,
+                        false,
+                        false,
+                        lhs,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure([tokens, inner, out]: [usize; 3], kernel: Kernel) {
+    let dims = (tokens, inner, out);
     let (x, w, dy) = (values(tokens * inner, 1), values(out * inner, 2), values(tokens * out, 3));
-    let packed = Packed::new(&w, out, inner);
-    let (mut y1, mut y2, mut dx, mut rhs) =
-        (vec![0f32; tokens * out], vec![0f32; tokens * out], vec![0f32; tokens * inner], Vec::new());
-    crate_forward(&mut y1, &x, &w, (tokens, inner, out));
-    prepacked_forward(&mut y2, &x, &packed, tokens, &mut rhs);
-    let diff = y1.iter().zip(&y2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(diff < 1e-3, "the prepacked product differs from gemm's by {diff}");
+    let packed: Vec<Packed> = [256, 512].map(|kc| Packed::new(&w, (out, inner), kernel.mr, kc)).into();
+    let (mut y1, mut y2, mut dx1, mut dx2, mut rhs) = (
+        vec![0f32; tokens * out],
+        vec![0f32; tokens * out],
+        vec![0f32; tokens * inner],
+        vec![0f32; tokens * inner],
+        Vec::new(),
+    );
+    crate_forward(&mut y1, &x, &w, dims);
+    crate_backward(&mut dx1, &dy, &w, dims);
+    let mut diff = 0f32;
+    for p in &packed {
+        prepacked_forward(&mut y2, &x, p, kernel, tokens, &mut rhs);
+        direct_backward(&mut dx2, &dy, &w, kernel, dims, p.kc, &mut rhs);
+        diff = diff.max(max_difference(&y1, &y2)).max(max_difference(&dx1, &dx2));
+    }
+    assert!(diff < 1e-3, "a product over the micro-kernel differs from gemm's by {diff}");
     let flops = 2.0 * (tokens * inner * out) as f64;
-    println!("{tokens} x {inner} x {out} (GFLOP/s, one thread; max |difference| {diff:.1e})");
+    println!("{tokens} x {inner} x {out} ({} kernels, GFLOP/s, one thread; max |difference| {diff:.1e})", kernel.name);
     for round in 1..=3 {
-        let a = rate(flops, || crate_forward(&mut y1, &x, &w, (tokens, inner, out)));
-        let b = rate(flops, || prepacked_forward(&mut y2, &x, &packed, tokens, &mut rhs));
-        let c = rate(flops, || crate_backward(&mut dx, &dy, &w, (tokens, inner, out)));
+        let a = rate(flops, || crate_forward(&mut y1, &x, &w, dims));
+        let [b, b2] =
+            [0, 1].map(|i| rate(flops, || prepacked_forward(&mut y2, &x, &packed[i], kernel, tokens, &mut rhs)));
+        let c = rate(flops, || crate_backward(&mut dx1, &dy, &w, dims));
+        let [d, d2] =
+            [256, 512].map(|kc| rate(flops, || direct_backward(&mut dx2, &dy, &w, kernel, dims, kc, &mut rhs)));
         let parts = if inner % SPLIT == 0 && inner > SPLIT {
-            format!("{:6.1}", rate(flops, || crate_forward_split(&mut y1, &x, &w, (tokens, inner, out), SPLIT)))
+            format!("{:6.1}", rate(flops, || crate_forward_split(&mut y1, &x, &w, dims, SPLIT)))
         } else {
             "     -".to_string()
         };
-        println!("  round {round}: gemm x W^T {a:6.1}   prepacked x W^T {b:6.1}   gemm dy W {c:6.1}   gemm x W^T in {SPLIT}-deep parts {parts}");
+        println!("  round {round}: x W^T: gemm {a:6.1}  prepacked kc 256 {b:6.1}  kc 512 {b2:6.1}  in {SPLIT}-deep parts {parts}");
+        println!("           dy W:  gemm {c:6.1}  unpacked W kc 256 {d:6.1}  kc 512 {d2:6.1}");
     }
 }
 
@@ -187,9 +285,17 @@ fn main() {
         SHAPES.to_vec()
     };
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2") {
-        shapes.into_iter().for_each(measure);
-        return;
+    {
+        use plasticity::isa::Kernels;
+        let kernel = match plasticity::isa::kernels() {
+            Kernels::Avx512 => Some(AVX512),
+            Kernels::Avx2 => Some(AVX2),
+            Kernels::Crate => None,
+        };
+        if let Some(kernel) = kernel {
+            shapes.into_iter().for_each(|s| measure(s, kernel));
+            return;
+        }
     }
     println!("prepacked: needs an x86-64 CPU with AVX2 and FMA; {} shapes not measured", shapes.len());
 }
