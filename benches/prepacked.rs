@@ -75,50 +75,75 @@ impl Packed {
     }
 }
 
+/// A block of activations (rows `stride` apart, columns `k0..k0 + depth`) in the kernel's
+/// layout: per tile of NR rows, `depth` rows of NR contiguous values.
+fn pack_tiles(rhs: &mut Vec<f32>, src: &[f32], (tokens, stride): (usize, usize), (k0, depth): (usize, usize)) {
+    rhs.clear();
+    rhs.resize(tokens.div_ceil(NR) * NR * depth, 0.0);
+    for t in 0..tokens {
+        for kk in 0..depth {
+            rhs[(t / NR) * NR * depth + kk * NR + t % NR] = src[t * stride + k0 + kk];
+        }
+    }
+}
+
+impl Kernel {
+    /// dst's m x n tile (columns `dst_cs` apart) = or, after the first block, += the panel
+    /// (m rows, columns `lhs_cs` apart) times the packed tile, both `depth` deep.
+    ///
+    /// # Safety
+    /// The panel, the tile and dst's tile must hold what the kernel reads and writes.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_product(
+        self,
+        (m, n, depth): (usize, usize, usize),
+        dst: *mut f32,
+        dst_cs: usize,
+        lhs: (*const f32, usize),
+        rhs: *const f32,
+        first: bool,
+    ) {
+        let (alpha, status) = if first { (0.0, 0) } else { (1.0, 1) };
+        (self.tile)(m, n)(
+            m,
+            n,
+            depth,
+            dst,
+            lhs.0,
+            rhs,
+            dst_cs as isize,
+            1,
+            lhs.1 as isize,
+            NR as isize,
+            1,
+            alpha,
+            1.0,
+            status,
+            false,
+            false,
+            false,
+            lhs.0,
+        );
+    }
+}
+
 /// y (tokens, out) = x (tokens, in) @ W^T over the packed weight.
 #[cfg(target_arch = "x86_64")]
 fn prepacked_forward(y: &mut [f32], x: &[f32], w: &Packed, kernel: Kernel, tokens: usize, rhs: &mut Vec<f32>) {
-    let (tiles, mr) = (tokens.div_ceil(NR), w.mr);
+    let mr = w.mr;
     for kb in 0..w.inner.div_ceil(w.kc) {
         let (k0, kc) = (kb * w.kc, w.kc.min(w.inner - kb * w.kc));
-        // x's block, packed: per tile of NR tokens, kc rows of NR contiguous values
-        rhs.clear();
-        rhs.resize(tiles * NR * kc, 0.0);
-        for t in 0..tokens {
-            for kk in 0..kc {
-                rhs[(t / NR) * NR * kc + kk * NR + t % NR] = x[t * w.inner + k0 + kk];
-            }
-        }
-        let (alpha, status) = if kb == 0 { (0.0, 0) } else { (1.0, 1) }; // overwrite, then accumulate
+        pack_tiles(rhs, x, (tokens, w.inner), (k0, kc));
         for p in 0..w.panels {
             let m = mr.min(w.out - p * mr);
             let lhs = w.data[kb * w.kc * w.panels * mr + p * kc * mr..].as_ptr();
-            for j in 0..tiles {
+            for j in 0..tokens.div_ceil(NR) {
                 let n = NR.min(tokens - j * NR);
-                let tile = (kernel.tile)(m, n);
                 // SAFETY: the packed panel holds kc x mr values (zero-padded rows), the packed
                 // tile kc x NR, and y's tile (m x n at row stride out) lies inside y.
                 unsafe {
-                    tile(
-                        m,
-                        n,
-                        kc,
-                        y.as_mut_ptr().add(j * NR * w.out + p * mr),
-                        lhs,
-                        rhs[j * NR * kc..].as_ptr(),
-                        w.out as isize,
-                        1,
-                        mr as isize,
-                        NR as isize,
-                        1,
-                        alpha,
-                        1.0,
-                        status,
-                        false,
-                        false,
-                        false,
-                        lhs,
-                    );
+                    let dst = y.as_mut_ptr().add(j * NR * w.out + p * mr);
+                    kernel.tile_product((m, n, kc), dst, w.out, (lhs, mr), rhs[j * NR * kc..].as_ptr(), kb == 0);
                 }
             }
         }
@@ -188,44 +213,25 @@ fn direct_backward(
     rhs: &mut Vec<f32>,
 ) {
     let ((tokens, inner, out), mr) = (dims, kernel.mr);
-    let tiles = tokens.div_ceil(NR);
     for kb in 0..out.div_ceil(kc) {
         let (o0, depth) = (kb * kc, kc.min(out - kb * kc));
-        rhs.clear();
-        rhs.resize(tiles * NR * depth, 0.0);
-        for t in 0..tokens {
-            for kk in 0..depth {
-                rhs[(t / NR) * NR * depth + kk * NR + t % NR] = dy[t * out + o0 + kk];
-            }
-        }
-        let (alpha, status) = if kb == 0 { (0.0, 0) } else { (1.0, 1) };
+        pack_tiles(rhs, dy, (tokens, out), (o0, depth));
         for p in 0..inner.div_ceil(mr) {
             let m = mr.min(inner - p * mr);
             let lhs = w[o0 * inner + p * mr..].as_ptr();
-            for j in 0..tiles {
+            for j in 0..tokens.div_ceil(NR) {
                 let n = NR.min(tokens - j * NR);
                 // SAFETY: the kernel reads m values at lhs + c * inner for c < depth, inside w;
                 // the packed tile holds depth x NR; dx's tile (m x n, row stride inner) lies in dx.
                 unsafe {
-                    (kernel.tile)(m, n)(
-                        m,
-                        n,
-                        depth,
-                        dx.as_mut_ptr().add(j * NR * inner + p * mr),
-                        lhs,
+                    let dst = dx.as_mut_ptr().add(j * NR * inner + p * mr);
+                    kernel.tile_product(
+                        (m, n, depth),
+                        dst,
+                        inner,
+                        (lhs, inner),
                         rhs[j * NR * depth..].as_ptr(),
-                        inner as isize,
-                        1,
-                        inner as isize,
-                        NR as isize,
-                        1,
-                        alpha,
-                        1.0,
-                        status,
-                        false,
-                        false,
-                        false,
-                        lhs,
+                        kb == 0,
                     );
                 }
             }
