@@ -70,7 +70,8 @@ pub(super) fn loss_and_grads(
     vars: &[Var],
 ) -> Result<(f64, GradStore)> {
     let shards = batch.shards(shard_tokens).ctx("batch shards")?;
-    let share = thread_share(shards.len());
+    let in_turn = model.draws_dropout();
+    let share = thread_share(if in_turn { 1 } else { shards.len() });
     let shard = |s: &Batch| -> Result<(f64, GradStore)> {
         crate::matmul::with_threads(share, || {
             let (sum, _) = model_loss_sum(model.model.as_ref(), s, true).ctx("forward pass")?;
@@ -80,7 +81,7 @@ pub(super) fn loss_and_grads(
         })
     };
     let done: Vec<Result<(f64, GradStore)>> =
-        if model.draws_dropout() { shards.iter().map(shard).collect() } else { shards.par_iter().map(shard).collect() };
+        if in_turn { shards.iter().map(shard).collect() } else { shards.par_iter().map(shard).collect() };
     let (mut loss, mut grads) = (0.0, GradStore::default());
     for result in done {
         let (value, g) = result?;
@@ -104,8 +105,9 @@ pub(super) fn eval_sum(model: &LoadedModel, batch: &Batch) -> Result<(f64, f64)>
     done.into_iter().try_fold((0.0, 0.0), |(sum, count), r| r.map(|(s, c)| (sum + s, count + c)))
 }
 
-/// The threads each of `shards` shards running at once may split its products over: the pool's
-/// threads shared out, rounded up (an idle thread steals a part, a busy one leaves it).
-fn thread_share(shards: usize) -> usize {
-    rayon::current_num_threads().div_ceil(shards.max(1))
+/// The threads each of `at_once` shards running at the same time may split its products over:
+/// the pool's threads shared out, rounded up (an idle thread steals a part, a busy one leaves
+/// it); all of them for shards that run one after another.
+fn thread_share(at_once: usize) -> usize {
+    rayon::current_num_threads().div_ceil(at_once.max(1))
 }
