@@ -51,10 +51,11 @@ pub enum Dst {
     Accumulate,
 }
 
-/// The threads a product may split over: the share [`with_threads`] set on this thread, else 1
-/// on a rayon worker, which is running one of a batch's shards while the other workers run the
-/// rest (`train::shard`; a product split there would hand its halves to threads that are busy,
-/// or take theirs while it waits), else the threads candle's own matmul would use.
+/// The threads a product may split over: the share [`with_threads`] set on this thread (a
+/// batch's shards set theirs, `train::shard`), else 1 on a rayon worker, which runs one of
+/// several parallel tasks whose siblings keep the other workers busy (a product split there
+/// would hand its halves to threads that are busy, or take theirs while it waits), else the
+/// threads candle's own matmul would use.
 pub fn threads() -> usize {
     match SHARE.get() {
         Some(share) => share,
