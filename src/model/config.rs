@@ -72,6 +72,11 @@ pub struct RopeParameters {
     pub original_max_position_embeddings: Option<f64>,
 }
 
+/// The model's width from config.json, under any architecture's name for it (0 when absent).
+pub fn hidden_size(config: &serde_json::Value) -> u64 {
+    ["hidden_size", "n_embd", "n_embed"].iter().find_map(|k| config.get(*k).and_then(|v| v.as_u64())).unwrap_or(0)
+}
+
 /// One training step's activations in the transformer blocks, in bytes (f32), estimated from
 /// config.json: what the backward pass keeps per layer and token (the block input and its
 /// norm, q, k, v and the rotated q, k, the attention output, the second norm: 9 x hidden; the
@@ -81,7 +86,7 @@ pub struct RopeParameters {
 /// the estimate is then low, never an error.
 pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize) -> u64 {
     let get = |keys: &[&str]| keys.iter().find_map(|k| config.get(*k).and_then(|v| v.as_u64())).unwrap_or(0);
-    let hidden = get(&["hidden_size", "n_embd", "n_embed"]);
+    let hidden = hidden_size(config);
     let layers = get(&["num_hidden_layers", "n_layer"]);
     let heads = get(&["num_attention_heads", "n_head"]);
     let inter = match get(&["intermediate_size", "n_inner"]) {

@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::lora::{Adapter, AdapterInit, LoraCtx, LoraSpec};
 
 pub use attention::{attention, causal_mask};
-pub use config::{activation_bytes, parse_config, RopeParameters};
+pub use config::{activation_bytes, hidden_size, parse_config, RopeParameters};
 pub(crate) use config::{divides, dropout_p, eos_of, positive};
 pub(crate) use layers::linear;
 pub use layers::{Activation, Embedding, Norm};

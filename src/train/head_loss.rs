@@ -23,17 +23,22 @@ use crate::matmul::{self, Dst, Mat};
 
 /// Rows handled together. Each chunk streams the head twice (packed by the matmul on every
 /// call), so fewer rows re-read and re-pack it more often; more rows need a larger logits
-/// buffer per thread (rows x vocab f32: 51 MB at 256 rows and a 50k vocabulary). A batch is
+/// buffer per thread (rows x vocab f32: 103 MB at 512 rows and a 50k vocabulary). A batch is
 /// trained in shards of 256 tokens, one thread each, or 512 for models 512 wide or wider
-/// (`shard.rs`), so 256 rows is one chunk per shard, or two that run on the shard's threads. Against 128 rows it trained up to 10% more tokens/s where the head is a large share
-/// of the step (the medians over Pythia-14M, 70M and 160M shapes, 1 and 2 threads, 0.97-1.10
-/// after / before, with `benches/ab_step.sh`; BENCHMARKS.md) and the same at a 2k vocabulary.
-pub const ROWS_PER_CHUNK: usize = 256;
+/// (`shard.rs`), so a shard of sequences up to 512 tokens long is one chunk. Against 256 rows
+/// (two chunks per 512-token shard) it trained 2.5-7% more tokens/s at the 50k-vocabulary
+/// shapes 512 and 768 wide (Pythia-70M and -160M shapes, 1 and 2 threads, medians of
+/// after / before with `benches/ab_step.sh`; BENCHMARKS.md, "Head chunks of 512 rows"), as
+/// 256 rows did against 128.
+pub const ROWS_PER_CHUNK: usize = 512;
 
 /// Bytes of the logits buffers the op keeps (one per thread that runs a chunk) for `tokens`
-/// rows of a `vocab`-wide head on `threads` threads: the figure a memory estimate adds.
-pub fn logits_buffer_bytes(vocab: u64, tokens: u64, threads: u64) -> u64 {
-    let rows = threads.saturating_mul(ROWS_PER_CHUNK as u64).min(tokens.next_multiple_of(ROWS_PER_CHUNK as u64));
+/// rows in shards of `shard` tokens, of a `vocab`-wide head on `threads` threads: the figure a
+/// memory estimate adds. A chunk never spans two shards, so a shard shorter than
+/// [`ROWS_PER_CHUNK`] is one chunk of its own size.
+pub fn logits_buffer_bytes(vocab: u64, (tokens, shard): (u64, u64), threads: u64) -> u64 {
+    let chunk = (ROWS_PER_CHUNK as u64).min(shard.max(1));
+    let rows = threads.saturating_mul(chunk).min(tokens.next_multiple_of(chunk));
     rows.saturating_mul(vocab).saturating_mul(4)
 }
 
@@ -69,7 +74,7 @@ pub fn head_cross_entropy(
 }
 
 thread_local! {
-    /// Each thread's logits buffer (rows x vocab, 51 MB at 256 rows and a 50k vocabulary),
+    /// Each thread's logits buffer (rows x vocab, 103 MB at 512 rows and a 50k vocabulary),
     /// kept between chunks and steps: allocating it afresh each time cost a page fault per 4 kB.
     static LOGITS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -262,13 +267,16 @@ mod tests {
         assert!(close(&eval, &composed) && !eval.track_op());
     }
 
-    /// One buffer per thread that runs a chunk: never more chunks than the rows make.
+    /// One buffer per thread that runs a chunk: never more chunks than the rows make, and a
+    /// shorter shard's buffer no larger than the shard.
     #[test]
     fn logits_buffers_counted_per_running_chunk() {
-        let chunk = ROWS_PER_CHUNK as u64 * 10 * 4;
-        assert_eq!(logits_buffer_bytes(10, 4 * ROWS_PER_CHUNK as u64, 2), 2 * chunk);
-        assert_eq!(logits_buffer_bytes(10, 4 * ROWS_PER_CHUNK as u64, 16), 4 * chunk);
-        assert_eq!(logits_buffer_bytes(10, 1, 16), chunk);
-        assert_eq!(logits_buffer_bytes(10, 0, 16), 0);
+        let (rows, chunk) = (ROWS_PER_CHUNK as u64, ROWS_PER_CHUNK as u64 * 10 * 4);
+        assert_eq!(logits_buffer_bytes(10, (4 * rows, rows), 2), 2 * chunk);
+        assert_eq!(logits_buffer_bytes(10, (4 * rows, rows), 16), 4 * chunk);
+        assert_eq!(logits_buffer_bytes(10, (4 * rows, 4 * rows), 16), 4 * chunk);
+        assert_eq!(logits_buffer_bytes(10, (1, 1), 16), 10 * 4);
+        assert_eq!(logits_buffer_bytes(10, (4 * rows, rows / 2), 2), chunk);
+        assert_eq!(logits_buffer_bytes(10, (0, rows), 16), 0);
     }
 }

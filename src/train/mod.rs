@@ -100,7 +100,10 @@ pub fn model_loss_sum(model: &dyn CausalLm, batch: &Batch, with_grad: bool) -> c
 pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize) -> u64 {
     let vocab = config.get("vocab_size").and_then(|v| v.as_u64()).unwrap_or(0);
     let tokens = (batch as u64).saturating_mul(seq_len as u64);
-    let head = head_loss::logits_buffer_bytes(vocab, tokens, rayon::current_num_threads() as u64);
+    let width = usize::try_from(crate::model::hidden_size(config)).unwrap_or(usize::MAX);
+    // whole sequences, about shard_tokens of them, never more than the batch (`Batch::shards`)
+    let shard = ((shard::shard_tokens(width) / seq_len.max(1)).max(1) as u64 * seq_len as u64).min(tokens);
+    let head = head_loss::logits_buffer_bytes(vocab, (tokens, shard), rayon::current_num_threads() as u64);
     crate::model::activation_bytes(config, batch, seq_len).saturating_add(head)
 }
 
