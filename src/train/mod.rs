@@ -101,8 +101,8 @@ pub fn activation_bytes(config: &serde_json::Value, batch: usize, seq_len: usize
     let vocab = config.get("vocab_size").and_then(|v| v.as_u64()).unwrap_or(0);
     let tokens = (batch as u64).saturating_mul(seq_len as u64);
     let width = usize::try_from(crate::model::hidden_size(config)).unwrap_or(usize::MAX);
-    // whole sequences, about shard_tokens of them, never more than the batch (`Batch::shards`)
-    let shard = ((shard::shard_tokens(width) / seq_len.max(1)).max(1) as u64 * seq_len as u64).min(tokens);
+    let sequences = shard::sequences_per_shard(shard::shard_tokens(width), seq_len).min(batch); // as `Batch::shards` cuts
+    let shard = (sequences as u64).saturating_mul(seq_len as u64);
     let head = head_loss::logits_buffer_bytes(vocab, (tokens, shard), rayon::current_num_threads() as u64);
     crate::model::activation_bytes(config, batch, seq_len).saturating_add(head)
 }
@@ -368,4 +368,26 @@ fn micro_batches(
             Batch::from_blocks(&refs, device)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head's part of the estimate: one logits buffer per chunk that can run at once, a
+    /// chunk being at most one shard of whole sequences (about 256 tokens below hidden 512,
+    /// 512 from it on) and at most 512 rows.
+    #[test]
+    fn the_estimate_counts_a_logits_buffer_per_running_chunk_of_a_shard() {
+        let threads = rayon::current_num_threads() as u64;
+        let head = |hidden: u64, seq: usize| {
+            let config = serde_json::json!({ "hidden_size": hidden, "vocab_size": 1000 });
+            activation_bytes(&config, 8, seq) - crate::model::activation_bytes(&config, 8, seq)
+        };
+        let buffers = |rows: u64, chunks: u64| threads.min(chunks) * rows * 1000 * 4;
+        assert_eq!(head(128, 128), buffers(256, 4)); // 4 shards of 2 sequences
+        assert_eq!(head(512, 128), buffers(512, 2)); // 2 shards of 4
+        assert_eq!(head(128, 1024), buffers(512, 16)); // 8 shards of 1 sequence, 2 chunks each
+        assert_eq!(head(512, 100), buffers(500, 2)); // shards of 5 sequences and of 3
+    }
 }

@@ -46,12 +46,17 @@ pub fn shard_tokens(hidden: usize) -> usize {
 /// The width from which shards hold 512 tokens.
 pub const WIDE: usize = 512;
 
+/// Whole sequences of `seq_len` tokens in a shard of about `tokens` tokens: at least one.
+pub fn sequences_per_shard(tokens: usize, seq_len: usize) -> usize {
+    (tokens / seq_len.max(1)).max(1)
+}
+
 impl Batch {
     /// The batch cut into shards of whole sequences, about `tokens` tokens each (at least one
     /// sequence); the whole batch off the CPU.
     pub fn shards(&self, tokens: usize) -> candle_core::Result<Vec<Batch>> {
         let (b, t) = self.ids.dims2()?;
-        let rows = if self.ids.device().is_cpu() { (tokens / t.max(1)).max(1) } else { b.max(1) };
+        let rows = if self.ids.device().is_cpu() { sequences_per_shard(tokens, t) } else { b.max(1) };
         (0..b).step_by(rows).map(|start| self.narrow(start, rows.min(b - start))).collect()
     }
 
