@@ -22,7 +22,8 @@
 //! ```
 //!
 //! The batch is 8 x 128 tokens (1,024 tokens in sequences of SEQ when it is given, trained in
-//! shards of SHARD tokens when that is given, else `train::shard::shard_tokens` of its width), r = 8 on PEFT's default targets, AdamW, f32, on the threads
+//! shards of SHARD tokens when that is given, else `train::shard::shard_tokens` of its width), r = 8 on PEFT's default targets
+//! (every linear layer with `STEP_TARGETS=all-linear`), AdamW, f32, on the threads
 //! RAYON_NUM_THREADS allows. Timing starts after WARMUP steps and reads the clock after
 //! synchronising the device. Built with `--features matmul-stats`, `time` also prints every
 //! matrix product of the timed steps by shape to stderr, with its rate per thread.
@@ -32,7 +33,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use plasticity::curve::median;
-use plasticity::lora::{AdapterInit, LoraSpec};
+use plasticity::lora::{AdapterInit, LoraSpec, Targets};
 use plasticity::matmul::{product, Mat};
 use plasticity::synth::{write_checkpoint, Shape};
 use plasticity::train::optim::AdamWConfig;
@@ -264,7 +265,13 @@ fn time(dir: &Path, drive: Drive, warmup: usize, seq: usize, shard: Option<usize
     }
     let start = Instant::now();
     let dev = device()?;
-    let model = plasticity::model::load(dir, &LoraSpec::default(), &AdapterInit::Seeded(0), 0, &dev)?;
+    let targets = match std::env::var("STEP_TARGETS").as_deref() {
+        Ok("all-linear") => Targets::AllLinear,
+        Ok(other) => return Err(format!("STEP_TARGETS={other}: only all-linear is known").into()),
+        Err(_) => Targets::Default,
+    };
+    let spec = LoraSpec { targets, ..LoraSpec::default() };
+    let model = plasticity::model::load(dir, &spec, &AdapterInit::Seeded(0), 0, &dev)?;
     let spec = TrainSpec {
         optimizer: AdamWConfig::default(),
         warmup_steps: 0,
