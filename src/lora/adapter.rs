@@ -193,7 +193,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if let Some(ad) = self.adapter.as_ref().filter(|ad| self.fuses(ad, x)) {
             let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
-            let op = LoraLinear { wt: self.wt.clone(), bias, scale: ad.scale as f32 };
+            let op = LoraLinear::new(self.wt.clone(), bias, ad.scale as f32);
             return x.contiguous()?.apply_op3(ad.a.as_tensor(), ad.b.as_tensor(), op);
         }
         let y = frozen_linear(x, &self.wt, self.bias.as_ref())?; // (..., out)
