@@ -176,8 +176,8 @@ impl Mlp {
 
     /// residual + dropout(mlp(x)), with BLOOM's tanh GELU (FastGELU's formula).
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let inner = Activation::GeluFast.apply_linear(&self.dense_h_to_4h, x)?; // (b, t, 4h)
-        self.dense_4h_to_h.forward_residual_dropped(&inner, residual, self.hidden_dropout.as_ref())
+        let projections = (&self.dense_h_to_4h, &self.dense_4h_to_h); // (h, 4h), (4h, h)
+        Activation::GeluFast.mlp_residual(projections, x, residual, self.hidden_dropout.as_ref())
     }
 }
 

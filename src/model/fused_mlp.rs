@@ -1,5 +1,6 @@
 //! An MLP's first half as one CPU node with frozen weights: `act(x @ wt + b)` for the plain
-//! MLP, `act(x @ wg + bg) * (x @ wu + bu)` for the gated one.
+//! MLP, `act(x @ wg + bg) * (x @ wu + bu)` for the gated one; and the whole plain MLP with its
+//! residual, `r + b2 + act(x @ w1 + b1) @ w2`, as one node.
 //!
 //! Composed, the half is two or three nodes (the projections, then the activation), and the
 //! activation's backward pass evaluates the activation's derivative again (an erf or an exp per
@@ -7,13 +8,15 @@
 //! the forward pass keeps what the backward pass multiplies by (act'(z); or act'(g) u and
 //! act(g)) in place of the pre-activations the composed nodes keep, which is the same memory:
 //! the backward pass is then one elementwise product per projection and the products with the
-//! weights, accumulated into one dL/dx. Values are those of the composed nodes up to f32
-//! rounding. `layers.rs` uses these ops only on the CPU, in f32, when no adapter sits on the
+//! weights, accumulated into one dL/dx. The whole MLP as one node also keeps act(z) from
+//! leaving it: the output projection's node would keep it as its input, and candle would
+//! zero-fill and sum its gradient, while the backward pass needs only act'(z) and the weights.
+//! Values are those of the composed nodes up to f32 rounding. `layers.rs` uses these ops only on the CPU, in f32, when no adapter sits on the
 //! projections, and composes the nodes elsewhere. This file must not know architectures.
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fused::{per_act, Act};
@@ -47,6 +50,16 @@ impl Proj {
         with_mat(&self.wt, |wt| linear(x, wt, self.bias.as_deref(), threads()).map_err(err))
     }
 
+    /// residual + bias + x @ wt, (m, out), from the residual's (m, out) values.
+    fn forward_onto(&self, x: Mat, residual: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let mut y = residual.to_vec();
+        if let Some(b) = &self.bias {
+            y.chunks_exact_mut(b.len().max(1)).for_each(|row| row.iter_mut().zip(b).for_each(|(v, &bi)| *v += bi));
+        }
+        with_mat(&self.wt, |wt| matmul(&mut y, x, wt, 1.0, Dst::Accumulate, threads()).map_err(err))?;
+        Ok(y)
+    }
+
     /// dx (m, in) = or += dz @ wt^T.
     fn input_grad(&self, dz: Mat, dx: Option<Vec<f32>>) -> candle_core::Result<Vec<f32>> {
         with_mat(&self.wt, |wt| match dx {
@@ -64,7 +77,12 @@ fn scale_by_grad(v: &mut [f32], grad: &Tensor) -> candle_core::Result<()> {
     let g = grad.contiguous()?.flatten_all()?;
     let (storage, layout) = g.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(err("gradient is not on the CPU")) };
-    let g = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + v.len()];
+    scale_by(v, &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + v.len()]);
+    Ok(())
+}
+
+/// `v[i] *= g[i]`, g at least as long as v.
+fn scale_by(v: &mut [f32], g: &[f32]) {
     v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(v, g)| {
         let g = &g[..v.len()];
         with_avx2(
@@ -72,7 +90,34 @@ fn scale_by_grad(v: &mut [f32], grad: &Tensor) -> candle_core::Result<()> {
             || (0..v.len()).for_each(|k| v[k] *= g[k]),
         )
     });
-    Ok(())
+}
+
+/// act(z) in place of z, and act'(z) when `keep`.
+fn activate(act: Act, z: &mut [f32], keep: bool) -> Option<Vec<f32>> {
+    if !keep {
+        z.par_chunks_mut(CHUNK).for_each(|z| {
+            with_avx2(
+                #[inline(always)]
+                || per_act!(act, a => for v in z.iter_mut() { *v = a.eval(*v).0 }),
+            )
+        });
+        return None;
+    }
+    let mut d = vec![0f32; z.len()]; // act'(z)
+    z.par_chunks_mut(CHUNK).zip(d.par_chunks_mut(CHUNK)).for_each(|(z, d)| {
+        let d = &mut d[..z.len()];
+        with_avx2(
+            #[inline(always)]
+            || {
+                per_act!(act, a => for k in 0..z.len() {
+                    let (f, fp) = a.eval(z[k]);
+                    z[k] = f;
+                    d[k] = fp;
+                })
+            },
+        )
+    });
+    Some(d)
 }
 
 fn take<T>(saved: &Mutex<Option<T>>) -> candle_core::Result<T> {
@@ -107,30 +152,9 @@ impl CustomOp1 for LinearAct {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, shape) = rows_of(s, l, self.proj.out()?)?;
         let mut z = self.proj.forward(x)?; // (m, out), the activation's input, then its output
-        if !self.keep {
-            z.par_chunks_mut(CHUNK).for_each(|z| {
-                with_avx2(
-                    #[inline(always)]
-                    || per_act!(self.act, a => for v in z.iter_mut() { *v = a.eval(*v).0 }),
-                )
-            });
-            return Ok((CpuStorage::F32(z), shape));
+        if let Some(d) = activate(self.act, &mut z, self.keep) {
+            *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some(d);
         }
-        let mut d = vec![0f32; z.len()]; // act'(z)
-        z.par_chunks_mut(CHUNK).zip(d.par_chunks_mut(CHUNK)).for_each(|(z, d)| {
-            let d = &mut d[..z.len()];
-            with_avx2(
-                #[inline(always)]
-                || {
-                    per_act!(self.act, a => for k in 0..z.len() {
-                        let (f, fp) = a.eval(z[k]);
-                        z[k] = f;
-                        d[k] = fp;
-                    })
-                },
-            )
-        });
-        *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some(d);
         Ok((CpuStorage::F32(z), shape))
     }
 
@@ -209,6 +233,77 @@ impl CustomOp1 for GatedLinear {
     }
 }
 
+/// residual + b2 + act(x @ w1 + b1) @ w2 as one node: the plain MLP with its residual. The
+/// arguments are x and the residual.
+pub struct MlpResidual {
+    fc_in: Proj,
+    fc_out: Proj,
+    act: Act,
+    /// As in [`LinearAct`].
+    keep: bool,
+    /// act'(z), (m, intermediate).
+    saved: Mutex<Option<Vec<f32>>>,
+}
+
+impl MlpResidual {
+    pub fn new((fc_in, fc_out): (Proj, Proj), act: Act, keep: bool) -> Self {
+        MlpResidual { fc_in, fc_out, act, keep, saved: Mutex::new(None) }
+    }
+}
+
+impl CustomOp2 for MlpResidual {
+    fn name(&self) -> &'static str {
+        "fused-mlp-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, shape) = rows_of(s1, l1, self.fc_out.out()?)?;
+        let (residual, _) = rows_of(s2, l2, self.fc_out.out()?)?;
+        if l2.dims() != shape.dims() {
+            return Err(err(format!("a residual {:?} for an output {:?}", l2.dims(), shape.dims())));
+        }
+        let mut z = self.fc_in.forward(x)?; // (m, i), the activation's input, then its output
+        let d = activate(self.act, &mut z, self.keep);
+        let y = self.fc_out.forward_onto(Mat::rows(&z, x.rows, self.fc_in.out()?), residual.data)?;
+        if let Some(d) = d {
+            *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some(d);
+        }
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    /// dz = (dy @ w2^T) * act'(z); dx = dz @ w1^T; dL/dresidual = dy. Where nothing below x
+    /// trains (`keep` is false), only the residual's gradient.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _residual: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if !self.keep {
+            return Ok((None, Some(grad.clone())));
+        }
+        let d = take(&self.saved)?;
+        let n = self.fc_out.out()?;
+        let g = grad.contiguous()?.flatten_all()?;
+        let g = g.reshape((g.elem_count() / n.max(1), n))?;
+        let mut dz = with_mat(&g, |g| self.fc_out.input_grad(g, None))?; // (m, i)
+        if dz.len() != d.len() {
+            return Err(err(format!("a gradient of {} values for {} activations", dz.len(), d.len())));
+        }
+        scale_by(&mut dz, &d);
+        let i = self.fc_in.out()?;
+        let dx = self.fc_in.input_grad(Mat::rows(&dz, dz.len() / i.max(1), i), None)?;
+        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(grad.clone())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +371,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn mlp_with_its_residual_matches_the_composed_ops() {
+        let (w1, w2) = (values(&[8, 6], 0.3).t().unwrap(), values(&[8, 6], 0.8)); // two layouts
+        let (b1, b2) = (values(&[8], 1.1), values(&[6], 1.7));
+        let residual = Var::from_tensor(&values(&[2, 5, 6], 2.3)).unwrap();
+        for act in [Act::Silu, Act::GeluErf, Act::GeluTanh] {
+            for (c, d) in [(Some(&b1), Some(&b2)), (None, None)] {
+                let op = || MlpResidual::new((Proj::new(&w1, c).unwrap(), Proj::new(&w2, d).unwrap()), act, true);
+                let r = residual.as_tensor();
+                compare(
+                    |x| x.apply_op2(r, op()).unwrap(),
+                    |x| (r + linear(&reference(act, &linear(x, &w1, c)), &w2, d)).unwrap(),
+                    &format!("mlp {act:?}, bias {}", c.is_some()),
+                );
+                // dL/dresidual is dL/dy
+                let weights = values(r.dims(), 2.0);
+                let grads = (x_of(r).apply_op2(r, op()).unwrap() * &weights).unwrap().sum_all().unwrap().backward();
+                let dr = grads.unwrap().remove(r).unwrap();
+                assert!(max_rel(&dr, &weights) < 1e-6, "mlp {act:?} dresidual");
+            }
+        }
+    }
+
+    /// Below the lowest adapter x trains nothing while the residual does: the op keeps
+    /// nothing for x and passes dL/dy to the residual.
+    #[test]
+    fn an_input_nothing_trains_below_gets_no_gradient_and_the_residual_gets_dy() {
+        let (w1, w2) = (values(&[6, 8], 0.3), values(&[8, 6], 0.8));
+        let residual = Var::from_tensor(&values(&[2, 5, 6], 2.3)).unwrap();
+        let x = values(&[2, 5, 6], 0.0); // not a variable, not computed from one
+        let op = MlpResidual::new((Proj::new(&w1, None).unwrap(), Proj::new(&w2, None).unwrap()), Act::GeluErf, false);
+        let y = x.apply_op2(residual.as_tensor(), op).unwrap();
+        let want =
+            (residual.as_tensor() + linear(&reference(Act::GeluErf, &linear(&x, &w1, None)), &w2, None)).unwrap();
+        assert!(max_rel(&y, &want) < 1e-5);
+        let mut grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        let dr = grads.remove(residual.as_tensor()).unwrap();
+        assert!(max_rel(&dr, &Tensor::ones_like(&dr).unwrap()) < 1e-6);
+    }
+
+    /// An input for the op: values unlike the residual's.
+    fn x_of(like: &Tensor) -> Tensor {
+        values(like.dims(), 0.0)
     }
 
     #[test]

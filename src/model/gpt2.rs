@@ -157,7 +157,7 @@ impl Mlp {
 
     /// residual + mlp(x).
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        self.c_proj.forward_residual_dropped(&self.act.apply_linear(&self.c_fc, x)?, residual, self.dropout.as_ref())
+        self.act.mlp_residual((&self.c_fc, &self.c_proj), x, residual, self.dropout.as_ref())
     }
 }
 

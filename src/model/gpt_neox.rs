@@ -168,11 +168,8 @@ impl Mlp {
 
     /// residual + mlp(x), mlp(x) through the post-MLP dropout.
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        self.dense_4h_to_h.forward_residual_dropped(
-            &self.act.apply_linear(&self.dense_h_to_4h, x)?,
-            residual,
-            self.post_mlp_dropout.as_ref(),
-        )
+        let projections = (&self.dense_h_to_4h, &self.dense_4h_to_h);
+        self.act.mlp_residual(projections, x, residual, self.post_mlp_dropout.as_ref())
     }
 }
 

@@ -9,8 +9,9 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 
 use super::fused;
-use super::fused_mlp::{GatedLinear, LinearAct, Proj};
+use super::fused_mlp::{GatedLinear, LinearAct, MlpResidual, Proj};
 use crate::checkpoint::weights::Weights;
+use crate::dropout::Dropout;
 use crate::error::{Error, Result};
 use crate::lora::{Linear, LoraCtx};
 
@@ -74,6 +75,28 @@ impl Activation {
         }
     }
 
+    /// residual + dropout(fc_out(act(fc_in(x)))), the plain MLP with its residual and
+    /// transformers' residual dropout: one node (`fused_mlp.rs`) when both projections are
+    /// frozen, x and the residual are f32 on the CPU and nothing is dropped.
+    pub fn mlp_residual(
+        self,
+        (fc_in, fc_out): (&Linear, &Linear),
+        x: &Tensor,
+        residual: &Tensor,
+        dropout: Option<&Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        match (self.fused(), fc_in.frozen(), fc_out.frozen()) {
+            (Some(act), Some((w1, b1)), Some((w2, b2)))
+                if !crate::dropout::active(dropout) && fusable(x, w1, b1) && fusable_onto(residual, (w1, w2, b2)) =>
+            {
+                let projections = (Proj::new(w1, b1)?, Proj::new(w2, b2)?);
+                let op = MlpResidual::new(projections, act, x.track_op());
+                x.contiguous()?.apply_op2(&residual.contiguous()?, op)
+            }
+            _ => fc_out.forward_residual_dropped(&self.apply_linear(fc_in, x)?, residual, dropout),
+        }
+    }
+
     /// act(gate(x)) * up(x), for gated MLPs: one node when both projections are frozen and x is
     /// f32 on the CPU.
     pub fn gated_linear(self, gate: &Linear, up: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -108,6 +131,20 @@ fn fusable(x: &Tensor, wt: &Tensor, bias: Option<&Tensor>) -> bool {
         && wt.rank() == 2
         && x.dims().last() == wt.dims().first()
         && bias.is_none_or(|b| f32(b) && b.rank() == 1 && b.dims().first().copied() == n)
+}
+
+/// Whether the fused MLP takes the intermediate values through the frozen w2 (i, out) and b2
+/// onto the residual (..., out), w1 (in, i) being the first projection's weight.
+fn fusable_onto(residual: &Tensor, (w1, w2, b2): (&Tensor, &Tensor, Option<&Tensor>)) -> bool {
+    let f32 = |t: &Tensor| t.dtype() == DType::F32;
+    let out = w2.dims().get(1);
+    residual.device().is_cpu()
+        && f32(residual)
+        && f32(w2)
+        && w2.rank() == 2
+        && w1.dims().get(1) == w2.dims().first()
+        && residual.dims().last() == out
+        && b2.is_none_or(|b| f32(b) && b.rank() == 1 && b.dims().first() == out)
 }
 
 /// NewGELUActivation in a low precision, op by op as torch rounds it:
