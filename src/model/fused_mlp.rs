@@ -128,6 +128,29 @@ fn take<T>(saved: &Mutex<Option<T>>) -> candle_core::Result<T> {
         .ok_or_else(|| err("backward ran twice or without a training forward"))
 }
 
+/// act(g) * u, and in place of g and u (when `keep`) what dL/dy multiplies into d/dg and d/du:
+/// act'(g) * u and act(g).
+fn gate_up(act: Act, (g, u): (&mut [f32], &mut [f32]), keep: bool) -> Vec<f32> {
+    let mut y = vec![0f32; g.len()];
+    y.par_chunks_mut(CHUNK).zip(g.par_chunks_mut(CHUNK)).zip(u.par_chunks_mut(CHUNK)).for_each(|((y, g), u)| {
+        let (g, u) = (&mut g[..y.len()], &mut u[..y.len()]);
+        with_avx2(
+            #[inline(always)]
+            || {
+                per_act!(act, a => for k in 0..y.len() {
+                    let ((f, fp), uk) = (a.eval(g[k]), u[k]);
+                    y[k] = f * uk;
+                    if keep {
+                        g[k] = fp * uk;
+                        u[k] = f;
+                    }
+                })
+            },
+        )
+    });
+    y
+}
+
 /// act(x @ wt + b) as one node.
 pub struct LinearAct {
     proj: Proj,
@@ -196,25 +219,8 @@ impl CustomOp1 for GatedLinear {
         if g.len() != u.len() {
             return Err(err(format!("gate of {} values and up of {}", g.len(), u.len())));
         }
-        let mut y = vec![0f32; g.len()];
-        let keep = self.keep;
-        y.par_chunks_mut(CHUNK).zip(g.par_chunks_mut(CHUNK)).zip(u.par_chunks_mut(CHUNK)).for_each(|((y, g), u)| {
-            let (g, u) = (&mut g[..y.len()], &mut u[..y.len()]);
-            with_avx2(
-                #[inline(always)]
-                || {
-                    per_act!(self.act, a => for k in 0..y.len() {
-                        let ((f, fp), uk) = (a.eval(g[k]), u[k]);
-                        y[k] = f * uk;
-                        if keep {
-                            g[k] = fp * uk;
-                            u[k] = f;
-                        }
-                    })
-                },
-            )
-        });
-        if keep {
+        let y = gate_up(self.act, (&mut g, &mut u), self.keep);
+        if self.keep {
             *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some((g, u));
         }
         Ok((CpuStorage::F32(y), shape))
@@ -300,6 +306,84 @@ impl CustomOp2 for MlpResidual {
         scale_by(&mut dz, &d);
         let i = self.fc_in.out()?;
         let dx = self.fc_in.input_grad(Mat::rows(&dz, dz.len() / i.max(1), i), None)?;
+        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(grad.clone())))
+    }
+}
+
+/// residual + bd + (act(x @ wg + bg) * (x @ wu + bu)) @ wd as one node: the gated MLP with its
+/// residual. The arguments are x and the residual.
+pub struct GatedMlpResidual {
+    gate: Proj,
+    up: Proj,
+    down: Proj,
+    act: Act,
+    /// As in [`LinearAct`].
+    keep: bool,
+    /// As in [`GatedLinear`].
+    saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl GatedMlpResidual {
+    pub fn new((gate, up, down): (Proj, Proj, Proj), act: Act, keep: bool) -> Self {
+        GatedMlpResidual { gate, up, down, act, keep, saved: Mutex::new(None) }
+    }
+}
+
+impl CustomOp2 for GatedMlpResidual {
+    fn name(&self) -> &'static str {
+        "fused-gated-mlp-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, shape) = rows_of(s1, l1, self.down.out()?)?;
+        let (residual, _) = rows_of(s2, l2, self.down.out()?)?;
+        if l2.dims() != shape.dims() {
+            return Err(err(format!("a residual {:?} for an output {:?}", l2.dims(), shape.dims())));
+        }
+        let (mut g, mut u) = (self.gate.forward(x)?, self.up.forward(x)?); // (m, i) each
+        if g.len() != u.len() {
+            return Err(err(format!("gate of {} values and up of {}", g.len(), u.len())));
+        }
+        let h = gate_up(self.act, (&mut g, &mut u), self.keep);
+        let y = self.down.forward_onto(Mat::rows(&h, x.rows, self.gate.out()?), residual.data)?;
+        if self.keep {
+            *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some((g, u));
+        }
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    /// dh = dy @ wd^T; dg = dh * act'(g) * u, du = dh * act(g); dx = dg @ wg^T + du @ wu^T;
+    /// dL/dresidual = dy. Where nothing below x trains, only the residual's gradient.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _residual: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if !self.keep {
+            return Ok((None, Some(grad.clone())));
+        }
+        let (mut dg, mut du) = take(&self.saved)?;
+        let n = self.down.out()?;
+        let g = grad.contiguous()?.flatten_all()?;
+        let g = g.reshape((g.elem_count() / n.max(1), n))?;
+        let dh = with_mat(&g, |g| self.down.input_grad(g, None))?; // (m, i)
+        if dh.len() != dg.len() {
+            return Err(err(format!("a gradient of {} values for {} activations", dh.len(), dg.len())));
+        }
+        scale_by(&mut dg, &dh);
+        scale_by(&mut du, &dh);
+        let i = self.gate.out()?;
+        let m = dg.len() / i.max(1);
+        let dx = self.gate.input_grad(Mat::rows(&dg, m, i), None)?;
+        let dx = self.up.input_grad(Mat::rows(&du, m, i), Some(dx))?;
         Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(grad.clone())))
     }
 }
@@ -392,6 +476,29 @@ mod tests {
                 let grads = (x_of(r).apply_op2(r, op()).unwrap() * &weights).unwrap().sum_all().unwrap().backward();
                 let dr = grads.unwrap().remove(r).unwrap();
                 assert!(max_rel(&dr, &weights) < 1e-6, "mlp {act:?} dresidual");
+            }
+        }
+    }
+
+    #[test]
+    fn gated_mlp_with_its_residual_matches_the_composed_ops() {
+        let (wg, wu, wd) = (values(&[8, 6], 0.3).t().unwrap(), values(&[6, 8], 0.8), values(&[8, 6], 1.3));
+        let (bg, bu, bd) = (values(&[8], 1.1), values(&[8], 1.7), values(&[6], 0.4));
+        let r = Var::from_tensor(&values(&[2, 5, 6], 2.3)).unwrap();
+        for act in [Act::Silu, Act::GeluErf, Act::GeluTanh] {
+            for (g, u, d) in [(Some(&bg), Some(&bu), Some(&bd)), (None, None, None)] {
+                let projections =
+                    || (Proj::new(&wg, g).unwrap(), Proj::new(&wu, u).unwrap(), Proj::new(&wd, d).unwrap());
+                let hidden = |x: &Tensor| (reference(act, &linear(x, &wg, g)) * linear(x, &wu, u)).unwrap();
+                compare(
+                    |x| x.apply_op2(r.as_tensor(), GatedMlpResidual::new(projections(), act, true)).unwrap(),
+                    |x| (r.as_tensor() + linear(&hidden(x), &wd, d)).unwrap(),
+                    &format!("gated mlp {act:?}, bias {}", g.is_some()),
+                );
+                let frozen = GatedMlpResidual::new(projections(), act, false);
+                let y = x_of(r.as_tensor()).apply_op2(r.as_tensor(), frozen).unwrap();
+                let dr = y.sum_all().unwrap().backward().unwrap().remove(r.as_tensor()).unwrap();
+                assert!(max_rel(&dr, &Tensor::ones_like(&dr).unwrap()) < 1e-6, "gated mlp {act:?} dresidual");
             }
         }
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 
 use super::fused;
-use super::fused_mlp::{GatedLinear, LinearAct, MlpResidual, Proj};
+use super::fused_mlp::{GatedLinear, GatedMlpResidual, LinearAct, MlpResidual, Proj};
 use crate::checkpoint::weights::Weights;
 use crate::dropout::Dropout;
 use crate::error::{Error, Result};
@@ -108,6 +108,29 @@ impl Activation {
                 x.contiguous()?.apply_op1(op)
             }
             _ => self.gated(&gate.forward(x)?, &up.forward(x)?),
+        }
+    }
+
+    /// residual + down(act(gate(x)) * up(x)), the gated MLP with its residual: one node when
+    /// the three projections are frozen and x and the residual are f32 on the CPU.
+    pub fn gated_mlp_residual(
+        self,
+        (gate, up, down): (&Linear, &Linear, &Linear),
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        match (self.fused(), gate.frozen(), up.frozen(), down.frozen()) {
+            (Some(act), Some((wg, bg)), Some((wu, bu)), Some((wd, bd)))
+                if fusable(x, wg, bg)
+                    && fusable(x, wu, bu)
+                    && wg.dims() == wu.dims()
+                    && fusable_onto(residual, (wg, wd, bd)) =>
+            {
+                let projections = (Proj::new(wg, bg)?, Proj::new(wu, bu)?, Proj::new(wd, bd)?);
+                let op = GatedMlpResidual::new(projections, act, x.track_op());
+                x.contiguous()?.apply_op2(&residual.contiguous()?, op)
+            }
+            _ => down.forward_residual(&self.gated_linear(gate, up, x)?, residual),
         }
     }
 

@@ -186,8 +186,8 @@ impl Mlp {
 
     /// residual + mlp(x).
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let inner = self.act.gated_linear(&self.gate_proj, &self.up_proj, x)?; // (b, t, i)
-        self.down_proj.forward_residual(&inner, residual)
+        let projections = (&self.gate_proj, &self.up_proj, &self.down_proj); // (h, i), (h, i), (i, h)
+        self.act.gated_mlp_residual(projections, x, residual)
     }
 }
 
