@@ -1,6 +1,6 @@
 //! An MLP's first half as one CPU node with frozen weights: `act(x @ wt + b)` for the plain
-//! MLP, `act(x @ wg + bg) * (x @ wu + bu)` for the gated one; and the whole plain MLP with its
-//! residual, `r + b2 + act(x @ w1 + b1) @ w2`, as one node.
+//! MLP, `act(x @ wg + bg) * (x @ wu + bu)` for the gated one; and either MLP whole with its
+//! residual, e.g. `r + b2 + act(x @ w1 + b1) @ w2`, as one node.
 //!
 //! Composed, the half is two or three nodes (the projections, then the activation), and the
 //! activation's backward pass evaluates the activation's derivative again (an erf or an exp per

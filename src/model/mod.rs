@@ -11,7 +11,7 @@
 //! imports them all from this module: `config.rs` (config.json's fields), `rope.rs` (rotary
 //! embeddings), `attention.rs` (the causal mask and eager attention) and `layers.rs` (norms,
 //! activations, linear layers, embeddings), with the CPU kernels behind them in `fused.rs`,
-//! `fused_mlp.rs` (an MLP's projections and activation, or a plain MLP with its residual, as
+//! `fused_mlp.rs` (an MLP's projections and activation, or a whole MLP with its residual, as
 //! one node), `qkv_attention.rs` (attention straight from the q, k and v projections, rotation
 //! included) and `sdpa.rs` (its kernel). This file keeps the model trait, the loaded model and
 //! the loading.
