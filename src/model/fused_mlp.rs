@@ -60,6 +60,15 @@ impl Proj {
         Ok(y)
     }
 
+    /// dL/dy (..., out) @ wt^T, (m, in): the input gradient of a node that ends in this
+    /// projection.
+    fn input_grad_of(&self, grad: &Tensor) -> candle_core::Result<Vec<f32>> {
+        let n = self.out()?;
+        let g = grad.contiguous()?.flatten_all()?;
+        let g = g.reshape((g.elem_count() / n.max(1), n))?;
+        with_mat(&g, |g| self.input_grad(g, None))
+    }
+
     /// dx (m, in) = or += dz @ wt^T.
     fn input_grad(&self, dz: Mat, dx: Option<Vec<f32>>) -> candle_core::Result<Vec<f32>> {
         with_mat(&self.wt, |wt| match dx {
@@ -239,6 +248,15 @@ impl CustomOp1 for GatedLinear {
     }
 }
 
+/// The residual's contiguous values, which must have the output's shape.
+fn residual_of<'a>(s: &'a CpuStorage, l: &Layout, shape: &Shape) -> candle_core::Result<&'a [f32]> {
+    if l.dims() != shape.dims() {
+        return Err(err(format!("a residual {:?} for an output {:?}", l.dims(), shape.dims())));
+    }
+    let n = shape.dims().last().copied().unwrap_or(1);
+    Ok(rows_of(s, l, n)?.0.data)
+}
+
 /// residual + b2 + act(x @ w1 + b1) @ w2 as one node: the plain MLP with its residual. The
 /// arguments are x and the residual.
 pub struct MlpResidual {
@@ -270,13 +288,10 @@ impl CustomOp2 for MlpResidual {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, shape) = rows_of(s1, l1, self.fc_out.out()?)?;
-        let (residual, _) = rows_of(s2, l2, self.fc_out.out()?)?;
-        if l2.dims() != shape.dims() {
-            return Err(err(format!("a residual {:?} for an output {:?}", l2.dims(), shape.dims())));
-        }
+        let residual = residual_of(s2, l2, &shape)?;
         let mut z = self.fc_in.forward(x)?; // (m, i), the activation's input, then its output
         let d = activate(self.act, &mut z, self.keep);
-        let y = self.fc_out.forward_onto(Mat::rows(&z, x.rows, self.fc_in.out()?), residual.data)?;
+        let y = self.fc_out.forward_onto(Mat::rows(&z, x.rows, self.fc_in.out()?), residual)?;
         if let Some(d) = d {
             *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some(d);
         }
@@ -296,10 +311,7 @@ impl CustomOp2 for MlpResidual {
             return Ok((None, Some(grad.clone())));
         }
         let d = take(&self.saved)?;
-        let n = self.fc_out.out()?;
-        let g = grad.contiguous()?.flatten_all()?;
-        let g = g.reshape((g.elem_count() / n.max(1), n))?;
-        let mut dz = with_mat(&g, |g| self.fc_out.input_grad(g, None))?; // (m, i)
+        let mut dz = self.fc_out.input_grad_of(grad)?; // (m, i)
         if dz.len() != d.len() {
             return Err(err(format!("a gradient of {} values for {} activations", dz.len(), d.len())));
         }
@@ -342,16 +354,13 @@ impl CustomOp2 for GatedMlpResidual {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, shape) = rows_of(s1, l1, self.down.out()?)?;
-        let (residual, _) = rows_of(s2, l2, self.down.out()?)?;
-        if l2.dims() != shape.dims() {
-            return Err(err(format!("a residual {:?} for an output {:?}", l2.dims(), shape.dims())));
-        }
+        let residual = residual_of(s2, l2, &shape)?;
         let (mut g, mut u) = (self.gate.forward(x)?, self.up.forward(x)?); // (m, i) each
         if g.len() != u.len() {
             return Err(err(format!("gate of {} values and up of {}", g.len(), u.len())));
         }
         let h = gate_up(self.act, (&mut g, &mut u), self.keep);
-        let y = self.down.forward_onto(Mat::rows(&h, x.rows, self.gate.out()?), residual.data)?;
+        let y = self.down.forward_onto(Mat::rows(&h, x.rows, self.gate.out()?), residual)?;
         if self.keep {
             *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some((g, u));
         }
@@ -371,10 +380,7 @@ impl CustomOp2 for GatedMlpResidual {
             return Ok((None, Some(grad.clone())));
         }
         let (mut dg, mut du) = take(&self.saved)?;
-        let n = self.down.out()?;
-        let g = grad.contiguous()?.flatten_all()?;
-        let g = g.reshape((g.elem_count() / n.max(1), n))?;
-        let dh = with_mat(&g, |g| self.down.input_grad(g, None))?; // (m, i)
+        let dh = self.down.input_grad_of(grad)?; // (m, i)
         if dh.len() != dg.len() {
             return Err(err(format!("a gradient of {} values for {} activations", dh.len(), dg.len())));
         }
