@@ -149,6 +149,27 @@ pub fn linear(x: Mat, wt: Mat, bias: Option<&[f32]>, threads: usize) -> Result<V
     Ok(y)
 }
 
+/// residual + bias + x @ wt: a new (m, n) matrix that starts as the residual's (m, n) values
+/// plus the bias on every row, onto which the product accumulates (a block's output
+/// projection onto its residual, in one pass over the output).
+pub fn linear_onto(
+    x: Mat,
+    wt: Mat,
+    bias: Option<&[f32]>,
+    residual: &[f32],
+    threads: usize,
+) -> Result<Vec<f32>, String> {
+    if bias.is_some_and(|b| b.len() != wt.cols) {
+        return Err(format!("linear: a bias for {} outputs", wt.cols));
+    }
+    let mut y = residual.to_vec();
+    if let Some(b) = bias {
+        y.chunks_exact_mut(wt.cols.max(1)).for_each(|row| row.iter_mut().zip(b).for_each(|(v, &bi)| *v += bi));
+    }
+    matmul(&mut y, x, wt, 1.0, Dst::Accumulate, threads)?;
+    Ok(y)
+}
+
 /// A contiguous CPU argument (..., k) of a custom op as its (m, k) rows, and the shape
 /// (..., n) of an output with n features per row.
 pub fn rows_of<'a>(

@@ -6,7 +6,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-use crate::matmul::{linear, matmul, product, threads, with_mat, Dst, Mat};
+use crate::matmul::{linear, linear_onto, product, threads, with_mat, Mat};
 
 /// `x @ wt` where `wt` (in, out) is frozen: the backward pass returns dL/dx only.
 pub fn frozen_matmul(x: &Tensor, wt: &Tensor) -> candle_core::Result<Tensor> {
@@ -113,12 +113,9 @@ impl CustomOp3 for FrozenLinearResidual {
         if l3.dims() != out.dims() {
             candle_core::bail!("frozen linear: residual {:?} for an output {:?}", l3.dims(), out.dims());
         }
-        let mut y = s3.as_slice::<f32>()?[rs..re].to_vec(); // (m, n)
-        if let Some(b) = &self.bias {
-            y.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(v, &bi)| *v += bi));
-        }
+        let residual = &s3.as_slice::<f32>()?[rs..re]; // (m, n)
         let (x, wt) = operands((m, n), s1, l1, s2, l2)?;
-        matmul(&mut y, x, wt, 1.0, Dst::Accumulate, threads()).map_err(candle_core::Error::Msg)?;
+        let y = linear_onto(x, wt, self.bias.as_deref(), residual, threads()).map_err(candle_core::Error::Msg)?;
         Ok((CpuStorage::F32(y), out))
     }
 

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use super::fused::{per_act, Act};
 use crate::math::with_avx2;
-use crate::matmul::{linear, matmul, product, rows_of, threads, with_mat, Dst, Mat};
+use crate::matmul::{linear, linear_onto, matmul, product, rows_of, threads, with_mat, Dst, Mat};
 
 /// Elements per parallel task in the elementwise passes.
 const CHUNK: usize = 4096;
@@ -52,12 +52,7 @@ impl Proj {
 
     /// residual + bias + x @ wt, (m, out), from the residual's (m, out) values.
     fn forward_onto(&self, x: Mat, residual: &[f32]) -> candle_core::Result<Vec<f32>> {
-        let mut y = residual.to_vec();
-        if let Some(b) = &self.bias {
-            y.chunks_exact_mut(b.len().max(1)).for_each(|row| row.iter_mut().zip(b).for_each(|(v, &bi)| *v += bi));
-        }
-        with_mat(&self.wt, |wt| matmul(&mut y, x, wt, 1.0, Dst::Accumulate, threads()).map_err(err))?;
-        Ok(y)
+        with_mat(&self.wt, |wt| linear_onto(x, wt, self.bias.as_deref(), residual, threads()).map_err(err))
     }
 
     /// dL/dy (..., out) @ wt^T, (m, in): the input gradient of a node that ends in this
