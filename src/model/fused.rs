@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::math::{fast_exp, fast_phi, fast_sigmoid, fast_tanh, with_avx2};
+use crate::math::{fast_phi_pdf, fast_sigmoid, fast_tanh, with_avx2};
 
 /// Whether the fused CPU kernels apply to `x`.
 fn fused(x: &Tensor) -> bool {
@@ -215,8 +215,7 @@ impl Act {
                 (x * s, s * (1.0 + x * (1.0 - s)))
             }
             Act::GeluErf => {
-                let cdf = fast_phi(x);
-                let pdf = fast_exp(-0.5 * x * x) * 0.398_942_3; // 1/sqrt(2 pi)
+                let (cdf, pdf) = fast_phi_pdf(x);
                 (x * cdf, cdf + x * pdf)
             }
             Act::GeluTanh => {
