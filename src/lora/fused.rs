@@ -1,8 +1,8 @@
 //! The adapted linear layer as one CPU node: `y = bias + x @ wt + scale * (x @ A^T) @ B^T` in
 //! f32, with a backward pass that returns dL/dx, dL/dA and dL/dB. Composed from candle's ops,
 //! the same layer is five nodes: the forward pass adds the two branches' (tokens, out) outputs,
-//! and the backward pass zero-fills and sums a gradient of that size for each branch and one of
-//! the input's size for each use of x. Here the adapter's product accumulates onto the frozen
+//! and the backward pass writes a gradient of that size for each branch and sums one of the
+//! input's size over the uses of x. Here the adapter's product accumulates onto the frozen
 //! one, and dL/dx onto itself, inside the matrix products. `adapter.rs` uses it only on the
 //! CPU, in f32, with the adapter's dropout off, and composes the graph elsewhere: both paths
 //! compute the same sums in the same order. This file must not know architectures or how

@@ -4,13 +4,13 @@
 //!
 //! Composed, the half is two or three nodes (the projections, then the activation), and the
 //! activation's backward pass evaluates the activation's derivative again (an erf or an exp per
-//! element) and hands the projections a gradient that candle zero-fills and sums per node. Here
+//! element) and hands the projections a gradient that candle writes out per node. Here
 //! the forward pass keeps what the backward pass multiplies by (act'(z); or act'(g) u and
 //! act(g)) in place of the pre-activations the composed nodes keep, which is the same memory:
 //! the backward pass is then one elementwise product per projection and the products with the
 //! weights, accumulated into one dL/dx. The whole MLP as one node also keeps act(z) from
-//! leaving it: the output projection's node would keep it as its input, and candle would
-//! zero-fill and sum its gradient, while the backward pass needs only act'(z) and the weights.
+//! leaving it: the output projection's node would keep it as its input, and candle would write
+//! out its gradient, while the backward pass needs only act'(z) and the weights.
 //! Values are those of the composed nodes up to f32 rounding. `layers.rs` uses these ops only on the CPU, in f32, when no adapter sits on the
 //! projections, and composes the nodes elsewhere. This file must not know architectures.
 
