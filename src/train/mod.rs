@@ -374,6 +374,23 @@ fn micro_batches(
 mod tests {
     use super::*;
 
+    /// candle-core's backward, as vendored (vendor/README.md), stores a tensor's first
+    /// gradient as it is: later uses must still be added onto it, and a gradient that arrives
+    /// as a broadcast view (through a sum) must be stored contiguous, as the add made it.
+    #[test]
+    fn the_backward_pass_sums_every_use_of_a_tensor_and_stores_contiguous_gradients() {
+        let values = [0.5f32, -1.0, 2.0, 3.0, -0.25, 1.5];
+        let x = Var::from_vec(values.to_vec(), (2, 3), &Device::Cpu).unwrap();
+        let t = x.as_tensor();
+        let twice = (t * 2.0).unwrap().sum_all().unwrap();
+        let loss = ((twice + t.sqr().unwrap().sum_all().unwrap()).unwrap() + t.sum_all().unwrap()).unwrap();
+        let grad = loss.backward().unwrap().remove(t).unwrap();
+        let want: Vec<f32> = values.iter().map(|v| 2.0 + 2.0 * v + 1.0).collect();
+        assert_eq!(grad.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+        let once = t.sum_all().unwrap().backward().unwrap().remove(t).unwrap();
+        assert!(once.is_contiguous(), "a broadcast gradient stored as a view");
+    }
+
     /// The head's part of the estimate: one logits buffer per chunk that can run at once, a
     /// chunk being at most one shard of whole sequences (about 256 tokens below hidden 512,
     /// 512 from it on) and at most 512 rows.
