@@ -3,10 +3,10 @@
 //! Composed from candle ops, a layer norm is about ten graph nodes, each with an output as
 //! large as the hidden states, and candle's backward writes a gradient of that size per node
 //! and sums those of inputs used twice; at small model sizes these passes cost more than the
-//! matmuls. Each op here is one
-//! node: one parallel pass forward, one backward, and only dL/dx is returned (norm weights are
-//! frozen). Values equal the composed ops to f32 rounding; on other devices or dtypes the
-//! composed ops run instead. This module must not hold model weights or know architectures.
+//! matmuls. Each op here is one node: one parallel pass forward, one backward, and only dL/dx
+//! is returned (norm weights are frozen). Values equal the composed ops to f32 rounding; on
+//! other devices or dtypes the composed ops run instead. This module must not hold model
+//! weights or know architectures.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
