@@ -124,6 +124,12 @@ fn activate(act: Act, z: &mut [f32], keep: bool) -> Option<Vec<f32>> {
     Some(d)
 }
 
+/// Saves what the backward pass will `take`.
+fn put<T>(saved: &Mutex<Option<T>>, value: T) -> candle_core::Result<()> {
+    *saved.lock().map_err(|_| err("poisoned lock"))? = Some(value);
+    Ok(())
+}
+
 fn take<T>(saved: &Mutex<Option<T>>) -> candle_core::Result<T> {
     saved
         .lock()
@@ -180,7 +186,7 @@ impl CustomOp1 for LinearAct {
         let (x, shape) = rows_of(s, l, self.proj.out()?)?;
         let mut z = self.proj.forward(x)?; // (m, out), the activation's input, then its output
         if let Some(d) = activate(self.act, &mut z, self.keep) {
-            *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some(d);
+            put(&self.saved, d)?;
         }
         Ok((CpuStorage::F32(z), shape))
     }
@@ -225,7 +231,7 @@ impl CustomOp1 for GatedLinear {
         }
         let y = gate_up(self.act, (&mut g, &mut u), self.keep);
         if self.keep {
-            *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some((g, u));
+            put(&self.saved, (g, u))?;
         }
         Ok((CpuStorage::F32(y), shape))
     }
@@ -288,7 +294,7 @@ impl CustomOp2 for MlpResidual {
         let d = activate(self.act, &mut z, self.keep);
         let y = self.fc_out.forward_onto(Mat::rows(&z, x.rows, self.fc_in.out()?), residual)?;
         if let Some(d) = d {
-            *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some(d);
+            put(&self.saved, d)?;
         }
         Ok((CpuStorage::F32(y), shape))
     }
@@ -357,7 +363,7 @@ impl CustomOp2 for GatedMlpResidual {
         let h = gate_up(self.act, (&mut g, &mut u), self.keep);
         let y = self.down.forward_onto(Mat::rows(&h, x.rows, self.gate.out()?), residual)?;
         if self.keep {
-            *self.saved.lock().map_err(|_| err("poisoned lock"))? = Some((g, u));
+            put(&self.saved, (g, u))?;
         }
         Ok((CpuStorage::F32(y), shape))
     }
