@@ -157,6 +157,9 @@ unsafe fn pack_generic_inner_loop<T: Copy, const N: usize, const DST_WIDTH: usiz
     k: usize,
 ) {
     if src_width == DST_WIDTH {
+        if src_rs != 1 && src_cs == 1 && transposed::pack::<T>(dst, src, src_rs, DST_WIDTH, k) {
+            return;
+        }
         if src_rs == 1 {
             for _ in 0..k {
                 let val = (src as *const [T; DST_WIDTH]).read();
@@ -300,4 +303,104 @@ pub unsafe fn pack_rhs<T: Copy, const N: usize, const NR: usize, S: Simd>(
         #[inline(always)]
         || pack_generic::<T, N, NR>(n, k, dst, src, src_rs, src_cs, dst_stride),
     );
+}
+
+/// Packing of an operand stored the other way round: its rows contiguous along the depth,
+/// `src_rs` apart (a row-major weight read as a column-major operand), where the packed
+/// panel wants `dst[p * width + j] = src[j * src_rs + p]`. Element by element this is one
+/// scalar load and store per element, each load from another row; here blocks of 8 rows by
+/// 8 depths are transposed in AVX registers. The values are moved as bits, never computed
+/// on, so any 4-byte element type packs the same way.
+mod transposed {
+    /// Packs `width` rows (a multiple of 8) of `k` elements and returns true, or returns
+    /// false, having written nothing, where this CPU or element type has no such path.
+    ///
+    /// # Safety
+    /// As the element-by-element loop it replaces: `src` readable at `j * src_rs + p` and
+    /// `dst` writable at `p * width + j` for every j < width, p < k.
+    #[inline(always)]
+    pub unsafe fn pack<T: Copy>(dst: *mut T, src: *const T, src_rs: isize, width: usize, k: usize) -> bool {
+        #[cfg(all(feature = "std", any(target_arch = "x86", target_arch = "x86_64")))]
+        if core::mem::size_of::<T>() == 4 && width % 8 == 0 && crate::feature_detected!("avx") {
+            avx(dst as *mut f32, src as *const f32, src_rs, width, k);
+            return true;
+        }
+        let _ = (dst, src, src_rs, width, k);
+        false
+    }
+
+    #[cfg(all(feature = "std", any(target_arch = "x86", target_arch = "x86_64")))]
+    #[target_feature(enable = "avx")]
+    unsafe fn avx(dst: *mut f32, src: *const f32, src_rs: isize, width: usize, k: usize) {
+        #[cfg(target_arch = "x86")]
+        use core::arch::x86::*;
+        #[cfg(target_arch = "x86_64")]
+        use core::arch::x86_64::*;
+        let whole = k / 8 * 8;
+        for j0 in (0..width).step_by(8) {
+            let row = |r: usize| src.offset((j0 + r) as isize * src_rs);
+            let mut p = 0;
+            while p < whole {
+                let r: [__m256; 8] = core::array::from_fn(|i| _mm256_loadu_ps(row(i).add(p)));
+                // pairs of rows interleaved, then quadruples, then the 128-bit halves swapped
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let columns = [
+                    _mm256_permute2f128_ps::<0x20>(s0, s4),
+                    _mm256_permute2f128_ps::<0x20>(s1, s5),
+                    _mm256_permute2f128_ps::<0x20>(s2, s6),
+                    _mm256_permute2f128_ps::<0x20>(s3, s7),
+                    _mm256_permute2f128_ps::<0x31>(s0, s4),
+                    _mm256_permute2f128_ps::<0x31>(s1, s5),
+                    _mm256_permute2f128_ps::<0x31>(s2, s6),
+                    _mm256_permute2f128_ps::<0x31>(s3, s7),
+                ];
+                for (c, column) in columns.into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((p + c) * width + j0), column);
+                }
+                p += 8;
+            }
+            for p in whole..k {
+                for r in 0..8 {
+                    *dst.add(p * width + j0 + r) = *row(r).add(p);
+                }
+            }
+        }
+    }
+
+    #[cfg(all(test, feature = "std"))]
+    mod tests {
+        /// Every element lands where the element-by-element loop puts it, for depths with
+        /// and without a remainder past the last block of 8.
+        #[test]
+        fn packs_as_the_elementwise_loop() {
+            for (width, k, src_rs) in [(64, 512, 515), (24, 19, 19), (8, 7, 9), (16, 8, 8)] {
+                let src: Vec<f32> = (0..width * src_rs).map(|i| i as f32).collect();
+                let mut dst = vec![-1f32; width * k];
+                let packed = unsafe { super::pack(dst.as_mut_ptr(), src.as_ptr(), src_rs as isize, width, k) };
+                if !packed {
+                    continue;
+                }
+                for p in 0..k {
+                    for j in 0..width {
+                        assert_eq!(dst[p * width + j], src[j * src_rs + p], "width {width}, k {k}, ({j}, {p})");
+                    }
+                }
+            }
+        }
+    }
 }
