@@ -24,7 +24,7 @@
 //! | 3 | `train`, `score` |
 //! | 2 | `model`, `lora`, `single_index`, `synth`, `hub` |
 //! | 1 | `checkpoint`, `discover`, `data`, `dropout` |
-//! | 0 | `error`, `curve`, `device`, `fs`, `memory`, `interrupt`, `isa`, `progress`, `rng`, `math`, `linalg`, `matmul`, `testing` |
+//! | 0 | `error`, `curve`, `device`, `fs`, `memory`, `interrupt`, `isa`, `progress`, `rng`, `math`, `linalg`, `matmul`, `uninit`, `testing` |
 
 pub mod app;
 pub mod checkpoint;
@@ -58,3 +58,4 @@ pub mod synth;
 #[cfg(test)]
 pub mod testing;
 pub mod train;
+pub mod uninit;

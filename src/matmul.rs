@@ -103,17 +103,37 @@ pub fn matmul_rows(
     dst_is: Dst,
     threads: usize,
 ) -> Result<(), String> {
-    let (m, n) = (lhs.rows, rhs.cols);
-    let fits = m == 0 || n == 0 || (dst_rs >= n && (m - 1) * dst_rs + n <= dst.len());
-    if !fits {
-        return Err(refusal(dst.len(), lhs, rhs));
-    }
-    if !chains(lhs, rhs) {
-        return Err(refusal(dst.len(), lhs, rhs));
-    }
-    // SAFETY: `chains` bounds both operands and the test above dst's rows; dst is borrowed
-    // mutably, so it overlaps neither operand.
+    rows_fit(dst.len(), dst_rs, lhs, rhs)?;
+    // SAFETY: `rows_fit` bounds both operands and dst's rows; dst is borrowed mutably, so it
+    // overlaps neither operand.
     unsafe { run(dst.as_mut_ptr(), dst_rs, lhs, rhs, scale, dst_is, threads) };
+    Ok(())
+}
+
+/// dst = `scale * lhs @ rhs` into the m x n rows of slots that start `dst_rs` elements apart:
+/// [`matmul_rows`] overwriting a block of a new matrix, whose slots it writes without reading.
+pub fn product_rows(
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    dst_rs: usize,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+    threads: usize,
+) -> Result<(), String> {
+    rows_fit(dst.len(), dst_rs, lhs, rhs)?;
+    // SAFETY: as in `matmul_rows`; an overwritten destination is never read, and `run` writes
+    // every one of its m x n elements.
+    unsafe { run(dst.as_mut_ptr().cast(), dst_rs, lhs, rhs, scale, Dst::Overwrite, threads) };
+    Ok(())
+}
+
+/// Whether m rows of n, `dst_rs` apart, fit in `dst_len` elements and the operands chain.
+fn rows_fit(dst_len: usize, dst_rs: usize, lhs: Mat, rhs: Mat) -> Result<(), String> {
+    let (m, n) = (lhs.rows, rhs.cols);
+    let fits = m == 0 || n == 0 || (dst_rs >= n && (m - 1) * dst_rs + n <= dst_len);
+    if !fits || !chains(lhs, rhs) {
+        return Err(refusal(dst_len, lhs, rhs));
+    }
     Ok(())
 }
 
