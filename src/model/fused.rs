@@ -8,10 +8,13 @@
 //! other devices or dtypes the composed ops run instead. This module must not hold model
 //! weights or know architectures.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::math::{fast_phi_pdf, fast_sigmoid, fast_tanh, with_avx2};
+use crate::uninit::{copy, written};
 
 /// Whether the fused CPU kernels apply to `x`.
 fn fused(x: &Tensor) -> bool {
@@ -32,6 +35,15 @@ fn rows(l: &Layout) -> candle_core::Result<usize> {
         .copied()
         .filter(|&n| n > 0)
         .ok_or_else(|| candle_core::Error::Msg("fused op on an empty last dimension".into()))
+}
+
+/// Checks that every argument of an op is as long as its first `len` values say (a kernel
+/// that zips them writes each output element only where all have one).
+fn lengths(op: &str, want: usize, args: &[&[f32]]) -> candle_core::Result<()> {
+    match args.iter().find(|a| a.len() != want) {
+        Some(a) => candle_core::bail!("{op}: an argument of {} values where {want} are needed", a.len()),
+        None => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -96,18 +108,22 @@ impl CustomOp3 for NormOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b, n) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?, rows(l1)?);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
-            with_avx2(
-                #[inline(always)]
-                || {
-                    let (mean, rstd) = self.stats(row);
-                    for (((o, &v), &wi), &bi) in out.iter_mut().zip(row).zip(w).zip(b) {
-                        *o = (v - mean) * rstd * wi + bi;
-                    }
-                },
-            )
-        });
+        lengths("norm", n, &[w, b])?;
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        let (mean, rstd) = self.stats(row);
+                        for (((o, &v), &wi), &bi) in out.iter_mut().zip(row).zip(w).zip(b) {
+                            o.write((v - mean) * rstd * wi + bi);
+                        }
+                    },
+                )
+            })
+        };
+        // SAFETY: each row of y is written whole from the row of x beside it (w and b are n long)
+        let y = unsafe { written(x.len(), fill) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -143,27 +159,32 @@ impl CustomOp3 for NormGrad {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, dy, n) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?, rows(l1)?);
-        let mut dx = vec![0f32; x.len()];
+        lengths("norm backward", n, &[w])?;
+        lengths("norm backward", x.len(), &[dy])?;
         let nf = n as f32;
-        dx.par_chunks_mut(n).zip(x.par_chunks(n)).zip(dy.par_chunks(n)).for_each(|((out, row), dyr)| {
-            with_avx2(
-                #[inline(always)]
-                || {
-                    let (mean, rstd) = self.0.stats(row);
-                    let (mut g_sum, mut gx_sum) = (0f32, 0f32);
-                    for ((&v, &d), &wi) in row.iter().zip(dyr).zip(w) {
-                        let g = d * wi;
-                        g_sum += g;
-                        gx_sum += g * (v - mean) * rstd;
-                    }
-                    let g_mean = if self.0.centered { g_sum / nf } else { 0.0 };
-                    let gx_mean = gx_sum / nf;
-                    for (((o, &v), &d), &wi) in out.iter_mut().zip(row).zip(dyr).zip(w) {
-                        *o = rstd * (d * wi - g_mean - (v - mean) * rstd * gx_mean);
-                    }
-                },
-            )
-        });
+        let fill = |dx: &mut [MaybeUninit<f32>]| {
+            dx.par_chunks_mut(n).zip(x.par_chunks(n)).zip(dy.par_chunks(n)).for_each(|((out, row), dyr)| {
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        let (mean, rstd) = self.0.stats(row);
+                        let (mut g_sum, mut gx_sum) = (0f32, 0f32);
+                        for ((&v, &d), &wi) in row.iter().zip(dyr).zip(w) {
+                            let g = d * wi;
+                            g_sum += g;
+                            gx_sum += g * (v - mean) * rstd;
+                        }
+                        let g_mean = if self.0.centered { g_sum / nf } else { 0.0 };
+                        let gx_mean = gx_sum / nf;
+                        for (((o, &v), &d), &wi) in out.iter_mut().zip(row).zip(dyr).zip(w) {
+                            o.write(rstd * (d * wi - g_mean - (v - mean) * rstd * gx_mean));
+                        }
+                    },
+                )
+            })
+        };
+        // SAFETY: each row of dx is written whole from the rows of x and dy beside it (w is n long)
+        let dx = unsafe { written(x.len(), fill) };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -254,15 +275,18 @@ impl CustomOp1 for ActOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = data(s, l)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| {
-            let n = o.len();
-            let i = &i[..n];
-            with_avx2(
-                #[inline(always)]
-                || per_act!(self.0, a => for k in 0..n { o[k] = a.eval(i[k]).0 }),
-            )
-        });
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, i)| {
+                let n = o.len();
+                let i = &i[..n];
+                with_avx2(
+                    #[inline(always)]
+                    || per_act!(self.0, a => for k in 0..n { o[k].write(a.eval(i[k]).0); }),
+                )
+            })
+        };
+        // SAFETY: each chunk of y is written whole from the chunk of x beside it
+        let y = unsafe { written(x.len(), fill) };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -287,15 +311,19 @@ impl CustomOp2 for ActGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, dy) = (data(s1, l1)?, data(s2, l2)?);
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(4096).zip(x.par_chunks(4096)).zip(dy.par_chunks(4096)).for_each(|((o, i), d)| {
-            let n = o.len();
-            let (i, d) = (&i[..n], &d[..n]);
-            with_avx2(
-                #[inline(always)]
-                || per_act!(self.0, a => for k in 0..n { o[k] = d[k] * a.eval(i[k]).1 }),
-            );
-        });
+        lengths("activation backward", x.len(), &[dy])?;
+        let fill = |dx: &mut [MaybeUninit<f32>]| {
+            dx.par_chunks_mut(4096).zip(x.par_chunks(4096)).zip(dy.par_chunks(4096)).for_each(|((o, i), d)| {
+                let n = o.len();
+                let (i, d) = (&i[..n], &d[..n]);
+                with_avx2(
+                    #[inline(always)]
+                    || per_act!(self.0, a => for k in 0..n { o[k].write(d[k] * a.eval(i[k]).1); }),
+                );
+            })
+        };
+        // SAFETY: each chunk of dx is written whole from the chunks of x and dy beside it
+        let dx = unsafe { written(x.len(), fill) };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -324,15 +352,19 @@ impl CustomOp2 for GatedOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u) = (data(s1, l1)?, data(s2, l2)?);
-        let mut y = vec![0f32; g.len()];
-        y.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| {
-            let n = o.len();
-            let (g, u) = (&g[..n], &u[..n]);
-            with_avx2(
-                #[inline(always)]
-                || per_act!(self.0, a => for k in 0..n { o[k] = a.eval(g[k]).0 * u[k] }),
-            );
-        });
+        lengths("gated activation", g.len(), &[u])?;
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| {
+                let n = o.len();
+                let (g, u) = (&g[..n], &u[..n]);
+                with_avx2(
+                    #[inline(always)]
+                    || per_act!(self.0, a => for k in 0..n { o[k].write(a.eval(g[k]).0 * u[k]); }),
+                );
+            })
+        };
+        // SAFETY: each chunk of y is written whole from the chunks of g and u beside it
+        let y = unsafe { written(g.len(), fill) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -372,27 +404,31 @@ impl CustomOp3 for GatedGrad {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u, dy) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(
-            |((o, g), (u, d))| {
-                let (wrt_gate, n) = (self.wrt_gate, o.len());
-                let (g, u, d) = (&g[..n], &u[..n], &d[..n]);
-                with_avx2(
-                    #[inline(always)]
-                    || {
-                        per_act!(self.act, a => if wrt_gate {
-                            for k in 0..n {
-                                o[k] = d[k] * u[k] * a.eval(g[k]).1;
-                            }
-                        } else {
-                            for k in 0..n {
-                                o[k] = d[k] * a.eval(g[k]).0;
-                            }
-                        })
-                    },
-                );
-            },
-        );
+        lengths("gated activation backward", g.len(), &[u, dy])?;
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(
+                |((o, g), (u, d))| {
+                    let (wrt_gate, n) = (self.wrt_gate, o.len());
+                    let (g, u, d) = (&g[..n], &u[..n], &d[..n]);
+                    with_avx2(
+                        #[inline(always)]
+                        || {
+                            per_act!(self.act, a => if wrt_gate {
+                                for k in 0..n {
+                                    o[k].write(d[k] * u[k] * a.eval(g[k]).1);
+                                }
+                            } else {
+                                for k in 0..n {
+                                    o[k].write(d[k] * a.eval(g[k]).0);
+                                }
+                            })
+                        },
+                    );
+                },
+            )
+        };
+        // SAFETY: each chunk of out is written whole from the chunks of g, u and dy beside it
+        let out = unsafe { written(g.len(), fill) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -412,16 +448,16 @@ pub struct Rotation {
 impl Rotation {
     /// out = x cos + rotate_half(x) sin at position `pos`, rotate_half(x) = (-x2, x1); with
     /// `inverse` the sin is negated, which is also the backward of the rotation. Features past
-    /// `rot_dim` are copied.
-    pub fn rotate(&self, out: &mut [f32], x: &[f32], pos: usize, inverse: bool) {
+    /// `rot_dim` are copied. Every slot of `out`, as long as `x`, is written.
+    pub fn rotate(&self, out: &mut [MaybeUninit<f32>], x: &[f32], pos: usize, inverse: bool) {
         let (r, half) = (self.rot_dim, self.rot_dim / 2);
         let (cos, sin) = (&self.cos[pos * r..(pos + 1) * r], &self.sin[pos * r..(pos + 1) * r]);
         let sign = if inverse { -1.0 } else { 1.0 };
         for i in 0..half {
-            out[i] = x[i] * cos[i] - sign * x[i + half] * sin[i];
-            out[i + half] = x[i + half] * cos[i + half] + sign * x[i] * sin[i + half];
+            out[i].write(x[i] * cos[i] - sign * x[i + half] * sin[i]);
+            out[i + half].write(x[i + half] * cos[i + half] + sign * x[i] * sin[i + half]);
         }
-        out[r..].copy_from_slice(&x[r..]);
+        copy(&mut out[r..], &x[r..]);
     }
 }
 
@@ -458,12 +494,15 @@ impl CustomOp1 for RotaryOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = data(s, l)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(self.t * self.d).zip(x.par_chunks(self.t * self.d)).for_each(|(out, head)| {
-            for (pos, (o, row)) in out.chunks_mut(self.d).zip(head.chunks(self.d)).enumerate() {
-                self.rotation.rotate(o, row, pos, self.inverse);
-            }
-        });
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(self.t * self.d).zip(x.par_chunks(self.t * self.d)).for_each(|(out, head)| {
+                for (pos, (o, row)) in out.chunks_mut(self.d).zip(head.chunks(self.d)).enumerate() {
+                    self.rotation.rotate(o, row, pos, self.inverse);
+                }
+            })
+        };
+        // SAFETY: every row of y is rotated from the row of x beside it, which writes it whole
+        let y = unsafe { written(x.len(), fill) };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 

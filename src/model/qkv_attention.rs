@@ -11,6 +11,7 @@
 //! dtypes, attention dropout) the heads are split with views and `attention.rs` composes the
 //! attention from candle's ops. This module must not hold weights.
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor, D};
@@ -21,6 +22,7 @@ use super::fused::{data, Rotation};
 use super::sdpa::{self, Dims, Kernel, View};
 use super::Rope;
 use crate::dropout::Dropout;
+use crate::uninit::{copy, written};
 
 /// Where each head's query, key and value lie in a row of the packed projection (width 3 h d).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -205,15 +207,17 @@ impl QkvAttention {
     fn rotate(&self, rotation: &Rotation, sources: &[&[f32]], part: usize) -> Vec<f32> {
         let Dims { b, t, d, .. } = self.kernel.dims();
         let Place { source, start, head_step, width, heads } = self.place(part);
-        let mut out = vec![0f32; b * heads * t * d];
-        out.par_chunks_mut(t * d).enumerate().for_each(|(bh, head)| {
-            let (bi, hi) = (bh / heads, bh % heads);
-            let col = bi * t * width + start + hi * head_step;
-            for (pos, row) in head.chunks_mut(d).enumerate() {
-                rotation.rotate(row, &sources[source][col + pos * width..][..d], pos, false);
-            }
-        });
-        out
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(t * d).enumerate().for_each(|(bh, head)| {
+                let (bi, hi) = (bh / heads, bh % heads);
+                let col = bi * t * width + start + hi * head_step;
+                for (pos, row) in head.chunks_mut(d).enumerate() {
+                    rotation.rotate(row, &sources[source][col + pos * width..][..d], pos, false);
+                }
+            })
+        };
+        // SAFETY: each row of d is rotated from its source row, which writes it whole
+        unsafe { written(b * heads * t * d, fill) }
     }
 
     /// The views the kernel reads: the rotated buffers for queries and keys when there is a
@@ -256,21 +260,25 @@ impl QkvAttention {
         let parts: Vec<(usize, Place)> =
             (0..3).map(|p| (p, self.place(p))).filter(|(_, at)| at.source == source).collect();
         let width = parts[0].1.width;
-        let mut out = vec![0f32; b * t * width];
-        out.par_chunks_mut(width).enumerate().for_each(|(row, out)| {
-            let (bi, pos) = (row / t, row % t);
-            for &(part, Place { start, head_step, heads, .. }) in &parts {
-                for hi in 0..heads {
-                    let src = &grads[part][((bi * heads + hi) * t + pos) * d..][..d];
-                    let dst = &mut out[start + hi * head_step..][..d];
-                    match &self.rotation {
-                        Some(rotation) if part < 2 => rotation.rotate(dst, src, pos, true),
-                        _ => dst.copy_from_slice(src),
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(width).enumerate().for_each(|(row, out)| {
+                let (bi, pos) = (row / t, row % t);
+                for &(part, Place { start, head_step, heads, .. }) in &parts {
+                    for hi in 0..heads {
+                        let src = &grads[part][((bi * heads + hi) * t + pos) * d..][..d];
+                        let dst = &mut out[start + hi * head_step..][..d];
+                        match &self.rotation {
+                            Some(rotation) if part < 2 => rotation.rotate(dst, src, pos, true),
+                            _ => copy(dst, src),
+                        }
                     }
                 }
-            }
-        });
-        out
+            })
+        };
+        // SAFETY: the parts that lie in this source tile its rows (their heads' d columns at
+        // the places `place` gives: packed, the three parts' h heads fill 3 h d; separate, one
+        // part's heads fill its width), and each is written whole
+        unsafe { written(b * t * width, fill) }
     }
 
     /// The output's shape.

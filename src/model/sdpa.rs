@@ -11,11 +11,14 @@
 //! place. The candle op that feeds it lives in `qkv_attention.rs`; this module must not know
 //! about rotary embeddings, projections or candle's graph.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use crate::math::{fast_exp, lanes_dot, lanes_reduce, with_avx2};
-use crate::matmul::{matmul_rows, Dst, Mat};
+use crate::matmul::{matmul_rows, product_rows, Dst, Mat};
+use crate::uninit::written;
 
 /// Whether the fused op applies (CPU, f32).
 pub fn applies(q: &Tensor) -> bool {
@@ -93,16 +96,21 @@ impl Kernel {
     /// whose output rows (t, h * d) are contiguous.
     pub fn forward(&self, q: &View, k: &View, v: &View) -> (Vec<f32>, Vec<f32>) {
         let Dims { b, h, t, d, .. } = self.dims;
-        let mut probs = vec![0f32; b * h * t * t];
-        let mut out = vec![0f32; b * t * h * d];
-        out.par_chunks_mut(t * h * d).zip(probs.par_chunks_mut(h * t * t)).enumerate().for_each(
-            |(bi, (out_b, probs_b))| {
-                for (hi, p) in probs_b.chunks_mut(t * t).enumerate() {
-                    let kvi = hi / self.dims.rep();
-                    self.head_forward(hi, (q.head(bi, hi), k.head(bi, kvi), v.head(bi, kvi)), p, &mut out_b[hi * d..]);
-                }
-            },
-        );
+        let mut probs = vec![0f32; b * h * t * t]; // zero past each block's last visible column
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(t * h * d).zip(probs.par_chunks_mut(h * t * t)).enumerate().for_each(
+                |(bi, (out_b, probs_b))| {
+                    for (hi, p) in probs_b.chunks_mut(t * t).enumerate() {
+                        let kvi = hi / self.dims.rep();
+                        let qkv = (q.head(bi, hi), k.head(bi, kvi), v.head(bi, kvi));
+                        self.head_forward(hi, qkv, p, &mut out_b[hi * d..]);
+                    }
+                },
+            )
+        };
+        // SAFETY: every row block of every head writes its d columns of each of its rows, and
+        // the blocks cover all t rows
+        let out = unsafe { written(b * t * h * d, fill) };
         (probs, out)
     }
 
@@ -118,7 +126,13 @@ impl Kernel {
 
     /// One query head's forward: probabilities into `p` (t, t), output into `out` (rows of
     /// stride h * d, starting at this head's columns).
-    fn head_forward(&self, hi: usize, (q, k, v): (Operand, Operand, Operand), p: &mut [f32], out: &mut [f32]) {
+    fn head_forward(
+        &self,
+        hi: usize,
+        (q, k, v): (Operand, Operand, Operand),
+        p: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
+    ) {
         let ((q, qs), (k, ks), (v, vs)) = (q, k, v);
         let Dims { h, t, d, .. } = self.dims;
         let mask = self.mask_of(hi);
@@ -131,7 +145,7 @@ impl Kernel {
                 masked_softmax(&mut row[..c], &mask[i * t..i * t + c], self.scale);
             }
             // out = p v, (m, d) written with row stride h * d
-            gemm_strided(&mut out[r0 * h * d..], h * d, p, (t, 1), v, vs, (m, c, d), Dst::Overwrite, 1.0);
+            product_strided(&mut out[r0 * h * d..], h * d, p, (t, 1), v, vs, (m, c, d), 1.0);
         }
     }
 
@@ -139,36 +153,40 @@ impl Kernel {
     /// (b, t, h * d); one task per (batch, key/value head), which owns that head's dk and dv.
     pub fn backward(&self, probs: &[f32], q: &View, k: &View, v: &View, dout: &[f32]) -> [Vec<f32>; 3] {
         let Dims { b, h, kv, t, d } = self.dims;
-        let mut dq = vec![0f32; b * h * t * d];
-        let mut dk = vec![0f32; b * kv * t * d];
+        let mut dk = vec![0f32; b * kv * t * d]; // accumulated over the row blocks
         let mut dv = vec![0f32; b * kv * t * d];
         let rep = self.dims.rep();
-        dq.par_chunks_mut(rep * t * d)
-            .zip(dk.par_chunks_mut(t * d))
-            .zip(dv.par_chunks_mut(t * d))
-            .enumerate()
-            .for_each(|(g, ((dq_g, dk_g), dv_g))| {
-                let (bi, kvi) = (g / kv, g % kv);
-                let (kh, vh) = (k.head(bi, kvi), v.head(bi, kvi));
-                let mut ds = vec![0f32; t * t];
-                for (r, dq_h) in dq_g.chunks_mut(t * d).enumerate() {
-                    let hi = kvi * rep + r;
-                    let p = &probs[(bi * h + hi) * t * t..][..t * t];
-                    let qh = q.head(bi, hi);
-                    let doh = &dout[bi * t * h * d + hi * d..];
-                    self.head_backward((p, doh, qh, kh, vh), &mut ds, dq_h, dk_g, dv_g);
-                }
-            });
+        let fill = |dq: &mut [MaybeUninit<f32>]| {
+            dq.par_chunks_mut(rep * t * d)
+                .zip(dk.par_chunks_mut(t * d))
+                .zip(dv.par_chunks_mut(t * d))
+                .enumerate()
+                .for_each(|(g, ((dq_g, dk_g), dv_g))| {
+                    let (bi, kvi) = (g / kv, g % kv);
+                    let (kh, vh) = (k.head(bi, kvi), v.head(bi, kvi));
+                    let mut ds = vec![0f32; t * t];
+                    for (r, dq_h) in dq_g.chunks_mut(t * d).enumerate() {
+                        let hi = kvi * rep + r;
+                        let p = &probs[(bi * h + hi) * t * t..][..t * t];
+                        let qh = q.head(bi, hi);
+                        let doh = &dout[bi * t * h * d + hi * d..];
+                        self.head_backward((p, doh, qh, kh, vh), &mut ds, dq_h, dk_g, dv_g);
+                    }
+                })
+        };
+        // SAFETY: every row block of every query head writes its rows of dq, and the blocks
+        // cover all t rows
+        let dq = unsafe { written(b * h * t * d, fill) };
         [dq, dk, dv]
     }
 
-    /// One query head's backward over its row blocks: dq_h overwritten, dk and dv (its
+    /// One query head's backward over its row blocks: dq_h written, dk and dv (its
     /// key/value head's) accumulated; `ds` is (t, t) scratch.
     fn head_backward(
         &self,
         (p, doh, (q, qs), (k, ks), (v, vs)): (&[f32], &[f32], Operand, Operand, Operand),
         ds: &mut [f32],
-        dq_h: &mut [f32],
+        dq_h: &mut [MaybeUninit<f32>],
         dk: &mut [f32],
         dv: &mut [f32],
     ) {
@@ -183,7 +201,7 @@ impl Kernel {
             gemm_strided(ds, t, doh, (h * d, 1), v, (vs.1, vs.0), (m, d, c), Dst::Overwrite, 1.0);
             softmax_grad_rows(ds, p, t, c);
             // dq = ds k * scale; dk += ds^T q * scale
-            gemm_strided(&mut dq_h[r0 * d..], d, ds, (t, 1), k, ks, (m, c, d), Dst::Overwrite, self.scale);
+            product_strided(&mut dq_h[r0 * d..], d, ds, (t, 1), k, ks, (m, c, d), self.scale);
             gemm_strided(dk, d, ds, (1, t), q, qs, (c, m, d), Dst::Accumulate, self.scale);
         }
     }
@@ -274,6 +292,23 @@ fn gemm_strided(
     let lhs = Mat { data: lhs, rows: m, cols: k, rs: l_rs, cs: l_cs };
     let rhs = Mat { data: rhs, rows: k, cols: n, rs: r_rs, cs: r_cs };
     matmul_rows(dst, d_rs, lhs, rhs, beta, dst_is, 1).expect("attention operands in bounds");
+}
+
+/// [`gemm_strided`] overwriting slots of a new matrix: dst = beta * lhs @ rhs.
+#[allow(clippy::too_many_arguments)]
+fn product_strided(
+    dst: &mut [MaybeUninit<f32>],
+    d_rs: usize,
+    lhs: &[f32],
+    (l_rs, l_cs): (usize, usize),
+    rhs: &[f32],
+    (r_rs, r_cs): (usize, usize),
+    (m, k, n): (usize, usize, usize),
+    beta: f32,
+) {
+    let lhs = Mat { data: lhs, rows: m, cols: k, rs: l_rs, cs: l_cs };
+    let rhs = Mat { data: rhs, rows: k, cols: n, rs: r_rs, cs: r_cs };
+    product_rows(dst, d_rs, lhs, rhs, beta, 1).expect("attention operands in bounds");
 }
 
 #[cfg(test)]
