@@ -14,6 +14,7 @@
 //! Values are those of the composed nodes up to f32 rounding. `layers.rs` uses these ops only on the CPU, in f32, when no adapter sits on the
 //! projections, and composes the nodes elsewhere. This file must not know architectures.
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
@@ -21,7 +22,8 @@ use rayon::prelude::*;
 
 use super::fused::{per_act, Act};
 use crate::math::with_avx2;
-use crate::matmul::{linear, linear_onto, matmul, product, rows_of, threads, with_mat, Dst, Mat};
+use crate::matmul::{linear_onto, matmul, product, rows_of, threads, with_mat, Dst, Mat};
+use crate::uninit::written;
 
 /// Elements per parallel task in the elementwise passes.
 const CHUNK: usize = 4096;
@@ -38,16 +40,20 @@ pub struct Proj {
 
 impl Proj {
     pub fn new(wt: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Self> {
-        Ok(Proj { wt: wt.clone(), bias: bias.map(|b| b.to_vec1::<f32>()).transpose()? })
+        let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+        if let Some(b) = bias.as_ref().filter(|b| Some(b.len()) != wt.dim(1).ok()) {
+            return Err(err(format!("a bias of {} for a weight {:?}", b.len(), wt.dims())));
+        }
+        Ok(Proj { wt: wt.clone(), bias })
     }
 
     fn out(&self) -> candle_core::Result<usize> {
         self.wt.dim(1)
     }
 
-    /// bias + x @ wt, (m, out).
-    fn forward(&self, x: Mat) -> candle_core::Result<Vec<f32>> {
-        with_mat(&self.wt, |wt| linear(x, wt, self.bias.as_deref(), threads()).map_err(err))
+    /// x @ wt, (m, out), without the bias: the activation that follows adds it.
+    fn product(&self, x: Mat) -> candle_core::Result<Vec<f32>> {
+        with_mat(&self.wt, |wt| product(x, wt, 1.0, threads()).map_err(err))
     }
 
     /// residual + bias + x @ wt, (m, out), from the residual's (m, out) values.
@@ -96,32 +102,122 @@ fn scale_by(v: &mut [f32], g: &[f32]) {
     });
 }
 
-/// act(z) in place of z, and act'(z) when `keep`.
-fn activate(act: Act, z: &mut [f32], keep: bool) -> Option<Vec<f32>> {
+/// Elements per parallel task of an elementwise pass over rows of n: whole rows, about
+/// [`CHUNK`] elements.
+fn task(n: usize) -> usize {
+    (CHUNK / n.max(1)).max(1) * n.max(1)
+}
+
+/// A projection's output before its activation: x @ wt (m, n) and the bias, which the pass
+/// that reads it adds (a bias copied into every row first would be one more pass). The
+/// bias, when there is one, is n long ([`Proj::new`]).
+struct PreAct<'a> {
+    z: &'a mut [f32],
+    n: usize,
+    bias: Option<&'a [f32]>,
+}
+
+impl<'a> PreAct<'a> {
+    fn of(z: &'a mut [f32], proj: &'a Proj) -> candle_core::Result<Self> {
+        Ok(PreAct { z, n: proj.out()?, bias: proj.bias.as_deref() })
+    }
+}
+
+/// act(z + b) in place over one row z, and act'(z + b) into `d` (as long as the row) when
+/// given. Each case is its own loop over equal-length slices, which vectorises.
+#[inline(always)]
+fn activate_row(a: Act, z: &mut [f32], bias: Option<&[f32]>, d: Option<&mut [MaybeUninit<f32>]>) {
+    let n = z.len();
+    match (bias, d) {
+        (Some(b), Some(d)) => {
+            let (b, d) = (&b[..n], &mut d[..n]);
+            for k in 0..n {
+                let (f, fp) = a.eval(z[k] + b[k]);
+                z[k] = f;
+                d[k].write(fp);
+            }
+        }
+        (None, Some(d)) => {
+            let d = &mut d[..n];
+            for k in 0..n {
+                let (f, fp) = a.eval(z[k]);
+                z[k] = f;
+                d[k].write(fp);
+            }
+        }
+        (Some(b), None) => {
+            let b = &b[..n];
+            for k in 0..n {
+                z[k] = a.eval(z[k] + b[k]).0;
+            }
+        }
+        (None, None) => z.iter_mut().for_each(|v| *v = a.eval(*v).0),
+    }
+}
+
+/// act(z + b) in place of z, and act'(z + b) when `keep`.
+fn activate(act: Act, pre: PreAct, keep: bool) -> Option<Vec<f32>> {
+    let PreAct { z, n, bias } = pre;
     if !keep {
-        z.par_chunks_mut(CHUNK).for_each(|z| {
+        z.par_chunks_mut(task(n)).for_each(|z| {
             with_avx2(
                 #[inline(always)]
-                || per_act!(act, a => for v in z.iter_mut() { *v = a.eval(*v).0 }),
+                || per_act!(act, a => z.chunks_mut(n).for_each(|row| activate_row(a, row, bias, None))),
             )
         });
         return None;
     }
-    let mut d = vec![0f32; z.len()]; // act'(z)
-    z.par_chunks_mut(CHUNK).zip(d.par_chunks_mut(CHUNK)).for_each(|(z, d)| {
-        let d = &mut d[..z.len()];
-        with_avx2(
-            #[inline(always)]
-            || {
-                per_act!(act, a => for k in 0..z.len() {
-                    let (f, fp) = a.eval(z[k]);
-                    z[k] = f;
-                    d[k] = fp;
-                })
-            },
-        )
-    });
-    Some(d)
+    let len = z.len();
+    let fill = |d: &mut [MaybeUninit<f32>]| {
+        z.par_chunks_mut(task(n)).zip(d.par_chunks_mut(task(n))).for_each(|(z, d)| {
+            with_avx2(
+                #[inline(always)]
+                || {
+                    per_act!(act, a => for (row, d) in z.chunks_mut(n).zip(d.chunks_mut(n)) {
+                        activate_row(a, row, bias, Some(d))
+                    })
+                },
+            )
+        })
+    };
+    // SAFETY: d's tasks and rows are z's, and `activate_row` writes each element of a row of d
+    Some(unsafe { written(len, fill) }) // act'(z + b)
+}
+
+/// y = act(g + bg) * (u + bu) over one row, and when `keep`, act'(g + bg) * (u + bu) in place
+/// of g and act(g + bg) in place of u; all four as long as y.
+#[inline(always)]
+fn gate_up_row(
+    a: Act,
+    (y, g, u): (&mut [MaybeUninit<f32>], &mut [f32], &mut [f32]),
+    bias: Option<(&[f32], &[f32])>,
+    keep: bool,
+) {
+    let n = y.len();
+    let (g, u) = (&mut g[..n], &mut u[..n]);
+    match bias {
+        Some((bg, bu)) => {
+            let (bg, bu) = (&bg[..n], &bu[..n]);
+            for k in 0..n {
+                let ((f, fp), uk) = (a.eval(g[k] + bg[k]), u[k] + bu[k]);
+                y[k].write(f * uk);
+                if keep {
+                    g[k] = fp * uk;
+                    u[k] = f;
+                }
+            }
+        }
+        None => {
+            for k in 0..n {
+                let ((f, fp), uk) = (a.eval(g[k]), u[k]);
+                y[k].write(f * uk);
+                if keep {
+                    g[k] = fp * uk;
+                    u[k] = f;
+                }
+            }
+        }
+    }
 }
 
 /// Saves what the backward pass will `take`.
@@ -139,26 +235,35 @@ fn take<T>(saved: &Mutex<Option<T>>) -> candle_core::Result<T> {
 }
 
 /// act(g) * u, and in place of g and u (when `keep`) what dL/dy multiplies into d/dg and d/du:
-/// act'(g) * u and act(g).
-fn gate_up(act: Act, (g, u): (&mut [f32], &mut [f32]), keep: bool) -> Vec<f32> {
-    let mut y = vec![0f32; g.len()];
-    y.par_chunks_mut(CHUNK).zip(g.par_chunks_mut(CHUNK)).zip(u.par_chunks_mut(CHUNK)).for_each(|((y, g), u)| {
-        let (g, u) = (&mut g[..y.len()], &mut u[..y.len()]);
-        with_avx2(
-            #[inline(always)]
-            || {
-                per_act!(act, a => for k in 0..y.len() {
-                    let ((f, fp), uk) = (a.eval(g[k]), u[k]);
-                    y[k] = f * uk;
-                    if keep {
-                        g[k] = fp * uk;
-                        u[k] = f;
-                    }
-                })
-            },
-        )
-    });
-    y
+/// act'(g) * u and act(g); g and u with their biases added (a missing one of the two as
+/// zeros).
+fn gate_up(act: Act, (g, u): (PreAct, PreAct), keep: bool) -> candle_core::Result<Vec<f32>> {
+    let (n, len) = (g.n, g.z.len());
+    if u.n != n || u.z.len() != len {
+        return Err(err(format!("gate of {len} values ({n} wide) and up of {} ({} wide)", u.z.len(), u.n)));
+    }
+    let zeros = vec![0f32; if g.bias.is_some() != u.bias.is_some() { n } else { 0 }];
+    let bias = match (g.bias, u.bias) {
+        (None, None) => None,
+        (bg, bu) => Some((bg.unwrap_or(&zeros), bu.unwrap_or(&zeros))),
+    };
+    let (g, u) = (g.z, u.z);
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        let tasks = y.par_chunks_mut(task(n)).zip(g.par_chunks_mut(task(n))).zip(u.par_chunks_mut(task(n)));
+        tasks.for_each(|((y, g), u)| {
+            with_avx2(
+                #[inline(always)]
+                || {
+                    per_act!(act, a => for ((y, g), u) in y.chunks_mut(n).zip(g.chunks_mut(n)).zip(u.chunks_mut(n)) {
+                        gate_up_row(a, (y, g, u), bias, keep)
+                    })
+                },
+            )
+        })
+    };
+    // SAFETY: y's tasks and rows are g's and u's, as long (checked above), and `gate_up_row`
+    // writes each element of a row of y
+    Ok(unsafe { written(len, fill) })
 }
 
 /// act(x @ wt + b) as one node.
@@ -184,8 +289,8 @@ impl CustomOp1 for LinearAct {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, shape) = rows_of(s, l, self.proj.out()?)?;
-        let mut z = self.proj.forward(x)?; // (m, out), the activation's input, then its output
-        if let Some(d) = activate(self.act, &mut z, self.keep) {
+        let mut z = self.proj.product(x)?; // (m, out), the activation's input, then its output
+        if let Some(d) = activate(self.act, PreAct::of(&mut z, &self.proj)?, self.keep) {
             put(&self.saved, d)?;
         }
         Ok((CpuStorage::F32(z), shape))
@@ -225,11 +330,8 @@ impl CustomOp1 for GatedLinear {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, shape) = rows_of(s, l, self.gate.out()?)?;
-        let (mut g, mut u) = (self.gate.forward(x)?, self.up.forward(x)?); // (m, i) each
-        if g.len() != u.len() {
-            return Err(err(format!("gate of {} values and up of {}", g.len(), u.len())));
-        }
-        let y = gate_up(self.act, (&mut g, &mut u), self.keep);
+        let (mut g, mut u) = (self.gate.product(x)?, self.up.product(x)?); // (m, i) each
+        let y = gate_up(self.act, (PreAct::of(&mut g, &self.gate)?, PreAct::of(&mut u, &self.up)?), self.keep)?;
         if self.keep {
             put(&self.saved, (g, u))?;
         }
@@ -290,8 +392,8 @@ impl CustomOp2 for MlpResidual {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, shape) = rows_of(s1, l1, self.fc_out.out()?)?;
         let residual = residual_of(s2, l2, &shape)?;
-        let mut z = self.fc_in.forward(x)?; // (m, i), the activation's input, then its output
-        let d = activate(self.act, &mut z, self.keep);
+        let mut z = self.fc_in.product(x)?; // (m, i), the activation's input, then its output
+        let d = activate(self.act, PreAct::of(&mut z, &self.fc_in)?, self.keep);
         let y = self.fc_out.forward_onto(Mat::rows(&z, x.rows, self.fc_in.out()?), residual)?;
         if let Some(d) = d {
             put(&self.saved, d)?;
@@ -356,11 +458,8 @@ impl CustomOp2 for GatedMlpResidual {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, shape) = rows_of(s1, l1, self.down.out()?)?;
         let residual = residual_of(s2, l2, &shape)?;
-        let (mut g, mut u) = (self.gate.forward(x)?, self.up.forward(x)?); // (m, i) each
-        if g.len() != u.len() {
-            return Err(err(format!("gate of {} values and up of {}", g.len(), u.len())));
-        }
-        let h = gate_up(self.act, (&mut g, &mut u), self.keep);
+        let (mut g, mut u) = (self.gate.product(x)?, self.up.product(x)?); // (m, i) each
+        let h = gate_up(self.act, (PreAct::of(&mut g, &self.gate)?, PreAct::of(&mut u, &self.up)?), self.keep)?;
         let y = self.down.forward_onto(Mat::rows(&h, x.rows, self.gate.out()?), residual)?;
         if self.keep {
             put(&self.saved, (g, u))?;
