@@ -247,9 +247,11 @@ impl QkvAttention {
             .map_err(lock_err)?
             .take()
             .ok_or_else(|| candle_core::Error::Msg("attention: backward without forward".into()))?;
-        let dout = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let grad = grad.contiguous()?;
+        let guard = grad.storage_and_layout();
+        let dout = slice(&guard)?; // (b, t, h d), read where it lies
         let [q, k, v] = self.views(sources, &rotated);
-        let grads = self.kernel.backward(&probs, &q, &k, &v, &dout);
+        let grads = self.kernel.backward(&probs, &q, &k, &v, dout);
         Ok((0..sources.len()).map(|source| self.gather(source, &grads)).collect())
     }
 
