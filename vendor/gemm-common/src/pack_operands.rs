@@ -337,11 +337,13 @@ mod transposed {
         #[cfg(target_arch = "x86_64")]
         use core::arch::x86_64::*;
         let whole = k / 8 * 8;
-        for j0 in (0..width).step_by(8) {
-            let row = |r: usize| src.offset((j0 + r) as isize * src_rs);
-            let mut p = 0;
-            while p < whole {
-                let r: [__m256; 8] = core::array::from_fn(|i| _mm256_loadu_ps(row(i).add(p)));
+        // depth outermost: each block of 8 depths writes 8 whole panel rows (8 x width
+        // elements, contiguous), reading the same 32 bytes of each source row
+        let mut p = 0;
+        while p < whole {
+            for j0 in (0..width).step_by(8) {
+                let r: [__m256; 8] =
+                    core::array::from_fn(|i| _mm256_loadu_ps(src.offset((j0 + i) as isize * src_rs).add(p)));
                 // pairs of rows interleaved, then quadruples, then the 128-bit halves swapped
                 let t0 = _mm256_unpacklo_ps(r[0], r[1]);
                 let t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -372,12 +374,12 @@ mod transposed {
                 for (c, column) in columns.into_iter().enumerate() {
                     _mm256_storeu_ps(dst.add((p + c) * width + j0), column);
                 }
-                p += 8;
             }
-            for p in whole..k {
-                for r in 0..8 {
-                    *dst.add(p * width + j0 + r) = *row(r).add(p);
-                }
+            p += 8;
+        }
+        for p in whole..k {
+            for j in 0..width {
+                *dst.add(p * width + j) = *src.offset(j as isize * src_rs).add(p);
             }
         }
     }
