@@ -12,8 +12,8 @@ import re
 import sys
 
 OPS = [
-    (r"QkvAttention as candle_core::custom_op::CustomOp[13]>::bwd|QkvAttention::backward", "attention, backward"),
-    (r"QkvAttention as candle_core::custom_op::CustomOp[13]>::cpu_fwd|QkvAttention::forward|head_forward", "attention, forward"),
+    (r"QkvAttention as candle_core::custom_op::CustomOp[13]>::bwd|QkvAttention::backward|sdpa::Kernel::backward", "attention, backward"),
+    (r"QkvAttention as candle_core::custom_op::CustomOp[13]>::cpu_fwd|QkvAttention::forward|sdpa::Kernel::forward|head_forward", "attention, forward"),
     (r"head_loss", "output head + loss"),
     (r"fused_mlp", "MLP projection + activation (fwd and bwd)"),
     (r"lora::fused", "adapted linear layer (fwd and bwd)"),
