@@ -289,8 +289,7 @@ fn gemm_strided(
     dst_is: Dst,
     beta: f32,
 ) {
-    let lhs = Mat { data: lhs, rows: m, cols: k, rs: l_rs, cs: l_cs };
-    let rhs = Mat { data: rhs, rows: k, cols: n, rs: r_rs, cs: r_cs };
+    let (lhs, rhs) = mats((lhs, (l_rs, l_cs)), (rhs, (r_rs, r_cs)), (m, k, n));
     matmul_rows(dst, d_rs, lhs, rhs, beta, dst_is, 1).expect("attention operands in bounds");
 }
 
@@ -306,9 +305,18 @@ fn product_strided(
     (m, k, n): (usize, usize, usize),
     beta: f32,
 ) {
-    let lhs = Mat { data: lhs, rows: m, cols: k, rs: l_rs, cs: l_cs };
-    let rhs = Mat { data: rhs, rows: k, cols: n, rs: r_rs, cs: r_cs };
+    let (lhs, rhs) = mats((lhs, (l_rs, l_cs)), (rhs, (r_rs, r_cs)), (m, k, n));
     product_rows(dst, d_rs, lhs, rhs, beta, 1).expect("attention operands in bounds");
+}
+
+/// lhs (m, k) and rhs (k, n) as matrices over their data and (row, column) strides.
+fn mats<'a>(
+    (lhs, (l_rs, l_cs)): Operand<'a>,
+    (rhs, (r_rs, r_cs)): Operand<'a>,
+    (m, k, n): (usize, usize, usize),
+) -> (Mat<'a>, Mat<'a>) {
+    let lhs = Mat { data: lhs, rows: m, cols: k, rs: l_rs, cs: l_cs };
+    (lhs, Mat { data: rhs, rows: k, cols: n, rs: r_rs, cs: r_cs })
 }
 
 #[cfg(test)]
