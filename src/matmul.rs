@@ -143,16 +143,13 @@ pub fn product(lhs: Mat, rhs: Mat, scale: f32, threads: usize) -> Result<Vec<f32
     if !chains(lhs, rhs) {
         return Err(refusal(len, lhs, rhs));
     }
-    let mut dst: Vec<f32> = Vec::with_capacity(len);
-    // SAFETY: as in `matmul`, into the vector's own allocation of `len` elements. An
-    // overwritten destination is never read (the tests fill one with NaN to check it), and
-    // `run` writes every one of its m x n elements (zeros when k = 0) before `set_len`
-    // exposes them.
-    unsafe {
-        run(dst.as_mut_ptr(), rhs.cols, lhs, rhs, scale, Dst::Overwrite, threads);
-        dst.set_len(len);
-    }
-    Ok(dst)
+    let fill = |dst: &mut [std::mem::MaybeUninit<f32>]| {
+        product_rows(dst, rhs.cols, lhs, rhs, scale, threads).expect("a new matrix fits its own product")
+    };
+    // SAFETY: `product_rows` writes all m x n slots (zeros when k = 0); operands that chain
+    // fit a matrix of exactly their size, so its checks pass (were they to fail, it would
+    // panic before writing, and the vector would be dropped empty).
+    Ok(unsafe { crate::uninit::written(len, fill) })
 }
 
 /// bias + x @ wt for every row of x (m, k), with wt (k, n): a new (m, n) matrix whose rows
